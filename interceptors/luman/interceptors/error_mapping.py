@@ -1,0 +1,105 @@
+"""ErrorMappingInterceptor: the one place that turns exceptions into gRPC statuses.
+
+Domain errors become their status with a google.rpc.ErrorInfo (and BadRequest or RetryInfo);
+anything else is logged with its traceback and becomes INTERNAL "internal error", because
+grpcio would otherwise send the exception's text (SQL, parameters, hashes) to the client.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_interceptor import ServerInterceptor
+
+from luman.server.errors import DomainError, InvalidArgumentError, ResourceExhaustedError
+
+logger = logging.getLogger(__name__)
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")),
+    grpc.Status,
+):
+    """The status argument of context.abort_with_status()."""
+
+
+class ErrorMappingInterceptor(ServerInterceptor):
+    def intercept(
+        self,
+        method: Callable[[Any, grpc.ServicerContext], Any],
+        request_or_iterator: Any,
+        context: grpc.ServicerContext,
+        method_name: str,
+    ) -> Any:
+        try:
+            return method(request_or_iterator, context)
+        except DomainError as exc:
+            context.abort_with_status(status_for(exc, method_name, _trailing(context)))
+        except Exception:
+            if _already_aborted(context):
+                raise
+            logger.exception("unhandled exception in %s", method_name)
+            context.abort_with_status(
+                _Status(grpc.StatusCode.INTERNAL, "internal error", _trailing(context))
+            )
+
+
+def status_for(
+    exc: DomainError,
+    method_name: str,
+    extra_metadata: tuple[tuple[str, str | bytes], ...] = (),
+) -> _Status:
+    """Build the status (with rich details) that `exc` is sent as."""
+    details: list[Any] = [
+        error_details_pb2.ErrorInfo(
+            reason=exc.reason, domain=domain_of(method_name), metadata=exc.metadata
+        )
+    ]
+    if isinstance(exc, InvalidArgumentError):
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in exc.violations
+                ]
+            )
+        )
+    if isinstance(exc, ResourceExhaustedError):
+        retry = duration_pb2.Duration()
+        retry.FromMilliseconds(max(0, round(exc.retry_after_seconds * 1000)))
+        details.append(error_details_pb2.RetryInfo(retry_delay=retry))
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    assert status.code != code_pb2.OK
+    metadata = tuple((k, v) for k, v in extra_metadata if k != DETAILS_KEY)
+    return _Status(exc.code, exc.message, (*metadata, (DETAILS_KEY, status.SerializeToString())))
+
+
+def domain_of(method_name: str) -> str:
+    """'/luman.auth.v1.AuthService/Login' -> 'luman.auth.v1'."""
+    service = method_name.lstrip("/").split("/", 1)[0]
+    return service.rsplit(".", 1)[0] if "." in service else service
+
+
+def _trailing(context: grpc.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
+    # Keep trailers set earlier in the chain (rate-limit headers, for example).
+    return tuple(context.trailing_metadata() or ())
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a bare Exception after recording the status; let it through.
+    code = cast(Any, context).code()  # grpc-stubs predates ServicerContext.code()
+    return code is not None and code != grpc.StatusCode.OK

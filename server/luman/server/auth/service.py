@@ -1,0 +1,210 @@
+"""Auth rules: registration, sign-in, token rotation, CLI tokens and token verification.
+
+bcrypt runs outside database transactions so that a slow hash never holds a connection
+or, on SQLite, the write lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hmac
+import uuid
+
+from luman.interceptors.principal import Credential, Principal
+from luman.server.auth.passwords import PasswordHasher
+from luman.server.auth.repository import AuthRepository
+from luman.server.auth.tokens import (
+    IssuedToken,
+    TokenCodec,
+    hash_cli_token,
+    looks_like_cli_token,
+    new_cli_token,
+)
+from luman.server.clock import Clock
+from luman.server.db.models import CliToken, User
+from luman.server.db.session import Sessions
+from luman.server.errors import FailedPreconditionError, UnauthenticatedError
+
+# last_use_time is kept to the minute: writing it on every call would turn each
+# authenticated read into a write.
+LAST_USE_RESOLUTION = dt.timedelta(minutes=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenPair:
+    access: IssuedToken
+    refresh: IssuedToken
+
+
+@dataclasses.dataclass(frozen=True)
+class SignIn:
+    user: User
+    tokens: TokenPair
+
+
+@dataclasses.dataclass(frozen=True)
+class CliSignIn:
+    user: User
+    secret: str
+    token: CliToken
+
+
+def _invalid_credentials() -> UnauthenticatedError:
+    # One answer for a wrong password and an unknown email.
+    return UnauthenticatedError("INVALID_CREDENTIALS", "invalid email or password")
+
+
+class AuthService:
+    def __init__(
+        self, sessions: Sessions, hasher: PasswordHasher, codec: TokenCodec, clock: Clock
+    ) -> None:
+        self._sessions = sessions
+        self._hasher = hasher
+        self._codec = codec
+        self._clock = clock
+
+    def register(self, email: str, password: str, name: str) -> SignIn:
+        password_hash = self._hasher.hash(password)
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = AuthRepository(session)
+            user = repo.add_user(
+                User(
+                    id=uuid.uuid4(),
+                    email=email,
+                    name=name,
+                    password_hash=password_hash,
+                    create_time=now,
+                )
+            )
+            tokens = self._start_login_session(repo, user.id, now)
+        return SignIn(user, tokens)
+
+    def login(self, email: str, password: str) -> SignIn:
+        user = self._check_credentials(email, password)
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            tokens = self._start_login_session(AuthRepository(session), user.id, now)
+        return SignIn(user, tokens)
+
+    def refresh(self, refresh_token: str) -> TokenPair:
+        claims = self._codec.verify("refresh", refresh_token)
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = AuthRepository(session)
+            login = repo.login_session(claims.session_id)
+            stored = repo.refresh_token(claims.jti)
+            if (
+                login is None
+                or stored is None
+                or stored.session_id != login.id
+                or login.user_id != claims.user_id
+            ):
+                raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+            if login.revoke_time is not None:
+                raise UnauthenticatedError("TOKEN_REVOKED", "refresh token has been revoked")
+            reused = not repo.use_refresh_token(claims.jti, now)
+            if reused:
+                # Rotation: a used token coming back means it was copied. Revoke the whole
+                # sign-in (commit happens when the block exits), then refuse.
+                repo.revoke_login_session(login.id, now)
+            else:
+                tokens = self._issue_pair(repo, login.user_id, login.id, now)
+        if reused:
+            raise UnauthenticatedError(
+                "REFRESH_TOKEN_REUSED",
+                "refresh token was already used; the sign-in has been revoked",
+            )
+        return tokens
+
+    def cli_login(self, email: str, password: str, token_name: str) -> CliSignIn:
+        user = self._check_credentials(email, password)
+        secret, token_hash = new_cli_token()
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            token = AuthRepository(session).add_cli_token(
+                CliToken(
+                    id=uuid.uuid4(),
+                    user_id=user.id,
+                    name=token_name or "cli",
+                    token_hash=token_hash,
+                    create_time=now,
+                )
+            )
+        return CliSignIn(user, secret, token)
+
+    def cli_logout(self, principal: Principal) -> None:
+        if principal.credential is not Credential.CLI_TOKEN:
+            raise FailedPreconditionError(
+                "NOT_A_CLI_TOKEN",
+                "CliLogout revokes the CLI token on the call; this call used an access token",
+            )
+        with self._sessions.write.begin() as session:
+            AuthRepository(session).revoke_cli_token(principal.credential_id, self._clock())
+
+    def get_me(self, principal: Principal) -> User:
+        with self._sessions.read.begin() as session:
+            user = AuthRepository(session).user(principal.user_id)
+        if user is None:
+            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+        return user
+
+    def verify_token(self, token: str) -> Principal:
+        """Turn a bearer token (access JWT or CLI token) into a Principal.
+
+        Raises:
+            UnauthenticatedError: the token is invalid, expired or revoked.
+        """
+        if looks_like_cli_token(token):
+            return self._verify_cli_token(token)
+        claims = self._codec.verify("access", token)
+        with self._sessions.read.begin() as session:
+            login = AuthRepository(session).login_session(claims.session_id)
+        if login is None or login.user_id != claims.user_id:
+            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+        if login.revoke_time is not None:
+            raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
+        return Principal(claims.user_id, Credential.ACCESS_TOKEN, login.id)
+
+    def _verify_cli_token(self, token: str) -> Principal:
+        token_hash = hash_cli_token(token)
+        with self._sessions.read.begin() as session:
+            stored = AuthRepository(session).cli_token_by_hash(token_hash)
+        # The lookup is by hash, so timing reveals nothing about the secret; compare anyway.
+        if stored is None or not hmac.compare_digest(stored.token_hash, token_hash):
+            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+        if stored.revoke_time is not None:
+            raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
+        now = self._clock()
+        if stored.last_use_time is None or now - stored.last_use_time >= LAST_USE_RESOLUTION:
+            with self._sessions.write.begin() as session:
+                AuthRepository(session).touch_cli_token(stored.id, now)
+        return Principal(stored.user_id, Credential.CLI_TOKEN, stored.id)
+
+    def _check_credentials(self, email: str, password: str) -> User:
+        with self._sessions.read.begin() as session:
+            user = AuthRepository(session).user_by_email(email)
+        if not self._hasher.verify(password, user.password_hash if user else None) or user is None:
+            raise _invalid_credentials()
+        if self._hasher.needs_rehash(user.password_hash):
+            new_hash = self._hasher.hash(password)
+            with self._sessions.write.begin() as session:
+                stored = AuthRepository(session).user(user.id)
+                if stored is not None:
+                    stored.password_hash = new_hash
+        return user
+
+    def _start_login_session(
+        self, repo: AuthRepository, user_id: uuid.UUID, now: dt.datetime
+    ) -> TokenPair:
+        login = repo.add_login_session(user_id, now)
+        return self._issue_pair(repo, user_id, login.id, now)
+
+    def _issue_pair(
+        self, repo: AuthRepository, user_id: uuid.UUID, session_id: uuid.UUID, now: dt.datetime
+    ) -> TokenPair:
+        access = self._codec.issue("access", user_id, session_id)
+        refresh = self._codec.issue("refresh", user_id, session_id)
+        repo.add_refresh_token(refresh.jti, session_id, now, refresh.expire_time)
+        return TokenPair(access, refresh)

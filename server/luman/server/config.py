@@ -1,0 +1,207 @@
+"""Settings: read once from the environment (and ./.env), validated, then passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment. Names match `.env.example`."""
+
+    env: str = "development"
+    host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces unless told otherwise
+    port: int = 3000
+    database_url: str = ""
+    embedded_database: bool = True  # DATABASE_URL unset: SQLite under data_dir, auto-migrated
+    data_dir: Path = Path("data")
+    jwt_secret: str = ""
+    jwt_refresh_secret: str = ""
+    jwt_expires_in: float = 15 * 60
+    jwt_refresh_expires_in: float = 7 * 86400
+    jwt_issuer: str = "luman"
+    jwt_audience: str = "luman-api"
+    bcrypt_rounds: int = 10
+    rate_limit_window_ms: int = 15 * 60 * 1000
+    rate_limit_max_requests: int = 100
+    auth_rate_limit_window_ms: int = 15 * 60 * 1000
+    auth_rate_limit_max_requests: int = 5
+    trusted_proxies: tuple[str, ...] = ()
+    request_log_retention_days: int = 30
+    cors_origin: str = "http://localhost:3000"
+    http_port: int = 8080
+    max_workers: int = 16
+    max_concurrent_rpcs: int = 256
+    max_message_bytes: int = 64 * 1024
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: os.environ plus ./.env).
+
+        Raises:
+            ConfigError: naming the first bad variable.
+        """
+        env = dict(_dotenv() if environ is None else {})
+        env.update(os.environ if environ is None else environ)
+        r = _Reader(env)
+        data_dir = Path(r.text("LUMAN_DATA_DIR", "data"))
+        settings = cls(
+            env=r.choice("LUMAN_ENV", "development", ("development", "production", "test")),
+            host=r.text("HOST", cls.host),
+            port=r.integer("PORT", 3000, 0, 65535),
+            database_url=r.text("DATABASE_URL", f"sqlite:///{data_dir / 'luman.db'}"),
+            embedded_database=r.text("DATABASE_URL", "") == "",
+            data_dir=data_dir,
+            jwt_secret=r.text("JWT_SECRET", ""),
+            jwt_refresh_secret=r.text("JWT_REFRESH_SECRET", ""),
+            jwt_expires_in=r.duration("JWT_EXPIRES_IN", "15m"),
+            jwt_refresh_expires_in=r.duration("JWT_REFRESH_EXPIRES_IN", "7d"),
+            jwt_issuer=r.text("JWT_ISSUER", cls.jwt_issuer),
+            jwt_audience=r.text("JWT_AUDIENCE", cls.jwt_audience),
+            bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
+            rate_limit_window_ms=r.integer("RATE_LIMIT_WINDOW_MS", 900000, 1, 86400000),
+            rate_limit_max_requests=r.integer("RATE_LIMIT_MAX_REQUESTS", 100, 0, 10**9),
+            auth_rate_limit_window_ms=r.integer("AUTH_RATE_LIMIT_WINDOW_MS", 900000, 1, 86400000),
+            auth_rate_limit_max_requests=r.integer("AUTH_RATE_LIMIT_MAX_REQUESTS", 5, 0, 10**9),
+            trusted_proxies=r.items("TRUSTED_PROXIES"),
+            request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
+            cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
+            http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
+            max_workers=r.integer("GRPC_MAX_WORKERS", 16, 1, 1024),
+            max_concurrent_rpcs=r.integer("GRPC_MAX_CONCURRENT_RPCS", 256, 1, 100000),
+            max_message_bytes=r.integer("GRPC_MAX_MESSAGE_BYTES", 65536, 1024, 16 * 1024 * 1024),
+            shutdown_grace_seconds=r.duration("SHUTDOWN_GRACE_PERIOD", "10s"),
+            log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+        return settings.with_secrets()
+
+    def with_secrets(self) -> Settings:
+        """Check the JWT secrets; outside production, fill missing ones from the data folder."""
+        for name, value in (
+            ("JWT_SECRET", self.jwt_secret),
+            ("JWT_REFRESH_SECRET", self.jwt_refresh_secret),
+        ):
+            if value and len(value.encode()) < MIN_SECRET_BYTES and self.production:
+                raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes in production")
+            if not value and self.production:
+                raise ConfigError(f"{name} is required when LUMAN_ENV=production")
+        if self.jwt_secret and self.jwt_secret == self.jwt_refresh_secret:
+            raise ConfigError("JWT_REFRESH_SECRET must differ from JWT_SECRET")
+        if self.jwt_secret and self.jwt_refresh_secret:
+            return self
+        stored = _development_secrets(self.data_dir)
+        return dataclasses.replace(
+            self,
+            jwt_secret=self.jwt_secret or stored["jwt_secret"],
+            jwt_refresh_secret=self.jwt_refresh_secret or stored["jwt_refresh_secret"],
+        )
+
+
+def _development_secrets(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "dev-secrets.json"
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and all(
+            isinstance(stored.get(k), str) and len(stored[k]) >= MIN_SECRET_BYTES
+            for k in ("jwt_secret", "jwt_refresh_secret")
+        ):
+            return {k: stored[k] for k in ("jwt_secret", "jwt_refresh_secret")}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"JWT_SECRET is unset and {path} is unreadable: {exc}") from exc
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stored = {
+        "jwt_secret": secrets.token_urlsafe(48),
+        "jwt_refresh_secret": secrets.token_urlsafe(48),
+    }
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(stored, fh)
+    os.replace(tmp, path)
+    logger.warning(
+        "JWT_SECRET/JWT_REFRESH_SECRET are unset: generated development secrets in %s; "
+        "set both (32+ bytes) and LUMAN_ENV=production for a real deployment",
+        path,
+    )
+    return stored
+
+
+def _dotenv() -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(".env").items() if v is not None}
+
+
+class _Reader:
+    """Parses one variable at a time and raises ConfigError naming it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {number}")
+        return number
+
+    def duration(self, name: str, default: str) -> float:
+        """Durations as in the seed: '15m', '7d', '30s', '500ms', or plain seconds."""
+        value = self._raw(name) or default
+        match = _DURATION.match(value)
+        if not match or int(match.group(1)) == 0:
+            raise ConfigError(
+                f"{name} must be a positive duration such as 30s, 15m, 12h or 7d, got {value!r}"
+            )
+        return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        normalised = value.upper() if default.isupper() else value.lower()
+        if normalised not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return normalised
+
+    def items(self, name: str) -> tuple[str, ...]:
+        value = self._raw(name)
+        return () if value is None else tuple(p.strip() for p in value.split(",") if p.strip())

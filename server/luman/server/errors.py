@@ -1,0 +1,81 @@
+"""Domain errors. Servicers and services raise these; only ErrorMappingInterceptor writes a status.
+
+    DomainError(reason, message, metadata)
+    ├── InvalidArgumentError(violations)   INVALID_ARGUMENT + google.rpc.BadRequest
+    ├── UnauthenticatedError               UNAUTHENTICATED
+    ├── PermissionDeniedError              PERMISSION_DENIED
+    ├── NotFoundError                      NOT_FOUND
+    ├── AlreadyExistsError                 ALREADY_EXISTS
+    ├── FailedPreconditionError            FAILED_PRECONDITION
+    └── ResourceExhaustedError(retry_after) RESOURCE_EXHAUSTED + google.rpc.RetryInfo
+
+Anything else becomes INTERNAL with the message "internal error".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: `field` is the request field path, `description` says what is wrong."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of errors that carry a gRPC status and an UPPER_SNAKE `reason`."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, reason: str, message: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.metadata = metadata or {}
+
+
+class InvalidArgumentError(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        fields = ", ".join(v.field for v in violations)
+        detail = violations[0].description if len(violations) == 1 else "several fields are invalid"
+        super().__init__("INVALID_ARGUMENT", f"invalid {fields}: {detail}")
+        self.violations = violations
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgumentError:
+        return cls([FieldViolation(field, description)])
+
+
+class UnauthenticatedError(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFoundError(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPreconditionError(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhaustedError(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, reason: str, message: str, retry_after_seconds: float) -> None:
+        super().__init__(reason, message)
+        self.retry_after_seconds = retry_after_seconds

@@ -1,0 +1,90 @@
+"""Organization model <-> proto, and parsing of the request selectors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from luman.organization.v1 import organization_pb2
+from luman.server.convert import timestamp
+from luman.server.db.models import Membership, Role
+from luman.server.organization.repository import PageKey
+from luman.server.organization.service import OrganizationRef, UserRef
+from luman.server.pagination import decode_page_token, encode_page_token
+from luman.server.validation import Violations, check_email, check_slug, check_uuid
+
+_ROLE_TO_PROTO = {
+    Role.OWNER: organization_pb2.ORGANIZATION_ROLE_OWNER,
+    Role.ADMIN: organization_pb2.ORGANIZATION_ROLE_ADMIN,
+    Role.MEMBER: organization_pb2.ORGANIZATION_ROLE_MEMBER,
+}
+_ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
+
+
+def role_from_proto(
+    v: Violations, field: str, value: organization_pb2.OrganizationRole.ValueType
+) -> Role:
+    role = _ROLE_FROM_PROTO.get(value)
+    if role is None:
+        v.add(field, "must be OWNER, ADMIN or MEMBER")
+        return Role.MEMBER
+    return role
+
+
+def organization_ref(
+    v: Violations, which: str | None, organization_id: str, slug: str
+) -> OrganizationRef:
+    """Parse the `organization` oneof (organization_id or slug)."""
+    if which == "organization_id":
+        return OrganizationRef(organization_id=check_uuid(v, "organization_id", organization_id))
+    if which == "slug":
+        return OrganizationRef(slug=check_slug(v, "slug", slug))
+    v.add("organization", "organization_id or slug is required")
+    return OrganizationRef()
+
+
+def user_ref(v: Violations, which: str | None, user_id: str, email: str) -> UserRef:
+    """Parse the `user` oneof (user_id or email)."""
+    if which == "user_id":
+        return UserRef(user_id=check_uuid(v, "user_id", user_id))
+    if which == "email":
+        return UserRef(email=check_email(v, "email", email))
+    v.add("user", "user_id or email is required")
+    return UserRef()
+
+
+def page_token(key: PageKey | None, scope: str) -> str:
+    return "" if key is None else encode_page_token(scope, [key[0].isoformat(), str(key[1])])
+
+
+def page_key(v: Violations, token: str, scope: str) -> PageKey | None:
+    parts = decode_page_token(v, token, scope, 2)
+    if parts is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
+    except ValueError:
+        v.add("page_token", "is not a page token from this listing")
+        return None
+
+
+def organization_to_proto(membership: Membership) -> organization_pb2.Organization:
+    """The membership's organization, with the member's role as caller_role."""
+    organization = membership.organization
+    return organization_pb2.Organization(
+        id=str(organization.id),
+        name=organization.name,
+        slug=organization.slug,
+        create_time=timestamp(organization.create_time),
+        caller_role=_ROLE_TO_PROTO[membership.role],
+    )
+
+
+def member_to_proto(membership: Membership) -> organization_pb2.Member:
+    return organization_pb2.Member(
+        user_id=str(membership.user_id),
+        email=membership.user.email,
+        name=membership.user.name,
+        role=_ROLE_TO_PROTO[membership.role],
+        join_time=timestamp(membership.create_time),
+    )

@@ -1,0 +1,88 @@
+"""Test helpers shared across the suite: a settable clock, rich-error decoding, sign-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import uuid
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+
+PASSWORD = "correct horse battery"
+
+
+class FakeClock:
+    """A clock the test moves by hand: `clock()` for now, `clock.advance(seconds=...)`."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self._now = start or dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dt.datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, **delta: float) -> None:
+        with self._lock:
+            self._now += dt.timedelta(**delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class RichError:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    domain: str
+    field_violations: dict[str, str]
+    retry_delay_seconds: float | None
+
+
+def rich_error(exc: grpc.RpcError) -> RichError:
+    """Decode the google.rpc.Status details the server attaches to every error."""
+    assert isinstance(exc, grpc.Call)
+    status = rpc_status.from_call(exc)
+    reason = domain = ""
+    violations: dict[str, str] = {}
+    retry: float | None = None
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, domain = info.reason, info.domain
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations = {v.field: v.description for v in bad.field_violations}
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info_retry = error_details_pb2.RetryInfo()
+                detail.Unpack(info_retry)
+                retry = info_retry.retry_delay.ToTimedelta().total_seconds()
+    return RichError(exc.code(), exc.details() or "", reason, domain, violations, retry)
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def register(
+    auth: auth_service_pb2_grpc.AuthServiceStub,
+    email: str | None = None,
+    name: str = "Test User",
+    password: str = PASSWORD,
+) -> auth_service_pb2.RegisterResponse:
+    response: auth_service_pb2.RegisterResponse = auth.Register(
+        auth_service_pb2.RegisterRequest(
+            email=email or unique_email(), password=password, name=name
+        )
+    )
+    return response
