@@ -42,11 +42,18 @@ class TokenAuthInterceptor(ServerInterceptor):
     Args:
         verify: turns a token into a Principal or raises UnauthenticatedError.
         public_methods: full method names ("/pkg.Service/Method") that need no token.
+        public_prefixes: method-name prefixes that need no token (health, reflection).
     """
 
-    def __init__(self, verify: Verifier, public_methods: Collection[str]) -> None:
+    def __init__(
+        self,
+        verify: Verifier,
+        public_methods: Collection[str],
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self._verify = verify
         self._public = frozenset(public_methods)
+        self._public_prefixes = public_prefixes
 
     def intercept(
         self,
@@ -55,7 +62,7 @@ class TokenAuthInterceptor(ServerInterceptor):
         context: grpc.ServicerContext,
         method_name: str,
     ) -> Any:
-        if method_name in self._public:
+        if method_name in self._public or method_name.startswith(self._public_prefixes):
             return method(request_or_iterator, context)
         principal = self._verify(bearer_token(context))
         token = set_principal(principal)

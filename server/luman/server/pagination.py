@@ -10,6 +10,9 @@ from luman.server.validation import Violations
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Our tokens are well under 200 characters; anything much longer is not one of ours and is
+# refused before it reaches the JSON parser.
+MAX_PAGE_TOKEN_LENGTH = 512
 
 
 def clamp_page_size(v: Violations, value: int, field: str = "page_size") -> int:
@@ -33,10 +36,12 @@ def decode_page_token(
     (another organization, another user) is rejected rather than silently misread."""
     if not token:
         return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError):
-        data = None
+    data = None
+    if len(token) <= MAX_PAGE_TOKEN_LENGTH:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        except (binascii.Error, ValueError, RecursionError):
+            data = None
     key = data.get("k") if isinstance(data, dict) else None
     if (
         not isinstance(data, dict)

@@ -9,11 +9,12 @@ import uuid
 from luman.server.errors import FieldViolation, InvalidArgumentError
 
 # Pragmatic address check (HTML5's definition): one @, a dotted domain, no spaces.
+# Both are used with fullmatch(): `$` would also match before a trailing newline.
 _EMAIL = re.compile(
-    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+    r"[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
 )
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38})[a-z0-9]$")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,38}[a-z0-9]")
 MAX_EMAIL_LENGTH = 254
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit: longer input is rejected, never silently truncated
@@ -43,19 +44,24 @@ def check_email(v: Violations, field: str, value: str) -> str:
     email = normalize_email(value)
     if not email:
         v.add(field, "is required")
-    elif len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email):
+    elif len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
         v.add(field, "must be a valid email address")
     return email
 
 
-def check_password(v: Violations, field: str, value: str, *, new: bool) -> None:
-    """New passwords need 8 to 72 bytes; login passwords only need to fit bcrypt (1 to 72)."""
+def check_password(v: Violations, field: str, value: str) -> None:
+    """8 to 72 bytes of UTF-8, on sign-in as well as on registration.
+
+    The upper bound is bcrypt's: bcrypt 5 raises on longer input, and older versions silently
+    truncated it. On sign-in the same bounds answer a password no account can have without
+    spending a hash on it.
+    """
     size = len(value.encode())
     if size == 0:
         v.add(field, "is required")
     elif size > MAX_PASSWORD_BYTES:
         v.add(field, f"must be at most {MAX_PASSWORD_BYTES} bytes")
-    elif new and size < MIN_PASSWORD_BYTES:
+    elif size < MIN_PASSWORD_BYTES:
         v.add(field, f"must be at least {MIN_PASSWORD_BYTES} bytes")
 
 
@@ -74,7 +80,7 @@ def check_name(v: Violations, field: str, value: str, *, required: bool = True) 
 def check_slug(v: Violations, field: str, value: str) -> str:
     if not value:
         v.add(field, "is required")
-    elif not _SLUG.match(value):
+    elif not _SLUG.fullmatch(value):
         v.add(field, "must be 3 to 40 of a-z, 0-9 and '-', not starting or ending with '-'")
     return value
 

@@ -21,6 +21,11 @@ class PasswordHasher:
         # real user's password, so an unknown email cannot be told apart by timing.
         self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds))
 
+    @property
+    def dummy_hash(self) -> bytes:
+        """The hash that passwords for unknown emails are checked against."""
+        return self._dummy
+
     def hash(self, password: str) -> str:
         with self._slots:
             return bcrypt.hashpw(password.encode(), bcrypt.gensalt(self.rounds)).decode()

@@ -26,7 +26,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> auth_service_pb2.RegisterResponse:
         v = Violations()
         email = check_email(v, "email", request.email)
-        check_password(v, "password", request.password, new=True)
+        check_password(v, "password", request.password)
         name = check_name(v, "name", request.name)
         v.raise_if_any()
         signed_in = self._service.register(email, request.password, name)
@@ -40,7 +40,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> auth_service_pb2.LoginResponse:
         v = Violations()
         email = check_email(v, "email", request.email)
-        check_password(v, "password", request.password, new=False)
+        check_password(v, "password", request.password)
         v.raise_if_any()
         signed_in = self._service.login(email, request.password)
         tokens = convert.token_pair_to_proto(signed_in.tokens)
@@ -64,7 +64,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> auth_service_pb2.CliLoginResponse:
         v = Violations()
         email = check_email(v, "email", request.email)
-        check_password(v, "password", request.password, new=False)
+        check_password(v, "password", request.password)
         token_name = check_name(v, "token_name", request.token_name, required=False)
         v.raise_if_any()
         signed_in = self._service.cli_login(email, request.password, token_name)

@@ -62,8 +62,13 @@ def page_key(v: Violations, token: str, scope: str) -> PageKey | None:
     if parts is None:
         return None
     try:
-        return dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
-    except ValueError:
+        after = dt.datetime.fromisoformat(parts[0])
+        # Our tokens always carry UTC; a naive or out-of-range time can only be forged, and
+        # would otherwise fail deep in the database layer as an INTERNAL error.
+        if after.tzinfo is None:
+            raise ValueError("naive time")
+        return after.astimezone(dt.UTC), uuid.UUID(parts[1])
+    except (ValueError, OverflowError):
         v.add("page_token", "is not a page token from this listing")
         return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
@@ -57,15 +57,25 @@ class OrganizationRepository:
             .where(Membership.organization_id == organization_id, Membership.user_id == user_id)
         ).one_or_none()
 
-    def add_membership(self, membership: Membership) -> Membership:
-        self._session.add(membership)
+    def add_membership(
+        self, organization_id: uuid.UUID, user_id: uuid.UUID, role: Role, now: dt.datetime
+    ) -> None:
+        """Insert the membership; the primary key decides whether it already exists.
+
+        A Core INSERT rather than session.add(): the caller's own membership is already in the
+        session, and adding a second object with its identity would be an ORM conflict instead
+        of the database's answer.
+        """
         try:
-            self._session.flush()
+            self._session.execute(
+                insert(Membership).values(
+                    organization_id=organization_id, user_id=user_id, role=role, create_time=now
+                )
+            )
         except IntegrityError as exc:
             if violates(exc, "pk_memberships"):
                 raise AlreadyExistsError("ALREADY_MEMBER", "the user is already a member") from None
             raise
-        return membership
 
     def delete_membership(self, membership: Membership) -> None:
         self._session.delete(membership)

@@ -66,14 +66,7 @@ class OrganizationService:
             organization = repo.add_organization(
                 Organization(id=uuid.uuid4(), name=name, slug=slug, create_time=now)
             )
-            repo.add_membership(
-                Membership(
-                    organization_id=organization.id,
-                    user_id=principal.user_id,
-                    role=Role.OWNER,
-                    create_time=now,
-                )
-            )
+            repo.add_membership(organization.id, principal.user_id, Role.OWNER, now)
             membership = repo.membership(organization.id, principal.user_id)
             assert membership is not None
         return membership
@@ -116,14 +109,7 @@ class OrganizationService:
             user = repo.user(target.user_id, target.email)
             if user is None:
                 raise NotFoundError("USER_NOT_FOUND", "user not found")
-            repo.add_membership(
-                Membership(
-                    organization_id=organization.id,
-                    user_id=user.id,
-                    role=role,
-                    create_time=self._clock(),
-                )
-            )
+            repo.add_membership(organization.id, user.id, role, self._clock())
             membership = repo.membership(organization.id, user.id)
             assert membership is not None
         return membership

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from luman.server.config import ConfigError, Settings
+
+SECRET_A = "a" * 32
+SECRET_B = "b" * 32
+
+
+def test_defaults_match_the_seed(tmp_path: Path) -> None:
+    settings = Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path)})
+    assert settings.port == 3000
+    assert settings.jwt_expires_in == 15 * 60
+    assert settings.jwt_refresh_expires_in == 7 * 86400
+    assert settings.rate_limit_window_ms == 900_000
+    assert settings.rate_limit_max_requests == 100
+    assert settings.bcrypt_rounds == 10
+    assert settings.embedded_database
+    assert settings.database_url == f"sqlite:///{tmp_path / 'luman.db'}"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("15m", 900), ("7d", 604800), ("30s", 30), ("2h", 7200), ("90", 90), ("1500ms", 1.5)],
+)
+def test_durations_accept_the_seed_forms(tmp_path: Path, value: str, seconds: float) -> None:
+    env = {"LUMAN_DATA_DIR": str(tmp_path), "JWT_EXPIRES_IN": value}
+    assert Settings.from_env(env).jwt_expires_in == seconds
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("JWT_EXPIRES_IN", "soon"),
+        ("JWT_EXPIRES_IN", "0m"),
+        ("BCRYPT_ROUNDS", "3"),
+        ("RATE_LIMIT_MAX_REQUESTS", "-1"),
+        ("LUMAN_ENV", "staging"),
+        ("LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_value_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), name: value})
+    assert str(caught.value).startswith(name)
+    assert "\n" not in str(caught.value)
+
+
+def test_production_requires_both_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^JWT_SECRET is required"):
+        Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), "LUMAN_ENV": "production"})
+    with pytest.raises(ConfigError, match=r"^JWT_REFRESH_SECRET is required"):
+        Settings.from_env(
+            {"LUMAN_DATA_DIR": str(tmp_path), "LUMAN_ENV": "production", "JWT_SECRET": SECRET_A}
+        )
+    assert not (tmp_path / "dev-secrets.json").exists()
+
+
+def test_production_rejects_short_secrets(tmp_path: Path) -> None:
+    env = {
+        "LUMAN_DATA_DIR": str(tmp_path),
+        "LUMAN_ENV": "production",
+        "JWT_SECRET": "x" * 31,
+        "JWT_REFRESH_SECRET": SECRET_B,
+    }
+    with pytest.raises(ConfigError, match=r"^JWT_SECRET must be at least 32 bytes"):
+        Settings.from_env(env)
+
+
+def test_production_accepts_explicit_secrets(tmp_path: Path) -> None:
+    env = {
+        "LUMAN_DATA_DIR": str(tmp_path),
+        "LUMAN_ENV": "production",
+        "JWT_SECRET": SECRET_A,
+        "JWT_REFRESH_SECRET": SECRET_B,
+    }
+    settings = Settings.from_env(env)
+    assert (settings.jwt_secret, settings.jwt_refresh_secret) == (SECRET_A, SECRET_B)
+
+
+def test_refresh_secret_must_differ_from_access_secret(tmp_path: Path) -> None:
+    env = {"LUMAN_DATA_DIR": str(tmp_path), "JWT_SECRET": SECRET_A, "JWT_REFRESH_SECRET": SECRET_A}
+    with pytest.raises(ConfigError, match=r"^JWT_REFRESH_SECRET must differ"):
+        Settings.from_env(env)
+
+
+def test_development_secrets_are_generated_private_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path)})
+    path = tmp_path / "dev-secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first.jwt_secret) >= 32
+    assert first.jwt_secret != first.jwt_refresh_secret
+    assert "generated development secrets" in caplog.text
+    assert first.jwt_secret not in caplog.text
+    second = Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path)})
+    assert (second.jwt_secret, second.jwt_refresh_secret) == (
+        first.jwt_secret,
+        first.jwt_refresh_secret,
+    )
+    assert json.loads(path.read_text())["jwt_secret"] == first.jwt_secret
+
+
+def test_dotenv_file_is_read_and_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(f"PORT=4100\nHTTP_PORT=8100\nLUMAN_DATA_DIR={tmp_path}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HTTP_PORT", "8200")
+    monkeypatch.delenv("PORT", raising=False)
+    settings = Settings.from_env()
+    assert settings.port == 4100
+    assert settings.http_port == 8200
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _example_values() -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v or "" for k, v in dotenv_values(ROOT / ".env.example").items()}
+
+
+def test_env_example_documents_exactly_the_variables_read() -> None:
+    import re
+
+    source = (ROOT / "server/luman/server/config.py").read_text()
+    read = set(re.findall(r'r\.\w+\(\s*"([A-Z_]+)"', source))
+    assert read == set(_example_values())
+
+
+def test_env_example_values_are_the_defaults(tmp_path: Path) -> None:
+    example = {**_example_values(), "LUMAN_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(example) == Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path)})

@@ -1,0 +1,370 @@
+"""RBAC: every caller role against every membership action, plus the last-owner rule.
+
+owner   everything, including granting and removing ownership
+admin   add, remove and re-role admins and members; never touch an owner nor grant owner
+member  read only
+anyone  may leave, except the last owner; non-members get NOT_FOUND for everything
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import grpc
+import pytest
+
+from luman.auth.v1 import auth_service_pb2_grpc
+from luman.organization.v1 import organization_pb2, organization_service_pb2_grpc
+from luman.organization.v1 import organization_service_pb2 as pb
+from tests.server.organization_support import (
+    ADMIN,
+    MEMBER,
+    OWNER,
+    Account,
+    add_member,
+    create_organization,
+    error_of,
+    roles_by_user,
+    sign_up,
+)
+
+Orgs = organization_service_pb2_grpc.OrganizationServiceStub
+Auth = auth_service_pb2_grpc.AuthServiceStub
+Role: TypeAlias = organization_pb2.OrganizationRole.ValueType
+ROLE_NAMES: dict[Role, str] = {OWNER: "owner", ADMIN: "admin", MEMBER: "member"}
+
+OK = grpc.StatusCode.OK
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+@dataclasses.dataclass(frozen=True)
+class Team:
+    """An organization with two of each role, a non-member, and an outsider to add."""
+
+    organization: organization_pb2.Organization
+    by_role: dict[str, Account]  # the caller of each kind
+    targets: dict[Role, Account]  # the second person holding each role
+    non_member: Account
+    outsider: Account
+
+
+@pytest.fixture
+def team(auth: Auth, orgs: Orgs) -> Team:
+    owner = sign_up(auth, "owner")
+    organization = create_organization(orgs, owner)
+    people = {
+        name: sign_up(auth, name) for name in ("owner2", "admin", "admin2", "member", "member2")
+    }
+    for name, account in people.items():
+        role = {"owner2": OWNER, "admin": ADMIN, "admin2": ADMIN}.get(name, MEMBER)
+        add_member(orgs, owner, organization, account, role)
+    non_member = sign_up(auth, "stranger")
+    return Team(
+        organization=organization,
+        by_role={
+            "owner": owner,
+            "admin": people["admin"],
+            "member": people["member"],
+            "non-member": non_member,
+        },
+        targets={OWNER: people["owner2"], ADMIN: people["admin2"], MEMBER: people["member2"]},
+        non_member=non_member,
+        outsider=sign_up(auth, "outsider"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One thing a caller tries; `apply` is the roles map afterwards if it succeeds."""
+
+    call: Callable[[Orgs, Team, Account], Any]
+    apply: Callable[[dict[str, Role], Team, Account], None]
+
+
+def _add(role: Role) -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.AddMember(
+            pb.AddMemberRequest(
+                organization_id=team.organization.id, user_id=team.outsider.id, role=role
+            ),
+            metadata=caller.metadata,
+        )
+
+    def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
+        roles[team.outsider.id] = role
+
+    return Action(call, apply)
+
+
+def _remove(target_role: Role) -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.RemoveMember(
+            pb.RemoveMemberRequest(
+                organization_id=team.organization.id, user_id=team.targets[target_role].id
+            ),
+            metadata=caller.metadata,
+        )
+
+    def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
+        del roles[team.targets[target_role].id]
+
+    return Action(call, apply)
+
+
+def _change(target_role: Role, new_role: Role) -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.UpdateMemberRole(
+            pb.UpdateMemberRoleRequest(
+                organization_id=team.organization.id,
+                user_id=team.targets[target_role].id,
+                role=new_role,
+            ),
+            metadata=caller.metadata,
+        )
+
+    def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
+        roles[team.targets[target_role].id] = new_role
+
+    return Action(call, apply)
+
+
+def _leave() -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.RemoveMember(
+            pb.RemoveMemberRequest(slug=team.organization.slug, user_id=caller.id),
+            metadata=caller.metadata,
+        )
+
+    def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
+        del roles[caller.id]
+
+    return Action(call, apply)
+
+
+ACTIONS: dict[str, Action] = {
+    **{f"add-{ROLE_NAMES[r]}": _add(r) for r in (MEMBER, ADMIN, OWNER)},
+    **{f"remove-{ROLE_NAMES[r]}": _remove(r) for r in (MEMBER, ADMIN, OWNER)},
+    **{
+        f"change-{ROLE_NAMES[a]}-to-{ROLE_NAMES[b]}": _change(a, b)
+        for a in (MEMBER, ADMIN, OWNER)
+        for b in (MEMBER, ADMIN, OWNER)
+    },
+    "leave": _leave(),
+}
+
+ADMIN_MAY = {
+    "add-member", "add-admin",
+    "remove-member", "remove-admin",
+    "change-member-to-member", "change-member-to-admin",
+    "change-admin-to-member", "change-admin-to-admin",
+    "leave",
+}  # fmt: skip
+EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
+    "owner": dict.fromkeys(ACTIONS, OK),
+    "admin": {action: OK if action in ADMIN_MAY else DENIED for action in ACTIONS},
+    "member": {action: OK if action == "leave" else DENIED for action in ACTIONS},
+    "non-member": dict.fromkeys(ACTIONS, NOT_FOUND),
+}
+MATRIX = [
+    pytest.param(caller, action, expected, id=f"{caller}-{action}")
+    for caller, row in EXPECTED.items()
+    for action, expected in row.items()
+]
+
+
+def test_matrix_covers_every_action_for_every_caller() -> None:
+    assert len(ACTIONS) == 3 + 3 + 9 + 1
+    assert len(MATRIX) == 4 * len(ACTIONS)
+
+
+@pytest.mark.parametrize(("caller_kind", "action_name", "expected"), MATRIX)
+def test_rbac_matrix(
+    orgs: Orgs, team: Team, caller_kind: str, action_name: str, expected: grpc.StatusCode
+) -> None:
+    caller = team.by_role[caller_kind]
+    action = ACTIONS[action_name]
+    owner = team.by_role["owner"]
+    before = roles_by_user(orgs, owner, team.organization)
+
+    if expected is OK:
+        action.call(orgs, team, caller)
+        after = dict(before)
+        action.apply(after, team, caller)
+    else:
+        error = error_of(lambda: action.call(orgs, team, caller))
+        assert error.code == expected
+        assert error.reason == (
+            "PERMISSION_DENIED" if expected is DENIED else "ORGANIZATION_NOT_FOUND"
+        )
+        after = before
+    # Read back through whichever owner is still a member (the first one may have left).
+    observer = owner if owner.id in after else team.targets[OWNER]
+    assert roles_by_user(orgs, observer, team.organization) == after
+
+
+# --- The last owner ---------------------------------------------------------------------------
+
+
+def test_last_owner_can_neither_leave_nor_be_demoted(auth: Auth, orgs: Orgs) -> None:
+    owner, admin = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, owner)
+    add_member(orgs, owner, organization, admin, ADMIN)
+
+    def demote_to(role: Role) -> Callable[[], Any]:
+        request = pb.UpdateMemberRoleRequest(
+            organization_id=organization.id, user_id=owner.id, role=role
+        )
+        return lambda: orgs.UpdateMemberRole(request, metadata=owner.metadata)
+
+    def leave() -> Any:
+        return orgs.RemoveMember(
+            pb.RemoveMemberRequest(organization_id=organization.id, user_id=owner.id),
+            metadata=owner.metadata,
+        )
+
+    for attempt in (leave, demote_to(ADMIN), demote_to(MEMBER)):
+        error = error_of(attempt)
+        assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LAST_OWNER")
+    assert roles_by_user(orgs, owner, organization) == {owner.id: OWNER, admin.id: ADMIN}
+
+
+def test_sole_member_who_is_owner_cannot_leave(auth: Auth, orgs: Orgs) -> None:
+    owner = sign_up(auth)
+    organization = create_organization(orgs, owner)
+    error = error_of(
+        lambda: orgs.RemoveMember(
+            pb.RemoveMemberRequest(slug=organization.slug, user_id=owner.id),
+            metadata=owner.metadata,
+        )
+    )
+    assert error.reason == "LAST_OWNER"
+
+
+def test_with_two_owners_one_may_leave_and_then_the_other_may_not(auth: Auth, orgs: Orgs) -> None:
+    first, second = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, first)
+    add_member(orgs, first, organization, second, OWNER)
+    orgs.RemoveMember(
+        pb.RemoveMemberRequest(slug=organization.slug, user_id=first.id), metadata=first.metadata
+    )
+    assert roles_by_user(orgs, second, organization) == {second.id: OWNER}
+    error = error_of(
+        lambda: orgs.RemoveMember(
+            pb.RemoveMemberRequest(slug=organization.slug, user_id=second.id),
+            metadata=second.metadata,
+        )
+    )
+    assert error.reason == "LAST_OWNER"
+
+
+def test_owner_may_demote_themselves_while_another_owner_remains(auth: Auth, orgs: Orgs) -> None:
+    first, second = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, first)
+    add_member(orgs, first, organization, second, OWNER)
+    response = orgs.UpdateMemberRole(
+        pb.UpdateMemberRoleRequest(organization_id=organization.id, user_id=first.id, role=MEMBER),
+        metadata=first.metadata,
+    )
+    assert (response.member.user_id, response.member.role) == (first.id, MEMBER)
+    # Now a member: read only.
+    error = error_of(
+        lambda: orgs.UpdateMemberRole(
+            pb.UpdateMemberRoleRequest(
+                organization_id=organization.id, user_id=first.id, role=OWNER
+            ),
+            metadata=first.metadata,
+        )
+    )
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_admin_may_step_down_but_not_promote_themselves(auth: Auth, orgs: Orgs) -> None:
+    owner, admin = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, owner)
+    add_member(orgs, owner, organization, admin, ADMIN)
+
+    def set_own_role(role: Role) -> Any:
+        return orgs.UpdateMemberRole(
+            pb.UpdateMemberRoleRequest(
+                organization_id=organization.id, user_id=admin.id, role=role
+            ),
+            metadata=admin.metadata,
+        )
+
+    assert error_of(lambda: set_own_role(OWNER)).code == grpc.StatusCode.PERMISSION_DENIED
+    assert set_own_role(MEMBER).member.role == MEMBER
+
+
+# --- AddMember details ------------------------------------------------------------------------
+
+
+def test_add_member_by_email_normalizes_it(auth: Auth, orgs: Orgs) -> None:
+    owner, newcomer = sign_up(auth), sign_up(auth, "newcomer")
+    organization = create_organization(orgs, owner)
+    response = orgs.AddMember(
+        pb.AddMemberRequest(
+            slug=organization.slug, email=f"  {newcomer.email.upper()} ", role=ADMIN
+        ),
+        metadata=owner.metadata,
+    )
+    member = response.member
+    assert (member.user_id, member.email, member.name, member.role) == (
+        newcomer.id,
+        newcomer.email,
+        "Newcomer",
+        ADMIN,
+    )
+    fetched = orgs.GetOrganization(
+        pb.GetOrganizationRequest(slug=organization.slug), metadata=newcomer.metadata
+    )
+    assert fetched.organization.caller_role == ADMIN
+
+
+def test_add_member_by_user_id(auth: Auth, orgs: Orgs) -> None:
+    owner, newcomer = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, owner)
+    member = add_member(orgs, owner, organization, newcomer, MEMBER)
+    assert (member.user_id, member.email, member.role) == (newcomer.id, newcomer.email, MEMBER)
+
+
+def test_add_unknown_user_is_not_found(auth: Auth, orgs: Orgs) -> None:
+    owner = sign_up(auth)
+    organization = create_organization(orgs, owner)
+    for request in (
+        pb.AddMemberRequest(slug=organization.slug, email="nobody@example.com", role=MEMBER),
+        pb.AddMemberRequest(
+            slug=organization.slug, user_id="6f1c8a52-52a3-4d0e-9d43-6a7f2f1b8b51", role=MEMBER
+        ),
+    ):
+        error = error_of(lambda r=request: orgs.AddMember(r, metadata=owner.metadata))  # type: ignore[misc]
+        assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
+
+
+def test_add_existing_member_is_already_exists(auth: Auth, orgs: Orgs) -> None:
+    owner, member = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, owner)
+    add_member(orgs, owner, organization, member, MEMBER)
+    for target, role in ((member, ADMIN), (member, MEMBER), (owner, OWNER)):
+        error = error_of(lambda t=target, r=role: add_member(orgs, owner, organization, t, r))  # type: ignore[misc]
+        assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_MEMBER")
+    assert roles_by_user(orgs, owner, organization) == {owner.id: OWNER, member.id: MEMBER}
+
+
+def test_remove_or_change_a_non_member_is_not_found(auth: Auth, orgs: Orgs) -> None:
+    owner, stranger = sign_up(auth), sign_up(auth)
+    organization = create_organization(orgs, owner)
+    for call in (
+        lambda: orgs.RemoveMember(
+            pb.RemoveMemberRequest(slug=organization.slug, user_id=stranger.id),
+            metadata=owner.metadata,
+        ),
+        lambda: orgs.UpdateMemberRole(
+            pb.UpdateMemberRoleRequest(slug=organization.slug, user_id=stranger.id, role=ADMIN),
+            metadata=owner.metadata,
+        ),
+    ):
+        error = error_of(call)
+        assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "MEMBER_NOT_FOUND")
