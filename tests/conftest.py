@@ -112,6 +112,10 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         jwt_refresh_secret="test-refresh-secret-" + "b" * 32,
         bcrypt_rounds=TEST_BCRYPT_ROUNDS,
         max_workers=8,
+        # Generous limits keep the limiter in every call's path without throttling tests that
+        # sign up many users from 127.0.0.1; rate-limit tests replace() in real limits.
+        rate_limit_max_requests=1_000_000,
+        auth_rate_limit_max_requests=1_000_000,
     )
 
 

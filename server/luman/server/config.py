@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -44,9 +45,11 @@ class Settings:
     auth_rate_limit_window_ms: int = 15 * 60 * 1000
     auth_rate_limit_max_requests: int = 5
     trusted_proxies: tuple[str, ...] = ()
+    rate_limit_redis_url: str = ""  # empty: counted in process (one replica)
     request_log_retention_days: int = 30
     cors_origin: str = "http://localhost:3000"
     http_port: int = 8080
+    http_max_body_bytes: int = 64 * 1024
     max_workers: int = 16
     max_concurrent_rpcs: int = 256
     max_message_bytes: int = 64 * 1024
@@ -82,14 +85,17 @@ class Settings:
             jwt_issuer=r.text("JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=r.text("JWT_AUDIENCE", cls.jwt_audience),
             bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
-            rate_limit_window_ms=r.integer("RATE_LIMIT_WINDOW_MS", 900000, 1, 86400000),
+            # A policy with max requests 0 (or window 0) is disabled.
+            rate_limit_window_ms=r.integer("RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             rate_limit_max_requests=r.integer("RATE_LIMIT_MAX_REQUESTS", 100, 0, 10**9),
-            auth_rate_limit_window_ms=r.integer("AUTH_RATE_LIMIT_WINDOW_MS", 900000, 1, 86400000),
+            auth_rate_limit_window_ms=r.integer("AUTH_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             auth_rate_limit_max_requests=r.integer("AUTH_RATE_LIMIT_MAX_REQUESTS", 5, 0, 10**9),
-            trusted_proxies=r.items("TRUSTED_PROXIES"),
+            trusted_proxies=r.networks("TRUSTED_PROXIES"),
+            rate_limit_redis_url=r.redis_url("RATE_LIMIT_REDIS_URL"),
             request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
             cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
             http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
+            http_max_body_bytes=r.integer("HTTP_MAX_BODY_BYTES", 65536, 1024, 16 * 1024 * 1024),
             max_workers=r.integer("GRPC_MAX_WORKERS", 16, 1, 1024),
             max_concurrent_rpcs=r.integer("GRPC_MAX_CONCURRENT_RPCS", 256, 1, 100000),
             max_message_bytes=r.integer("GRPC_MAX_MESSAGE_BYTES", 65536, 1024, 16 * 1024 * 1024),
@@ -205,3 +211,21 @@ class _Reader:
     def items(self, name: str) -> tuple[str, ...]:
         value = self._raw(name)
         return () if value is None else tuple(p.strip() for p in value.split(",") if p.strip())
+
+    def redis_url(self, name: str) -> str:
+        value = self.text(name, "")
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        """Comma-separated IP addresses or CIDRs, normalised ('10.0.0.7' -> '10.0.0.7/32')."""
+        networks = []
+        for item in self.items(name):
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must be comma-separated IP addresses or CIDRs, got {item!r}"
+                ) from None
+        return tuple(networks)

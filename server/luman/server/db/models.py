@@ -6,7 +6,18 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import DateTime, Enum, ForeignKey, Index, String, TypeDecorator, Uuid
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    TypeDecorator,
+    Uuid,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -125,3 +136,24 @@ class Membership(Base):
 
     organization: Mapped[Organization] = relationship(lazy="raise")
     user: Mapped[User] = relationship(lazy="raise")
+
+
+class RequestLog(Base):
+    """One RPC as the request-logging interceptor saw it. Written in batches by
+    request_logs.writer; no foreign key, so a user's deletion leaves their history."""
+
+    __tablename__ = "request_logs"
+    __table_args__ = (Index("ix_request_logs_user_id_time", "user_id", "time"),)
+
+    # BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    method: Mapped[str] = mapped_column(String(200))
+    # The gRPC status code name: "OK", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", …
+    status: Mapped[str] = mapped_column(String(32))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    client_ip: Mapped[str] = mapped_column(String(45))
+    user_agent: Mapped[str] = mapped_column(String(256))

@@ -1,0 +1,129 @@
+"""Rate-limit wiring: settings and the `(luman.api.v1.access)` policies -> RateLimitInterceptor.
+
+Chain position: the interceptor runs before TokenAuthInterceptor. Auth-policy RPCs (Register,
+Login, CliLogin, RefreshToken: the ones that hash passwords) are counted per client IP before
+anything touches the database. Default-policy RPCs count per user, which needs the token
+verified first: the interceptor verifies it through the same CallScopedVerifier that
+TokenAuthInterceptor uses, so a call still costs one verification, and a call without a valid
+token counts against its client IP (TokenAuthInterceptor then rejects it from the cached
+outcome). Keying on a hash of the raw token instead would be per credential, so a client could
+mint itself fresh budgets with random or extra tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from luman.api.v1 import annotations_pb2
+from luman.auth.v1 import auth_service_pb2
+from luman.interceptors.caller import CallScopedVerifier, ResolveCaller
+from luman.interceptors.rate_limit import (
+    AccountLimit,
+    Policy,
+    RateLimiter,
+    RateLimitInterceptor,
+    SlidingWindowLimiter,
+)
+from luman.server import methods
+from luman.server.config import Settings
+from luman.server.errors import UnauthenticatedError
+from luman.server.validation import normalize_email
+
+_AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]
+# Sign-ins that take an email and password; their failures also count per account.
+# (methods_by_name fails at import if one is ever renamed.)
+SIGN_IN_METHODS = frozenset(
+    methods.method_path(_AUTH_SERVICE, _AUTH_SERVICE.methods_by_name[name].name)
+    for name in ("Login", "CliLogin")
+)
+
+
+def build_limiters(
+    settings: Settings,
+    monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> tuple[dict[Policy, RateLimiter], RateLimiter | None]:
+    """One limiter per enabled policy (max requests 0 or window 0 disables one), plus the
+    per-account sign-in limiter that shares the auth policy's numbers.
+
+    In process by default; in Redis when RATE_LIMIT_REDIS_URL is set, so that replicas share
+    their counts (Redis keys use wall-clock time: replicas share no monotonic clock).
+    """
+    client = None
+    if settings.rate_limit_redis_url:
+        from luman.interceptors import rate_limit_redis
+
+        client = rate_limit_redis.redis_client(settings.rate_limit_redis_url)
+
+    def limiter(name: str, limit: int, window: float) -> RateLimiter:
+        if client is None:
+            return SlidingWindowLimiter(limit, window, monotonic)
+        return rate_limit_redis.RedisSlidingWindowLimiter(
+            client, limit, window, prefix=f"luman:ratelimit:{name}:", clock=wall
+        )
+
+    limiters: dict[Policy, RateLimiter] = {}
+    for policy, limit, window_ms in (
+        (Policy.AUTH, settings.auth_rate_limit_max_requests, settings.auth_rate_limit_window_ms),
+        (Policy.DEFAULT, settings.rate_limit_max_requests, settings.rate_limit_window_ms),
+    ):
+        if limit > 0 and window_ms > 0:
+            limiters[policy] = limiter(policy.value, limit, window_ms / 1000)
+    auth = limiters.get(Policy.AUTH)
+    accounts = limiter("account", auth.limit, auth.window) if auth is not None else None
+    return limiters, accounts
+
+
+def build_rate_limit_interceptor(
+    settings: Settings,
+    verifier: CallScopedVerifier,
+    caller_of: ResolveCaller,
+    monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> RateLimitInterceptor:
+    limiters, account_limiter = build_limiters(settings, monotonic, wall)
+    accounts = None
+    if account_limiter is not None:
+        accounts = AccountLimit(
+            limiter=account_limiter, key_of=sign_in_account, is_failure=is_failed_sign_in
+        )
+    return RateLimitInterceptor(
+        policy_of=policy_resolver(),
+        limiters=limiters,
+        caller_of=caller_of,
+        principal_of=verifier.principal_of,
+        accounts=accounts,
+    )
+
+
+def policy_resolver() -> Callable[[str], Policy | None]:
+    table = {
+        name: Policy.AUTH
+        if policy.rate_limit == annotations_pb2.RATE_LIMIT_POLICY_AUTH
+        else Policy.DEFAULT
+        for name, policy in methods.policies().items()
+    }
+
+    def policy_of(method_name: str) -> Policy | None:
+        if methods.is_infrastructure(method_name):
+            return None
+        return table.get(method_name, Policy.DEFAULT)
+
+    return policy_of
+
+
+def sign_in_account(method_name: str, request: Any) -> str | None:
+    """The account a sign-in targets, as a key that does not keep the email in memory."""
+    if method_name not in SIGN_IN_METHODS:
+        return None
+    email = normalize_email(getattr(request, "email", ""))
+    if not email:
+        return None
+    return "account:" + hashlib.sha256(email.encode()).hexdigest()
+
+
+def is_failed_sign_in(exc: BaseException) -> bool:
+    return isinstance(exc, UnauthenticatedError) and exc.reason == "INVALID_CREDENTIALS"

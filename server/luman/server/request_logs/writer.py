@@ -1,0 +1,209 @@
+"""RequestLogWriter: RPCs hand entries to a bounded in-memory queue; one thread writes them.
+
+The RPC side (`submit`) only appends under a lock, so a slow or failing database never delays
+or fails a call. When the queue is full, entries are dropped and counted; when a batch insert
+fails, its entries are counted as failed. Both are reported in rate-limited warnings (at most
+one per `warn_interval`), never silently. `close()` drains the queue: App.stop calls it after
+the gRPC server has stopped, so every call that completed is written.
+
+The same thread prunes rows older than the retention period, once at start and then every
+`prune_interval` seconds of the injected monotonic clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from luman.interceptors.request_logging import RequestLogEntry
+from luman.server.clock import Clock, system_clock
+from luman.server.request_logs import store
+from luman.server.request_logs.store import WriterStats
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE = 10_000
+DEFAULT_BATCH_SIZE = 500
+
+
+class RequestLogWriter:
+    """Batches request-log entries into the database from a background thread.
+
+    Args:
+        engine: where request_logs lives.
+        retention_days: rows older than this are pruned; 0 keeps them forever.
+        clock: wall-clock time (the pruning cutoff).
+        monotonic: seconds, for the pruning schedule and warning throttle.
+        max_queue: entries held before new ones are dropped.
+        batch_size: most entries per INSERT.
+        prune_interval: seconds between pruning runs.
+        warn_interval: least seconds between two drop/failure warnings.
+        idle_wait: how long the idle thread sleeps before checking the pruning schedule.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retention_days: int = 30,
+        clock: Clock = system_clock,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        prune_interval: float = 3600.0,
+        warn_interval: float = 60.0,
+        idle_wait: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._retention = dt.timedelta(days=retention_days)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._prune_interval = prune_interval
+        self._warn_interval = warn_interval
+        self._idle_wait = idle_wait
+        self._cond = threading.Condition()
+        self._queue: collections.deque[RequestLogEntry] = collections.deque()
+        self._flush_waiters: list[threading.Event] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._next_prune = monotonic()
+        self._last_warning: float | None = None
+        self._reported = (0, 0)  # (dropped, failed) at the last warning
+        self._last_error = ""
+        self._written = self._dropped = self._failed = self._pruned = 0
+
+    @property
+    def stats(self) -> WriterStats:
+        with self._cond:
+            return WriterStats(self._written, self._dropped, self._failed, self._pruned)
+
+    def submit(self, entry: RequestLogEntry) -> None:
+        """Queue one entry; never blocks on the database and never raises."""
+        with self._cond:
+            if self._closing or len(self._queue) >= self._max_queue:
+                self._dropped += 1
+                return
+            self._queue.append(entry)
+            if len(self._queue) >= self._batch_size:
+                self._cond.notify()
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="request-log-writer", daemon=True
+            )
+            self._thread.start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call is written (or counted as failed),
+        and run pruning if it is due. Returns False on timeout or when the writer is stopped."""
+        done = threading.Event()
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                return False
+            self._flush_waiters.append(done)
+            self._cond.notify()
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop taking entries, write what is queued, and stop the thread."""
+        with self._cond:
+            self._closing = True
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning(
+                    "request log: writer still busy after %.0fs; %d queued entries may be lost",
+                    timeout or 0,
+                    len(self._queue),
+                )
+        stats = self.stats
+        if stats.dropped or stats.failed:
+            logger.warning(
+                "request log: %d entries written, %d dropped (queue full), %d lost to "
+                "database errors",
+                stats.written,
+                stats.dropped,
+                stats.failed,
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue and not self._flush_waiters and not self._closing:
+                    self._cond.wait(self._idle_wait)
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))
+                ]
+                drained = not self._queue
+                waiters: list[threading.Event] = []
+                if drained:
+                    waiters, self._flush_waiters = self._flush_waiters, []
+                stopping = self._closing and drained
+            if batch:
+                self._write(batch)
+            if not stopping:
+                self._prune_if_due()
+            self._warn_if_losing()
+            for waiter in waiters:
+                waiter.set()
+            if stopping:
+                return
+
+    def _write(self, batch: list[RequestLogEntry]) -> None:
+        try:
+            store.insert_entries(self._engine, batch)
+        except Exception as exc:
+            with self._cond:
+                self._failed += len(batch)
+            logger.debug("request log insert failed: %s", type(exc).__name__, exc_info=True)
+            self._last_error = type(exc).__name__
+        else:
+            with self._cond:
+                self._written += len(batch)
+
+    def _prune_if_due(self) -> None:
+        if self._retention <= dt.timedelta(0) or self._monotonic() < self._next_prune:
+            return
+        self._next_prune = self._monotonic() + self._prune_interval
+        try:
+            pruned = store.prune_before(self._engine, self._clock() - self._retention)
+        except Exception as exc:
+            logger.warning("request log: pruning failed (%s)", type(exc).__name__)
+            return
+        with self._cond:
+            self._pruned += pruned
+        if pruned:
+            logger.info("request log: pruned %d entries older than %s", pruned, self._retention)
+
+    def _warn_if_losing(self) -> None:
+        with self._cond:
+            current = (self._dropped, self._failed)
+        if current == self._reported:
+            return
+        now = self._monotonic()
+        if self._last_warning is not None and now - self._last_warning < self._warn_interval:
+            return
+        dropped = current[0] - self._reported[0]
+        failed = current[1] - self._reported[1]
+        self._last_warning, self._reported = now, current
+        logger.warning(
+            "request log: %d entries dropped (queue full) and %d lost to database errors%s "
+            "since the last report (totals: %d dropped, %d lost)",
+            dropped,
+            failed,
+            f" (last error: {self._last_error})" if failed else "",
+            *current,
+        )
