@@ -1,0 +1,275 @@
+"""`luman register`, `login`, `logout`, `whoami` and `health`."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import sys
+
+import click
+
+from luman.cli import output
+from luman.cli.context import State, json_option, state_of
+from luman.cli.failures import CliFailure, ExitCode, describe, exit_code_for
+from luman.client import (
+    AuthData,
+    AuthFileError,
+    ClientError,
+    Unauthenticated,
+    Unavailable,
+    auth_file_path,
+)
+from luman.client import login as client_login
+from luman.client import logout as client_logout
+
+_EMAIL = click.option("--email", metavar="EMAIL", help="Account email; prompted for if omitted.")
+_PASSWORD_STDIN = click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input (for scripts).",
+)
+
+
+def _read_password_from_stdin() -> str:
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        raise click.UsageError("--password-stdin: standard input has no password")
+    return password
+
+
+def _credentials(email: str | None, password_stdin: bool, *, confirm: bool) -> tuple[str, str]:
+    if password_stdin and not email:
+        # Standard input carries the password, so it cannot also answer the email prompt.
+        raise click.UsageError("--password-stdin needs --email")
+    if not email:
+        email = str(click.prompt("Email", err=True)).strip()
+    if password_stdin:
+        return email, _read_password_from_stdin()
+    password = click.prompt(
+        "Password",
+        hide_input=True,
+        confirmation_prompt="Repeat password" if confirm else False,
+        err=True,
+    )
+    return email, str(password)
+
+
+@click.command()
+@_EMAIL
+@click.option("--name", metavar="NAME", help="Display name; prompted for if omitted.")
+@_PASSWORD_STDIN
+@click.option(
+    "--login/--no-login",
+    "then_login",
+    default=True,
+    show_default=True,
+    help="Log in with the new account afterwards.",
+)
+@json_option
+@click.pass_context
+def register(
+    ctx: click.Context,
+    email: str | None,
+    name: str | None,
+    password_stdin: bool,
+    then_login: bool,
+) -> None:
+    """Create an account (and log in with it).
+
+    The password needs 8 to 72 bytes.
+
+    \b
+    Examples:
+      luman register
+      printf '%s\\n' "$PASSWORD" | luman register --email ada@example.com \\
+          --name "Ada Lovelace" --password-stdin
+    """
+    state = state_of(ctx)
+    if password_stdin and not name:
+        raise click.UsageError("--password-stdin needs --name")
+    if not name and not email:
+        email = str(click.prompt("Email", err=True)).strip()
+    if not name:
+        name = str(click.prompt("Name", err=True)).strip()
+    email, password = _credentials(email, password_stdin, confirm=True)
+    _warn_if_plaintext(state)
+    signed_up = state.client(authenticated=False).auth.register(email, password, name)
+    data = {"user": signed_up.user, "logged_in": False, "api_url": str(state.address)}
+    if then_login:
+        try:
+            _login(state, email, password, token_name=None)
+        except ClientError:
+            # The account exists either way; say so before the error.
+            output.message(
+                f"Account created for {signed_up.user.email}, but logging in failed.",
+                as_json=state.as_json,
+                data=data,
+            )
+            raise
+        data["logged_in"] = True
+        text = f"Account created for {signed_up.user.email}; logged in to {state.address}."
+    else:
+        text = f"Account created for {signed_up.user.email}. Log in with: luman login"
+    output.message(text, as_json=state.as_json, data=data)
+
+
+def _warn_if_plaintext(state: State) -> None:
+    address = state.address
+    if address.tls or address.host == "localhost":
+        return
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(address.host).is_loopback:
+            return
+    output.warning(
+        f"sending the password to {address} without TLS; use grpcs:// for a remote backend"
+    )
+
+
+def _login(state: State, email: str, password: str, token_name: str | None) -> AuthData:
+    return client_login(
+        email,
+        password,
+        api_url=str(state.address),
+        token_name=token_name,
+        timeout=state.timeout,
+        root_certificates=state.root_certificates(),
+    )
+
+
+@click.command()
+@_EMAIL
+@_PASSWORD_STDIN
+@click.option(
+    "--token-name",
+    metavar="NAME",
+    help="Label stored with the new CLI token on the server. Default: this host's name.",
+)
+@json_option
+@click.pass_context
+def login(
+    ctx: click.Context, email: str | None, password_stdin: bool, token_name: str | None
+) -> None:
+    """Log in and save a long-lived CLI token in ~/.luman/auth.json.
+
+    The file is private to you (mode 0600); LUMAN_CONFIG_DIR moves it. Logging in again
+    replaces the saved login and revokes its token.
+
+    \b
+    Examples:
+      luman login
+      luman --api-url grpcs://luman.example.com login --email ada@example.com
+      printf '%s\\n' "$PASSWORD" | luman login --email ada@example.com --password-stdin
+    """
+    state = state_of(ctx)
+    email, password = _credentials(email, password_stdin, confirm=False)
+    _warn_if_plaintext(state)
+    saved = _login(state, email, password, token_name)
+    output.message(
+        f"Logged in to {saved.api_url} as {saved.email}.",
+        as_json=state.as_json,
+        data={
+            "user": {"id": saved.user_id, "email": saved.email, "name": saved.name},
+            "api_url": saved.api_url,
+            "token_id": saved.token_id,
+            "token_name": saved.token_name,
+            "auth_file": str(auth_file_path()),
+        },
+    )
+
+
+@click.command()
+@json_option
+@click.pass_context
+def logout(ctx: click.Context) -> None:
+    """Revoke the saved CLI token on the server, then delete it locally.
+
+    The local copy is deleted even when the backend cannot be reached (exit code 4), in
+    which case the token stays valid on the server until it is revoked there.
+
+    \b
+    Example:
+      luman logout
+    """
+    state = state_of(ctx)
+    result = client_logout(
+        api_url=state.api_url,
+        timeout=state.timeout,
+        root_certificates=state.root_certificates(),
+    )
+    data = {
+        "was_logged_in": result.was_logged_in,
+        "revoked": result.revoked,
+        "api_url": result.api_url or None,
+    }
+    error = result.error
+    if not result.was_logged_in:
+        output.message("Not logged in.", as_json=state.as_json, data=data)
+    elif error is None:
+        output.message(
+            f"Logged out: the token is revoked on {result.api_url} and deleted locally.",
+            as_json=state.as_json,
+            data=data,
+        )
+    elif isinstance(error, AuthFileError):
+        output.message(
+            f"Deleted the unreadable auth file {auth_file_path()}.",
+            as_json=state.as_json,
+            data=data,
+        )
+    elif isinstance(error, Unauthenticated):
+        output.message(
+            "Logged out: deleted the local token (the server had already rejected it).",
+            as_json=state.as_json,
+            data=data,
+        )
+    else:
+        why = describe(error, address=result.api_url, timeout=state.timeout)
+        if isinstance(error, Unavailable):
+            why = f"{why}; the token stays valid until revoked"
+        output.message("Deleted the local token.", as_json=state.as_json, data=data)
+        raise CliFailure(
+            f"the token was not revoked: {why}",
+            exit_code_for(error),
+            as_json=state.as_json,
+            details={"code": error.code.name if error.code else None, "reason": error.reason},
+        )
+
+
+@click.command()
+@json_option
+@click.pass_context
+def whoami(ctx: click.Context) -> None:
+    """Show the logged-in user, as the backend sees the saved token.
+
+    Exit code 3 when not logged in or the token was revoked.
+
+    \b
+    Example:
+      luman whoami
+    """
+    state = state_of(ctx)
+    user = state.client().auth.get_me()
+    output.user(user, as_json=state.as_json, api_url=str(state.address))
+
+
+@click.command()
+@json_option
+@click.pass_context
+def health(ctx: click.Context) -> None:
+    """Check that the backend is up (grpc.health.v1); needs no login.
+
+    Exit code 0 when serving, 1 when not serving, 4 when unreachable.
+
+    \b
+    Example:
+      luman --api-url grpcs://luman.example.com health
+    """
+    state = state_of(ctx)
+    status = state.client(authenticated=False).check_health()
+    data = {"api_url": str(state.address), "status": status}
+    output.message(f"{state.address}: {status}", as_json=state.as_json, data=data)
+    if status != "SERVING":
+        raise CliFailure(
+            f"the backend at {state.address} is {status}", ExitCode.ERROR, as_json=state.as_json
+        )

@@ -1,0 +1,140 @@
+"""Everything the CLI prints: tables and key/value blocks for people, JSON for scripts.
+
+Results go to stdout and errors to stderr, so `luman ... --json | jq` sees only the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+
+from luman.client import Member, Organization, User
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, enums and datetimes as plain JSON values (times in ISO 8601, UTC)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.repr  # fields hidden from repr hold secrets
+        }
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "-"
+
+
+def _role(value: enum.Enum | None) -> str:
+    return str(value.value) if value is not None else "unknown"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; the last column is not padded."""
+    materialised = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(row[i]) for row in materialised) for i in range(len(headers))]
+    for row in materialised:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def fields(pairs: Sequence[tuple[str, str]]) -> None:
+    """An aligned "Label: value" block."""
+    width = max(len(label) for label, _ in pairs) + 1
+    for label, value in pairs:
+        click.echo(f"{label + ':':<{width}} {value}")
+
+
+def message(text: str, *, as_json: bool, data: Any) -> None:
+    """`text` for people, `data` as JSON for scripts."""
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(text)
+
+
+def warning(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
+
+
+def error(message: str, *, as_json: bool, exit_code: int, **details: Any) -> None:
+    if as_json:
+        payload = {"error": {"message": message, "exit_code": exit_code, **details}}
+        click.echo(json.dumps(to_jsonable(payload), indent=2, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
+
+
+def user(value: User, *, as_json: bool, api_url: str) -> None:
+    if as_json:
+        emit_json({**to_jsonable(value), "api_url": api_url})
+        return
+    fields(
+        [
+            ("Email", value.email),
+            ("Name", value.name),
+            ("User ID", value.id),
+            ("Backend", api_url),
+        ]
+    )
+
+
+def organization(value: Organization, *, as_json: bool) -> None:
+    if as_json:
+        emit_json(value)
+        return
+    fields(
+        [
+            ("Name", value.name),
+            ("Slug", value.slug),
+            ("ID", value.id),
+            ("Your role", _role(value.role)),
+            ("Created", _when(value.create_time)),
+        ]
+    )
+
+
+def organizations(values: Sequence[Organization], *, as_json: bool) -> None:
+    if as_json:
+        emit_json(list(values))
+        return
+    if not values:
+        click.echo("You belong to no organization yet. Create one: luman org create NAME")
+        return
+    table(
+        ("SLUG", "NAME", "ROLE", "CREATED"),
+        ((o.slug, o.name, _role(o.role), _when(o.create_time)) for o in values),
+    )
+
+
+def member(value: Member, *, as_json: bool, text: str) -> None:
+    message(text, as_json=as_json, data=value)
+
+
+def members(values: Sequence[Member], *, as_json: bool) -> None:
+    if as_json:
+        emit_json(list(values))
+        return
+    table(
+        ("EMAIL", "NAME", "ROLE", "JOINED", "USER ID"),
+        ((m.email, m.name, _role(m.role), _when(m.join_time), m.user_id) for m in values),
+    )

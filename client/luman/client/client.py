@@ -1,0 +1,355 @@
+"""Client: one channel to the backend, the token on every call, typed results and errors.
+
+with Client("localhost:3000", token=token) as client:
+    me = client.auth.get_me()
+    for organization in client.organizations.iter():
+        print(organization.slug, organization.role)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.client.address import DEFAULT_ADDRESS, Address, parse_address
+from luman.client.channel import USER_AGENT, open_channel
+from luman.client.errors import InvalidArgument, NotFound, NotLoggedIn, from_rpc_error
+from luman.client.models import (
+    CliLogin,
+    Member,
+    Organization,
+    Page,
+    Role,
+    SignIn,
+    TokenPair,
+    User,
+    role_to_proto,
+)
+from luman.organization.v1 import (
+    organization_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
+
+DEFAULT_TIMEOUT = 10.0
+MAX_PAGE_SIZE = 500  # the server lowers larger page sizes to this
+
+OrganizationRef = str | uuid.UUID
+"""An organization: a str is its slug, a uuid.UUID its id."""
+
+UserRef = str | uuid.UUID
+"""A user: a str containing "@" is an email address; any other str or a uuid.UUID is a user id."""
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Client:
+    """A connection to the Luman backend.
+
+    Args:
+        address: "host:port", "grpc://host:port" or "grpcs://host[:port]" (TLS).
+        token: a CLI token or access token sent as "authorization: Bearer"; settable later.
+        timeout: the deadline of each call, in seconds.
+        root_certificates: PEM CA bundle for grpcs; None uses the system's trust store.
+
+    Raises:
+        InvalidAddress: `address` cannot be parsed.
+
+    Every method raises a ClientError subclass on failure (see luman.client.errors). Calls do
+    not wait for an unreachable backend: they fail at once with Unavailable (or, if the
+    connection attempt hangs, with DeadlineExceeded when the deadline passes).
+    """
+
+    def __init__(
+        self,
+        address: str | Address = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        root_certificates: bytes | None = None,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self.address = parse_address(address)
+        self.token = token
+        self.timeout = timeout
+        self._channel = open_channel(
+            self.address,
+            lambda: self.token,
+            root_certificates=root_certificates,
+            user_agent=user_agent,
+        )
+        self.auth = AuthAPI(self, auth_service_pb2_grpc.AuthServiceStub(self._channel))
+        self.organizations = OrganizationsAPI(
+            self, organization_service_pb2_grpc.OrganizationServiceStub(self._channel)
+        )
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def check_health(self, service: str = "") -> str:
+        """The grpc.health.v1 status of `service` ("" is the whole server): "SERVING",
+        "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN"."""
+        response = self.call(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), authenticated=False
+        )
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return name
+
+    def call(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        authenticated: bool = True,
+    ) -> Resp:
+        """Invoke one unary RPC with the client's deadline, translating errors.
+
+        Raises:
+            NotLoggedIn: `authenticated` and no token is set; nothing is sent.
+            ClientError: the call failed.
+        """
+        if authenticated and not self.token:
+            raise NotLoggedIn()
+        try:
+            # wait_for_ready=False: fail at once while the backend is unreachable instead of
+            # queueing the call until the deadline.
+            return rpc(request, timeout=self.timeout, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+
+class AuthAPI:
+    """Accounts and credentials (luman.auth.v1.AuthService)."""
+
+    def __init__(self, client: Client, stub: auth_service_pb2_grpc.AuthServiceStub) -> None:
+        self._client = client
+        self._stub = stub
+
+    def register(self, email: str, password: str, name: str) -> SignIn:
+        """Create an account. Returns the user and a first access/refresh token pair."""
+        response = self._client.call(
+            self._stub.Register,
+            auth_service_pb2.RegisterRequest(email=email, password=password, name=name),
+            authenticated=False,
+        )
+        return SignIn(User.from_proto(response.user), TokenPair.from_proto(response.tokens))
+
+    def login(self, email: str, password: str) -> SignIn:
+        """Exchange credentials for a short-lived access token and a refresh token."""
+        response = self._client.call(
+            self._stub.Login,
+            auth_service_pb2.LoginRequest(email=email, password=password),
+            authenticated=False,
+        )
+        return SignIn(User.from_proto(response.user), TokenPair.from_proto(response.tokens))
+
+    def refresh_token(self, refresh_token: str) -> TokenPair:
+        """Rotate a refresh token; each one works once."""
+        response = self._client.call(
+            self._stub.RefreshToken,
+            auth_service_pb2.RefreshTokenRequest(refresh_token=refresh_token),
+            authenticated=False,
+        )
+        return TokenPair.from_proto(response.tokens)
+
+    def cli_login(self, email: str, password: str, token_name: str = "") -> CliLogin:
+        """Exchange credentials for a long-lived, revocable CLI token ("cli" if unnamed)."""
+        response = self._client.call(
+            self._stub.CliLogin,
+            auth_service_pb2.CliLoginRequest(email=email, password=password, token_name=token_name),
+            authenticated=False,
+        )
+        return CliLogin.from_proto(response)
+
+    def cli_logout(self) -> None:
+        """Revoke the CLI token this client sends."""
+        self._client.call(self._stub.CliLogout, auth_service_pb2.CliLogoutRequest())
+
+    def get_me(self) -> User:
+        """The user the token belongs to."""
+        response = self._client.call(self._stub.GetMe, auth_service_pb2.GetMeRequest())
+        return User.from_proto(response.user)
+
+
+class _SelectsOrganization(Protocol):
+    organization_id: str
+    slug: str
+
+
+Selecting = TypeVar("Selecting", bound=_SelectsOrganization)
+
+
+def _select(request: Selecting, organization: OrganizationRef) -> Selecting:
+    """Fill the request's `organization` oneof: organization_id for a UUID, else slug."""
+    if isinstance(organization, uuid.UUID):
+        request.organization_id = str(organization)
+    else:
+        request.slug = organization
+    return request
+
+
+def _role(role: Role | str) -> organization_pb2.OrganizationRole.ValueType:
+    try:
+        return role_to_proto(Role.parse(role))
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), code=None, field_violations={"role": str(exc)}) from None
+
+
+class OrganizationsAPI:
+    """Organizations and their members (luman.organization.v1.OrganizationService)."""
+
+    def __init__(
+        self, client: Client, stub: organization_service_pb2_grpc.OrganizationServiceStub
+    ) -> None:
+        self._client = client
+        self._stub = stub
+
+    def list(self, page_size: int = 0, page_token: str = "") -> Page[Organization]:
+        """One page of the caller's organizations, oldest membership first."""
+        response = self._client.call(
+            self._stub.ListOrganizations,
+            organization_service_pb2.ListOrganizationsRequest(
+                page_size=page_size, page_token=page_token
+            ),
+        )
+        return Page(
+            [Organization.from_proto(o) for o in response.organizations],
+            response.next_page_token,
+        )
+
+    def iter(self, page_size: int = MAX_PAGE_SIZE) -> Iterator[Organization]:
+        """Every organization of the caller, fetching pages as the iteration goes."""
+        token = ""
+        while True:
+            page = self.list(page_size, token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def create(self, name: str, slug: str) -> Organization:
+        """Create an organization; the caller becomes its owner."""
+        response = self._client.call(
+            self._stub.CreateOrganization,
+            organization_service_pb2.CreateOrganizationRequest(name=name, slug=slug),
+        )
+        return Organization.from_proto(response.organization)
+
+    def get(self, organization: OrganizationRef) -> Organization:
+        """One organization the caller belongs to (NotFound for others)."""
+        response = self._client.call(
+            self._stub.GetOrganization,
+            _select(organization_service_pb2.GetOrganizationRequest(), organization),
+        )
+        return Organization.from_proto(response.organization)
+
+    def list_members(
+        self, organization: OrganizationRef, page_size: int = 0, page_token: str = ""
+    ) -> Page[Member]:
+        """One page of the organization's members, earliest joined first."""
+        response = self._client.call(
+            self._stub.ListMembers,
+            _select(
+                organization_service_pb2.ListMembersRequest(
+                    page_size=page_size, page_token=page_token
+                ),
+                organization,
+            ),
+        )
+        return Page([Member.from_proto(m) for m in response.members], response.next_page_token)
+
+    def iter_members(
+        self, organization: OrganizationRef, page_size: int = MAX_PAGE_SIZE
+    ) -> Iterator[Member]:
+        """Every member of the organization, fetching pages as the iteration goes."""
+        token = ""
+        while True:
+            page = self.list_members(organization, page_size, token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def find_member(self, organization: OrganizationRef, email: str) -> Member:
+        """The member with this email address.
+
+        Raises:
+            NotFound: reason MEMBER_NOT_FOUND when nobody in the organization has the email.
+        """
+        wanted = email.strip().lower()
+        for member in self.iter_members(organization):
+            if member.email.lower() == wanted:
+                return member
+        raise NotFound(
+            f"no member with email {email.strip()} in {organization}",
+            code=grpc.StatusCode.NOT_FOUND,
+            reason="MEMBER_NOT_FOUND",
+        )
+
+    def add_member(
+        self, organization: OrganizationRef, user: UserRef, role: Role | str = Role.MEMBER
+    ) -> Member:
+        """Add an existing user, by email or id, with a role."""
+        request = _select(organization_service_pb2.AddMemberRequest(role=_role(role)), organization)
+        if isinstance(user, str) and "@" in user:
+            request.email = user
+        else:
+            request.user_id = str(user)
+        response = self._client.call(self._stub.AddMember, request)
+        return Member.from_proto(response.member)
+
+    def remove_member(self, organization: OrganizationRef, user: UserRef) -> None:
+        """Remove a member, by email or id. An email costs a ListMembers lookup first."""
+        self._client.call(
+            self._stub.RemoveMember,
+            _select(
+                organization_service_pb2.RemoveMemberRequest(
+                    user_id=self._user_id(organization, user)
+                ),
+                organization,
+            ),
+        )
+
+    def update_member_role(
+        self, organization: OrganizationRef, user: UserRef, role: Role | str
+    ) -> Member:
+        """Change a member's role, by email or id. An email costs a ListMembers lookup first."""
+        proto_role = _role(role)  # before the lookup, so a bad role costs no call
+        response = self._client.call(
+            self._stub.UpdateMemberRole,
+            _select(
+                organization_service_pb2.UpdateMemberRoleRequest(
+                    user_id=self._user_id(organization, user), role=proto_role
+                ),
+                organization,
+            ),
+        )
+        return Member.from_proto(response.member)
+
+    def _user_id(self, organization: OrganizationRef, user: UserRef) -> str:
+        # RemoveMember and UpdateMemberRole take only a user id; an email is resolved among
+        # the organization's members (the only users the caller may see).
+        if isinstance(user, str) and "@" in user:
+            return self.find_member(organization, user).user_id
+        return str(user)
