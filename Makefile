@@ -23,12 +23,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
+# descriptors.binpb keeps the proto comments, which the generated _pb2 modules drop: the HTTP
+# gateway reads it to describe the API in /openapi.json.
 proto: $(STAMP) ## regenerate generated/ from protos/
 	rm -rf generated/luman
-	mkdir -p generated
+	mkdir -p generated/luman/api/v1
 	PATH="$(BIN):$$PATH" $(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
 	  --python_out=generated --grpc_python_out=generated \
-	  --mypy_out=generated --mypy_grpc_out=generated $(PROTOS)
+	  --mypy_out=generated --mypy_grpc_out=generated \
+	  --include_source_info --descriptor_set_out=generated/luman/api/v1/descriptors.binpb \
+	  $(PROTOS)
 
 check-generated: proto ## fail when generated/ differs from what protos/ produces
 	@test -z "$$(git status --porcelain -- generated)" || { git status --porcelain -- generated; echo "generated/ is stale: run 'make proto' and commit"; exit 1; }

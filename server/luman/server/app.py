@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,7 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from luman.auth.v1 import auth_service_pb2_grpc
+from luman.interceptors.caller import CallerResolver, CallScopedVerifier, parse_trusted_proxies
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
+from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
 from luman.organization.v1 import organization_service_pb2_grpc
 from luman.server import methods
@@ -25,6 +30,8 @@ from luman.server.config import Settings
 from luman.server.db.session import Sessions
 from luman.server.organization.service import OrganizationService
 from luman.server.organization.servicer import OrganizationServicer
+from luman.server.rate_limits import build_rate_limit_interceptor
+from luman.server.request_logs.writer import RequestLogWriter
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +46,14 @@ class App:
     port: int
     health: health.HealthServicer
     auth: AuthService
+    # Shared with the in-process HTTP gateway: calls carrying it in `x-luman-gateway` may
+    # state the HTTP client's address and user agent. repr=False keeps it out of logs.
+    gateway_secret: str = dataclasses.field(default="", repr=False)
+    request_log: RequestLogWriter | None = None
 
     def start(self) -> None:
+        if self.request_log is not None:
+            self.request_log.start()
         self.server.start()
         for service in ("", *(s.full_name for s in methods.SERVICES)):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -49,6 +62,9 @@ class App:
         """Stop accepting calls, give in-flight ones `grace` seconds, then cancel the rest."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        # Only now is every completed call queued: write them all before returning.
+        if self.request_log is not None:
+            self.request_log.close()
 
 
 def build_server(
@@ -57,8 +73,14 @@ def build_server(
     *,
     clock: Clock = system_clock,
     hasher: PasswordHasher | None = None,
+    gateway_secret: str | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    request_log: RequestLogWriter | None = None,
 ) -> App:
     """Build the server and bind it to settings.host:settings.port (0 picks a free port).
+
+    `monotonic` drives the rate limiters and the log writer's schedule; `request_log` replaces
+    the writer built from `sessions.engine` (tests use it to break or slow the log database).
 
     Raises:
         BindError: the address is taken or invalid.
@@ -67,10 +89,29 @@ def build_server(
     auth = AuthService(sessions, hasher, TokenCodec(settings, clock), clock)
     organizations = OrganizationService(sessions, clock)
     policy = methods.policies()
+    gateway_secret = gateway_secret or secrets.token_urlsafe(32)
+    request_log = request_log or RequestLogWriter(
+        sessions.engine,
+        retention_days=settings.request_log_retention_days,
+        clock=clock,
+        monotonic=monotonic,
+    )
+    caller_of = CallerResolver(parse_trusted_proxies(settings.trusted_proxies), gateway_secret)
+    # Rate limiting and token auth share one verification per call (see rate_limits.py).
+    verifier = CallScopedVerifier(auth.verify_token)
 
+    # Outermost first: logging sees the final status of every call, rejected ones included.
     interceptors: list[grpc.ServerInterceptor[Any, Any]] = [
+        RequestLoggingInterceptor(
+            request_log.submit, caller_of, clock=clock, skip=methods.is_infrastructure
+        ),
         ErrorMappingInterceptor(),
-        TokenAuthInterceptor(auth.verify_token, methods.public_methods(policy)),
+        build_rate_limit_interceptor(
+            settings, verifier, caller_of, monotonic, wall=lambda: clock().timestamp()
+        ),
+        TokenAuthInterceptor(
+            verifier.verify, methods.public_methods(policy), methods.INFRASTRUCTURE_PREFIXES
+        ),
     ]
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
@@ -108,4 +149,11 @@ def build_server(
         raise BindError(f"cannot listen on {address}: is another server using the port?") from exc
     if port == 0:
         raise BindError(f"cannot listen on {address}: is another server using the port?")
-    return App(server=server, port=port, health=health_servicer, auth=auth)
+    return App(
+        server=server,
+        port=port,
+        health=health_servicer,
+        auth=auth,
+        gateway_secret=gateway_secret,
+        request_log=request_log,
+    )

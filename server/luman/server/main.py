@@ -6,14 +6,18 @@ import logging
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from luman.server.app import BindError, build_server
 from luman.server.config import ConfigError, Settings
 from luman.server.db import migrate as migrations
 from luman.server.db.session import make_engine, make_sessions
+from luman.server.gateway import build_gateway
+from luman.server.request_logs import query as request_log_query
 
 logger = logging.getLogger("luman.server")
 
@@ -41,7 +45,7 @@ def cli() -> None:
 
 @cli.command()
 def serve() -> None:
-    """Serve gRPC on HOST:PORT until SIGTERM or SIGINT.
+    """Serve gRPC on HOST:PORT and HTTP/JSON on HOST:HTTP_PORT until SIGTERM or SIGINT.
 
     With DATABASE_URL unset, the embedded SQLite database under LUMAN_DATA_DIR is created and
     migrated automatically. With DATABASE_URL set, a database whose schema is behind is
@@ -61,8 +65,10 @@ def serve() -> None:
                     f"database schema is at {current or 'nothing'}, this server needs {head}: "
                     "run `luman-server migrate` (or `make migrate`)"
                 )
+        sessions = make_sessions(engine)
         try:
-            app = build_server(settings, make_sessions(engine))
+            app = build_server(settings, sessions)
+            gateway = build_gateway(settings, sessions, app)
         except BindError as exc:
             raise click.ClickException(str(exc)) from None
         stop = threading.Event()
@@ -80,9 +86,25 @@ def serve() -> None:
             app.port,
             engine.url.render_as_string(hide_password=True),
         )
+        gateway.start()
+        logger.info("serving HTTP/JSON on %s:%d", settings.host, gateway.port)
         stop.wait()
-        app.stop(settings.shutdown_grace_seconds)
-        logger.info("stopped")
+        # HTTP first: its requests in flight still need gRPC to finish. Both share the grace.
+        deadline = time.monotonic() + settings.shutdown_grace_seconds
+        gateway.stop(settings.shutdown_grace_seconds)
+        grace = max(0.0, deadline - time.monotonic())
+        # Stops gRPC, then writes every queued request-log entry (App.stop).
+        app.stop(grace)
+        if app.request_log is not None:
+            stats = app.request_log.stats
+            logger.info(
+                "stopped (request log: %d written, %d dropped, %d lost to database errors)",
+                stats.written,
+                stats.dropped,
+                stats.failed,
+            )
+        else:
+            logger.info("stopped")
     finally:
         engine.dispose()
 
@@ -111,6 +133,47 @@ def makemigration(message: str) -> None:
         migrations.revision_autogenerate(engine, message)
     finally:
         engine.dispose()
+
+
+@cli.command()
+@click.option("--user", "user", help="Only calls by this user (id or email).")
+@click.option("--method", help="Only this RPC: full name, 'AuthService/Login' or 'Login'.")
+@click.option("--status", help="Only this gRPC status: a name (NOT_FOUND) or number (5).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, request_log_query.MAX_LIMIT),
+    default=50,
+    show_default=True,
+    help="How many of the most recent matching calls to show.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+def logs(
+    user: str | None, method: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """Show recent requests from the request log, oldest first."""
+    settings = _settings()
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        log_filter = request_log_query.LogFilter(
+            user_id=request_log_query.resolve_user(engine, user) if user else None,
+            method=method,
+            status=request_log_query.parse_status(status) if status else None,
+            limit=limit,
+        )
+        rows = request_log_query.recent(engine, log_filter)
+    except request_log_query.QueryError as exc:
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(
+            f"cannot read the request log ({type(exc).__name__}): is the database migrated? "
+            "run `luman-server migrate`"
+        ) from None
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(request_log_query.render_json(rows))
+    else:
+        click.echo(request_log_query.render_table(rows))
 
 
 def main() -> None:

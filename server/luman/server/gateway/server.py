@@ -1,0 +1,208 @@
+"""Runs the gateway: uvicorn with httptools and uvloop, on a thread of the server process.
+
+uvicorn because its httptools parser and uvloop event loop make it the fastest pure-ASGI server
+that embeds cleanly in a thread (it installs no signal handlers off the main thread, takes a
+pre-bound socket, and drains connections on `should_exit`); main.py keeps the signals and tells
+both doors when to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.metadata
+import logging
+import math
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+import uvicorn
+
+from luman.interceptors.caller import parse_trusted_proxies
+from luman.server.app import App, BindError
+from luman.server.config import Settings
+from luman.server.db.session import Sessions
+from luman.server.gateway.app import GatewayApp
+from luman.server.gateway.comments import comments_by_name, load_descriptor_set
+from luman.server.gateway.openapi import build_document
+from luman.server.gateway.policy import ClientAddress, CorsPolicy
+from luman.server.gateway.routes import build_routes
+from luman.server.gateway.upstream import Upstream, loopback_target
+
+logger = logging.getLogger(__name__)
+
+READINESS_TIMEOUT_SECONDS = 2.0
+KEEP_ALIVE_SECONDS = 5
+BACKLOG = 2048
+
+
+class DatabaseReadiness:
+    """`SELECT 1` through the read sessions, on one thread of its own and with a timeout.
+
+    While a check is still running (a database that hangs), later probes wait for that same
+    check instead of queueing new ones, so a stuck database never piles up threads.
+    """
+
+    def __init__(self, sessions: Sessions, timeout: float = READINESS_TIMEOUT_SECONDS) -> None:
+        self._sessions = sessions
+        self._timeout = timeout
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="readyz")
+        self._pending: concurrent.futures.Future[None] | None = None
+
+    async def __call__(self) -> bool:
+        if self._pending is None or self._pending.done():
+            self._pending = self._executor.submit(self._check)
+        waiter = asyncio.wrap_future(self._pending)
+        # Retrieve a late failure so asyncio does not report it as never retrieved.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+        except Exception as exc:  # any failure of the probe means "not ready"
+            logger.warning("readiness check failed: %s", type(exc).__name__)
+            return False
+        return True
+
+    def _check(self) -> None:
+        with self._sessions.read() as session:
+            session.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class GatewayServer:
+    """The HTTP/JSON gateway, bound on construction, served from `start()` until `stop()`."""
+
+    def __init__(
+        self,
+        app: GatewayApp,
+        sock: socket.socket,
+        upstream: Upstream,
+        readiness: DatabaseReadiness,
+    ) -> None:
+        self.app = app
+        self.port: int = sock.getsockname()[1]
+        self._socket = sock
+        self._upstream = upstream
+        self._readiness = readiness
+        config = uvicorn.Config(
+            app,
+            loop="none",  # _run() makes the loop: uvloop when available
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            access_log=False,  # the gRPC request log records every call already
+            server_header=False,
+            proxy_headers=False,  # X-Forwarded-For is judged by TRUSTED_PROXIES in policy.py
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            backlog=BACKLOG,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="http-gateway", daemon=True)
+
+    def start(self) -> None:
+        # The socket is already listening: connections made before uvicorn's loop is up wait in
+        # the backlog, so callers can use the port as soon as this returns.
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self._serve())
+        except BaseException:  # uvicorn exits with SystemExit on start-up failures
+            logger.exception("the HTTP gateway stopped unexpectedly")
+
+    async def _serve(self) -> None:
+        # The loopback channel belongs to this loop: open it here, close it here.
+        await self._upstream.open()
+        try:
+            await self._server.serve(sockets=[self._socket])
+        finally:
+            await self._upstream.close()
+
+    def stop(self, grace: float | None) -> None:
+        """Stop accepting connections, let requests in flight finish for up to `grace`
+        seconds (None: cancel them), then close the loopback channel."""
+        self.app.draining = True
+        if self._thread.is_alive():
+            # grace None: cancel requests in flight (force_exit) rather than wait for them.
+            self._server.config.timeout_graceful_shutdown = (
+                1 if grace is None else max(1, math.ceil(grace))
+            )
+            self._server.force_exit = grace is None
+            self._server.should_exit = True
+            self._thread.join(timeout=(grace or 0) + 5)
+            if self._thread.is_alive():
+                logger.warning("the HTTP gateway did not stop in time")
+        self._socket.close()
+        self._readiness.close()
+
+
+def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewayServer:
+    """Build the gateway for `app` and bind settings.host:settings.http_port (0: a free port).
+
+    Raises:
+        BindError: the address is taken or invalid.
+        RouteError: an annotation in the protos is malformed.
+    """
+    routes = build_routes()
+    document = build_document(routes, comments_by_name(load_descriptor_set()), version=_version())
+    upstream = Upstream(
+        loopback_target(settings.host, app.port),
+        routes.routes,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    readiness = DatabaseReadiness(sessions)
+    gateway_app = GatewayApp(
+        routes,
+        upstream,
+        gateway_secret=app.gateway_secret,
+        cors=CorsPolicy(settings.cors_origin),
+        # Settings.from_env has validated TRUSTED_PROXIES already.
+        addresses=ClientAddress(parse_trusted_proxies(settings.trusted_proxies)),
+        openapi=document,
+        readiness=readiness,
+        max_body_bytes=settings.http_max_body_bytes,
+    )
+    try:
+        sock = _bind(settings.host, settings.http_port)
+    except BindError:
+        readiness.close()
+        raise
+    return GatewayServer(gateway_app, sock, upstream, readiness)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    options: dict[str, Any] = {}
+    if host in ("::", "[::]"):
+        options["dualstack_ipv6"] = socket.has_dualstack_ipv6()
+    try:
+        return socket.create_server(
+            (host.strip("[]"), port), family=family, backlog=BACKLOG, **options
+        )
+    except OSError as exc:
+        raise BindError(
+            f"cannot listen on {address} (HTTP_PORT): is another server using the port? ({exc})"
+        ) from exc
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop does not build on Windows: plain asyncio then
+        return None
+    return uvloop.new_event_loop
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("luman")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
