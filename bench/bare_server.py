@@ -1,0 +1,127 @@
+"""The baseline: a bare grpcio server with one trivial unary handler.
+
+It answers every unary method with the same pre-serialized bytes (the product's real GetMe
+response, handed over in a file), so the message sizes on the wire match the product's. The
+server model and options match `luman.server.app.build_server`: `grpc.server` on a
+ThreadPoolExecutor with the same max_workers, the same channel options and the same
+maximum_concurrent_rpcs. `--aio` runs the same handler on `grpc.aio` instead, for the
+server-model comparison in BENCHMARKS.md.
+
+Run as `python -m bench.bare_server --response-file F`; it prints `READY <port>` on stdout once
+it serves on 127.0.0.1, and stops on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from luman.server.config import Settings
+
+READY = "READY"
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """The channel options build_server passes; kept in step with luman.server.app by hand."""
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_metadata_size", 16 * 1024),
+    ]
+
+
+# grpc-stubs makes the handler classes generic; grpcio's own classes cannot be subscripted.
+if TYPE_CHECKING:
+    _GenericRpcHandler = grpc.GenericRpcHandler[bytes, bytes]
+else:
+    _GenericRpcHandler = grpc.GenericRpcHandler
+
+
+class _AnyMethod(_GenericRpcHandler):
+    """Serves every unary method with one handler; no (de)serialization at all."""
+
+    def __init__(self, handler: grpc.RpcMethodHandler[bytes, bytes]) -> None:
+        self._handler = handler
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+        return self._handler
+
+
+def _sync_server(response: bytes, settings: Settings) -> grpc.Server:
+    def call(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return response
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        handlers=[_AnyMethod(grpc.unary_unary_rpc_method_handler(call))],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    return server
+
+
+def _announce(port: int) -> None:
+    sys.stdout.write(f"{READY} {port}\n")
+    sys.stdout.flush()
+
+
+def _serve_sync(response: bytes, settings: Settings) -> None:
+    server = _sync_server(response, settings)
+    port = server.add_insecure_port("127.0.0.1:0")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    _announce(port)
+    stop.wait()
+    server.stop(None).wait()
+
+
+async def _serve_aio(response: bytes, settings: Settings) -> None:
+    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return response
+
+    server = grpc.aio.server(
+        handlers=[_AnyMethod(grpc.unary_unary_rpc_method_handler(call))],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await server.start()
+    _announce(port)
+    await stop.wait()
+    await server.stop(None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_server")
+    parser.add_argument("--response-file", type=Path, required=True)
+    parser.add_argument("--aio", action="store_true", help="grpc.aio instead of the thread pool")
+    parser.add_argument("--max-workers", type=int, default=Settings.max_workers)
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=Settings.max_concurrent_rpcs)
+    args = parser.parse_args(argv)
+    settings = Settings(max_workers=args.max_workers, max_concurrent_rpcs=args.max_concurrent_rpcs)
+    response = args.response_file.read_bytes()
+    if args.aio:
+        asyncio.run(_serve_aio(response, settings))
+    else:
+        _serve_sync(response, settings)
+
+
+if __name__ == "__main__":
+    main()

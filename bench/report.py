@@ -1,0 +1,470 @@
+"""Results -> Markdown, and the rewrite of the generated block in BENCHMARKS.md.
+
+Only the text between the two markers is generated; the prose around it is kept as written.
+A series that failed verification shows FAILED and its reason, never a number.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from bench import h2load
+from bench.scenarios import (
+    BASELINE,
+    BENCH_RATE_LIMIT,
+    P99_STREAMS,
+    SCENARIOS,
+    BackendResult,
+    Results,
+    Series,
+)
+from bench.stats import DASH, TIMES, Spread
+
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+MIB = 1024 * 1024
+
+
+class ReportError(Exception):
+    """BENCHMARKS.md has no generated block to replace."""
+
+
+def rewrite(path: Path, block: str) -> None:
+    """Replace what lies between the markers in `path` with `block`.
+
+    Raises:
+        ReportError: the file or a marker is missing (the prose is never regenerated).
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist") from None
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    if len(pattern.findall(text)) != 1:
+        raise ReportError(f"{path} must contain exactly one {BEGIN} … {END} block")
+    path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block.strip()}\n{END}", text))
+
+
+# -- machine and versions -------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpus = _cpu_model()
+    memory = _meminfo_gib()
+    return f"{os.cpu_count()} CPUs ({cpus}), {memory:.1f} GiB RAM, Linux {platform.release()}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _meminfo_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def versions() -> str:
+    parts = [f"Python {platform.python_version()}"]
+    for dist in ("grpcio", "protobuf", "SQLAlchemy", "psycopg", "bcrypt"):
+        try:
+            parts.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    parts.append(_h2load_version())
+    return ", ".join(parts)
+
+
+def _h2load_version() -> str:
+    binary = h2load.h2load_path()
+    if binary is None:
+        return "h2load (missing)"
+    # A fixed argument to the binary found on PATH.
+    output = subprocess.run(  # noqa: S603
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    return output.strip() or "h2load (unknown version)"
+
+
+# -- cells ----------------------------------------------------------------------------------
+
+
+def _spread(spread: Spread, digits: int = 0) -> str:
+    return f"{spread.median:,.{digits}f} ({spread.low:,.{digits}f}{DASH}{spread.high:,.{digits}f})"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _failed(series: Series) -> str:
+    return f"FAILED: {series.reason}".replace("|", "/")
+
+
+def _verified(series: Series) -> str:
+    return f"✓ {len(series.runs)} runs" if series.ok else _failed(series)
+
+
+def ratio(series: Series | None, reference: Series | None) -> float | None:
+    if series is None or reference is None or not series.ok or not reference.ok:
+        return None
+    return series.rps().median / reference.rps().median
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _throughput_row(series: Series, reference: Series | None, scenario: str) -> list[str]:
+    head = [series.backend, scenario, str(series.streams)]
+    if not series.ok:
+        return [*head, "FAILED", "—", "—", "—", str(series.response_bytes), _verified(series)]
+    return [
+        *head,
+        _spread(series.rps()),
+        _ratio(ratio(series, reference)),
+        _ms(series.p50_ms()),
+        _ms(series.p99_ms()),
+        str(series.response_bytes),
+        _verified(series),
+    ]
+
+
+# -- sections -------------------------------------------------------------------------------
+
+
+def render(results: Results) -> str:
+    o = results.options
+    s = results.settings
+    lines = [
+        f"Generated by `{results.command}` on {results.started:%Y-%m-%d %H:%M} UTC"
+        + (
+            f" ({(results.finished - results.started).total_seconds() / 60:.1f} min)."
+            if results.finished
+            else "."
+        ),
+        "",
+        f"- Machine: {machine()}; {results.cpu.note}.",
+        f"- Versions: {versions()}"
+        + "".join(f"; {b.version}" for b in results.backends if b.version)
+        + ".",
+        f"- Load: h2load `-c 1 -m <streams>` (one HTTP/2 connection), {o.duration} s per run "
+        f"after a {o.warmup} s warm-up run, median of {o.runs} runs (min{DASH}max); every run "
+        f"verified (DATA bytes = successes {TIMES} response frame; grpc-status probe).",
+        f"- Product settings: LUMAN_ENV=production, GRPC_MAX_WORKERS={s.max_workers}, "
+        f"GRPC_MAX_CONCURRENT_RPCS={s.max_concurrent_rpcs}, BCRYPT_ROUNDS={s.bcrypt_rounds}, "
+        f"LOG_LEVEL={s.log_level}, RATE_LIMIT_MAX_REQUESTS=AUTH_RATE_LIMIT_MAX_REQUESTS="
+        f"{BENCH_RATE_LIMIT} (windows {s.rate_limit_window_ms} ms / "
+        f"{s.auth_rate_limit_window_ms} ms).",
+        f"- Baseline: {BASELINE} answering every call with the product's {results.response_bytes}"
+        "-byte GetMe response; measured before and after the product scenarios (both passes "
+        f"pooled, so its min{DASH}max shows how much the machine drifted).",
+    ]
+    skipped = [b for b in results.backends if b.skipped]
+    lines += [f"- {b.label}: skipped ({b.skipped})." for b in skipped]
+    lines += ["", "### Targets", ""]
+    lines += _targets(results)
+    lines += ["", "### Throughput and latency", ""]
+    lines += _throughput(results)
+    if any(b.login for b in results.backends):
+        lines += ["", "### Login against raw bcrypt", ""]
+        lines += _login(results)
+    if o.wants("logging") or any(b.log_rows is not None for b in results.backends):
+        lines += ["", "### Request log", ""]
+        lines += _logging(results)
+    lines += ["", "### Resources", ""]
+    lines += _resources(results)
+    if results.aio:
+        lines += ["", "### Server model: thread pool vs grpc.aio (bare handler)", ""]
+        lines += _model(results)
+    return "\n".join(lines) + "\n"
+
+
+def _throughput(results: Results) -> list[str]:
+    header = [
+        "Backend",
+        "Scenario",
+        "Streams",
+        f"req/s median (min{DASH}max)",
+        f"{TIMES} bare",
+        "p50 ms",
+        "p99 ms",
+        "Response bytes",
+        "Verified",
+    ]
+    rows = [
+        _throughput_row(series, series, BASELINE) for _, series in sorted(results.baseline.items())
+    ]
+    for backend in _measured(results):
+        for scenario, by_streams in backend.series.items():
+            for streams, series in sorted(by_streams.items()):
+                rows.append(
+                    _throughput_row(series, results.baseline.get(streams), SCENARIOS[scenario])
+                )
+    return _table(header, rows)
+
+
+def _login(results: Results) -> list[str]:
+    header = [
+        "Backend",
+        "bcrypt cost, threads",
+        f"Login req/s (min{DASH}max)",
+        f"raw bcrypt hashes/s (min{DASH}max)",
+        f"{TIMES} raw",
+        f"GetMe p99 ms @{P99_STREAMS} alone",
+        f"GetMe p99 ms @{P99_STREAMS} during logins",
+        f"Login req/s, GetMe @{P99_STREAMS} alongside",
+        "Verified",
+    ]
+    rows = []
+    for backend in _measured(results):
+        login = backend.login
+        if login is None:
+            continue
+        alone = backend.series.get("getme_access", {}).get(P99_STREAMS)
+        raw = Spread.of(login.raw_per_second) if login.raw_per_second else None
+        login_cell = _spread(login.login.rps(), 1) if login.login.ok else "FAILED"
+        x_raw = (
+            login.login.rps().median / raw.median if login.login.ok and raw is not None else None
+        )
+        problems = [
+            s for s in (login.login, login.login_with_getme, login.getme_during) if not s.ok
+        ]
+        verified = "; ".join(f"{s.title}: {_failed(s)}" for s in problems) or (
+            f"✓ {len(login.login.runs)} runs"
+        )
+        if login.raw_failure:
+            verified += f"; {login.raw_failure}"
+        rows.append(
+            [
+                backend.label,
+                f"{login.rounds}, {login.threads}",
+                f"{login_cell} @{login.streams} streams",
+                _spread(raw, 1) if raw else "—",
+                _ratio(x_raw),
+                _ms(alone.p99_ms()) if alone is not None and alone.ok else "—",
+                _ms(login.getme_during.p99_ms()) if login.getme_during.ok else "FAILED",
+                _rps_cell(login.login_with_getme, 1) if login.login_with_getme.ok else "FAILED",
+                verified,
+            ]
+        )
+    return _table(header, rows)
+
+
+def _logging(results: Results) -> list[str]:
+    header = [
+        "Backend",
+        "Streams",
+        "GetMe req/s, writer on",
+        "writer off",
+        "on / off",
+        f"request_logs rows/s during the run (min{DASH}max)",
+    ]
+    rows = []
+    for backend in _measured(results):
+        on_series = backend.series.get("getme_access", {})
+        for streams in sorted(set(on_series) | set(backend.logging_off)):
+            on, off = on_series.get(streams), backend.logging_off.get(streams)
+            rows.append(
+                [
+                    backend.label,
+                    str(streams),
+                    _rps_cell(on),
+                    _rps_cell(off),
+                    _ratio(ratio(on, off)),
+                    _rows_cell(on),
+                ]
+            )
+    lines = _table(header, rows)
+    notes = []
+    for backend in _measured(results):
+        if backend.writer:
+            w = backend.writer
+            notes.append(
+                f"{backend.label} writer at shutdown: {w.get('request_log_written')} written, "
+                f"{w.get('request_log_dropped')} dropped (queue full), "
+                f"{w.get('request_log_failed')} lost to database errors."
+            )
+        if backend.log_statuses is not None:
+            statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(backend.log_statuses.items()))
+            notes.append(f"{backend.label} request_logs rows by status: {statuses or 'none'}.")
+    if not any(backend.logging_off for backend in _measured(results)):
+        notes.append("The writer-off server was not run (`--only` without `logging`).")
+    return lines + [""] + [f"- {n}" for n in notes]
+
+
+def _rps_cell(series: Series | None, digits: int = 0) -> str:
+    if series is None:
+        return "—"
+    return _spread(series.rps(), digits) if series.ok else _failed(series)
+
+
+def _rows_cell(series: Series | None) -> str:
+    if series is None or not series.ok or not series.log_rows_per_s:
+        return "—"
+    return _spread(Spread.of(series.log_rows_per_s))
+
+
+def _resources(results: Results) -> list[str]:
+    header = [
+        "Server",
+        "peak RSS MiB (VmHWM)",
+        "request_logs rows written",
+        "request_logs growth",
+        "per 100k logged requests",
+    ]
+    rows = [
+        [
+            BASELINE,
+            _mib(results.bare_peak_rss_bytes),
+            "—",
+            "—",
+            "—",
+        ]
+    ]
+    for backend in _measured(results):
+        per_100k = (
+            backend.log_bytes / backend.log_rows * 100_000
+            if backend.log_rows and backend.log_bytes is not None
+            else None
+        )
+        rows.append(
+            [
+                f"{backend.label} (product)",
+                _mib(backend.peak_rss_bytes),
+                "—" if backend.log_rows is None else f"{backend.log_rows:,}",
+                _mib(backend.log_bytes) + " MiB" if backend.log_bytes is not None else "—",
+                _mib(per_100k) + " MiB" if per_100k is not None else "—",
+            ]
+        )
+    return _table(header, rows)
+
+
+def _mib(value: float | None) -> str:
+    return "—" if value is None else f"{value / MIB:.1f}"
+
+
+def _model(results: Results) -> list[str]:
+    header = [
+        "Streams",
+        "thread pool req/s",
+        "p99 ms",
+        "grpc.aio req/s",
+        "p99 ms",
+        "aio / thread pool",
+    ]
+    rows = []
+    for streams, aio in sorted(results.aio.items()):
+        thread = results.baseline.get(streams)
+        rows.append(
+            [
+                str(streams),
+                _rps_cell(thread),
+                _ms(thread.p99_ms()) if thread is not None and thread.ok else "—",
+                _rps_cell(aio),
+                _ms(aio.p99_ms()) if aio.ok else "—",
+                _ratio(ratio(aio, thread)),
+            ]
+        )
+    return [
+        *_table(header, rows),
+        "",
+        "Same handler, response and options; only the model differs.",
+    ]
+
+
+def _targets(results: Results) -> list[str]:
+    rows: list[list[str]] = []
+    for backend in _measured(results):
+        access = backend.series.get("getme_access", {})
+        cli = backend.series.get("getme_cli", {})
+        rows += _ratio_target(
+            backend, f"GetMe, access token ≥ 0.80 {TIMES} bare", access, results.baseline, 0.80
+        )
+        rows += _ratio_target(
+            backend, f"GetMe, CLI token ≥ 0.75 {TIMES} bare", cli, results.baseline, 0.75
+        )
+        p99 = access.get(P99_STREAMS)
+        if p99 is not None:
+            rows.append(_p99_target(backend, f"GetMe p99 @{P99_STREAMS} streams < 10 ms", p99))
+        for streams, off in sorted(backend.logging_off.items()):
+            r = ratio(access.get(streams), off)
+            rows.append(
+                [
+                    "Request logging costs < 10 % (writer off → on)",
+                    backend.label,
+                    "—" if r is None else f"{(1 - r) * 100:.1f} % @{streams}",
+                    _met(r is not None and 1 - r < 0.10, r is None),
+                ]
+            )
+        login = backend.login
+        if login is not None:
+            raw = Spread.of(login.raw_per_second).median if login.raw_per_second else None
+            x = login.login.rps().median / raw if login.login.ok and raw else None
+            rows.append(
+                [
+                    f"Login ≥ 0.9 {TIMES} raw bcrypt",
+                    backend.label,
+                    _ratio(x),
+                    _met(x is not None and x >= 0.9, x is None),
+                ]
+            )
+            rows.append(
+                _p99_target(
+                    backend, f"GetMe p99 @{P99_STREAMS} during logins < 10 ms", login.getme_during
+                )
+            )
+    return _table(["Target (issue 6)", "Backend", "Measured", "Met"], rows)
+
+
+def _ratio_target(
+    backend: BackendResult,
+    title: str,
+    by_streams: dict[int, Series],
+    baseline: dict[int, Series],
+    floor: float,
+) -> list[list[str]]:
+    if not by_streams:
+        return []
+    ratios = {s: ratio(series, baseline.get(s)) for s, series in sorted(by_streams.items())}
+    known = [r for r in ratios.values() if r is not None]
+    measured = ", ".join(f"{_ratio(r)} @{s}" for s, r in ratios.items())
+    missing = len(known) != len(ratios)
+    return [[title, backend.label, measured, _met(not missing and min(known) >= floor, missing)]]
+
+
+def _p99_target(backend: BackendResult, title: str, series: Series) -> list[str]:
+    p99 = series.p99_ms() if series.ok else None
+    return [title, backend.label, f"{_ms(p99)} ms", _met(p99 is not None and p99 < 10, p99 is None)]
+
+
+def _met(ok: bool, unknown: bool = False) -> str:
+    if unknown:
+        return "not measured / FAILED"
+    return "yes" if ok else "**no**"
+
+
+def _measured(results: Results) -> list[BackendResult]:
+    return [b for b in results.backends if not b.skipped]

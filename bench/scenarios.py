@@ -1,0 +1,572 @@
+"""The measurement plan behind `python -m bench`, and the results it keeps.
+
+Order of a full run:
+1. Per backend (SQLite, then PostgreSQL): a fresh migrated database and the product server
+   (`bench.product_server`, pinned to the server CPU). The scenario data is created through the
+   API (`bench.workload`).
+2. The first backend's GetMe response becomes the bare server's response, and the baseline
+   (bare grpcio, thread pool) is measured at every stream count.
+3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count.
+4. Login against raw bcrypt; GetMe at 16 streams while logins run.
+5. After a graceful stop (which flushes the request log): request_logs growth, statuses, the
+   writer's counters; then the same server with the request-log writer off, for on/off.
+6. The baseline again (a drifting machine shows up as a wide min-max), then grpc.aio.
+
+Every series: one nghttp probe (grpc-status must be 0), one unmeasured warm-up run, then
+`runs` measured runs, each verified by DATA bytes. A failed check ends the series as FAILED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from bench import h2load, trailers
+from bench.databases import (
+    DEFAULT_POSTGRES_URL,
+    LOGIN_SESSIONS,
+    REQUEST_LOGS,
+    BenchDatabase,
+    DatabaseUnavailableError,
+    postgres_database,
+    sqlite_database,
+)
+from bench.h2load import GrpcCall, Load, Run, Verdict
+from bench.processes import CpuPlan, ServerProcess, harness_env, python_server, settle
+from bench.stats import Spread
+from bench.workload import GET_ME, Workload, prepare
+from luman.server.config import Settings
+
+logger = logging.getLogger("bench")
+
+SCENARIOS: dict[str, str] = {
+    "getme_access": "GetMe, access token",
+    "getme_cli": "GetMe, CLI token",
+    "list_members": "ListMembers, 50 members",
+    "login": "Login vs raw bcrypt",
+    "logging": "request log on/off",
+    "model": "thread pool vs grpc.aio",
+}
+CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
+BACKENDS = ("sqlite", "postgresql")
+P99_STREAMS = 16  # the issue's latency target is p99 at 16 streams
+LOGGING_OFF_STREAMS = (16, 64)
+# High enough never to reject a benchmark call, low enough for the settings' upper bound.
+BENCH_RATE_LIMIT = str(10**9)
+# The server setting that leaves request logging out of the chain altogether, for the "off"
+# server. The server has none yet, so "off" means only that the writer discards entries
+# (product_server --request-log off); when one lands, name it here, e.g.
+# {"REQUEST_LOG_ENABLED": "false"}.
+LOGGING_OFF_ENV: dict[str, str] = {}
+BASELINE = "bare grpcio, thread pool"
+AIO = "bare grpcio, grpc.aio"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    duration: int = 5
+    warmup: int = 1
+    runs: int = 3
+    streams: tuple[int, ...] = (1, 16, 64)
+    login_streams: int = 16
+    backends: tuple[str, ...] = BACKENDS
+    postgres_url: str = DEFAULT_POSTGRES_URL
+    only: frozenset[str] = frozenset(SCENARIOS)
+    bcrypt_rounds: int | None = None  # None: whatever BCRYPT_ROUNDS/the product default says
+    # The product's PasswordHasher hashes on at most os.cpu_count() threads at once.
+    bcrypt_threads: int = os.cpu_count() or 2
+    server_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def wants(self, scenario: str) -> bool:
+        # Logging on/off compares against the getme_access figures.
+        return scenario in self.only or (scenario == "getme_access" and "logging" in self.only)
+
+
+@dataclasses.dataclass
+class Series:
+    """Repeated verified runs of one call at one stream count."""
+
+    backend: str
+    title: str
+    streams: int
+    response_bytes: int
+    runs: list[Run] = dataclasses.field(default_factory=list)
+    failure: str = ""
+    # request_logs rows per second of wall-clock time across each run (only where counted).
+    log_rows_per_s: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failure and bool(self.runs) and all(r.ok for r in self.runs)
+
+    @property
+    def reason(self) -> str:
+        if self.failure:
+            return self.failure
+        for run in self.runs:
+            if not run.ok:
+                return run.verdict.reason
+        return "no runs" if not self.runs else ""
+
+    def rps(self) -> Spread:
+        return Spread.of([r.summary.req_per_s for r in self.runs if r.summary is not None])
+
+    def p50_ms(self) -> float | None:
+        values = [r.latency.p50_ms for r in self.runs if r.latency is not None]
+        return statistics.median(values) if values else None
+
+    def p99_ms(self) -> float | None:
+        values = [r.latency.p99_ms for r in self.runs if r.latency is not None]
+        return statistics.median(values) if values else None
+
+    def merge(self, other: Series) -> None:
+        """Fold a later pass of the same configuration into this one."""
+        self.runs += other.runs
+        self.failure = self.failure or other.failure
+
+
+@dataclasses.dataclass
+class LoginResult:
+    rounds: int
+    threads: int
+    streams: int
+    login: Series
+    login_with_getme: Series
+    getme_during: Series
+    raw_per_second: list[float] = dataclasses.field(default_factory=list)
+    raw_failure: str = ""
+
+
+@dataclasses.dataclass
+class BackendResult:
+    label: str
+    skipped: str = ""
+    version: str = ""
+    series: dict[str, dict[int, Series]] = dataclasses.field(default_factory=dict)
+    login: LoginResult | None = None
+    logging_off: dict[int, Series] = dataclasses.field(default_factory=dict)
+    peak_rss_bytes: int | None = None
+    log_rows: int | None = None  # request_logs rows written while the server ran
+    log_bytes: int | None = None  # growth of request_logs (table and indexes) meanwhile
+    log_statuses: dict[str, int] | None = None
+    writer: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Results:
+    options: Options
+    cpu: CpuPlan
+    settings: Settings
+    command: str
+    started: dt.datetime
+    finished: dt.datetime | None = None
+    response_bytes: int = 0
+    baseline: dict[int, Series] = dataclasses.field(default_factory=dict)
+    aio: dict[int, Series] = dataclasses.field(default_factory=dict)
+    backends: list[BackendResult] = dataclasses.field(default_factory=list)
+    bare_peak_rss_bytes: int | None = None
+
+
+def product_env(options: Options, database_url: str, data_dir: Path) -> dict[str, str]:
+    """Environment for the product server: production mode, bench database, limits that never
+    reject a benchmark call, tokens that outlive the run; then the caller's overrides."""
+    env = harness_env()
+    env.update(
+        {
+            "LUMAN_ENV": "production",
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "DATABASE_URL": database_url,
+            "LUMAN_DATA_DIR": str(data_dir),
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            "JWT_REFRESH_SECRET": secrets.token_urlsafe(48),
+            "JWT_EXPIRES_IN": "12h",
+            "RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
+            "AUTH_RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
+        }
+    )
+    if options.bcrypt_rounds is not None:
+        env["BCRYPT_ROUNDS"] = str(options.bcrypt_rounds)
+    env.update(options.server_env)
+    return env
+
+
+class Bench:
+    def __init__(self, options: Options, workdir: Path, cpu: CpuPlan, command: str) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.cpu = cpu
+        self._load_pin = CpuPlan.pin(cpu.load)
+        settings = Settings.from_env(product_env(options, "sqlite://", workdir / "data"))
+        self.results = Results(
+            options, cpu, settings, command, dt.datetime.now(dt.UTC).replace(microsecond=0)
+        )
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def run_all(self) -> Results:
+        options = self.options
+        for backend in options.backends:
+            self.results.backends.append(self._backend(backend))
+        if self.results.response_bytes:
+            self._baseline_pass()  # the second pass: see the module docstring
+            if options.wants("model"):
+                self.results.aio = self._bare_pass(aio=True)
+        self.results.finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        return self.results
+
+    def _backend(self, backend: str) -> BackendResult:
+        database: AbstractContextManager[BenchDatabase]
+        if backend == "sqlite":
+            database = sqlite_database(self.workdir)
+        else:
+            database = postgres_database(self.options.postgres_url)
+        result = BackendResult("SQLite" if backend == "sqlite" else "PostgreSQL")
+        try:
+            with database as db:
+                result.version = db.server_version()
+                self._measure_backend(db, result)
+        except DatabaseUnavailableError as exc:
+            result.skipped = str(exc)
+            logger.warning("%s skipped: %s", result.label, exc)
+        return result
+
+    def _measure_backend(self, db: BenchDatabase, result: BackendResult) -> None:
+        options = self.options
+        env = product_env(options, db.url, self.workdir / "data")
+        logs_before = bytes_before = None
+        with self._product(env, result.label) as server:
+            logger.info("%s: creating the scenario data through the API", result.label)
+            workload = prepare(server.port)
+            if not self.results.response_bytes:
+                self._start_baseline(workload)
+            logs_before = db.count_rows(REQUEST_LOGS)
+            bytes_before = db.table_bytes(REQUEST_LOGS)
+            for scenario in CHAIN_SCENARIOS:
+                if not options.wants(scenario):
+                    continue
+                call: GrpcCall = getattr(workload, scenario)
+                count = None
+                if scenario == "getme_access":
+                    count = functools.partial(db.count_rows, REQUEST_LOGS)
+                result.series[scenario] = {
+                    streams: self.series(
+                        call,
+                        port=server.port,
+                        backend=result.label,
+                        title=SCENARIOS[scenario],
+                        streams=streams,
+                        count_rows=count,
+                    )
+                    for streams in options.streams
+                }
+            if options.wants("login"):
+                result.login = self._login(db, server, workload, result.label)
+            result.peak_rss_bytes = server.peak_rss_bytes()
+        # Stopped gracefully: the request log is flushed.
+        result.writer = server.stats
+        logs_after = db.count_rows(REQUEST_LOGS)
+        bytes_after = db.table_bytes(REQUEST_LOGS)
+        if logs_before is not None and logs_after is not None:
+            result.log_rows = logs_after - logs_before
+        if bytes_before is not None and bytes_after is not None:
+            result.log_bytes = bytes_after - bytes_before
+        result.log_statuses = db.count_by(REQUEST_LOGS, "status")
+        if options.wants("logging"):
+            env_off = {**env, **LOGGING_OFF_ENV}
+            with self._product(env_off, f"{result.label}, request log off", log="off") as server:
+                call = dataclasses.replace(workload.getme_access, name="getme_access_log_off")
+                streams_off = [s for s in options.streams if s in LOGGING_OFF_STREAMS] or [
+                    max(options.streams)
+                ]
+                result.logging_off = {
+                    streams: self.series(
+                        call,
+                        port=server.port,
+                        backend=result.label,
+                        title="GetMe, access token, request-log writer off",
+                        streams=streams,
+                    )
+                    for streams in streams_off
+                }
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _product(
+        self, env: Mapping[str, str], name: str, log: str = "on"
+    ) -> AbstractContextManager[ServerProcess]:
+        return python_server(
+            name.replace(", ", "-").replace(" ", "-").lower(),
+            "bench.product_server",
+            ["--request-log", log],
+            env=env,
+            cpu=self.cpu.server,
+            workdir=self.workdir,
+        )
+
+    def _start_baseline(self, workload: Workload) -> None:
+        response = workload.getme_access.expected_response
+        self.results.response_bytes = len(response)
+        (self.workdir / "bare-response.bin").write_bytes(response)
+        self._baseline_pass()
+
+    def _baseline_pass(self) -> None:
+        for streams, series in self._bare_pass(aio=False).items():
+            if streams in self.results.baseline:
+                self.results.baseline[streams].merge(series)
+            else:
+                self.results.baseline[streams] = series
+
+    def _bare_pass(self, *, aio: bool) -> dict[int, Series]:
+        response_file = self.workdir / "bare-response.bin"
+        response = response_file.read_bytes()
+        settings = self.results.settings
+        args = [
+            "--response-file",
+            str(response_file),
+            "--max-workers",
+            str(settings.max_workers),
+            "--max-concurrent-rpcs",
+            str(settings.max_concurrent_rpcs),
+        ]
+        name = "bare-aio" if aio else "bare"
+        call = GrpcCall(name, GET_ME, b"", response)
+        with python_server(
+            name,
+            "bench.bare_server",
+            [*args, "--aio"] if aio else args,
+            env=harness_env(),
+            cpu=self.cpu.server,
+            workdir=self.workdir,
+        ) as server:
+            measured = {
+                streams: self.series(
+                    call,
+                    port=server.port,
+                    backend="—",
+                    title=AIO if aio else BASELINE,
+                    streams=streams,
+                )
+                for streams in self.options.streams
+            }
+            if not aio:
+                rss = server.peak_rss_bytes()
+                previous = self.results.bare_peak_rss_bytes
+                self.results.bare_peak_rss_bytes = max(rss or 0, previous or 0) or None
+            return measured
+
+    def series(
+        self,
+        call: GrpcCall,
+        *,
+        port: int,
+        backend: str,
+        title: str,
+        streams: int,
+        count_rows: Callable[[], int | None] | None = None,
+    ) -> Series:
+        """Probe, warm up, then measure `call` at `streams` streams `runs` times."""
+        series = Series(backend, title, streams, len(call.expected_response))
+        probe = trailers.probe(call, port=port, workdir=self.workdir)
+        if probe is not None and not probe.ok:
+            series.failure = probe.reason
+            return self._report(series)
+        warm = self._h2load(call, Load(streams, duration=self.options.warmup), port)
+        settle(port)
+        if not warm.ok:
+            series.failure = f"warm-up: {warm.verdict.reason}"
+            return self._report(series)
+        for _ in range(self.options.runs):
+            before = count_rows() if count_rows else None
+            began = time.monotonic()
+            run = self._h2load(call, Load(streams, duration=self.options.duration), port)
+            after = count_rows() if count_rows else None
+            settle(port)
+            series.runs.append(run)
+            if before is not None and after is not None:
+                series.log_rows_per_s.append((after - before) / (time.monotonic() - began))
+            if not run.ok:
+                break  # FAILED already; more load proves nothing
+        return self._report(series)
+
+    def _h2load(self, call: GrpcCall, load: Load, port: int, tag: str = "") -> Run:
+        return h2load.start(
+            call, load, port=port, workdir=self.workdir, pin=self._load_pin, tag=tag
+        ).finish()
+
+    def _login(
+        self, db: BenchDatabase, server: ServerProcess, workload: Workload, backend: str
+    ) -> LoginResult:
+        """Login throughput against raw bcrypt, then GetMe at 16 streams while logins run.
+
+        Each round: raw bcrypt (pinned to the server CPU), Login alone, then Login together
+        with GetMe. Logins run by count, not by time: a timed run would end with
+        `login_streams` logins abandoned in flight that the server still hashes (seconds of
+        backlog), and with every login completed the sign-in count can be checked exactly.
+        """
+        options = self.options
+        login_call, getme_call = workload.login, workload.getme_access
+        streams = options.login_streams
+        result = LoginResult(
+            rounds=self.results.settings.bcrypt_rounds,
+            threads=options.bcrypt_threads,
+            streams=streams,
+            login=Series(backend, "Login", streams, len(login_call.expected_response)),
+            login_with_getme=Series(
+                backend, "Login, during GetMe", streams, len(login_call.expected_response)
+            ),
+            getme_during=Series(
+                backend,
+                "GetMe, access token, during logins",
+                P99_STREAMS,
+                len(getme_call.expected_response),
+            ),
+        )
+        series_list = (result.login, result.login_with_getme, result.getme_during)
+        for series, call in zip(series_list, (login_call, login_call, getme_call), strict=True):
+            probe = trailers.probe(call, port=server.port, workdir=self.workdir)
+            if probe is not None and not probe.ok:
+                series.failure = probe.reason
+        if any(series.failure for series in series_list):
+            return result
+        warm = self._h2load(login_call, Load(streams, requests=2 * streams), server.port)
+        settle(server.port)
+        if not warm.ok or warm.summary is None:
+            result.login.failure = f"warm-up: {warm.verdict.reason}"
+            return result
+        requests = max(2 * streams, round(warm.summary.req_per_s * options.duration))
+        login_load = Load(streams, requests=requests)
+        for _ in range(options.runs):
+            try:
+                result.raw_per_second.append(self._raw_bcrypt(result.rounds, result.threads))
+            except (subprocess.SubprocessError, ValueError, KeyError) as exc:
+                result.raw_failure = f"raw bcrypt: {exc}"
+            alone, _ = self._logins(db, server.port, login_call, login_load)
+            result.login.runs.append(alone)
+            together, getme = self._logins(db, server.port, login_call, login_load, getme_call)
+            result.login_with_getme.runs.append(together)
+            if getme is not None:
+                result.getme_during.runs.append(getme)
+            if not all(series.ok for series in series_list):
+                break
+        for series in series_list:
+            self._report(series)
+        if result.raw_per_second:
+            logger.info(
+                "%s raw bcrypt (cost %d, %d threads): %.1f hashes/s",
+                backend,
+                result.rounds,
+                result.threads,
+                statistics.median(result.raw_per_second),
+            )
+        return result
+
+    def _logins(
+        self,
+        db: BenchDatabase,
+        port: int,
+        login_call: GrpcCall,
+        load: Load,
+        getme_call: GrpcCall | None = None,
+    ) -> tuple[Run, Run | None]:
+        """One Login run (with GetMe at 16 streams alongside when `getme_call` is given)."""
+        sessions_before = db.count_rows(LOGIN_SESSIONS) or 0
+        logins = h2load.start(
+            login_call,
+            load,
+            port=port,
+            workdir=self.workdir,
+            pin=self._load_pin,
+            timeout=10 * self.options.duration + 120,
+        )
+        getmes = None
+        if getme_call is not None:
+            getmes = h2load.start(
+                getme_call,
+                Load(P99_STREAMS, duration=self.options.duration),
+                port=port,
+                workdir=self.workdir,
+                pin=self._load_pin,
+                tag="-during-login",
+            )
+        login_run = logins.finish()
+        getme_run = getmes.finish() if getmes is not None else None
+        settle(port)
+        sessions = (db.count_rows(LOGIN_SESSIONS) or 0) - sessions_before
+        # The server-side count: each successful Login creates exactly one sign-in.
+        if login_run.ok and login_run.summary and sessions != login_run.summary.succeeded:
+            login_run = dataclasses.replace(
+                login_run,
+                verdict=Verdict(
+                    False, f"{login_run.summary.succeeded} logins counted, {sessions} sign-ins made"
+                ),
+            )
+        return login_run, getme_run
+
+    def _raw_bcrypt(self, rounds: int, threads: int) -> float:
+        command = [
+            *CpuPlan.pin(self.cpu.server),
+            sys.executable,
+            "-m",
+            "bench.raw_bcrypt",
+            "--rounds",
+            str(rounds),
+            "--threads",
+            str(threads),
+            "--seconds",
+            str(self.options.duration),
+        ]
+        # Our interpreter and module; no shell.
+        result = subprocess.run(  # noqa: S603
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=self.options.duration + 60,
+            env=harness_env(),
+        )
+        return float(json.loads(result.stdout)["per_second"])
+
+    def _report(self, series: Series) -> Series:
+        where = f"{series.backend} {series.title} @{series.streams}"
+        if not series.ok:
+            logger.warning("%s: FAILED: %s", where, series.reason)
+        else:
+            rps = series.rps()
+            logger.info(
+                "%s: %.0f req/s (%.0f-%.0f), p50 %.2f ms, p99 %.2f ms",
+                where,
+                rps.median,
+                rps.low,
+                rps.high,
+                series.p50_ms() or 0,
+                series.p99_ms() or 0,
+            )
+        return series
+
+
+def iter_series(results: Results) -> Iterator[Series]:
+    """Every series in a run, for checks that apply to all of them."""
+    yield from results.baseline.values()
+    yield from results.aio.values()
+    for backend in results.backends:
+        for by_streams in backend.series.values():
+            yield from by_streams.values()
+        yield from backend.logging_off.values()
+        if backend.login is not None:
+            yield backend.login.login
+            yield backend.login.login_with_getme
+            yield backend.login.getme_during

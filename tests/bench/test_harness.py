@@ -1,0 +1,195 @@
+"""Smoke tests for the benchmark harness: a real (tiny) h2load run against the real server
+passes verification, and a run full of gRPC errors does not, although h2load counts every
+one of them as a success. Counts only, never timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import h2load, report, trailers
+from bench.h2load import GrpcCall, Load
+from bench.processes import python_server
+from bench.stats import percentile
+from bench.workload import GET_ME, bearer
+from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.server.app import App
+from tests.support import register
+
+REQUESTS = 40
+STREAMS = 4
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def need_h2load() -> None:
+    if h2load.h2load_path() is None:
+        message = "h2load not installed (Debian package nghttp2-client)"
+        if _in_ci():
+            pytest.fail(f"{message}; CI=true requires it")
+        pytest.skip(message)
+
+
+def _getme_call(
+    auth: auth_service_pb2_grpc.AuthServiceStub, token: str, expected_token: str | None = None
+) -> GrpcCall:
+    """GetMe as h2load sends it, expecting the response `expected_token`'s user gets."""
+    request = auth_service_pb2.GetMeRequest()
+    expected = auth.GetMe(request, metadata=bearer(expected_token or token))
+    return GrpcCall(
+        "getme",
+        GET_ME,
+        request.SerializeToString(),
+        expected.SerializeToString(),
+        bearer(token),
+    )
+
+
+@pytest.mark.usefixtures("need_h2load")
+def test_h2load_run_of_getme_passes_verification(
+    app: App, auth: auth_service_pb2_grpc.AuthServiceStub, tmp_path: Path
+) -> None:
+    token = register(auth).tokens.access_token
+    call = _getme_call(auth, token)
+
+    run = h2load.run(call, Load(STREAMS, requests=REQUESTS), port=app.port, workdir=tmp_path)
+
+    assert run.verdict.ok, run.verdict.reason
+    assert run.summary is not None
+    assert run.summary.succeeded == REQUESTS
+    assert run.summary.data_bytes == REQUESTS * (5 + len(call.expected_response))
+    assert run.latency is not None
+    assert run.latency.samples == REQUESTS
+    probe = trailers.probe(call, port=app.port, workdir=tmp_path)
+    assert probe is None or probe.ok, probe
+
+
+@pytest.mark.usefixtures("need_h2load")
+def test_verification_fails_a_run_of_unauthenticated_calls(
+    app: App, auth: auth_service_pb2_grpc.AuthServiceStub, tmp_path: Path
+) -> None:
+    real_token = register(auth).tokens.access_token
+    call = _getme_call(auth, "not-a-valid-token", expected_token=real_token)
+
+    run = h2load.run(call, Load(STREAMS, requests=REQUESTS), port=app.port, workdir=tmp_path)
+
+    # h2load itself sees nothing wrong: every UNAUTHENTICATED answer is an HTTP 200 ...
+    assert run.summary is not None
+    assert run.summary.succeeded == REQUESTS
+    assert run.summary.status_2xx == REQUESTS
+    # ... but none carried a response message, and the harness says so.
+    assert run.summary.data_bytes == 0
+    assert not run.verdict.ok
+    assert "DATA bytes 0" in run.verdict.reason
+    probe = trailers.probe(call, port=app.port, workdir=tmp_path)
+    if probe is not None:
+        assert not probe.ok
+        assert "grpc-status 16" in probe.reason  # UNAUTHENTICATED
+
+
+@pytest.mark.usefixtures("need_h2load")
+@pytest.mark.parametrize("model", ["thread-pool", "aio"])
+def test_bare_server_answers_every_call_with_its_response(model: str, tmp_path: Path) -> None:
+    response = b"\x0a\x05bench" * 10
+    (tmp_path / "response.bin").write_bytes(response)
+    args = ["--response-file", str(tmp_path / "response.bin")]
+    call = GrpcCall("bare", GET_ME, b"", response)
+    with python_server(
+        "bare",
+        "bench.bare_server",
+        [*args, "--aio"] if model == "aio" else args,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        cpu=None,
+        workdir=tmp_path,
+    ) as server:
+        run = h2load.run(call, Load(STREAMS, requests=REQUESTS), port=server.port, workdir=tmp_path)
+    assert run.verdict.ok, run.verdict.reason
+    assert run.summary is not None
+    assert run.summary.succeeded == REQUESTS
+
+
+H2LOAD_OUTPUT = (
+    "finished in 2.00s, 5894.42 req/s, 475.64KB/s\n"
+    "requests: 11790 total, 11790 started, 11790 done, 11790 succeeded, 0 failed, "
+    "0 errored, 0 timeout\n"
+    "status codes: 11790 2xx, 0 3xx, 0 4xx, 0 5xx\n"
+    "traffic: 951.28KB (974108) total, 51.68KB (52923) headers (space savings 96.29%), "
+    "345.41KB (353700) data\n"
+)
+
+
+def test_parse_summary_reads_h2load_counts() -> None:
+    summary = h2load.parse_summary(H2LOAD_OUTPUT)
+
+    assert summary.succeeded == 11790
+    assert summary.status_2xx == 11790
+    assert summary.data_bytes == 353700
+    assert summary.req_per_s == pytest.approx(5894.42)
+
+
+def test_verify_requires_data_bytes_to_match_successes_exactly() -> None:
+    call = GrpcCall("c", GET_ME, b"", b"x" * 25)  # 30-byte frames
+    good = h2load.parse_summary(H2LOAD_OUTPUT)  # 353700 = 11790 * 30
+    one_short = dataclasses.replace(good, data_bytes=good.data_bytes - 30)
+
+    assert h2load.verify(good, call).ok
+    assert not h2load.verify(one_short, call).ok
+
+
+def test_parse_summary_rejects_output_without_a_summary() -> None:
+    with pytest.raises(h2load.H2loadError):
+        h2load.parse_summary("connect to 127.0.0.1:1 failed\n")
+
+
+def test_check_trailers_reads_grpc_status() -> None:
+    call = GrpcCall("c", GET_ME, b"", b"x" * 25)
+    ok = (
+        "recv DATA frame <length=30, flags=0x00, stream_id=13>\n"
+        "recv (stream_id=13) grpc-status: 0\n"
+    )
+    denied = (
+        "recv (stream_id=13) grpc-status: 16\nrecv (stream_id=13) grpc-message: invalid token\n"
+    )
+
+    assert trailers.check_trailers(ok, call).ok
+    verdict = trailers.check_trailers(denied, call)
+    assert not verdict.ok
+    assert "grpc-status 16 (invalid token)" in verdict.reason
+
+
+def test_grpc_frame_is_length_prefixed() -> None:
+    assert h2load.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([7.0], 99) == 7
+
+
+def test_rewrite_replaces_only_the_generated_block(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# Prose\n\n{report.BEGIN}\nold table\n{report.END}\n\nMore prose.\n")
+
+    report.rewrite(path, "new table")
+
+    assert path.read_text() == (
+        f"# Prose\n\n{report.BEGIN}\nnew table\n{report.END}\n\nMore prose.\n"
+    )
+
+
+def test_rewrite_refuses_a_file_without_markers(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Prose only\n")
+
+    with pytest.raises(report.ReportError):
+        report.rewrite(path, "table")
+    assert path.read_text() == "# Prose only\n"
