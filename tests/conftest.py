@@ -128,7 +128,9 @@ def sessions(settings: Settings) -> Iterator[Sessions]:
 
 @pytest.fixture(scope="session")
 def hasher() -> PasswordHasher:
-    return PasswordHasher(TEST_BCRYPT_ROUNDS)
+    # Room for the 50-way races in test_concurrency: those test constraints, not load shedding
+    # (test_password_slots covers SERVER_BUSY).
+    return PasswordHasher(TEST_BCRYPT_ROUNDS, max_waiting=64)
 
 
 @pytest.fixture

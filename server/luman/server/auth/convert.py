@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from luman.auth.v1 import auth_pb2
 from luman.server.auth.service import TokenPair
+from luman.server.auth.token_checks import UserRecord
 from luman.server.convert import timestamp
 from luman.server.db.models import CliToken, User
 
 
-def user_to_proto(user: User) -> auth_pb2.User:
+def user_to_proto(user: User | UserRecord) -> auth_pb2.User:
     return auth_pb2.User(
         id=str(user.id), email=user.email, name=user.name, create_time=timestamp(user.create_time)
     )

@@ -80,11 +80,6 @@ class AuthRepository:
         self._session.flush()
         return token
 
-    def cli_token_by_hash(self, token_hash: str) -> CliToken | None:
-        return self._session.scalars(
-            select(CliToken).where(CliToken.token_hash == token_hash)
-        ).one_or_none()
-
     def touch_cli_token(self, token_id: uuid.UUID, now: dt.datetime) -> None:
         self._session.execute(
             update(CliToken)

@@ -2,6 +2,13 @@
 
 bcrypt runs outside database transactions so that a slow hash never holds a connection
 or, on SQLite, the write lock.
+
+Token verification is on every authenticated call's path. A verified token is remembered for
+TOKEN_CACHE_TTL (token_cache.py: never past the token's expiry, dropped at once when this
+process revokes it; other replicas notice a revocation within the TTL), and the check that
+fills the cache reads the login session or CLI token together with its user in one Core query
+(token_checks.py), which also feeds GetMe (user_cache.py). A call with a cached token touches
+no database at all.
 """
 
 from __future__ import annotations
@@ -12,19 +19,26 @@ import hmac
 import uuid
 
 from luman.interceptors.principal import Credential, Principal
+from luman.server.auth import token_checks
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.auth.repository import AuthRepository
+from luman.server.auth.token_cache import DEFAULT_MAX_ENTRIES, TokenCache, token_key
+from luman.server.auth.token_checks import UserRecord
 from luman.server.auth.tokens import (
     IssuedToken,
     TokenCodec,
-    hash_cli_token,
     looks_like_cli_token,
     new_cli_token,
 )
+from luman.server.auth.user_cache import UserCache
 from luman.server.clock import Clock
 from luman.server.db.models import CliToken, User
 from luman.server.db.session import Sessions
-from luman.server.errors import FailedPreconditionError, UnauthenticatedError
+from luman.server.errors import (
+    FailedPreconditionError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
 
 # last_use_time is kept to the minute: writing it on every call would turn each
 # authenticated read into a write.
@@ -56,13 +70,28 @@ def _invalid_credentials() -> UnauthenticatedError:
 
 
 class AuthService:
+    """Args (beyond the collaborators):
+    token_cache_ttl: seconds a verified token is believed without a database check; 0 turns
+        the verified-token cache off (TOKEN_CACHE_TTL).
+    token_cache_max_entries: the most tokens (and users) remembered (TOKEN_CACHE_MAX_ENTRIES).
+    """
+
     def __init__(
-        self, sessions: Sessions, hasher: PasswordHasher, codec: TokenCodec, clock: Clock
+        self,
+        sessions: Sessions,
+        hasher: PasswordHasher,
+        codec: TokenCodec,
+        clock: Clock,
+        *,
+        token_cache_ttl: float = 0.0,
+        token_cache_max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self._sessions = sessions
         self._hasher = hasher
         self._codec = codec
         self._clock = clock
+        self.token_cache = TokenCache(token_cache_ttl, clock, token_cache_max_entries)
+        self._users = UserCache(token_cache_max_entries)
 
     def register(self, email: str, password: str, name: str) -> SignIn:
         password_hash = self._hasher.hash(password)
@@ -112,6 +141,8 @@ class AuthService:
             else:
                 tokens = self._issue_pair(repo, login.user_id, login.id, now)
         if reused:
+            # Committed: the sign-in's access tokens must fail on their very next call here.
+            self.token_cache.forget_credential(claims.session_id)
             raise UnauthenticatedError(
                 "REFRESH_TOKEN_REUSED",
                 "refresh token was already used; the sign-in has been revoked",
@@ -142,12 +173,19 @@ class AuthService:
             )
         with self._sessions.write.begin() as session:
             AuthRepository(session).revoke_cli_token(principal.credential_id, self._clock())
+        # Committed: the token must fail on its very next call here.
+        self.token_cache.forget_credential(principal.credential_id)
 
-    def get_me(self, principal: Principal) -> User:
-        with self._sessions.read.begin() as session:
-            user = AuthRepository(session).user(principal.user_id)
+    def get_me(self, principal: Principal) -> UserRecord:
+        # The token check just read this user (user_cache.py); the query is the fallback.
+        user = self._users.get(principal.user_id)
+        if user is not None:
+            return user
+        with self._sessions.engine.connect() as conn:
+            user = token_checks.user_record(conn, principal.user_id)
         if user is None:
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+        self._users.put(user)
         return user
 
     def verify_token(self, token: str) -> Principal:
@@ -156,39 +194,74 @@ class AuthService:
         Raises:
             UnauthenticatedError: the token is invalid, expired or revoked.
         """
+        key = token_key(token)
+        cached = self.token_cache.get(key)
+        if cached is not None:
+            principal = cached.principal
+            if principal.credential is Credential.CLI_TOKEN:
+                self._record_cli_use(key, principal.credential_id, cached.last_use_time)
+            return principal
+        generation = self.token_cache.generation()
         if looks_like_cli_token(token):
-            return self._verify_cli_token(token)
+            return self._verify_cli_token(key, generation)
         claims = self._codec.verify("access", token)
-        with self._sessions.read.begin() as session:
-            login = AuthRepository(session).login_session(claims.session_id)
-        if login is None or login.user_id != claims.user_id:
+        with self._sessions.engine.connect() as conn:
+            check = token_checks.login_session_check(conn, claims.session_id)
+        if check is None or check.user.id != claims.user_id:
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-        if login.revoke_time is not None:
+        if check.revoke_time is not None:
             raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
-        return Principal(claims.user_id, Credential.ACCESS_TOKEN, login.id)
+        principal = Principal(claims.user_id, Credential.ACCESS_TOKEN, claims.session_id)
+        self._users.put(check.user)
+        self.token_cache.put(key, principal, expire_time=claims.expire_time, generation=generation)
+        return principal
 
-    def _verify_cli_token(self, token: str) -> Principal:
-        token_hash = hash_cli_token(token)
-        with self._sessions.read.begin() as session:
-            stored = AuthRepository(session).cli_token_by_hash(token_hash)
+    def _verify_cli_token(self, key: bytes, generation: int) -> Principal:
+        token_hash = key.hex()  # the stored form: SHA-256 hex of the secret
+        with self._sessions.engine.connect() as conn:
+            stored = token_checks.cli_token_check(conn, token_hash)
         # The lookup is by hash, so timing reveals nothing about the secret; compare anyway.
         if stored is None or not hmac.compare_digest(stored.token_hash, token_hash):
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
         if stored.revoke_time is not None:
             raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
         now = self._clock()
-        if stored.last_use_time is None or now - stored.last_use_time >= LAST_USE_RESOLUTION:
+        last_use_time = stored.last_use_time
+        if last_use_time is None or now - last_use_time >= LAST_USE_RESOLUTION:
             with self._sessions.write.begin() as session:
                 AuthRepository(session).touch_cli_token(stored.id, now)
-        return Principal(stored.user_id, Credential.CLI_TOKEN, stored.id)
+            last_use_time = now
+        principal = Principal(stored.user.id, Credential.CLI_TOKEN, stored.id)
+        self._users.put(stored.user)
+        self.token_cache.put(
+            key, principal, expire_time=None, generation=generation, last_use_time=last_use_time
+        )
+        return principal
+
+    def _record_cli_use(
+        self, key: bytes, token_id: uuid.UUID, last_use_time: dt.datetime | None
+    ) -> None:
+        """A cached CLI token still records its last use to the minute, whatever the TTL."""
+        now = self._clock()
+        if last_use_time is not None and now - last_use_time < LAST_USE_RESOLUTION:
+            return
+        if self.token_cache.claim_use(key, now, LAST_USE_RESOLUTION):
+            with self._sessions.write.begin() as session:
+                AuthRepository(session).touch_cli_token(token_id, now)
 
     def _check_credentials(self, email: str, password: str) -> User:
+        # A sign-in the hasher would refuse is refused before it costs a query.
+        self._hasher.check_capacity()
         with self._sessions.read.begin() as session:
             user = AuthRepository(session).user_by_email(email)
         if not self._hasher.verify(password, user.password_hash if user else None) or user is None:
             raise _invalid_credentials()
         if self._hasher.needs_rehash(user.password_hash):
-            new_hash = self._hasher.hash(password)
+            try:
+                new_hash = self._hasher.hash(password)
+            except ResourceExhaustedError:
+                # The password checked out; rehashing can wait for a quieter sign-in.
+                return user
             with self._sessions.write.begin() as session:
                 stored = AuthRepository(session).user(user.id)
                 if stored is not None:

@@ -7,8 +7,8 @@ import uuid
 
 from luman.organization.v1 import organization_pb2
 from luman.server.convert import timestamp
-from luman.server.db.models import Membership, Role
-from luman.server.organization.repository import PageKey
+from luman.server.db.models import Role
+from luman.server.organization.repository import MemberRow, OrganizationRow, PageKey
 from luman.server.organization.service import OrganizationRef, UserRef
 from luman.server.pagination import decode_page_token, encode_page_token
 from luman.server.validation import Violations, check_email, check_slug, check_uuid
@@ -73,23 +73,22 @@ def page_key(v: Violations, token: str, scope: str) -> PageKey | None:
         return None
 
 
-def organization_to_proto(membership: Membership) -> organization_pb2.Organization:
-    """The membership's organization, with the member's role as caller_role."""
-    organization = membership.organization
+def organization_to_proto(row: OrganizationRow) -> organization_pb2.Organization:
+    """The organization, with the caller's role as caller_role."""
     return organization_pb2.Organization(
-        id=str(organization.id),
-        name=organization.name,
-        slug=organization.slug,
-        create_time=timestamp(organization.create_time),
-        caller_role=_ROLE_TO_PROTO[membership.role],
+        id=str(row.id),
+        name=row.name,
+        slug=row.slug,
+        create_time=timestamp(row.create_time),
+        caller_role=_ROLE_TO_PROTO[row.caller_role],
     )
 
 
-def member_to_proto(membership: Membership) -> organization_pb2.Member:
+def member_to_proto(row: MemberRow) -> organization_pb2.Member:
     return organization_pb2.Member(
-        user_id=str(membership.user_id),
-        email=membership.user.email,
-        name=membership.user.name,
-        role=_ROLE_TO_PROTO[membership.role],
-        join_time=timestamp(membership.create_time),
+        user_id=str(row.user_id),
+        email=row.email,
+        name=row.name,
+        role=_ROLE_TO_PROTO[row.role],
+        join_time=timestamp(row.join_time),
     )

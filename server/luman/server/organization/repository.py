@@ -1,11 +1,19 @@
-"""Queries for organizations and memberships. Never commits."""
+"""Queries for organizations and memberships. Never commits.
+
+Two kinds: `OrganizationRepository` works on an ORM Session for the calls that change
+memberships (row locks, the last-owner rule); the read-only calls (GetOrganization,
+ListOrganizations, ListMembers) use the functions below, which run prebuilt Core statements on a
+plain Connection and return plain rows. Listing 50 members as ORM objects spent most of the call
+building and tracking objects that were converted to protobuf and dropped at once.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import Connection, Select, and_, bindparam, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
@@ -14,6 +22,163 @@ from luman.server.db.models import Membership, Organization, Role, User
 from luman.server.errors import AlreadyExistsError
 
 PageKey = tuple[dt.datetime, uuid.UUID]
+
+
+class OrganizationRow(NamedTuple):
+    """An organization as one member sees it."""
+
+    id: uuid.UUID
+    name: str
+    slug: str
+    create_time: dt.datetime
+    caller_role: Role
+    join_time: dt.datetime  # the member's, which orders ListOrganizations
+
+    @classmethod
+    def of(cls, membership: Membership) -> OrganizationRow:
+        """From a membership with its organization loaded."""
+        o = membership.organization
+        return cls(o.id, o.name, o.slug, o.create_time, membership.role, membership.create_time)
+
+
+class MemberRow(NamedTuple):
+    user_id: uuid.UUID
+    email: str
+    name: str
+    role: Role
+    join_time: dt.datetime
+
+    @classmethod
+    def of(cls, membership: Membership) -> MemberRow:
+        """From a membership with its user loaded."""
+        user = membership.user
+        return cls(user.id, user.email, user.name, membership.role, membership.create_time)
+
+
+_orgs = Organization.__table__.c
+_memberships = Membership.__table__.c
+_users = User.__table__.c
+
+
+_ORGANIZATION_COLUMNS = (
+    _orgs.id,
+    _orgs.name,
+    _orgs.slug,
+    _orgs.create_time,
+    _memberships.role,
+    _memberships.create_time,
+)
+_MEMBER_COLUMNS = (
+    _memberships.user_id,
+    _users.email,
+    _users.name,
+    _memberships.role,
+    _memberships.create_time,
+)
+# Inner join on the caller's own membership: a non-member gets no row, as for no organization.
+_AS_MEMBER = Organization.__table__.join(
+    Membership.__table__,
+    and_(_memberships.organization_id == _orgs.id, _memberships.user_id == bindparam("user_id")),
+)
+_CALLER_BY_ID = (
+    select(*_ORGANIZATION_COLUMNS)
+    .select_from(_AS_MEMBER)
+    .where(_orgs.id == bindparam("organization_id"))
+)
+_CALLER_BY_SLUG = (
+    select(*_ORGANIZATION_COLUMNS).select_from(_AS_MEMBER).where(_orgs.slug == bindparam("slug"))
+)
+
+
+def _organizations_page(after: bool) -> Select[*tuple[Any, ...]]:
+    """The user's organizations, oldest membership first (keyset: join time, organization id)."""
+    stmt = (
+        select(*_ORGANIZATION_COLUMNS)
+        .select_from(_AS_MEMBER)
+        .where(_memberships.user_id == bindparam("user_id"))
+    )
+    if after:
+        stmt = stmt.where(
+            or_(
+                _memberships.create_time > bindparam("after_time"),
+                and_(
+                    _memberships.create_time == bindparam("after_time"),
+                    _memberships.organization_id > bindparam("after_id"),
+                ),
+            )
+        )
+    return stmt.order_by(_memberships.create_time, _memberships.organization_id).limit(
+        bindparam("limit")
+    )
+
+
+def _members_page(after: bool) -> Select[*tuple[Any, ...]]:
+    """Members with their users, earliest joined first (keyset: join time, user id)."""
+    stmt = (
+        select(*_MEMBER_COLUMNS)
+        .select_from(Membership.__table__.join(User.__table__, _users.id == _memberships.user_id))
+        .where(_memberships.organization_id == bindparam("organization_id"))
+    )
+    if after:
+        stmt = stmt.where(
+            or_(
+                _memberships.create_time > bindparam("after_time"),
+                and_(
+                    _memberships.create_time == bindparam("after_time"),
+                    _memberships.user_id > bindparam("after_id"),
+                ),
+            )
+        )
+    return stmt.order_by(_memberships.create_time, _memberships.user_id).limit(bindparam("limit"))
+
+
+_ORGANIZATIONS = {after: _organizations_page(after) for after in (False, True)}
+_MEMBERS = {after: _members_page(after) for after in (False, True)}
+
+
+def caller_organization(
+    conn: Connection,
+    user_id: uuid.UUID,
+    organization_id: uuid.UUID | None,
+    slug: str | None,
+) -> OrganizationRow | None:
+    """The organization (by id, else by slug) as `user_id` sees it; None for a non-member."""
+    if organization_id is not None:
+        result = conn.execute(
+            _CALLER_BY_ID, {"user_id": user_id, "organization_id": organization_id}
+        )
+    else:
+        result = conn.execute(_CALLER_BY_SLUG, {"user_id": user_id, "slug": slug})
+    row = result.first()
+    return None if row is None else OrganizationRow._make(row)
+
+
+def organizations_of(
+    conn: Connection, user_id: uuid.UUID, after: PageKey | None, limit: int
+) -> list[OrganizationRow]:
+    """The user's organizations after the page key, oldest membership first."""
+    params = _page_params(after, limit)
+    params["user_id"] = user_id
+    return [
+        OrganizationRow._make(row)
+        for row in conn.execute(_ORGANIZATIONS[after is not None], params)
+    ]
+
+
+def members(
+    conn: Connection, organization_id: uuid.UUID, after: PageKey | None, limit: int
+) -> list[MemberRow]:
+    """The organization's members after the page key, earliest joined first."""
+    params = _page_params(after, limit)
+    params["organization_id"] = organization_id
+    return [MemberRow._make(row) for row in conn.execute(_MEMBERS[after is not None], params)]
+
+
+def _page_params(after: PageKey | None, limit: int) -> dict[str, object]:
+    params: dict[str, object] = {"limit": limit}
+    if after is not None:
+        params["after_time"], params["after_id"] = after
+    return params
 
 
 class OrganizationRepository:
@@ -98,43 +263,3 @@ class OrganizationRepository:
             else select(User).where(User.email == email)
         )
         return self._session.scalars(stmt).one_or_none()
-
-    def organizations_of(
-        self, user_id: uuid.UUID, after: PageKey | None, limit: int
-    ) -> list[Membership]:
-        """The user's memberships with their organizations, oldest membership first."""
-        stmt = (
-            select(Membership)
-            .join(Membership.organization)
-            .options(contains_eager(Membership.organization))
-            .where(Membership.user_id == user_id)
-        )
-        if after is not None:
-            stmt = stmt.where(
-                or_(
-                    Membership.create_time > after[0],
-                    and_(Membership.create_time == after[0], Membership.organization_id > after[1]),
-                )
-            )
-        stmt = stmt.order_by(Membership.create_time, Membership.organization_id).limit(limit)
-        return list(self._session.scalars(stmt))
-
-    def members(
-        self, organization_id: uuid.UUID, after: PageKey | None, limit: int
-    ) -> list[Membership]:
-        """Members with their users, earliest joined first."""
-        stmt = (
-            select(Membership)
-            .join(Membership.user)
-            .options(contains_eager(Membership.user))
-            .where(Membership.organization_id == organization_id)
-        )
-        if after is not None:
-            stmt = stmt.where(
-                or_(
-                    Membership.create_time > after[0],
-                    and_(Membership.create_time == after[0], Membership.user_id > after[1]),
-                )
-            )
-        stmt = stmt.order_by(Membership.create_time, Membership.user_id).limit(limit)
-        return list(self._session.scalars(stmt))

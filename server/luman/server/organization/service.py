@@ -13,12 +13,20 @@ import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from sqlalchemy import Connection
+
 from luman.interceptors.principal import Principal
 from luman.server.clock import Clock
 from luman.server.db.models import Membership, Organization, Role
 from luman.server.db.session import Sessions
 from luman.server.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
-from luman.server.organization.repository import OrganizationRepository, PageKey
+from luman.server.organization import repository
+from luman.server.organization.repository import (
+    MemberRow,
+    OrganizationRepository,
+    OrganizationRow,
+    PageKey,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +67,7 @@ class OrganizationService:
         self._sessions = sessions
         self._clock = clock
 
-    def create(self, principal: Principal, name: str, slug: str) -> Membership:
+    def create(self, principal: Principal, name: str, slug: str) -> OrganizationRow:
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session)
@@ -69,36 +77,32 @@ class OrganizationService:
             repo.add_membership(organization.id, principal.user_id, Role.OWNER, now)
             membership = repo.membership(organization.id, principal.user_id)
             assert membership is not None
-        return membership
+            return OrganizationRow.of(membership)
+
+    # Reads: plain Core rows on a connection (see repository.py), no ORM session.
 
     def list_for(
         self, principal: Principal, after: PageKey | None, page_size: int
-    ) -> Page[Membership]:
-        with self._sessions.read.begin() as session:
-            rows = OrganizationRepository(session).organizations_of(
-                principal.user_id, after, page_size + 1
-            )
-        return _page(rows, page_size, lambda m: (m.create_time, m.organization_id))
+    ) -> Page[OrganizationRow]:
+        with self._sessions.engine.connect() as conn:
+            rows = repository.organizations_of(conn, principal.user_id, after, page_size + 1)
+        return _page(rows, page_size, lambda row: (row.join_time, row.id))
 
-    def get(self, principal: Principal, ref: OrganizationRef) -> Membership:
-        """The caller's membership, with its organization loaded."""
-        with self._sessions.read.begin() as session:
-            repo = OrganizationRepository(session)
-            _, caller = self._caller_membership(repo, principal, ref)
-        return caller
+    def get(self, principal: Principal, ref: OrganizationRef) -> OrganizationRow:
+        with self._sessions.engine.connect() as conn:
+            return self._caller_organization(conn, principal, ref)
 
     def list_members(
         self, principal: Principal, ref: OrganizationRef, after: PageKey | None, page_size: int
-    ) -> Page[Membership]:
-        with self._sessions.read.begin() as session:
-            repo = OrganizationRepository(session)
-            organization, _ = self._caller_membership(repo, principal, ref)
-            rows = repo.members(organization.id, after, page_size + 1)
-        return _page(rows, page_size, lambda m: (m.create_time, m.user_id))
+    ) -> Page[MemberRow]:
+        with self._sessions.engine.connect() as conn:
+            organization = self._caller_organization(conn, principal, ref)
+            rows = repository.members(conn, organization.id, after, page_size + 1)
+        return _page(rows, page_size, lambda row: (row.join_time, row.user_id))
 
     def add_member(
         self, principal: Principal, ref: OrganizationRef, target: UserRef, role: Role
-    ) -> Membership:
+    ) -> MemberRow:
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session)
             organization, caller = self._caller_membership(repo, principal, ref, lock=True)
@@ -112,7 +116,7 @@ class OrganizationService:
             repo.add_membership(organization.id, user.id, role, self._clock())
             membership = repo.membership(organization.id, user.id)
             assert membership is not None
-        return membership
+            return MemberRow.of(membership)
 
     def remove_member(self, principal: Principal, ref: OrganizationRef, user_id: uuid.UUID) -> None:
         with self._sessions.write.begin() as session:
@@ -130,7 +134,7 @@ class OrganizationService:
 
     def update_role(
         self, principal: Principal, ref: OrganizationRef, user_id: uuid.UUID, role: Role
-    ) -> Membership:
+    ) -> MemberRow:
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session)
             organization, caller = self._caller_membership(repo, principal, ref, lock=True)
@@ -143,7 +147,17 @@ class OrganizationService:
                 self._keep_an_owner(repo, organization.id)
             target.role = role
             session.flush()
-        return target
+            return MemberRow.of(target)
+
+    @staticmethod
+    def _caller_organization(
+        conn: Connection, principal: Principal, ref: OrganizationRef
+    ) -> OrganizationRow:
+        row = repository.caller_organization(conn, principal.user_id, ref.organization_id, ref.slug)
+        # A non-member learns nothing, not even that the organization exists.
+        if row is None:
+            raise _org_not_found()
+        return row
 
     @staticmethod
     def _caller_membership(

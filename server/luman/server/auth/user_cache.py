@@ -1,0 +1,48 @@
+"""Recently verified users, so that GetMe needs no database round trip of its own.
+
+The token check reads the user in the same query as the login session or CLI token and puts the
+record here; GetMe then answers from it. A record cannot go stale: nothing in the API changes a
+user's email or name or deletes a user, and the record holds no password hash (the only column a
+login rewrites). Whatever starts changing users must call `forget()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+
+from luman.server.auth.token_cache import DEFAULT_MAX_ENTRIES
+from luman.server.auth.token_checks import UserRecord
+
+
+class UserCache:
+    """Bounded, thread-safe LRU of user records by id."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self._max_entries = max_entries
+        self._users: collections.OrderedDict[uuid.UUID, UserRecord] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def get(self, user_id: uuid.UUID) -> UserRecord | None:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is not None:
+                self._users.move_to_end(user_id)
+            return user
+
+    def put(self, user: UserRecord) -> None:
+        with self._lock:
+            self._users[user.id] = user
+            self._users.move_to_end(user.id)
+            while len(self._users) > self._max_entries:
+                self._users.popitem(last=False)
+
+    def forget(self, user_id: uuid.UUID) -> None:
+        with self._lock:
+            self._users.pop(user_id, None)
