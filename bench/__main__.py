@@ -100,7 +100,12 @@ def parser() -> argparse.ArgumentParser:
         default=_streams(env.get("BENCH_STREAMS", "1,16,64")),
         help="concurrent streams on one connection (env BENCH_STREAMS; default 1,16,64)",
     )
-    p.add_argument("--login-streams", type=int, default=16, help="Login concurrency (16)")
+    p.add_argument(
+        "--login-streams",
+        type=int,
+        default=Options.login_streams,
+        help="Login concurrency (3: what a one-core server admits before SERVER_BUSY)",
+    )
     p.add_argument(
         "--only",
         type=_csv(tuple(SCENARIOS)),
@@ -127,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
         "--bcrypt-threads",
         type=int,
         default=Options.bcrypt_threads,
-        help="threads for raw bcrypt: the product's concurrent hashes (default os.cpu_count())",
+        help="threads for raw bcrypt: the product's concurrent hashes (default 1: its pinned core)",
     )
     p.add_argument(
         "--server-env",

@@ -3,9 +3,10 @@
 It answers every unary method with the same pre-serialized bytes (the product's real GetMe
 response, handed over in a file), so the message sizes on the wire match the product's. The
 server model and options match `luman.server.app.build_server`: `grpc.server` on a
-ThreadPoolExecutor with the same max_workers, the same channel options and the same
-maximum_concurrent_rpcs. `--aio` runs the same handler on `grpc.aio` instead, for the
-server-model comparison in BENCHMARKS.md.
+ThreadPoolExecutor with the same max_workers, the same channel options (the product's own
+`server_options`, so the two cannot drift apart) and the same maximum_concurrent_rpcs.
+`--aio` runs the same handler on `grpc.aio` instead, for the server-model comparison in
+BENCHMARKS.md.
 
 Run as `python -m bench.bare_server --response-file F`; it prints `READY <port>` on stdout once
 it serves on 127.0.0.1, and stops on SIGTERM or SIGINT.
@@ -20,23 +21,14 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
+from luman.server.app import server_options
 from luman.server.config import Settings
 
 READY = "READY"
-
-
-def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """The channel options build_server passes; kept in step with luman.server.app by hand."""
-    return [
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_metadata_size", 16 * 1024),
-    ]
 
 
 # grpc-stubs makes the handler classes generic; grpcio's own classes cannot be subscripted.

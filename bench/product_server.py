@@ -33,8 +33,9 @@ STATS = "STATS"
 class DiscardingRequestLog(RequestLogWriter):
     """Takes every entry and writes none: the chain without request-log database writes.
 
-    The RequestLoggingInterceptor still runs (building the entry, the per-call log line); a
-    server setting that leaves the interceptor out would price the whole feature instead.
+    The RequestLoggingInterceptor still runs (building the entry). The harness prices the
+    whole feature with REQUEST_LOG_ENABLED=false instead (scenarios.LOGGING_OFF_ENV), which
+    leaves interceptor and writer out and makes build_server ignore this writer.
     """
 
     def submit(self, entry: RequestLogEntry) -> None:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                     "request_log_written": stats.written if stats else None,
                     "request_log_dropped": stats.dropped if stats else None,
                     "request_log_failed": stats.failed if stats else None,
+                    "request_log_after_close": stats.after_close if stats else None,
                 }
             ),
         )

@@ -278,7 +278,7 @@ def _logging(results: Results) -> list[str]:
         "Backend",
         "Streams",
         "GetMe req/s, writer on",
-        "writer off",
+        "request log off",
         "on / off",
         f"request_logs rows/s during the run (min{DASH}max)",
     ]
@@ -305,7 +305,8 @@ def _logging(results: Results) -> list[str]:
             notes.append(
                 f"{backend.label} writer at shutdown: {w.get('request_log_written')} written, "
                 f"{w.get('request_log_dropped')} dropped (queue full), "
-                f"{w.get('request_log_failed')} lost to database errors."
+                f"{w.get('request_log_failed')} lost to database errors, "
+                f"{w.get('request_log_after_close')} arrived after close."
             )
         if backend.log_statuses is not None:
             statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(backend.log_statuses.items()))
@@ -413,7 +414,7 @@ def _targets(results: Results) -> list[str]:
             r = ratio(access.get(streams), off)
             rows.append(
                 [
-                    "Request logging costs < 10 % (writer off → on)",
+                    "Request logging costs < 10 % (off → on)",
                     backend.label,
                     "—" if r is None else f"{(1 - r) * 100:.1f} % @{streams}",
                     _met(r is not None and 1 - r < 0.10, r is None),

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import h2load, report, trailers
+from bench import bare_server, h2load, report, trailers
 from bench.h2load import GrpcCall, Load
 from bench.processes import python_server
+from bench.scenarios import LOGGING_OFF_ENV
 from bench.stats import percentile
 from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from luman.server.app import App
+from luman.server.app import App, server_options
+from luman.server.config import Settings
 from tests.support import register
 
 REQUESTS = 40
@@ -193,3 +195,14 @@ def test_rewrite_refuses_a_file_without_markers(tmp_path: Path) -> None:
     with pytest.raises(report.ReportError):
         report.rewrite(path, "table")
     assert path.read_text() == "# Prose only\n"
+
+
+def test_logging_off_server_leaves_the_request_log_out(tmp_path: Path) -> None:
+    settings = Settings.from_env({**LOGGING_OFF_ENV, "LUMAN_DATA_DIR": str(tmp_path)})
+    assert not settings.request_log_enabled
+
+
+def test_bare_server_uses_the_product_server_options() -> None:
+    # One definition: the baseline cannot drift from the product (SO_REUSEPORT off included).
+    assert bare_server.server_options is server_options  # type: ignore[attr-defined]
+    assert ("grpc.so_reuseport", 0) in server_options(Settings())

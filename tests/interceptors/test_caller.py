@@ -3,6 +3,7 @@ secret, and the per-call verification shared by rate limiting and token auth."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -11,10 +12,13 @@ import pytest
 from grpc_interceptor.testing import dummy_client
 from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
+from luman.interceptors import caller
 from luman.interceptors.caller import (
     Caller,
+    CallerResolver,
     CallRecord,
     CallScopedVerifier,
+    CallScopeInterceptor,
     IPNetwork,
     call_scope,
     client_ip,
@@ -26,6 +30,7 @@ from luman.interceptors.caller import (
 )
 from luman.interceptors.principal import Credential, Principal
 from luman.server.errors import UnauthenticatedError
+from tests.interceptors.dummy import serve
 
 LOOPBACK = parse_trusted_proxies(["127.0.0.0/8", "::1"])
 SECRET = "gateway-secret-for-tests"
@@ -166,3 +171,35 @@ def test_call_scoped_verifier_remembers_a_rejection_too() -> None:
                 verifier.verify("bad")
         assert record.user_id is None
     assert counting.calls == 1
+
+
+def test_parsed_peers_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(caller, "PEER_CACHE_SIZE", 4)
+    resolver = CallerResolver()
+    for port in range(1000, 1010):
+        assert resolver._parse_peer(f"ipv4:203.0.113.9:{port}")[0] == "203.0.113.9"
+        assert len(resolver._peers) <= 4
+    assert resolver._parse_peer("ipv6:%5B::1%5D:5") == ("::1", ipaddress.ip_address("::1"))
+    assert resolver._parse_peer("unix:/run/luman.sock") == ("unix", None)
+
+
+def test_call_scope_interceptor_shares_one_verification_per_call() -> None:
+    # With the request log off, this stage opens the record the verifier caches in.
+    counting = _CountingVerifier()
+    verifier = CallScopedVerifier(counting)
+    seen: list[str] = []
+
+    def twice(_: str, context: Any) -> str:
+        seen.append(verifier.verify("good").user_id.hex)
+        seen.append(verifier.verify("good").user_id.hex)
+        record = current_call()
+        assert record is not None
+        return f"{record.caller.ip}|{record.user_id}"
+
+    resolver = CallerResolver()
+    with serve([CallScopeInterceptor(resolver)], {"twice": twice}) as client:
+        ip, _, user = client.Execute(DummyRequest(input="twice")).output.partition("|")
+    assert ip in ("127.0.0.1", "::1")
+    assert user == str(counting.user_id)
+    assert counting.calls == 1
+    assert seen == [counting.user_id.hex] * 2

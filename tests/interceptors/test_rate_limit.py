@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from grpc_interceptor.testing import dummy_client
 from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
 from luman.interceptors.caller import CallerResolver
@@ -15,6 +14,7 @@ from luman.interceptors.rate_limit import (
     RateLimitInterceptor,
     SlidingWindowLimiter,
 )
+from tests.interceptors.dummy import serve
 from tests.support import rich_error
 
 WINDOW = 900.0
@@ -142,6 +142,58 @@ def test_a_live_key_is_never_swept() -> None:
     assert limiter.peek("old").remaining == 1
 
 
+def test_memory_per_key_is_bounded_however_high_the_limit() -> None:
+    # The benchmark runs with a limit of 10^9: an exact log would keep a time per call.
+    ticker = Ticker(0.0)
+    limiter = SlidingWindowLimiter(10**9, WINDOW, ticker, slots=100)
+    for n in range(20_000):
+        ticker.now = n * 0.2  # 5 calls a second for over four windows
+        assert limiter.hit("user:a").allowed
+        assert limiter.entries("user:a") <= 101
+    # Counted: the 4500 calls of the last window, plus at most one slot's (9 s) worth more.
+    counted = 10**9 - limiter.peek("user:a").remaining
+    assert 4500 <= counted <= 4500 + 45
+
+
+def test_above_the_slots_no_window_ever_holds_more_than_the_limit() -> None:
+    ticker = Ticker(0.0)
+    limiter = SlidingWindowLimiter(20, WINDOW, ticker, slots=4)  # shared entries: 225 s each
+    admitted: list[float] = []
+    for tenth in range(0, 40 * int(WINDOW), 7):
+        ticker.now = tenth / 10
+        if limiter.hit("ip:a").allowed:
+            admitted.append(ticker.now)
+    assert len(admitted) > 20
+    for i, start in enumerate(admitted):
+        assert len([t for t in admitted[i:] if t < start + WINDOW]) <= 20
+
+
+def test_above_the_slots_a_slot_comes_back_at_most_one_slot_late() -> None:
+    ticker = Ticker(0.0)
+    limiter = SlidingWindowLimiter(4, 100.0, ticker, slots=2)  # slots of 50 s
+    for now in (10.0, 20.0, 30.0, 40.0):  # one shared entry, latest time 40
+        ticker.now = now
+        assert limiter.hit("k").allowed
+    ticker.now = 110.0  # the exact log would have a slot back (the hit at 10 left at 110)
+    rejected = limiter.hit("k")
+    assert not rejected.allowed
+    assert rejected.retry_after == pytest.approx(30.0)  # 140: within one 50 s slot of 110
+    ticker.now = 140.0
+    assert limiter.hit("k").remaining == 3
+
+
+def test_above_the_slots_cancel_gives_the_slot_back() -> None:
+    ticker = Ticker(0.0)
+    limiter = SlidingWindowLimiter(10, WINDOW, ticker, slots=2)
+    limiter.hit("k")
+    ticker.now = 1.0
+    second = limiter.hit("k")
+    assert limiter.peek("k").remaining == 8
+    limiter.cancel("k", second)
+    assert limiter.peek("k").remaining == 9
+    assert limiter.entries("k") == 1
+
+
 def test_limiter_rejects_a_meaningless_configuration() -> None:
     with pytest.raises(ValueError, match="limit >= 1"):
         SlidingWindowLimiter(0, WINDOW)
@@ -156,7 +208,7 @@ def test_interceptor_rejects_with_retry_info_and_trailers() -> None:
         caller_of=CallerResolver(),
         principal_of=lambda _: None,
     )
-    with dummy_client(special_cases={}, interceptors=[ErrorMappingInterceptor(), interceptor]) as c:
+    with serve([ErrorMappingInterceptor(), interceptor]) as c:
         for remaining in ("1", "0"):
             _, call = c.Execute.with_call(DummyRequest(input="x"))
             trailers = dict(call.trailing_metadata())
@@ -183,7 +235,7 @@ def test_interceptor_without_a_limiter_for_the_policy_lets_everything_through() 
         caller_of=CallerResolver(),
         principal_of=lambda _: None,
     )
-    with dummy_client(special_cases={}, interceptors=[ErrorMappingInterceptor(), interceptor]) as c:
+    with serve([ErrorMappingInterceptor(), interceptor]) as c:
         for _ in range(5):
             _, call = c.Execute.with_call(DummyRequest(input="x"))
             assert "x-ratelimit-limit" not in dict(call.trailing_metadata())

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
 import grpc
 import pytest
-from grpc_interceptor import ServerInterceptor
-from grpc_interceptor.testing import dummy_client
 from grpc_interceptor.testing.dummy_client import SpecialCaseFunction
 from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
+from luman.interceptors.base import MethodInterceptor
 from luman.interceptors.caller import CallerResolver
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
 from luman.server.errors import NotFoundError
+from tests.interceptors.dummy import EXECUTE, serve
 from tests.support import FakeClock
-
-EXECUTE = "/DummyService/Execute"
 
 
 def _abort(_: str, context: Any) -> str:  # dummy_client also serves grpc.aio
@@ -47,10 +46,10 @@ def _logged(*inputs: str, error_mapping: bool = True) -> list[RequestLogEntry]:
     entries: list[RequestLogEntry] = []
     clock = FakeClock()
     logging = RequestLoggingInterceptor(entries.append, CallerResolver(), clock=clock)
-    chain: list[ServerInterceptor] = (
+    chain: list[MethodInterceptor] = (
         [logging, ErrorMappingInterceptor()] if error_mapping else [logging]
     )
-    with dummy_client(special_cases=CASES, interceptors=chain) as client:
+    with serve(chain, CASES) as client:
         for text in inputs:
             with contextlib.suppress(grpc.RpcError):
                 client.Execute(DummyRequest(input=text))
@@ -76,7 +75,7 @@ def test_an_unmapped_exception_is_logged_as_unknown() -> None:
 def test_streaming_call_is_logged_when_the_stream_ends() -> None:
     entries: list[RequestLogEntry] = []
     logging = RequestLoggingInterceptor(entries.append, CallerResolver())
-    with dummy_client(special_cases={}, interceptors=[logging]) as client:
+    with serve([logging]) as client:
         stream = client.ExecuteServerStream(DummyRequest(input="abc"))
         assert [r.output for r in stream] == ["a", "b", "c"]
     assert [(e.method, e.status) for e in entries] == [("/DummyService/ExecuteServerStream", "OK")]
@@ -87,7 +86,7 @@ def test_skipped_methods_are_not_sent_to_the_sink() -> None:
     logging = RequestLoggingInterceptor(
         entries.append, CallerResolver(), skip=lambda name: name == EXECUTE
     )
-    with dummy_client(special_cases={}, interceptors=[logging]) as client:
+    with serve([logging]) as client:
         client.Execute(DummyRequest(input="x"))
     assert entries == []
 
@@ -97,6 +96,17 @@ def test_a_failing_sink_never_fails_the_call(caplog: pytest.LogCaptureFixture) -
         raise OSError("disk on fire")
 
     logging = RequestLoggingInterceptor(broken, CallerResolver())
-    with dummy_client(special_cases={}, interceptors=[logging]) as client:
+    with serve([logging]) as client:
         assert client.Execute(DummyRequest(input="still fine")).output == "still fine"
     assert "request log sink failed" in caplog.text
+
+
+def test_the_per_call_line_is_written_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    # The request log is the record of every call; an INFO line per call cost every RPC.
+    name = "luman.interceptors.request_logging"
+    caplog.set_level(logging.INFO, logger=name)
+    assert len(_logged("hello", "not-found")) == 2
+    assert "rpc " not in caplog.text
+    caplog.set_level(logging.DEBUG, logger=name)
+    _logged("hello")
+    assert f"rpc {EXECUTE} OK" in caplog.text

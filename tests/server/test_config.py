@@ -141,3 +141,29 @@ def test_env_example_documents_exactly_the_variables_read() -> None:
 def test_env_example_values_are_the_defaults(tmp_path: Path) -> None:
     example = {**_example_values(), "LUMAN_DATA_DIR": str(tmp_path)}
     assert Settings.from_env(example) == Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path)})
+
+
+def test_token_cache_ttl_defaults_to_30s_and_0_turns_it_off(tmp_path: Path) -> None:
+    env = {"LUMAN_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(env).token_cache_ttl == 30
+    assert Settings.from_env(env).token_cache_max_entries == 10_000
+    for off in ("0", "0s", "0ms"):
+        assert Settings.from_env({**env, "TOKEN_CACHE_TTL": off}).token_cache_ttl == 0
+    assert Settings.from_env({**env, "TOKEN_CACHE_TTL": "1500ms"}).token_cache_ttl == 1.5
+    assert Settings.from_env({**env, "TOKEN_CACHE_TTL": "1h"}).token_cache_ttl == 3600
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TOKEN_CACHE_TTL", "-1s"),
+        ("TOKEN_CACHE_TTL", "soon"),
+        ("TOKEN_CACHE_TTL", "2h"),  # a revocation elsewhere would go unnoticed that long
+        ("TOKEN_CACHE_MAX_ENTRIES", "0"),
+        ("JWT_EXPIRES_IN", "0"),  # 0 is "off" for the cache only
+    ],
+)
+def test_bad_token_cache_setting_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), name: value})
+    assert str(caught.value).startswith(name)

@@ -12,9 +12,13 @@ be something the client can choose:
   itself with `x-luman-gateway: <per-process secret>` and then its `x-forwarded-for` (the one
   browser address it resolved) and `x-luman-user-agent` are used as they are.
 
-The logging interceptor opens a `CallRecord` for each call; `CallScopedVerifier` fills in the
-user when the token is verified, so the outermost interceptor learns who called after the inner
-ones (which reset their own ContextVars) have returned.
+The logging interceptor (or `CallScopeInterceptor` when the request log is off) opens a
+`CallRecord` for each call; `CallScopedVerifier` fills in the user when the token is verified,
+so the outermost interceptor learns who called after the inner ones (which reset their own
+ContextVars) have returned.
+
+Per call this is on the hot path of every RPC, so the metadata is scanned once, and a peer
+string (one per connection: it carries the client's port) is parsed once and remembered.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import ipaddress
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 
+from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.principal import Principal
 from luman.interceptors.token_auth import Verifier, bearer_token
 from luman.server.errors import DomainError
@@ -39,18 +45,26 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GATEWAY_HEADER = "x-luman-gateway"
 FORWARDED_FOR_HEADER = "x-forwarded-for"
+USER_AGENT_HEADER = "user-agent"
 GATEWAY_USER_AGENT_HEADER = "x-luman-user-agent"
+_CALLER_HEADERS = frozenset(
+    (GATEWAY_HEADER, FORWARDED_FOR_HEADER, USER_AGENT_HEADER, GATEWAY_USER_AGENT_HEADER)
+)
 MAX_USER_AGENT_LENGTH = 256
 UNIX_PEER = "unix"
 UNKNOWN_PEER = "unknown"
+# Parsed peer strings remembered; when full the memory is dropped and refilled.
+PEER_CACHE_SIZE = 4096
 
 
-@dataclasses.dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):
     """The network identity of a call: `ip` is an address without port, or "unix"/"unknown"."""
 
     ip: str
     user_agent: str
+
+
+ResolveCaller = Callable[[grpc.ServicerContext], Caller]
 
 
 def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -96,7 +110,15 @@ def forwarded_client(
     left; the first untrusted one is the client. A trusted proxy that forwarded garbage is
     taken as the client itself rather than letting anything further left count.
     """
-    peer = _parse_address(peer_ip)
+    return _forwarded_from(_parse_address(peer_ip), peer_ip, forwarded_for, trusted_proxies)
+
+
+def _forwarded_from(
+    peer: IPAddress | None,
+    peer_ip: str,
+    forwarded_for: Sequence[str],
+    trusted_proxies: Sequence[IPNetwork],
+) -> str:
     if peer is None or not _is_trusted(peer, trusted_proxies):
         return peer_ip
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
@@ -112,10 +134,7 @@ def forwarded_client(
 
 
 def is_gateway_call(context: grpc.ServicerContext, gateway_secret: str | None) -> bool:
-    if not gateway_secret:
-        return False
-    values = _metadata(context, GATEWAY_HEADER)
-    return len(values) == 1 and hmac.compare_digest(values[0].encode(), gateway_secret.encode())
+    return _vouched(_caller_headers(context), gateway_secret)
 
 
 def client_ip(
@@ -124,24 +143,11 @@ def client_ip(
     gateway_secret: str | None,
 ) -> str:
     """The client's IP address (no port), as rate limiting and the request log see it."""
-    if is_gateway_call(context, gateway_secret):
-        forwarded = _metadata(context, FORWARDED_FOR_HEADER)
-        address = _parse_address(forwarded[-1]) if forwarded else None
-        if address is not None:
-            return str(address)
-    return forwarded_client(
-        peer_address(context.peer()),
-        _metadata(context, FORWARDED_FOR_HEADER),
-        trusted_proxies,
-    )
+    return CallerResolver(trusted_proxies, gateway_secret).resolve(context).ip
 
 
 def user_agent(context: grpc.ServicerContext, gateway_secret: str | None) -> str:
-    header = "user-agent"
-    if is_gateway_call(context, gateway_secret):
-        header = GATEWAY_USER_AGENT_HEADER
-    values = _metadata(context, header)
-    return values[0][:MAX_USER_AGENT_LENGTH] if values else ""
+    return CallerResolver((), gateway_secret).resolve(context).user_agent
 
 
 class CallerResolver:
@@ -152,18 +158,44 @@ class CallerResolver:
     ) -> None:
         self._trusted = tuple(trusted_proxies)
         self._secret = gateway_secret
+        self._peers: dict[str, tuple[str, IPAddress | None]] = {}
 
     def __call__(self, context: grpc.ServicerContext) -> Caller:
-        record = current_call()
+        """The current call's Caller, resolved once per call by whoever opened its record."""
+        record = _current_call.get()
         if record is not None:
             return record.caller
-        return Caller(
-            ip=client_ip(context, self._trusted, self._secret),
-            user_agent=user_agent(context, self._secret),
-        )
+        return self.resolve(context)
+
+    def resolve(self, context: grpc.ServicerContext) -> Caller:
+        headers = _caller_headers(context)
+        agent_header = USER_AGENT_HEADER
+        if GATEWAY_HEADER in headers and _vouched(headers, self._secret):
+            agent_header = GATEWAY_USER_AGENT_HEADER
+            forwarded = headers.get(FORWARDED_FOR_HEADER)
+            address = _parse_address(forwarded[-1]) if forwarded else None
+            if address is not None:
+                return Caller(str(address), _user_agent(headers, agent_header))
+        peer = context.peer()
+        parsed = self._peers.get(peer)
+        if parsed is None:
+            parsed = self._parse_peer(peer)
+        ip = parsed[0]
+        if self._trusted and FORWARDED_FOR_HEADER in headers:
+            ip = _forwarded_from(parsed[1], ip, headers[FORWARDED_FOR_HEADER], self._trusted)
+        agents = headers.get(agent_header)
+        return Caller(ip, agents[0][:MAX_USER_AGENT_LENGTH] if agents else "")
+
+    def _parse_peer(self, peer: str) -> tuple[str, IPAddress | None]:
+        ip = peer_address(peer)
+        parsed = (ip, _parse_address(ip))
+        if len(self._peers) >= PEER_CACHE_SIZE:
+            self._peers.clear()
+        self._peers[peer] = parsed
+        return parsed
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class CallRecord:
     """Mutable per-call slot, opened by the outermost interceptor and read back when it ends."""
 
@@ -171,6 +203,8 @@ class CallRecord:
     user_id: uuid.UUID | None = None
     # (token, outcome) of the one verification this call did, shared by every interceptor.
     verified: tuple[str, Principal | DomainError] | None = None
+    # The outcome for the call's own "authorization" metadata (CallScopedVerifier.authenticate).
+    authenticated: Principal | DomainError | None = None
 
 
 _current_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
@@ -182,6 +216,12 @@ def current_call() -> CallRecord | None:
     return _current_call.get()
 
 
+# open_call(record) -> token makes `record` the current call's; close_call(token) when it ends.
+# The ContextVar's own methods: the outermost interceptor calls them on every RPC.
+open_call = _current_call.set
+close_call = _current_call.reset
+
+
 @contextlib.contextmanager
 def call_scope(record: CallRecord) -> Iterator[CallRecord]:
     # grpcio reuses worker threads; resetting keeps one call's record out of the next.
@@ -190,6 +230,34 @@ def call_scope(record: CallRecord) -> Iterator[CallRecord]:
         yield record
     finally:
         _current_call.reset(token)
+
+
+class CallScopeInterceptor(MethodInterceptor):
+    """Opens each call's CallRecord: the outermost interceptor when the request log is off
+    (RequestLoggingInterceptor does it otherwise)."""
+
+    def __init__(self, caller_of: ResolveCaller) -> None:
+        super().__init__()
+        self._caller_of = caller_of
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        caller_of = self._caller_of
+        if method.response_streaming:
+
+            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                with call_scope(CallRecord(caller_of(context))):
+                    yield from behavior(request, context)
+
+            return streamed
+
+        def scoped(request: Any, context: grpc.ServicerContext) -> Any:
+            token = _current_call.set(CallRecord(caller_of(context)))
+            try:
+                return behavior(request, context)
+            finally:
+                _current_call.reset(token)
+
+        return scoped
 
 
 class CallScopedVerifier:
@@ -203,32 +271,74 @@ class CallScopedVerifier:
         self._verify = verify
 
     def verify(self, token: str) -> Principal:
-        record = current_call()
+        record = _current_call.get()
         if record is None:
             return self._verify(token)
-        if record.verified is None or record.verified[0] != token:
-            try:
-                outcome: Principal | DomainError = self._verify(token)
-            except DomainError as exc:
-                outcome = exc
-            record.verified = (token, outcome)
-            if isinstance(outcome, Principal):
-                record.user_id = outcome.user_id
-        outcome = record.verified[1]
+        outcome = self._check(record, token)
         if isinstance(outcome, DomainError):
             raise outcome
         return outcome
 
+    def authenticate(self, context: grpc.ServicerContext) -> Principal:
+        """The principal of the call's own bearer token, checked at most once per call.
+
+        Raises:
+            DomainError: the token is missing, malformed or invalid (the same error each time).
+        """
+        record = _current_call.get()
+        if record is None:
+            return self._verify(bearer_token(context))
+        outcome = record.authenticated
+        if outcome is None:
+            try:
+                outcome = self._check(record, bearer_token(context))
+            except DomainError as exc:  # no token, or not a bearer token
+                outcome = exc
+            record.authenticated = outcome
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    def _check(self, record: CallRecord, token: str) -> Principal | DomainError:
+        verified = record.verified
+        if verified is None or verified[0] != token:
+            try:
+                outcome: Principal | DomainError = self._verify(token)
+            except DomainError as exc:
+                outcome = exc
+            record.verified = verified = (token, outcome)
+            if isinstance(outcome, Principal):
+                record.user_id = outcome.user_id
+        return verified[1]
+
     def principal_of(self, context: grpc.ServicerContext) -> Principal | None:
         """The verified caller, or None for a call without a (valid) token."""
         try:
-            return self.verify(bearer_token(context))
+            return self.authenticate(context)
         except DomainError:
             return None
 
 
-def _metadata(context: grpc.ServicerContext, key: str) -> list[str]:
-    return [v for k, v in context.invocation_metadata() or () if k == key and isinstance(v, str)]
+def _caller_headers(context: grpc.ServicerContext) -> dict[str, list[str]]:
+    """The text values of the headers a Caller is made of, in order, in one pass."""
+    found: dict[str, list[str]] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in _CALLER_HEADERS and isinstance(value, str):
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def _user_agent(headers: dict[str, list[str]], key: str) -> str:
+    values = headers.get(key)
+    return values[0][:MAX_USER_AGENT_LENGTH] if values else ""
+
+
+def _vouched(headers: dict[str, list[str]], gateway_secret: str | None) -> bool:
+    """Whether the call carries the gateway's secret (once), so its x-forwarded-for holds."""
+    values = headers.get(GATEWAY_HEADER)
+    if not gateway_secret or values is None or len(values) != 1:
+        return False
+    return hmac.compare_digest(values[0].encode(), gateway_secret.encode())
 
 
 def _parse_address(text: str) -> IPAddress | None:
@@ -249,6 +359,3 @@ def _parse_address(text: str) -> IPAddress | None:
 
 def _is_trusted(address: IPAddress, trusted_proxies: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted_proxies)
-
-
-ResolveCaller = Callable[[grpc.ServicerContext], Caller]

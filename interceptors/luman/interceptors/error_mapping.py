@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_interceptor import ServerInterceptor
 
+from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.server.errors import DomainError, InvalidArgumentError, ResourceExhaustedError
 
 logger = logging.getLogger(__name__)
@@ -31,25 +31,42 @@ class _Status(
     """The status argument of context.abort_with_status()."""
 
 
-class ErrorMappingInterceptor(ServerInterceptor):
-    def intercept(
-        self,
-        method: Callable[[Any, grpc.ServicerContext], Any],
-        request_or_iterator: Any,
-        context: grpc.ServicerContext,
-        method_name: str,
-    ) -> Any:
-        try:
-            return method(request_or_iterator, context)
-        except DomainError as exc:
-            context.abort_with_status(status_for(exc, method_name, _trailing(context)))
-        except Exception:
-            if _already_aborted(context):
-                raise
-            logger.exception("unhandled exception in %s", method_name)
-            context.abort_with_status(
-                _Status(grpc.StatusCode.INTERNAL, "internal error", _trailing(context))
-            )
+class ErrorMappingInterceptor(MethodInterceptor):
+    """Aborts with the mapped status whatever the method raises, while it runs or, for a
+    response stream, while grpcio iterates it."""
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        name = method.name
+        if method.response_streaming:
+
+            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from behavior(request, context)
+                except Exception as exc:
+                    _abort_for(exc, name, context)
+
+            return streamed
+
+        def mapped(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(request, context)
+            except Exception as exc:
+                _abort_for(exc, name, context)
+
+        return mapped
+
+
+def _abort_for(exc: Exception, method_name: str, context: grpc.ServicerContext) -> NoReturn:
+    """Abort the call with the status `exc` maps to (called while `exc` is being handled)."""
+    if isinstance(exc, DomainError):
+        context.abort_with_status(status_for(exc, method_name, _trailing(context)))
+    elif _already_aborted(context):
+        raise exc
+    else:
+        logger.exception("unhandled exception in %s", method_name)
+        context.abort_with_status(
+            _Status(grpc.StatusCode.INTERNAL, "internal error", _trailing(context))
+        )
 
 
 def status_for(

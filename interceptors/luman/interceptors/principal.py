@@ -42,9 +42,7 @@ def optional_principal() -> Principal | None:
     return _current.get()
 
 
-def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
-    return _current.set(principal)
-
-
-def reset_principal(token: contextvars.Token[Principal | None]) -> None:
-    _current.reset(token)
+# set_principal(principal) -> token; reset_principal(token). The ContextVar's own methods:
+# TokenAuthInterceptor calls them on every RPC.
+set_principal = _current.set
+reset_principal = _current.reset

@@ -7,28 +7,30 @@ agent) for the inner interceptors and reads back the user that token verificatio
 An entry holds the time, full method name, status code name ("OK", "UNAUTHENTICATED", …),
 duration, user id, client IP and user agent: never a request or response body, and never
 metadata values such as tokens.
+
+The request log itself is the record of every call; the `rpc …` log line is only written at
+DEBUG. At INFO it cost a formatted line and the logging handler's lock on every call, which
+the server's worker threads then queued for.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import grpc
-from grpc_interceptor import ServerInterceptor
 
-from luman.interceptors.caller import CallRecord, ResolveCaller, call_scope
+from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
+from luman.interceptors.caller import CallRecord, ResolveCaller, close_call, open_call
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequestLogEntry:
+class RequestLogEntry(NamedTuple):
     time: dt.datetime
     method: str
     status: str
@@ -40,13 +42,16 @@ class RequestLogEntry:
 
 Sink = Callable[[RequestLogEntry], None]
 
+_OK = grpc.StatusCode.OK.name
+_UNKNOWN = grpc.StatusCode.UNKNOWN.name
+
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class RequestLoggingInterceptor(ServerInterceptor):
-    """Records every call to `sink` and as one log line.
+class RequestLoggingInterceptor(MethodInterceptor):
+    """Records every call to `sink` (and, at DEBUG, as one log line).
 
     Args:
         sink: receives each entry; it must return at once (the server passes a bounded queue).
@@ -54,7 +59,7 @@ class RequestLoggingInterceptor(ServerInterceptor):
         clock: wall-clock time of the call (aware UTC).
         timer: monotonic seconds for the duration.
         skip: method names kept out of the sink (health checks and reflection, which would
-            bury the calls an operator is looking for); they still get a DEBUG log line.
+            bury the calls an operator is looking for); they still get the DEBUG log line.
     """
 
     def __init__(
@@ -66,94 +71,81 @@ class RequestLoggingInterceptor(ServerInterceptor):
         timer: Callable[[], float] = time.perf_counter,
         skip: Callable[[str], bool] = lambda _: False,
     ) -> None:
+        super().__init__()
         self._sink = sink
         self._caller_of = caller_of
         self._clock = clock
         self._timer = timer
         self._skip = skip
 
-    def intercept(
-        self,
-        method: Callable[[Any, grpc.ServicerContext], Any],
-        request_or_iterator: Any,
-        context: grpc.ServicerContext,
-        method_name: str,
-    ) -> Any:
-        record = CallRecord(caller=self._caller_of(context))
-        started_at = self._clock()
-        started = self._timer()
-        with call_scope(record):
-            try:
-                response = method(request_or_iterator, context)
-            except BaseException:
-                self._finish(record, method_name, context, started_at, started, failed=True)
-                raise
-        if isinstance(response, Iterator):
-            # A streaming response runs while grpcio iterates it, after this method returned.
-            return self._streamed(response, record, method_name, context, started_at, started)
-        self._finish(record, method_name, context, started_at, started, failed=False)
-        return response
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        name = method.name
+        sink = None if self._skip(name) else self._sink
+        caller_of, clock, timer, finish = self._caller_of, self._clock, self._timer, self._finish
+        if method.response_streaming:
 
-    def _streamed(
-        self,
-        responses: Iterator[Any],
-        record: CallRecord,
-        method_name: str,
-        context: grpc.ServicerContext,
-        started_at: dt.datetime,
-        started: float,
-    ) -> Iterator[Any]:
-        failed = True
-        try:
-            with call_scope(record):
-                yield from responses
-            failed = False
-        finally:
-            self._finish(record, method_name, context, started_at, started, failed=failed)
+            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # Runs while grpcio iterates the responses: the call ends with the stream.
+                record = CallRecord(caller_of(context))
+                started_at, started = clock(), timer()
+                failed = True
+                token = open_call(record)
+                try:
+                    yield from behavior(request, context)
+                    failed = False
+                finally:
+                    close_call(token)
+                    finish(sink, name, record, context, started_at, started, failed)
+
+            return streamed
+
+        def logged(request: Any, context: grpc.ServicerContext) -> Any:
+            record = CallRecord(caller_of(context))
+            started_at, started = clock(), timer()
+            token = open_call(record)
+            try:
+                response = behavior(request, context)
+            except BaseException:
+                finish(sink, name, record, context, started_at, started, True)
+                raise
+            finally:
+                close_call(token)
+            finish(sink, name, record, context, started_at, started, False)
+            return response
+
+        return logged
 
     def _finish(
         self,
-        record: CallRecord,
+        sink: Sink | None,
         method_name: str,
+        record: CallRecord,
         context: grpc.ServicerContext,
         started_at: dt.datetime,
         started: float,
-        *,
         failed: bool,
     ) -> None:
         duration_ms = (self._timer() - started) * 1000
-        status = _status_name(context, failed=failed)
-        skipped = self._skip(method_name)
-        logger.log(
-            logging.DEBUG if skipped else logging.INFO,
-            "rpc %s %s %.1fms ip=%s",
+        code = context.code()  # type: ignore[attr-defined]  # grpc-stubs predates code()
+        # No status set: grpcio answers a returned response with OK, an escaped exception
+        # with UNKNOWN.
+        status = code.name if isinstance(code, grpc.StatusCode) else _UNKNOWN if failed else _OK
+        caller = record.caller
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("rpc %s %s %.1fms ip=%s", method_name, status, duration_ms, caller.ip)
+        if sink is None:
+            return
+        entry = RequestLogEntry(
+            started_at,
             method_name,
             status,
             duration_ms,
-            record.caller.ip,
-        )
-        if skipped:
-            return
-        entry = RequestLogEntry(
-            time=started_at,
-            method=method_name,
-            status=status,
-            duration_ms=duration_ms,
-            user_id=record.user_id,
-            client_ip=record.caller.ip,
-            user_agent=record.caller.user_agent,
+            record.user_id,
+            caller.ip,
+            caller.user_agent,
         )
         try:
-            self._sink(entry)
+            sink(entry)
         except Exception:
             # The log is never a reason for an RPC to fail.
             logger.exception("request log sink failed")
-
-
-def _status_name(context: grpc.ServicerContext, *, failed: bool) -> str:
-    code = cast(Any, context).code()  # grpc-stubs predates ServicerContext.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    # No status was set: grpcio answers a returned response with OK and an escaped
-    # exception with UNKNOWN.
-    return grpc.StatusCode.UNKNOWN.name if failed else grpc.StatusCode.OK.name

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import grpc
-from grpc_interceptor import ServerInterceptor
 
+from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.principal import Principal, reset_principal, set_principal
 from luman.server.errors import UnauthenticatedError
 
@@ -20,7 +20,7 @@ def bearer_token(context: grpc.ServicerContext) -> str:
     Raises:
         UnauthenticatedError: no authorization metadata, or not the Bearer scheme.
     """
-    values = [v for k, v in context.invocation_metadata() if k == "authorization"]
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
     if not values:
         raise UnauthenticatedError("CREDENTIALS_MISSING", "missing authorization metadata")
     value = values[0]
@@ -36,13 +36,16 @@ def bearer_token(context: grpc.ServicerContext) -> str:
     return token.strip()
 
 
-class TokenAuthInterceptor(ServerInterceptor):
+class TokenAuthInterceptor(MethodInterceptor):
     """Verifies the caller's token and exposes it as `current_principal()`.
 
     Args:
         verify: turns a token into a Principal or raises UnauthenticatedError.
         public_methods: full method names ("/pkg.Service/Method") that need no token.
         public_prefixes: method-name prefixes that need no token (health, reflection).
+        authenticate: the call's context -> Principal, in place of `verify(bearer_token(…))`;
+            the server passes CallScopedVerifier.authenticate, which reuses the check that
+            rate limiting already made for the call.
     """
 
     def __init__(
@@ -50,23 +53,35 @@ class TokenAuthInterceptor(ServerInterceptor):
         verify: Verifier,
         public_methods: Collection[str],
         public_prefixes: tuple[str, ...] = (),
+        *,
+        authenticate: Callable[[grpc.ServicerContext], Principal] | None = None,
     ) -> None:
-        self._verify = verify
+        super().__init__()
+        self._authenticate = authenticate or (lambda context: verify(bearer_token(context)))
         self._public = frozenset(public_methods)
         self._public_prefixes = public_prefixes
 
-    def intercept(
-        self,
-        method: Callable[[Any, grpc.ServicerContext], Any],
-        request_or_iterator: Any,
-        context: grpc.ServicerContext,
-        method_name: str,
-    ) -> Any:
-        if method_name in self._public or method_name.startswith(self._public_prefixes):
-            return method(request_or_iterator, context)
-        principal = self._verify(bearer_token(context))
-        token = set_principal(principal)
-        try:
-            return method(request_or_iterator, context)
-        finally:
-            reset_principal(token)
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        if method.name in self._public or method.name.startswith(self._public_prefixes):
+            return behavior
+        authenticate = self._authenticate
+        if method.response_streaming:
+
+            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # The principal must stay visible while grpcio iterates the responses.
+                token = set_principal(authenticate(context))
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    reset_principal(token)
+
+            return streamed
+
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
+            token = set_principal(authenticate(context))
+            try:
+                return behavior(request, context)
+            finally:
+                reset_principal(token)
+
+        return authenticated

@@ -15,7 +15,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from luman.auth.v1 import auth_service_pb2_grpc
-from luman.interceptors.caller import CallerResolver, CallScopedVerifier, parse_trusted_proxies
+from luman.interceptors.base import MethodInterceptor
+from luman.interceptors.caller import (
+    CallerResolver,
+    CallScopedVerifier,
+    CallScopeInterceptor,
+    parse_trusted_proxies,
+)
+from luman.interceptors.chain import InterceptorChain
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
@@ -67,6 +74,18 @@ class App:
             self.request_log.close()
 
 
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """The grpc.server options; the benchmark's bare baseline server uses them too."""
+    return [
+        # grpcio enables SO_REUSEPORT by default, which lets a second server silently share
+        # the port; a second start must fail instead.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_metadata_size", 16 * 1024),
+    ]
+
+
 def build_server(
     settings: Settings,
     sessions: Sessions,
@@ -81,49 +100,64 @@ def build_server(
 
     `monotonic` drives the rate limiters and the log writer's schedule; `request_log` replaces
     the writer built from `sessions.engine` (tests use it to break or slow the log database).
+    With REQUEST_LOG_ENABLED=false there is no writer and no logging interceptor at all.
 
     Raises:
         BindError: the address is taken or invalid.
     """
     hasher = hasher or PasswordHasher(settings.bcrypt_rounds)
-    auth = AuthService(sessions, hasher, TokenCodec(settings, clock), clock)
+    auth = AuthService(
+        sessions,
+        hasher,
+        TokenCodec(settings, clock),
+        clock,
+        token_cache_ttl=settings.token_cache_ttl,
+        token_cache_max_entries=settings.token_cache_max_entries,
+    )
     organizations = OrganizationService(sessions, clock)
     policy = methods.policies()
     gateway_secret = gateway_secret or secrets.token_urlsafe(32)
-    request_log = request_log or RequestLogWriter(
-        sessions.engine,
-        retention_days=settings.request_log_retention_days,
-        clock=clock,
-        monotonic=monotonic,
-    )
+    if not settings.request_log_enabled:
+        request_log = None
+    elif request_log is None:
+        request_log = RequestLogWriter(
+            sessions.engine,
+            retention_days=settings.request_log_retention_days,
+            clock=clock,
+            monotonic=monotonic,
+        )
     caller_of = CallerResolver(parse_trusted_proxies(settings.trusted_proxies), gateway_secret)
     # Rate limiting and token auth share one verification per call (see rate_limits.py).
     verifier = CallScopedVerifier(auth.verify_token)
 
-    # Outermost first: logging sees the final status of every call, rejected ones included.
-    interceptors: list[grpc.ServerInterceptor[Any, Any]] = [
-        RequestLoggingInterceptor(
+    # The outermost stage opens each call's record (client address, verified user): the
+    # logging interceptor, which then sees the final status of every call, rejected ones
+    # included; or, with the request log off, a stage that does only that.
+    outermost: MethodInterceptor = CallScopeInterceptor(caller_of)
+    if request_log is not None:
+        outermost = RequestLoggingInterceptor(
             request_log.submit, caller_of, clock=clock, skip=methods.is_infrastructure
-        ),
-        ErrorMappingInterceptor(),
-        build_rate_limit_interceptor(
-            settings, verifier, caller_of, monotonic, wall=lambda: clock().timestamp()
-        ),
-        TokenAuthInterceptor(
-            verifier.verify, methods.public_methods(policy), methods.INFRASTRUCTURE_PREFIXES
-        ),
-    ]
+        )
+    # One installed interceptor running the stages in order, outermost first (chain.py).
+    chain = InterceptorChain(
+        [
+            outermost,
+            ErrorMappingInterceptor(),
+            build_rate_limit_interceptor(
+                settings, verifier, caller_of, monotonic, wall=lambda: clock().timestamp()
+            ),
+            TokenAuthInterceptor(
+                verifier.verify,
+                methods.public_methods(policy),
+                methods.INFRASTRUCTURE_PREFIXES,
+                authenticate=verifier.authenticate,
+            ),
+        ]
+    )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        options=[
-            # grpcio enables SO_REUSEPORT by default, which lets a second server silently share
-            # the port; a second start must fail instead.
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_metadata_size", 16 * 1024),
-        ],
+        interceptors=[chain],
+        options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)

@@ -40,12 +40,16 @@ class Settings:
     jwt_issuer: str = "luman"
     jwt_audience: str = "luman-api"
     bcrypt_rounds: int = 10
+    # Verified-token cache (auth/token_cache.py); 0 seconds turns it off.
+    token_cache_ttl: float = 30.0
+    token_cache_max_entries: int = 10_000
     rate_limit_window_ms: int = 15 * 60 * 1000
     rate_limit_max_requests: int = 100
     auth_rate_limit_window_ms: int = 15 * 60 * 1000
     auth_rate_limit_max_requests: int = 5
     trusted_proxies: tuple[str, ...] = ()
     rate_limit_redis_url: str = ""  # empty: counted in process (one replica)
+    request_log_enabled: bool = True
     request_log_retention_days: int = 30
     cors_origin: str = "http://localhost:3000"
     http_port: int = 8080
@@ -85,6 +89,10 @@ class Settings:
             jwt_issuer=r.text("JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=r.text("JWT_AUDIENCE", cls.jwt_audience),
             bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
+            # 0 is allowed here only: it turns the cache off. At most an hour, because a
+            # revocation on another replica goes unnoticed for up to this long.
+            token_cache_ttl=r.duration("TOKEN_CACHE_TTL", "30s", allow_zero=True, most=3600),
+            token_cache_max_entries=r.integer("TOKEN_CACHE_MAX_ENTRIES", 10000, 1, 10**7),
             # A policy with max requests 0 (or window 0) is disabled.
             rate_limit_window_ms=r.integer("RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             rate_limit_max_requests=r.integer("RATE_LIMIT_MAX_REQUESTS", 100, 0, 10**9),
@@ -92,6 +100,7 @@ class Settings:
             auth_rate_limit_max_requests=r.integer("AUTH_RATE_LIMIT_MAX_REQUESTS", 5, 0, 10**9),
             trusted_proxies=r.networks("TRUSTED_PROXIES"),
             rate_limit_redis_url=r.redis_url("RATE_LIMIT_REDIS_URL"),
+            request_log_enabled=r.flag("REQUEST_LOG_ENABLED", True),
             request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
             cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
             http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
@@ -189,15 +198,33 @@ class _Reader:
             raise ConfigError(f"{name} must be between {low} and {high}, got {number}")
         return number
 
-    def duration(self, name: str, default: str) -> float:
-        """Durations as in the seed: '15m', '7d', '30s', '500ms', or plain seconds."""
+    def duration(
+        self, name: str, default: str, *, allow_zero: bool = False, most: float | None = None
+    ) -> float:
+        """Durations as in the seed: '15m', '7d', '30s', '500ms', or plain seconds.
+
+        Zero is refused unless `allow_zero` (for settings where 0 means "off"); `most` caps
+        the value in seconds.
+        """
         value = self._raw(name) or default
         match = _DURATION.match(value)
-        if not match or int(match.group(1)) == 0:
-            raise ConfigError(
-                f"{name} must be a positive duration such as 30s, 15m, 12h or 7d, got {value!r}"
-            )
-        return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if not match or (int(match.group(1)) == 0 and not allow_zero):
+            kind = "a duration" if allow_zero else "a positive duration"
+            raise ConfigError(f"{name} must be {kind} such as 30s, 15m, 12h or 7d, got {value!r}")
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if most is not None and seconds > most:
+            raise ConfigError(f"{name} must be at most {most:g} seconds, got {value!r}")
+        return seconds
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self._raw(name)

@@ -98,10 +98,12 @@ def serve() -> None:
         if app.request_log is not None:
             stats = app.request_log.stats
             logger.info(
-                "stopped (request log: %d written, %d dropped, %d lost to database errors)",
+                "stopped (request log: %d written, %d dropped, %d lost to database errors, "
+                "%d after close)",
                 stats.written,
                 stats.dropped,
                 stats.failed,
+                stats.after_close,
             )
         else:
             logger.info("stopped")

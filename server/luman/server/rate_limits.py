@@ -88,7 +88,10 @@ def build_rate_limit_interceptor(
     accounts = None
     if account_limiter is not None:
         accounts = AccountLimit(
-            limiter=account_limiter, key_of=sign_in_account, is_failure=is_failed_sign_in
+            limiter=account_limiter,
+            key_of=sign_in_account,
+            is_failure=is_failed_sign_in,
+            methods=SIGN_IN_METHODS,
         )
     return RateLimitInterceptor(
         policy_of=policy_resolver(),

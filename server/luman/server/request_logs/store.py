@@ -1,37 +1,112 @@
-"""SQL for the request_logs table: batched inserts and retention pruning (SQLAlchemy Core:
-one executemany per batch rather than an ORM object per row)."""
+"""SQL for the request_logs table: batched inserts and retention pruning.
+
+Inserts are the request log's cost per RPC, paid on the server's CPU. Each column's own bind
+processor (SQLAlchemy's, so the stored values are exactly what the ORM reads back) is applied
+directly, and a batch goes to the database in one go:
+- PostgreSQL (psycopg): binary COPY FROM STDIN, about an eighth of the client CPU per row of
+  an executemany of INSERTs (text COPY: a quarter), and cheaper for the database server too.
+- Otherwise: one executemany of plain tuples (or dicts, for named paramstyles) with the
+  statement compiled once per dialect. `connection.execute(insert(TABLE), rows)` would add
+  SQLAlchemy's per-row parameter handling: on SQLite a third of all the work a row takes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
-from typing import cast
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import Engine, Table, delete, insert, select
+from sqlalchemy import Connection, Dialect, Engine, Table, delete, insert, select
 
 from luman.interceptors.request_logging import RequestLogEntry
 from luman.server.db.models import RequestLog
 
 TABLE = cast(Table, RequestLog.__table__)
 PRUNE_BATCH = 5000
+# The entry's fields, in this order, are the row; text is cut to the column sizes.
+COLUMNS = ("time", "method", "status", "duration_ms", "user_id", "client_ip", "user_agent")
+# Their PostgreSQL types, for binary COPY (the migrations' types; a mismatch fails the batch,
+# which the writer counts and reports, and the request-log tests run on PostgreSQL).
+PG_TYPES = ("timestamptz", "varchar", "varchar", "float8", "uuid", "varchar", "varchar")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Insert:
+    sql: str
+    copy: str | None  # COPY … FROM STDIN, where the driver can stream rows that way
+    # Positional paramstyle: the COLUMNS index of each parameter in turn. Named: None.
+    order: tuple[int, ...] | None
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column index, bind processor)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_insert(dialect: Dialect) -> _Insert:
+    compiled = insert(TABLE).compile(dialect=dialect, column_keys=list(COLUMNS))
+    order = None
+    if dialect.positional:
+        names = tuple(compiled.positiontup or ())
+        if sorted(names) != sorted(COLUMNS):
+            raise RuntimeError(f"unexpected parameters in {compiled.string!r}: {names}")
+        order = tuple(COLUMNS.index(name) for name in names)
+    processors = tuple(
+        (index, processor)
+        for index, column in enumerate(COLUMNS)
+        if (processor := TABLE.c[column].type.bind_processor(dialect)) is not None
+    )
+    copy = None
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        quote = dialect.identifier_preparer
+        columns = ", ".join(quote.quote(column) for column in COLUMNS)
+        copy = f"COPY {quote.format_table(TABLE)} ({columns}) FROM STDIN (FORMAT BINARY)"
+    return _Insert(compiled.string, copy, order, processors)
 
 
 def insert_entries(engine: Engine, entries: Sequence[RequestLogEntry]) -> None:
-    rows = [
-        {
-            "time": e.time,
-            "method": e.method[:200],
-            "status": e.status,
-            "duration_ms": e.duration_ms,
-            "user_id": e.user_id,
-            "client_ip": e.client_ip[:45],
-            "user_agent": e.user_agent[:256],
-        }
-        for e in entries
-    ]
+    statement = _compiled_insert(engine.dialect)
+    rows: list[Any] = []
+    for e in entries:
+        row: list[Any] = [
+            e.time,
+            e.method[:200],
+            e.status,
+            e.duration_ms,
+            e.user_id,
+            e.client_ip[:45],
+            e.user_agent[:256],
+        ]
+        for index, processor in statement.processors:
+            if row[index] is not None:
+                row[index] = processor(row[index])
+        rows.append(row)
     with engine.begin() as connection:
-        connection.execute(insert(TABLE), rows)
+        if statement.copy is not None:
+            _copy(connection, statement.copy, rows)
+        else:
+            connection.exec_driver_sql(statement.sql, _parameters(statement, rows))
+
+
+def _copy(connection: Connection, sql: str, rows: list[list[Any]]) -> None:
+    cursor: Any = connection.connection.cursor()  # psycopg's own cursor
+    try:
+        with cursor.copy(sql) as copy:
+            copy.set_types(PG_TYPES)
+            for row in rows:
+                copy.write_row(row)
+    finally:
+        cursor.close()
+
+
+def _parameters(statement: _Insert, rows: list[list[Any]]) -> list[Any]:
+    order = statement.order
+    if order is None:
+        parameters: list[Any] = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    elif order == tuple(range(len(COLUMNS))):
+        parameters = [tuple(row) for row in rows]  # SQLAlchemy takes tuples, not lists
+    else:
+        parameters = [tuple(row[i] for i in order) for row in rows]
+    return parameters
 
 
 def prune_before(engine: Engine, cutoff: dt.datetime, batch: int = PRUNE_BATCH) -> int:
@@ -51,10 +126,11 @@ def prune_before(engine: Engine, cutoff: dt.datetime, batch: int = PRUNE_BATCH) 
 
 @dataclasses.dataclass(frozen=True)
 class WriterStats:
-    """Counters since start. `dropped`: refused because the queue was full or closed;
-    `failed`: lost because the database write raised."""
+    """Counters since start. `dropped`: refused because the queue was full; `failed`: lost
+    because the database write raised; `after_close`: arrived after the writer stopped."""
 
     written: int = 0
     dropped: int = 0
     failed: int = 0
     pruned: int = 0
+    after_close: int = 0

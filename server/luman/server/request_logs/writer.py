@@ -4,7 +4,10 @@ The RPC side (`submit`) only appends under a lock, so a slow or failing database
 or fails a call. When the queue is full, entries are dropped and counted; when a batch insert
 fails, its entries are counted as failed. Both are reported in rate-limited warnings (at most
 one per `warn_interval`), never silently. `close()` drains the queue: App.stop calls it after
-the gRPC server has stopped, so every call that completed is written.
+the gRPC server has stopped, so every call that completed is written. Entries that arrive
+while it drains are still written; only those that arrive after the writer has stopped (a
+call that grpcio cancelled at the end of the grace period but whose handler ran on) are lost,
+and they are counted as `after_close`, not as drops: the queue was never full.
 
 The same thread prunes rows older than the retention period, once at start and then every
 `prune_interval` seconds of the injected monotonic clock.
@@ -69,26 +72,35 @@ class RequestLogWriter:
         self._prune_interval = prune_interval
         self._warn_interval = warn_interval
         self._idle_wait = idle_wait
-        self._cond = threading.Condition()
+        # submit() runs on every RPC: it takes the plain Lock directly (a C-level `with`),
+        # the Condition over the same lock only to wake the thread.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: collections.deque[RequestLogEntry] = collections.deque()
         self._flush_waiters: list[threading.Event] = []
         self._closing = False
+        self._stopped = False  # the thread has taken its last batch (or never ran)
         self._thread: threading.Thread | None = None
         self._next_prune = monotonic()
         self._last_warning: float | None = None
         self._reported = (0, 0)  # (dropped, failed) at the last warning
         self._last_error = ""
-        self._written = self._dropped = self._failed = self._pruned = 0
+        self._written = self._dropped = self._failed = self._pruned = self._after_close = 0
 
     @property
     def stats(self) -> WriterStats:
         with self._cond:
-            return WriterStats(self._written, self._dropped, self._failed, self._pruned)
+            return WriterStats(
+                self._written, self._dropped, self._failed, self._pruned, self._after_close
+            )
 
     def submit(self, entry: RequestLogEntry) -> None:
         """Queue one entry; never blocks on the database and never raises."""
-        with self._cond:
-            if self._closing or len(self._queue) >= self._max_queue:
+        with self._lock:
+            if self._stopped:
+                self._after_close += 1
+                return
+            if len(self._queue) >= self._max_queue:
                 self._dropped += 1
                 return
             self._queue.append(entry)
@@ -116,10 +128,12 @@ class RequestLogWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop taking entries, write what is queued, and stop the thread."""
+        """Write what is queued (and what arrives meanwhile), then stop the thread."""
         with self._cond:
             self._closing = True
             thread = self._thread
+            if thread is None:
+                self._stopped = True
             self._cond.notify()
         if thread is not None:
             thread.join(timeout)
@@ -130,13 +144,14 @@ class RequestLogWriter:
                     len(self._queue),
                 )
         stats = self.stats
-        if stats.dropped or stats.failed:
+        if stats.dropped or stats.failed or stats.after_close:
             logger.warning(
                 "request log: %d entries written, %d dropped (queue full), %d lost to "
-                "database errors",
+                "database errors, %d arrived after close",
                 stats.written,
                 stats.dropped,
                 stats.failed,
+                stats.after_close,
             )
 
     def _run(self) -> None:
@@ -152,6 +167,10 @@ class RequestLogWriter:
                 if drained:
                     waiters, self._flush_waiters = self._flush_waiters, []
                 stopping = self._closing and drained
+                if stopping:
+                    # Everything queued until now is in `batch`; from here on nothing would
+                    # write an entry, so submit() counts it as after_close.
+                    self._stopped = True
             if batch:
                 self._write(batch)
             if not stopping:
