@@ -107,17 +107,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_serve_refuses_a_database_whose_schema_is_behind(
-    tmp_path: Path, empty_database_url: str
-) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "luman.server", "serve"],
-        env=_server_env(tmp_path, empty_database_url, _free_port()),
+def _server_command(
+    tmp_path: Path, command: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run `luman-server COMMAND` to completion in `tmp_path` (no stray .env is read)."""
+    return subprocess.run(
+        [sys.executable, "-m", "luman.server", command],
+        env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def test_serve_refuses_a_database_whose_schema_is_behind(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    result = _server_command(
+        tmp_path, "serve", _server_env(tmp_path, empty_database_url, _free_port())
     )
     assert result.returncode == 1
     assert "luman-server migrate" in result.stderr
@@ -129,14 +138,8 @@ def test_serve_refuses_a_database_whose_schema_is_behind(
 
 
 def test_migrate_brings_an_empty_database_to_head(tmp_path: Path, empty_database_url: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "luman.server", "migrate"],
-        env=_server_env(tmp_path, empty_database_url, _free_port()),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = _server_command(
+        tmp_path, "migrate", _server_env(tmp_path, empty_database_url, _free_port())
     )
     assert result.returncode == 0, result.stderr
     engine = make_engine(empty_database_url, pool_size=1)
@@ -151,15 +154,7 @@ def test_bad_configuration_stops_startup_with_one_line(tmp_path: Path) -> None:
     env = _server_env(
         tmp_path, f"sqlite:///{tmp_path / 'x.db'}", _free_port(), JWT_EXPIRES_IN="soon"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "luman.server", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _server_command(tmp_path, "serve", env)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -13,7 +13,7 @@ import datetime as dt
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, insert, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
@@ -90,6 +90,17 @@ _CALLER_BY_SLUG = (
 )
 
 
+def _after_key(tie_breaker: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Keyset predicate: rows strictly after (after_time, after_id) in (join time, tie_breaker)."""
+    return or_(
+        _memberships.create_time > bindparam("after_time"),
+        and_(
+            _memberships.create_time == bindparam("after_time"),
+            tie_breaker > bindparam("after_id"),
+        ),
+    )
+
+
 def _organizations_page(after: bool) -> Select[*tuple[Any, ...]]:
     """The user's organizations, oldest membership first (keyset: join time, organization id)."""
     stmt = (
@@ -98,15 +109,7 @@ def _organizations_page(after: bool) -> Select[*tuple[Any, ...]]:
         .where(_memberships.user_id == bindparam("user_id"))
     )
     if after:
-        stmt = stmt.where(
-            or_(
-                _memberships.create_time > bindparam("after_time"),
-                and_(
-                    _memberships.create_time == bindparam("after_time"),
-                    _memberships.organization_id > bindparam("after_id"),
-                ),
-            )
-        )
+        stmt = stmt.where(_after_key(_memberships.organization_id))
     return stmt.order_by(_memberships.create_time, _memberships.organization_id).limit(
         bindparam("limit")
     )
@@ -120,15 +123,7 @@ def _members_page(after: bool) -> Select[*tuple[Any, ...]]:
         .where(_memberships.organization_id == bindparam("organization_id"))
     )
     if after:
-        stmt = stmt.where(
-            or_(
-                _memberships.create_time > bindparam("after_time"),
-                and_(
-                    _memberships.create_time == bindparam("after_time"),
-                    _memberships.user_id > bindparam("after_id"),
-                ),
-            )
-        )
+        stmt = stmt.where(_after_key(_memberships.user_id))
     return stmt.order_by(_memberships.create_time, _memberships.user_id).limit(bindparam("limit"))
 
 
