@@ -126,6 +126,20 @@ def test_login_normalizes_email_and_returns_user_and_tokens(
     assert me.user == registered.user
 
 
+def test_get_me_answers_each_caller_with_their_own_user_on_every_call(
+    auth: auth_service_pb2_grpc.AuthServiceStub,
+) -> None:
+    # The servicer reuses a built GetMe response per user: it must never cross users.
+    users = [register(auth, name=f"User {n}") for n in range(3)]
+    for _ in range(3):
+        for user in users:
+            me = auth.GetMe(
+                auth_service_pb2.GetMeRequest(), metadata=bearer(user.tokens.access_token)
+            )
+            assert me.user == user.user
+    assert len({user.user.id for user in users}) == 3
+
+
 def test_each_login_is_its_own_sign_in_and_earlier_tokens_keep_working(
     auth: auth_service_pb2_grpc.AuthServiceStub,
 ) -> None:

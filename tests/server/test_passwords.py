@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -133,3 +137,76 @@ def test_password_with_a_nul_byte_is_not_truncated(
         with pytest.raises(grpc.RpcError) as caught:
             auth.Login(auth_service_pb2.LoginRequest(email=email, password=wrong))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class PriorityRecordingHasher(PasswordHasher):
+    """Records the nice value and thread of each bcrypt computation as it runs."""
+
+    def __init__(self, rounds: int, **options: int) -> None:
+        super().__init__(rounds, **options)
+        self.seen: list[tuple[int, int]] = []  # (native thread id, nice)
+
+    def _hash(self, password: bytes) -> bytes:
+        self._record()
+        return super()._hash(password)
+
+    def _check(self, password: bytes, password_hash: bytes) -> bool:
+        self._record()
+        return super()._check(password, password_hash)
+
+    def _record(self) -> None:
+        thread = threading.get_native_id()
+        self.seen.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
+
+
+linux_only = pytest.mark.skipif(
+    sys.platform != "linux", reason="per-thread nice values are a Linux feature"
+)
+
+
+@linux_only
+def test_bcrypt_runs_on_its_own_threads_at_the_lowered_priority() -> None:
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    hasher = PriorityRecordingHasher(4, nice=5)
+    try:
+        stored = hasher.hash(PASSWORD)
+        assert hasher.verify(PASSWORD, stored)
+        assert not hasher.verify("wrong password", stored)
+        assert not hasher.verify(PASSWORD, None)  # the dummy check runs there too
+    finally:
+        hasher.close()
+    assert len(hasher.seen) == 4
+    assert all(thread != threading.get_native_id() for thread, _ in hasher.seen)
+    assert {nice for _, nice in hasher.seen} == {min(19, own + 5)}
+    # The caller's own priority is untouched.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+@linux_only
+def test_nice_zero_hashes_at_the_servers_priority() -> None:
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    hasher = PriorityRecordingHasher(4, nice=0)
+    try:
+        hasher.hash(PASSWORD)
+    finally:
+        hasher.close()
+    assert [nice for _, nice in hasher.seen] == [own]
+
+
+def test_server_hashes_at_bcrypt_nice_and_stops_its_hashing_threads(
+    settings: Settings, sessions: Sessions, clock: FakeClock
+) -> None:
+    app = build_server(dataclasses.replace(settings, bcrypt_nice=3), sessions, clock=clock)
+    assert app.own_hasher is not None
+    assert app.own_hasher.nice == 3
+    before = set(threading.enumerate())
+    app.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            register(auth_service_pb2_grpc.AuthServiceStub(channel), unique_email())
+        started = [t for t in set(threading.enumerate()) - before if t.name.startswith("bcrypt")]
+        assert started
+    finally:
+        app.stop(None)
+    assert Settings().bcrypt_nice == 19
+    assert not [t for t in started if t.is_alive()]

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -413,3 +414,51 @@ def test_logs_command_rejects_unknown_filters(
     code, output = _logs(settings, "--user", "nobody@example.com")
     assert code == 1
     assert "no user with id or email 'nobody@example.com'" in output
+
+
+class BatchRecordingWriter(RequestLogWriter):
+    """Records the size of every batch the thread writes, and signals each write."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.batches: list[int] = []
+        self.wrote = threading.Semaphore(0)
+
+    def _write(self, batch: list[RequestLogEntry]) -> None:
+        super()._write(batch)
+        self.batches.append(len(batch))
+        self.wrote.release()
+
+
+def test_the_writer_waits_for_a_full_batch(sessions: Sessions, clock: FakeClock) -> None:
+    # One transaction per batch, not one per entry that trickled in while the last insert ran.
+    writer = BatchRecordingWriter(
+        sessions.engine, retention_days=0, batch_size=3, max_delay=3600, idle_wait=3600
+    )
+    writer.start()
+    try:
+        writer.submit(_entry(clock()))
+        writer.submit(_entry(clock()))
+        writer.submit(_entry(clock()))
+        assert writer.wrote.acquire(timeout=CALL_TIMEOUT)
+        assert writer.batches == [3]
+    finally:
+        writer.close()
+    assert len(_rows(sessions)) == 3
+
+
+def test_a_lone_entry_is_written_after_max_delay_without_a_flush(
+    sessions: Sessions, clock: FakeClock
+) -> None:
+    writer = BatchRecordingWriter(
+        sessions.engine, retention_days=0, batch_size=500, max_delay=0.05, idle_wait=3600
+    )
+    writer.start()
+    try:
+        writer.submit(_entry(clock()))
+        # Woken by the first entry, not by the hour-long idle wait.
+        assert writer.wrote.acquire(timeout=CALL_TIMEOUT)
+        assert writer.batches == [1]
+        assert len(_rows(sessions)) == 1
+    finally:
+        writer.close()

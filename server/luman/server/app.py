@@ -57,6 +57,8 @@ class App:
     # state the HTTP client's address and user agent. repr=False keeps it out of logs.
     gateway_secret: str = dataclasses.field(default="", repr=False)
     request_log: RequestLogWriter | None = None
+    # The password hasher build_server made (closed with the server), not one passed in.
+    own_hasher: PasswordHasher | None = None
 
     def start(self) -> None:
         if self.request_log is not None:
@@ -72,6 +74,8 @@ class App:
         # Only now is every completed call queued: write them all before returning.
         if self.request_log is not None:
             self.request_log.close()
+        if self.own_hasher is not None:
+            self.own_hasher.close()
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -105,7 +109,9 @@ def build_server(
     Raises:
         BindError: the address is taken or invalid.
     """
-    hasher = hasher or PasswordHasher(settings.bcrypt_rounds)
+    own_hasher = None
+    if hasher is None:
+        hasher = own_hasher = PasswordHasher(settings.bcrypt_rounds, nice=settings.bcrypt_nice)
     auth = AuthService(
         sessions,
         hasher,
@@ -190,4 +196,5 @@ def build_server(
         auth=auth,
         gateway_secret=gateway_secret,
         request_log=request_log,
+        own_hasher=own_hasher,
     )
