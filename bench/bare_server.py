@@ -6,7 +6,11 @@ server model and options match `luman.server.app.build_server`: `grpc.server` on
 ThreadPoolExecutor with the same max_workers, the same channel options (the product's own
 `server_options`, so the two cannot drift apart) and the same maximum_concurrent_rpcs.
 `--aio` runs the same handler on `grpc.aio` instead, for the server-model comparison in
-BENCHMARKS.md.
+BENCHMARKS.md. `--floor` makes each call do, at grpcio's level, what every call to the product
+must: parse a protobuf request and serialize a protobuf response (the same bytes), read the
+peer address and the metadata, set three trailers, read the status code, and pass one
+interceptor. No Luman code runs; `python -m bench.instructions` uses it to show how much of the
+product's cost is grpcio's own.
 
 Run as `python -m bench.bare_server --response-file F`; it prints `READY <port>` on stdout once
 it serves on 127.0.0.1, and stops on SIGTERM or SIGINT.
@@ -19,13 +23,15 @@ import asyncio
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from luman.server.app import server_options
+from luman.auth.v1 import auth_service_pb2
+from luman.server.app import server_options, wait_for_stop
 from luman.server.config import Settings
 
 READY = "READY"
@@ -33,15 +39,19 @@ READY = "READY"
 
 # grpc-stubs makes the handler classes generic; grpcio's own classes cannot be subscripted.
 if TYPE_CHECKING:
-    _GenericRpcHandler = grpc.GenericRpcHandler[bytes, bytes]
+    _GenericRpcHandler = grpc.GenericRpcHandler[Any, Any]
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
 else:
     _GenericRpcHandler = grpc.GenericRpcHandler
+    _Handler = grpc.RpcMethodHandler
+    _ServerInterceptor = grpc.ServerInterceptor
 
 
 class _AnyMethod(_GenericRpcHandler):
     """Serves every unary method with one handler; no (de)serialization at all."""
 
-    def __init__(self, handler: grpc.RpcMethodHandler[bytes, bytes]) -> None:
+    def __init__(self, handler: _Handler) -> None:
         self._handler = handler
 
     def service(
@@ -63,20 +73,64 @@ def _sync_server(response: bytes, settings: Settings) -> grpc.Server:
     return server
 
 
+class _PassThrough(_ServerInterceptor):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        return continuation(handler_call_details)
+
+
+# The product's rate-limit trailers, with values of the same lengths.
+_TRAILERS = (
+    ("x-ratelimit-limit", "1000000000"),
+    ("x-ratelimit-remaining", "999999999"),
+    ("x-ratelimit-reset", "900"),
+)
+
+
+def _floor_server(response: bytes, settings: Settings) -> grpc.Server:
+    message = auth_service_pb2.GetMeResponse.FromString(response)
+
+    def call(
+        request: auth_service_pb2.GetMeRequest, context: grpc.ServicerContext
+    ) -> auth_service_pb2.GetMeResponse:
+        context.peer()
+        context.invocation_metadata()
+        context.set_trailing_metadata(_TRAILERS)
+        cast(Any, context).code()  # grpc-stubs predates code()
+        return message
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        call,
+        request_deserializer=auth_service_pb2.GetMeRequest.FromString,
+        response_serializer=auth_service_pb2.GetMeResponse.SerializeToString,
+    )
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        handlers=[_AnyMethod(handler)],
+        interceptors=[_PassThrough()],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    return server
+
+
 def _announce(port: int) -> None:
     sys.stdout.write(f"{READY} {port}\n")
     sys.stdout.flush()
 
 
-def _serve_sync(response: bytes, settings: Settings) -> None:
-    server = _sync_server(response, settings)
+def _serve_sync(response: bytes, settings: Settings, *, floor: bool = False) -> None:
+    server = (_floor_server if floor else _sync_server)(response, settings)
     port = server.add_insecure_port("127.0.0.1:0")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
     _announce(port)
-    stop.wait()
+    wait_for_stop(stop)
     server.stop(None).wait()
 
 
@@ -104,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_server")
     parser.add_argument("--response-file", type=Path, required=True)
     parser.add_argument("--aio", action="store_true", help="grpc.aio instead of the thread pool")
+    parser.add_argument(
+        "--floor", action="store_true", help="do grpcio's part of a product call (see above)"
+    )
     parser.add_argument("--max-workers", type=int, default=Settings.max_workers)
     parser.add_argument("--max-concurrent-rpcs", type=int, default=Settings.max_concurrent_rpcs)
     args = parser.parse_args(argv)
@@ -112,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.aio:
         asyncio.run(_serve_aio(response, settings))
     else:
-        _serve_sync(response, settings)
+        _serve_sync(response, settings, floor=args.floor)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import threading
 
 from luman.interceptors.request_logging import RequestLogEntry
-from luman.server.app import build_server
+from luman.server.app import build_server, wait_for_stop
 from luman.server.config import Settings
 from luman.server.db import migrate
 from luman.server.db.session import make_engine, make_sessions
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         app.start()
         _emit(READY, str(app.port))
-        stop.wait()
+        wait_for_stop(stop)
         app.stop(settings.shutdown_grace_seconds)
         stats = app.request_log.stats if app.request_log is not None else None
         _emit(

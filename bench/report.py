@@ -35,8 +35,8 @@ class ReportError(Exception):
     """BENCHMARKS.md has no generated block to replace."""
 
 
-def rewrite(path: Path, block: str) -> None:
-    """Replace what lies between the markers in `path` with `block`.
+def rewrite(path: Path, block: str, *, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the markers `begin` and `end` in `path` with `block`.
 
     Raises:
         ReportError: the file or a marker is missing (the prose is never regenerated).
@@ -45,10 +45,10 @@ def rewrite(path: Path, block: str) -> None:
         text = path.read_text()
     except FileNotFoundError:
         raise ReportError(f"{path} does not exist") from None
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if len(pattern.findall(text)) != 1:
-        raise ReportError(f"{path} must contain exactly one {BEGIN} … {END} block")
-    path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block.strip()}\n{END}", text))
+        raise ReportError(f"{path} must contain exactly one {begin} … {end} block")
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{block.strip()}\n{end}", text))
 
 
 # -- machine and versions -------------------------------------------------------------------
@@ -236,6 +236,7 @@ def _login(results: Results) -> list[str]:
         f"GetMe p99 ms @{P99_STREAMS} alone",
         f"GetMe p99 ms @{P99_STREAMS} during logins",
         f"Login req/s, GetMe @{P99_STREAMS} alongside",
+        "Login p99 ms, GetMe alongside",
         "Verified",
     ]
     rows = []
@@ -267,6 +268,7 @@ def _login(results: Results) -> list[str]:
                 _ms(alone.p99_ms()) if alone is not None and alone.ok else "—",
                 _ms(login.getme_during.p99_ms()) if login.getme_during.ok else "FAILED",
                 _rps_cell(login.login_with_getme, 1) if login.login_with_getme.ok else "FAILED",
+                _ms(login.login_with_getme.p99_ms()) if login.login_with_getme.ok else "FAILED",
                 verified,
             ]
         )

@@ -8,9 +8,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+import grpc
 import pytest
 
-from bench import bare_server, h2load, report, trailers
+from bench import bare_server, h2load, instructions, report, trailers
 from bench.h2load import GrpcCall, Load
 from bench.processes import python_server
 from bench.scenarios import LOGGING_OFF_ENV
@@ -206,3 +207,54 @@ def test_bare_server_uses_the_product_server_options() -> None:
     # One definition: the baseline cannot drift from the product (SO_REUSEPORT off included).
     assert bare_server.server_options is server_options  # type: ignore[attr-defined]
     assert ("grpc.so_reuseport", 0) in server_options(Settings())
+
+
+def test_floor_server_answers_with_the_product_shaped_response_and_trailers(
+    tmp_path: Path,
+) -> None:
+    # The instructions baseline: a real protobuf response and the product's trailers.
+    response = instructions._sample_response()
+    (tmp_path / "response.bin").write_bytes(response)
+    with (
+        python_server(
+            "floor",
+            "bench.bare_server",
+            ["--response-file", str(tmp_path / "response.bin"), "--floor"],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            cpu=None,
+            workdir=tmp_path,
+        ) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        reply, call = stub.GetMe.with_call(auth_service_pb2.GetMeRequest(), timeout=10)
+    assert reply.SerializeToString() == response
+    trailers = dict(call.trailing_metadata() or ())
+    assert set(trailers) >= {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}
+
+
+def test_instructions_reads_callgrinds_summary_and_rewrites_its_own_block(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text("events: Ir\nsummary: 123456789\ntotals: 123456789\n")
+    assert instructions.total_instructions(out) == 123_456_789
+    (tmp_path / "empty.out").write_text("events: Ir\n")
+    with pytest.raises(instructions.InstructionsError):
+        instructions.total_instructions(tmp_path / "empty.out")
+
+    counts = [
+        instructions.Count("bare", "—", 350_000, 1, 2),
+        instructions.Count("product", "sqlite", 525_000, 1, 2),
+    ]
+    block = instructions.render(counts, "python -m bench.instructions", 2500, 16)
+    assert "| product | sqlite | 525,000 | 1.50 |" in block
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(
+        f"{report.BEGIN}\nkept\n{report.END}\n{instructions.BEGIN}\nold\n{instructions.END}\n"
+    )
+    report.rewrite(path, block, begin=instructions.BEGIN, end=instructions.END)
+    text = path.read_text()
+    assert "kept" in text
+    assert "old" not in text
+    assert "| bare | — | 350,000 | 1.00 |" in text

@@ -208,5 +208,5 @@ def test_server_hashes_at_bcrypt_nice_and_stops_its_hashing_threads(
         assert started
     finally:
         app.stop(None)
-    assert Settings().bcrypt_nice == 19
+    assert Settings().bcrypt_nice == 10
     assert not [t for t in started if t.is_alive()]

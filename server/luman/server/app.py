@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,17 @@ class App:
             self.request_log.close()
         if self.own_hasher is not None:
             self.own_hasher.close()
+
+
+def wait_for_stop(stop: threading.Event) -> None:
+    """Block the main thread until `stop` is set, typically by a SIGTERM/SIGINT handler.
+
+    Python runs signal handlers on the main thread only, between bytecodes. Under valgrind (see
+    bench/instructions.py) a SIGTERM can be delivered to one of grpcio's threads, and a main
+    thread asleep in an untimed wait would never run the handler: it wakes now and then.
+    """
+    while not stop.wait(0.5):
+        pass
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:

@@ -40,7 +40,7 @@ class Settings:
     jwt_issuer: str = "luman"
     jwt_audience: str = "luman-api"
     bcrypt_rounds: int = 10
-    bcrypt_nice: int = 19
+    bcrypt_nice: int = 10
     # Verified-token cache (auth/token_cache.py); 0 seconds turns it off.
     token_cache_ttl: float = 30.0
     token_cache_max_entries: int = 10_000
@@ -90,7 +90,7 @@ class Settings:
             jwt_issuer=r.text("JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=r.text("JWT_AUDIENCE", cls.jwt_audience),
             bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
-            bcrypt_nice=r.integer("BCRYPT_NICE", 19, 0, 19),
+            bcrypt_nice=r.integer("BCRYPT_NICE", 10, 0, 19),
             # 0 is allowed here only: it turns the cache off. At most an hour, because a
             # revocation on another replica goes unnoticed for up to this long.
             token_cache_ttl=r.duration("TOKEN_CACHE_TTL", "30s", allow_zero=True, most=3600),

@@ -12,7 +12,7 @@ from types import FrameType
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from luman.server.app import BindError, build_server
+from luman.server.app import BindError, build_server, wait_for_stop
 from luman.server.config import ConfigError, Settings
 from luman.server.db import migrate as migrations
 from luman.server.db.session import make_engine, make_sessions
@@ -88,7 +88,7 @@ def serve() -> None:
         )
         gateway.start()
         logger.info("serving HTTP/JSON on %s:%d", settings.host, gateway.port)
-        stop.wait()
+        wait_for_stop(stop)
         # HTTP first: its requests in flight still need gRPC to finish. Both share the grace.
         deadline = time.monotonic() + settings.shutdown_grace_seconds
         gateway.stop(settings.shutdown_grace_seconds)

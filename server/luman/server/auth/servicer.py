@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -26,11 +24,12 @@ MAX_CACHED_RESPONSES = 10_000
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     def __init__(self, service: AuthService) -> None:
         self._service = service
-        # user id -> (the user record it was built from, GetMe response). GetMe is the hot
+        # user id (as int, see UserCache) -> (the user record it was built from, GetMe
+        # response). GetMe is the hot
         # call and its answer changes only with the record: building it (UUID to text,
         # datetime to Timestamp) cost more than the rest of the servicer. grpcio only
         # serializes a response, so one message object can answer many calls.
-        self._me: dict[uuid.UUID, tuple[UserRecord, auth_service_pb2.GetMeResponse]] = {}
+        self._me: dict[int, tuple[UserRecord, auth_service_pb2.GetMeResponse]] = {}
 
     def Register(
         self, request: auth_service_pb2.RegisterRequest, context: grpc.ServicerContext
@@ -95,11 +94,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: auth_service_pb2.GetMeRequest, context: grpc.ServicerContext
     ) -> auth_service_pb2.GetMeResponse:
         user = self._service.get_me(current_principal())
-        cached = self._me.get(user.id)
+        cached = self._me.get(user.id.int)
         if cached is not None and cached[0] is user:  # the user cache hands out one record
             return cached[1]
         response = auth_service_pb2.GetMeResponse(user=convert.user_to_proto(user))
         if len(self._me) >= MAX_CACHED_RESPONSES:
             self._me.clear()
-        self._me[user.id] = (user, response)
+        self._me[user.id.int] = (user, response)
         return response

@@ -50,9 +50,9 @@ class CachedToken:
 
 @dataclasses.dataclass(slots=True)
 class _Entry:
-    principal: Principal
+    # What get() hands out, built once: a hit then allocates nothing.
+    cached: CachedToken
     recheck_time: dt.datetime
-    last_use_time: dt.datetime | None
 
 
 class TokenCache:
@@ -98,7 +98,7 @@ class TokenCache:
                 self._remove(key, entry)
                 return None
             self._entries.move_to_end(key)
-            return CachedToken(entry.principal, entry.last_use_time)
+            return entry.cached
 
     def generation(self) -> int:
         """Take this before reading the database; hand it to put() afterwards."""
@@ -133,7 +133,7 @@ class TokenCache:
             previous = self._entries.pop(key, None)
             if previous is not None:
                 self._unindex(key, previous)
-            self._entries[key] = _Entry(principal, recheck_time, last_use_time)
+            self._entries[key] = _Entry(CachedToken(principal, last_use_time), recheck_time)
             self._by_credential.setdefault(principal.credential_id, set()).add(key)
             while len(self._entries) > self._max_entries:
                 old_key, old_entry = self._entries.popitem(last=False)
@@ -152,11 +152,12 @@ class TokenCache:
         use is at least `resolution` old); the entry then holds `now` as the last use."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or (
-                entry.last_use_time is not None and now - entry.last_use_time < resolution
-            ):
+            if entry is None:
                 return False
-            entry.last_use_time = now
+            last_use_time = entry.cached.last_use_time
+            if last_use_time is not None and now - last_use_time < resolution:
+                return False
+            entry.cached = CachedToken(entry.cached.principal, now)
             return True
 
     def _remove(self, key: bytes, entry: _Entry) -> None:
@@ -164,8 +165,9 @@ class TokenCache:
         self._unindex(key, entry)
 
     def _unindex(self, key: bytes, entry: _Entry) -> None:
-        keys = self._by_credential.get(entry.principal.credential_id)
+        credential_id = entry.cached.principal.credential_id
+        keys = self._by_credential.get(credential_id)
         if keys is not None:
             keys.discard(key)
             if not keys:
-                del self._by_credential[entry.principal.credential_id]
+                del self._by_credential[credential_id]
