@@ -1,7 +1,7 @@
 """bcrypt hashing that is fair to the rest of the server.
 
-bcrypt releases the GIL, so hashing in gRPC worker threads runs in parallel with other calls.
-Two bounds keep a burst of sign-ins from starving cheap RPCs:
+bcrypt releases the GIL, so hashing (on the hasher's own threads, see below) runs in parallel
+with other calls. Two bounds keep a burst of sign-ins from starving cheap RPCs:
 
 - hash slots: at most one hash per core this process may run on (`os.sched_getaffinity`, so a
   container or `taskset` limit counts), because more parallel hashes than cores only queue;
