@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +19,7 @@ from luman.server.app import App, BindError
 from luman.server.config import Settings
 from luman.server.db.session import Sessions, make_engine, make_sessions
 from luman.server.gateway import GatewayServer, build_gateway
+from tests.serve_process import free_port, serve_env, serving, wait_for_work_in_flight
 from tests.support import PASSWORD, unique_email
 
 
@@ -85,17 +84,6 @@ def test_a_stopped_gateway_refuses_connections(
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def _wait_until_answering(http: httpx.Client, process: subprocess.Popen[str]) -> None:
     for _ in range(300):  # bounded: up to 30 s for the process to come up
         assert process.poll() is None, process.communicate()[1]
@@ -113,27 +101,16 @@ def test_sigterm_lets_an_http_request_in_flight_finish(tmp_path: Path, database_
     """`luman-server serve` answers HTTP on HTTP_PORT; an expensive Register (bcrypt cost 13)
     sent over HTTP is in flight when SIGTERM arrives: it completes with 200 and the process
     exits 0."""
-    http_port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DATABASE_URL"))}
-    env.update(
-        LUMAN_DATA_DIR=str(tmp_path / "data"),
-        DATABASE_URL=database_url,
-        HOST="127.0.0.1",
-        PORT=str(_free_port()),
+    http_port = free_port()
+    env = serve_env(
+        tmp_path,
+        database_url,
+        free_port(),
         HTTP_PORT=str(http_port),
         BCRYPT_ROUNDS="13",
         SHUTDOWN_GRACE_PERIOD="30s",
-        LOG_LEVEL="INFO",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "luman.server", "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with serving(tmp_path, env) as process:
         with (
             httpx.Client(
                 base_url=f"http://127.0.0.1:{http_port}", timeout=60, trust_env=False
@@ -147,11 +124,7 @@ def test_sigterm_lets_an_http_request_in_flight_finish(tmp_path: Path, database_
                 "/auth/register",
                 json={"email": email, "password": PASSWORD, "name": "In Flight"},
             )
-            start = _cpu_ticks(process.pid)
-            deadline = time.monotonic() + 30
-            while _cpu_ticks(process.pid) - start < 5 and not call.done():
-                assert time.monotonic() < deadline, "the request never reached the server"
-                time.sleep(0.005)  # polling interval, not a timing assumption
+            wait_for_work_in_flight(process, done=call.done)
             process.send_signal(signal.SIGTERM)
             response = call.result(timeout=60)
         assert response.status_code == 200, response.text
@@ -159,7 +132,3 @@ def test_sigterm_lets_an_http_request_in_flight_finish(tmp_path: Path, database_
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
         assert f"serving HTTP/JSON on 127.0.0.1:{http_port}" in stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()

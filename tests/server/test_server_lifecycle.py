@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +21,7 @@ from luman.server.app import App, BindError, build_server
 from luman.server.config import Settings
 from luman.server.db import migrate
 from luman.server.db.session import Sessions, make_engine
+from tests.serve_process import free_port, serve_env, serving, wait_for_work_in_flight
 from tests.support import PASSWORD, unique_email
 
 
@@ -85,28 +83,6 @@ def empty_database_url(database_url: str) -> Iterator[str]:
     admin.dispose()
 
 
-def _server_env(tmp_path: Path, database_url: str, port: int, **extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DATABASE_URL", "PORT"))
-    }
-    env.update(
-        LUMAN_DATA_DIR=str(tmp_path / "data"),
-        DATABASE_URL=database_url,
-        HOST="127.0.0.1",
-        PORT=str(port),
-        HTTP_PORT=str(_free_port()),
-        LOG_LEVEL="INFO",
-        **extra,
-    )
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_command(
     tmp_path: Path, command: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
@@ -126,7 +102,7 @@ def test_serve_refuses_a_database_whose_schema_is_behind(
     tmp_path: Path, empty_database_url: str
 ) -> None:
     result = _server_command(
-        tmp_path, "serve", _server_env(tmp_path, empty_database_url, _free_port())
+        tmp_path, "serve", serve_env(tmp_path, empty_database_url, free_port())
     )
     assert result.returncode == 1
     assert "luman-server migrate" in result.stderr
@@ -139,7 +115,7 @@ def test_serve_refuses_a_database_whose_schema_is_behind(
 
 def test_migrate_brings_an_empty_database_to_head(tmp_path: Path, empty_database_url: str) -> None:
     result = _server_command(
-        tmp_path, "migrate", _server_env(tmp_path, empty_database_url, _free_port())
+        tmp_path, "migrate", serve_env(tmp_path, empty_database_url, free_port())
     )
     assert result.returncode == 0, result.stderr
     engine = make_engine(empty_database_url, pool_size=1)
@@ -151,9 +127,7 @@ def test_migrate_brings_an_empty_database_to_head(tmp_path: Path, empty_database
 
 
 def test_bad_configuration_stops_startup_with_one_line(tmp_path: Path) -> None:
-    env = _server_env(
-        tmp_path, f"sqlite:///{tmp_path / 'x.db'}", _free_port(), JWT_EXPIRES_IN="soon"
-    )
+    env = serve_env(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", free_port(), JWT_EXPIRES_IN="soon")
     result = _server_command(tmp_path, "serve", env)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -175,17 +149,9 @@ def _wait_until_serving(port: int, process: subprocess.Popen[str]) -> None:
 def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, database_url: str) -> None:
     """An expensive Register (bcrypt cost 13) is in flight when SIGTERM arrives: it completes,
     the process exits 0, and the user it created is in the database."""
-    port = _free_port()
-    env = _server_env(tmp_path, database_url, port, BCRYPT_ROUNDS="13", SHUTDOWN_GRACE_PERIOD="30s")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "luman.server", "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    port = free_port()
+    env = serve_env(tmp_path, database_url, port, BCRYPT_ROUNDS="13", SHUTDOWN_GRACE_PERIOD="30s")
+    with serving(tmp_path, env) as process:
         _wait_until_serving(port, process)
         email = unique_email()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, ThreadPoolExecutor(1) as pool:
@@ -195,17 +161,13 @@ def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, database_url: str) 
                 auth_service_pb2.RegisterRequest(email=email, password=PASSWORD, name="In Flight"),
                 timeout=60,
             )
-            _wait_for_rpc_in_flight(process)
+            wait_for_work_in_flight(process)
             process.send_signal(signal.SIGTERM)
             response = call.result(timeout=60)
         assert response.user.email == email
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
         assert "shutting down" in stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     engine = make_engine(database_url, pool_size=1)
     try:
         with engine.connect() as conn:
@@ -215,19 +177,3 @@ def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, database_url: str) 
         assert count == 1
     finally:
         engine.dispose()
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _wait_for_rpc_in_flight(process: subprocess.Popen[str]) -> None:
-    """Return once the server burns CPU on the call: an idle server uses next to none, and
-    bcrypt at cost 13 keeps a core busy for far longer than this wait."""
-    start = _cpu_ticks(process.pid)
-    deadline = time.monotonic() + 30
-    while _cpu_ticks(process.pid) - start < 5:  # 50 ms of CPU at the usual 100 ticks/s
-        assert process.poll() is None, "server exited early"
-        assert time.monotonic() < deadline, "the call never reached the server"
-        time.sleep(0.005)  # polling interval, not a timing assumption
