@@ -49,28 +49,33 @@ else:
 
 
 class _AnyMethod(_GenericRpcHandler):
-    """Serves every unary method with one handler; no (de)serialization at all."""
+    """Serves every unary method with one handler (the baseline's: bytes in, bytes out)."""
 
     def __init__(self, handler: _Handler) -> None:
         self._handler = handler
 
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Handler:
         return self._handler
+
+
+def _thread_pool_server(
+    handler: _Handler, settings: Settings, interceptors: list[_ServerInterceptor] | None = None
+) -> grpc.Server:
+    """The product's server model and options, serving `handler` for every method."""
+    return grpc.server(
+        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        handlers=[_AnyMethod(handler)],
+        interceptors=interceptors,
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
 
 
 def _sync_server(response: bytes, settings: Settings) -> grpc.Server:
     def call(request: bytes, context: grpc.ServicerContext) -> bytes:
         return response
 
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        handlers=[_AnyMethod(grpc.unary_unary_rpc_method_handler(call))],
-        options=server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-    )
-    return server
+    return _thread_pool_server(grpc.unary_unary_rpc_method_handler(call), settings)
 
 
 class _PassThrough(_ServerInterceptor):
@@ -107,14 +112,7 @@ def _floor_server(response: bytes, settings: Settings) -> grpc.Server:
         request_deserializer=auth_service_pb2.GetMeRequest.FromString,
         response_serializer=auth_service_pb2.GetMeResponse.SerializeToString,
     )
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        handlers=[_AnyMethod(handler)],
-        interceptors=[_PassThrough()],
-        options=server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-    )
-    return server
+    return _thread_pool_server(handler, settings, [_PassThrough()])
 
 
 def _announce(port: int) -> None:

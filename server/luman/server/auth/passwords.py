@@ -108,8 +108,7 @@ class PasswordHasher:
 
     def hash(self, password: str) -> str:
         """Raises: ResourceExhaustedError (SERVER_BUSY) when too many callers already wait."""
-        with self._slot():
-            return self._run(self._hash, password.encode()).decode()
+        return self._run(self._hash, password.encode()).decode()
 
     def verify(self, password: str, password_hash: str | None) -> bool:
         """Check `password`; with no hash (unknown user) spend the same time and return False.
@@ -118,8 +117,7 @@ class PasswordHasher:
             ResourceExhaustedError: SERVER_BUSY, when too many callers already wait for a slot.
         """
         candidate = password_hash.encode() if password_hash else self._dummy
-        with self._slot():
-            ok = self._run(self._check, password.encode(), candidate)
+        ok = self._run(self._check, password.encode(), candidate)
         return ok and password_hash is not None
 
     def close(self) -> None:
@@ -132,8 +130,14 @@ class PasswordHasher:
         return len(parts) < 3 or parts[2] != f"{self.rounds:02d}"
 
     def _run(self, work: Callable[..., _T], *args: bytes) -> _T:
-        # The caller holds a slot, so a hashing thread is free; it waits with the GIL released.
-        return self._threads.submit(work, *args).result()
+        """Run bcrypt `work` on a hashing thread once a slot is free (one thread per slot, so
+        with the slot a thread is free too); the caller waits with the GIL released.
+
+        Raises:
+            ResourceExhaustedError: SERVER_BUSY, when too many callers already wait.
+        """
+        with self._slot():
+            return self._threads.submit(work, *args).result()
 
     def _hash(self, password: bytes) -> bytes:
         """The bcrypt work itself, run on a hashing thread while the caller holds a slot."""

@@ -25,10 +25,10 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     def __init__(self, service: AuthService) -> None:
         self._service = service
         # user id (as int, see UserCache) -> (the user record it was built from, GetMe
-        # response). GetMe is the hot
-        # call and its answer changes only with the record: building it (UUID to text,
-        # datetime to Timestamp) cost more than the rest of the servicer. grpcio only
-        # serializes a response, so one message object can answer many calls.
+        # response). GetMe is the hot call and its answer changes only with the record:
+        # building it (UUID to text, datetime to Timestamp) cost more than the rest of the
+        # servicer. grpcio only serializes a response, so one message object can answer many
+        # calls.
         self._me: dict[int, tuple[UserRecord, auth_service_pb2.GetMeResponse]] = {}
 
     def Register(
@@ -94,11 +94,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: auth_service_pb2.GetMeRequest, context: grpc.ServicerContext
     ) -> auth_service_pb2.GetMeResponse:
         user = self._service.get_me(current_principal())
-        cached = self._me.get(user.id.int)
+        key = user.id.int
+        cached = self._me.get(key)
         if cached is not None and cached[0] is user:  # the user cache hands out one record
             return cached[1]
         response = auth_service_pb2.GetMeResponse(user=convert.user_to_proto(user))
         if len(self._me) >= MAX_CACHED_RESPONSES:
             self._me.clear()
-        self._me[user.id.int] = (user, response)
+        self._me[key] = (user, response)
         return response

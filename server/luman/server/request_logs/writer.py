@@ -10,11 +10,11 @@ call that grpcio cancelled at the end of the grace period but whose handler ran 
 and they are counted as `after_close`, not as drops: the queue was never full.
 
 The thread writes full batches: it waits until `batch_size` entries are queued, the oldest
-queued entry has waited `max_delay` seconds (so a row appears within about a second on an idle
-server too), or a flush or close asks for everything. Writing
-whatever had queued up as soon as the previous insert returned made many small transactions
-under load, and each one's fixed cost (begin, statement, commit) was paid on the same CPU as
-the RPCs: on SQLite that cost about as much per logged call as the rest of the request log.
+queued entry has waited about `max_delay` seconds (so a row appears within about a second on
+an idle server too), or a flush or close asks for everything. Writing whatever had queued up
+as soon as the previous insert returned made many small transactions under load, each paying
+its fixed cost (begin, statement, commit) on the same CPU as the RPCs, and on PostgreSQL
+keeping the database's own processes busy on the same cores.
 
 The same thread prunes rows older than the retention period, once at start and then every
 `prune_interval` seconds of the injected monotonic clock.
