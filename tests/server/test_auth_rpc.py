@@ -52,19 +52,22 @@ def test_register_bad_fields_are_invalid_argument_with_field_violations(
     assert set(error.field_violations) == {"email", "password", "name"}
 
 
-def test_login_wrong_password_and_unknown_email_answer_alike(
-    auth: auth_service_pb2_grpc.AuthServiceStub,
+@pytest.mark.parametrize("rpc", ["Login", "CliLogin"])
+def test_wrong_password_and_unknown_email_answer_alike(
+    auth: auth_service_pb2_grpc.AuthServiceStub, rpc: str
 ) -> None:
+    request_type = getattr(auth_service_pb2, f"{rpc}Request")
     email = unique_email()
     register(auth, email=email)
     errors = []
     for candidate, password in ((email, PASSWORD + "x"), (unique_email(), PASSWORD)):
         with pytest.raises(grpc.RpcError) as caught:
-            auth.Login(auth_service_pb2.LoginRequest(email=candidate, password=password))
+            getattr(auth, rpc)(request_type(email=candidate, password=password))
         errors.append(rich_error(caught.value))
     assert errors[0] == errors[1]
     assert errors[0].code == grpc.StatusCode.UNAUTHENTICATED
     assert errors[0].reason == "INVALID_CREDENTIALS"
+    assert errors[0].message == "invalid email or password"
 
 
 def test_get_me_without_token_is_unauthenticated(
@@ -178,22 +181,6 @@ def test_login_73_byte_password_is_invalid_argument_not_a_crash(
             error = rich_error(caught.value)
             assert error.code == grpc.StatusCode.INVALID_ARGUMENT
             assert error.field_violations.keys() == {"password"}
-
-
-def test_cli_login_wrong_password_and_unknown_email_answer_alike(
-    auth: auth_service_pb2_grpc.AuthServiceStub,
-) -> None:
-    email = unique_email()
-    register(auth, email=email)
-    errors = []
-    for candidate, password in ((email, PASSWORD + "x"), (unique_email(), PASSWORD)):
-        with pytest.raises(grpc.RpcError) as caught:
-            auth.CliLogin(auth_service_pb2.CliLoginRequest(email=candidate, password=password))
-        errors.append(rich_error(caught.value))
-    assert errors[0] == errors[1]
-    assert errors[0].code == grpc.StatusCode.UNAUTHENTICATED
-    assert errors[0].reason == "INVALID_CREDENTIALS"
-    assert errors[0].message == "invalid email or password"
 
 
 def test_login_password_is_case_sensitive_and_not_trimmed(
