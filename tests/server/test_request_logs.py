@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -294,6 +295,34 @@ def test_pruning_deletes_in_batches(sessions: Sessions, clock: FakeClock) -> Non
     store.insert_entries(sessions.engine, [_entry(clock() + dt.timedelta(days=1))])
     assert store.prune_before(sessions.engine, clock() + dt.timedelta(hours=1), batch=2) == 7
     assert len(_rows(sessions)) == 1
+
+
+def test_a_batch_longer_than_one_statement_is_written_whole_and_in_order(
+    sessions: Sessions, clock: FakeClock
+) -> None:
+    # SQLite gets ROWS_PER_STATEMENT rows per INSERT: 2.5 statements' worth, every field kept.
+    count = store.ROWS_PER_STATEMENT * 5 // 2
+    user_id = uuid.uuid4()
+    entries = [
+        RequestLogEntry(
+            time=clock() + dt.timedelta(microseconds=i),
+            method=f"/luman.test.v1.S/M{i}",
+            status="OK" if i % 2 else "UNAUTHENTICATED",
+            duration_ms=i / 4,
+            user_id=user_id if i % 3 else None,
+            client_ip=f"192.0.2.{i % 250}",
+            user_agent=f"agent {i}",
+        )
+        for i in range(count)
+    ]
+    store.insert_entries(sessions.engine, entries)
+    rows = _rows(sessions)
+    assert [
+        RequestLogEntry(
+            r.time, r.method, r.status, r.duration_ms, r.user_id, r.client_ip, r.user_agent
+        )
+        for r in rows
+    ] == entries
 
 
 def test_entries_after_close_are_counted_apart_from_drops(

@@ -37,7 +37,12 @@ import grpc
 
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.principal import Principal
-from luman.interceptors.token_auth import Verifier, bearer_token
+from luman.interceptors.token_auth import (
+    Verifier,
+    authorization_values,
+    bearer_from,
+    bearer_token,
+)
 from luman.server.errors import DomainError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -47,8 +52,16 @@ GATEWAY_HEADER = "x-luman-gateway"
 FORWARDED_FOR_HEADER = "x-forwarded-for"
 USER_AGENT_HEADER = "user-agent"
 GATEWAY_USER_AGENT_HEADER = "x-luman-user-agent"
-_CALLER_HEADERS = frozenset(
-    (GATEWAY_HEADER, FORWARDED_FOR_HEADER, USER_AGENT_HEADER, GATEWAY_USER_AGENT_HEADER)
+AUTHORIZATION_HEADER = "authorization"
+# Read from the metadata in one pass per call (_call_headers).
+_CALL_HEADERS = frozenset(
+    (
+        GATEWAY_HEADER,
+        FORWARDED_FOR_HEADER,
+        USER_AGENT_HEADER,
+        GATEWAY_USER_AGENT_HEADER,
+        AUTHORIZATION_HEADER,
+    )
 )
 MAX_USER_AGENT_LENGTH = 256
 UNIX_PEER = "unix"
@@ -134,7 +147,7 @@ def _forwarded_from(
 
 
 def is_gateway_call(context: grpc.ServicerContext, gateway_secret: str | None) -> bool:
-    return _vouched(_caller_headers(context), gateway_secret)
+    return _vouched(_call_headers(context), gateway_secret)
 
 
 def client_ip(
@@ -168,7 +181,15 @@ class CallerResolver:
         return self.resolve(context)
 
     def resolve(self, context: grpc.ServicerContext) -> Caller:
-        headers = _caller_headers(context)
+        return self._caller(context, _call_headers(context))
+
+    def open_record(self, context: grpc.ServicerContext) -> CallRecord:
+        """A fresh CallRecord for the call: its Caller, and its authorization values read in
+        the same pass over the metadata."""
+        headers = _call_headers(context)
+        return CallRecord(self._caller(context, headers), headers.get(AUTHORIZATION_HEADER, ()))
+
+    def _caller(self, context: grpc.ServicerContext, headers: dict[str, list[str]]) -> Caller:
         agent_header = USER_AGENT_HEADER
         if GATEWAY_HEADER in headers and _vouched(headers, self._secret):
             agent_header = GATEWAY_USER_AGENT_HEADER
@@ -200,6 +221,9 @@ class CallRecord:
     """Mutable per-call slot, opened by the outermost interceptor and read back when it ends."""
 
     caller: Caller
+    # The call's "authorization" metadata values; None when the record was not opened from
+    # the call's metadata (CallScopedVerifier then reads them itself).
+    authorization: Sequence[str | bytes] | None = None
     user_id: uuid.UUID | None = None
     # (token, outcome) of the one verification this call did, shared by every interceptor.
     verified: tuple[str, Principal | DomainError] | None = None
@@ -236,22 +260,22 @@ class CallScopeInterceptor(MethodInterceptor):
     """Opens each call's CallRecord: the outermost interceptor when the request log is off
     (RequestLoggingInterceptor does it otherwise)."""
 
-    def __init__(self, caller_of: ResolveCaller) -> None:
+    def __init__(self, resolver: CallerResolver) -> None:
         super().__init__()
-        self._caller_of = caller_of
+        self._resolver = resolver
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
-        caller_of = self._caller_of
+        open_record = self._resolver.open_record
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with call_scope(CallRecord(caller_of(context))):
+                with call_scope(open_record(context)):
                     yield from behavior(request, context)
 
             return streamed
 
         def scoped(request: Any, context: grpc.ServicerContext) -> Any:
-            token = _current_call.set(CallRecord(caller_of(context)))
+            token = _current_call.set(open_record(context))
             try:
                 return behavior(request, context)
             finally:
@@ -290,8 +314,11 @@ class CallScopedVerifier:
             return self._verify(bearer_token(context))
         outcome = record.authenticated
         if outcome is None:
+            values = record.authorization
+            if values is None:
+                values = authorization_values(context)
             try:
-                outcome = self._check(record, bearer_token(context))
+                outcome = self._check(record, bearer_from(values))
             except DomainError as exc:  # no token, or not a bearer token
                 outcome = exc
             record.authenticated = outcome
@@ -319,11 +346,12 @@ class CallScopedVerifier:
             return None
 
 
-def _caller_headers(context: grpc.ServicerContext) -> dict[str, list[str]]:
-    """The text values of the headers a Caller is made of, in order, in one pass."""
-    found: dict[str, list[str]] = {}
+def _call_headers(context: grpc.ServicerContext) -> dict[str, list[Any]]:
+    """The values of the headers a Caller is made of (text only) and of "authorization" (any,
+    so that a binary one is refused as malformed), in order, in one pass."""
+    found: dict[str, list[Any]] = {}
     for key, value in context.invocation_metadata() or ():
-        if key in _CALLER_HEADERS and isinstance(value, str):
+        if key in _CALL_HEADERS and (isinstance(value, str) or key == AUTHORIZATION_HEADER):
             found.setdefault(key, []).append(value)
     return found
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
-from luman.interceptors.caller import CallRecord, ResolveCaller, close_call, open_call
+from luman.interceptors.caller import CallerResolver, CallRecord, close_call, open_call
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
 
     Args:
         sink: receives each entry; it must return at once (the server passes a bounded queue).
-        caller_of: resolves the client IP and user agent.
+        resolver: opens each call's record (client IP, user agent, authorization).
         clock: wall-clock time of the call (aware UTC).
         timer: monotonic seconds for the duration.
         skip: method names kept out of the sink (health checks and reflection, which would
@@ -65,7 +65,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
     def __init__(
         self,
         sink: Sink,
-        caller_of: ResolveCaller,
+        resolver: CallerResolver,
         *,
         clock: Callable[[], dt.datetime] = _utc_now,
         timer: Callable[[], float] = time.perf_counter,
@@ -73,7 +73,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
     ) -> None:
         super().__init__()
         self._sink = sink
-        self._caller_of = caller_of
+        self._resolver = resolver
         self._clock = clock
         self._timer = timer
         self._skip = skip
@@ -81,12 +81,13 @@ class RequestLoggingInterceptor(MethodInterceptor):
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         name = method.name
         sink = None if self._skip(name) else self._sink
-        caller_of, clock, timer, finish = self._caller_of, self._clock, self._timer, self._finish
+        open_record, clock, timer = self._resolver.open_record, self._clock, self._timer
+        finish = self._finish
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 # Runs while grpcio iterates the responses: the call ends with the stream.
-                record = CallRecord(caller_of(context))
+                record = open_record(context)
                 started_at, started = clock(), timer()
                 failed = True
                 token = open_call(record)
@@ -100,7 +101,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
             return streamed
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
-            record = CallRecord(caller_of(context))
+            record = open_record(context)
             started_at, started = clock(), timer()
             token = open_call(record)
             try:

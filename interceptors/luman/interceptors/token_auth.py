@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -20,7 +20,15 @@ def bearer_token(context: grpc.ServicerContext) -> str:
     Raises:
         UnauthenticatedError: no authorization metadata, or not the Bearer scheme.
     """
-    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    return bearer_from(authorization_values(context))
+
+
+def authorization_values(context: grpc.ServicerContext) -> list[str | bytes]:
+    return [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+
+
+def bearer_from(values: Sequence[str | bytes]) -> str:
+    """The bearer token in a call's "authorization" values (see bearer_token)."""
     if not values:
         raise UnauthenticatedError("CREDENTIALS_MISSING", "missing authorization metadata")
     value = values[0]

@@ -70,6 +70,7 @@ class TokenCache:
         if ttl_seconds < 0 or max_entries < 1:
             raise ValueError("ttl_seconds must be >= 0 and max_entries >= 1")
         self._ttl = dt.timedelta(seconds=ttl_seconds)
+        self._enabled = ttl_seconds > 0
         self._clock = clock
         self._max_entries = max_entries
         self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
@@ -80,14 +81,14 @@ class TokenCache:
 
     @property
     def enabled(self) -> bool:
-        return self._ttl > dt.timedelta(0)
+        return self._enabled
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: bytes) -> CachedToken | None:
         """The cached verification of the token with this key, or None when it must be checked."""
-        if not self.enabled:
+        if not self._enabled:
             return None
         now = self._clock()
         with self._lock:
