@@ -13,6 +13,7 @@ from luman.interceptors.rate_limit import (
     Policy,
     RateLimitInterceptor,
     SlidingWindowLimiter,
+    _whole_seconds,
 )
 from tests.interceptors.dummy import serve
 from tests.support import rich_error
@@ -239,3 +240,21 @@ def test_interceptor_without_a_limiter_for_the_policy_lets_everything_through() 
         for _ in range(5):
             _, call = c.Execute.with_call(DummyRequest(input="x"))
             assert "x-ratelimit-limit" not in dict(call.trailing_metadata())
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (900.0, 900),
+        (900.0000001, 900),
+        (899.9996, 900),
+        (900.0006, 901),
+        (0.3, 1),
+        (0.0, 0),
+        (0.0004, 0),
+        (-2.5, 0),
+    ],
+)
+def test_reset_and_retry_after_are_whole_seconds_rounded_up(seconds: float, shown: int) -> None:
+    # Float noise from the sliding window's arithmetic must not show 900 s as 901.
+    assert _whole_seconds(seconds) == shown

@@ -49,6 +49,8 @@ RETRY_AFTER_HEADER = "retry-after"
 _HEADERS = frozenset((LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER, RETRY_AFTER_HEADER))
 
 MonotonicClock = Callable[[], float]
+# Users whose bucket key is remembered per interceptor; when full the memory is dropped.
+MAX_CACHED_USER_KEYS = 10_000
 
 
 class Policy(enum.Enum):
@@ -350,11 +352,19 @@ class RateLimitInterceptor(MethodInterceptor):
         if policy is not Policy.DEFAULT:
             return by_ip
 
+        # user id (int) -> its key: UUID.hex formats the number on every read.
+        user_keys: dict[int, str] = {}
+
         def by_user(context: grpc.ServicerContext) -> str:
             principal = principal_of(context)
-            if principal is not None:
-                return "user:" + principal.user_id.hex  # .hex: a third of str()'s cost
-            return "ip:" + caller_of(context).ip
+            if principal is None:
+                return "ip:" + caller_of(context).ip
+            key = user_keys.get(principal.user_id.int)
+            if key is None:
+                if len(user_keys) >= MAX_CACHED_USER_KEYS:
+                    user_keys.clear()
+                key = user_keys[principal.user_id.int] = "user:" + principal.user_id.hex
+            return key
 
         return by_user
 
@@ -371,8 +381,9 @@ def _tighter(first: Decision, second: Decision | None) -> Decision:
 
 
 def _whole_seconds(seconds: float) -> int:
-    # Round to the millisecond first, so float noise does not turn 900.0 into 901.
-    return max(0, math.ceil(round(seconds, 3)))
+    # Up to the next second, ignoring float noise below half a millisecond (900.0000001 is
+    # 900, not 901). round(seconds, 3) said the same at five times the cost, on every call.
+    return max(0, math.ceil(seconds - 0.0005))
 
 
 # The limit header of each configured limit, built once (limits come from the settings).
