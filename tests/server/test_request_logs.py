@@ -325,6 +325,19 @@ def test_a_batch_longer_than_one_statement_is_written_whole_and_in_order(
     ] == entries
 
 
+def test_batched_rows_store_what_the_orm_stores(sessions: Sessions, clock: FakeClock) -> None:
+    # Same stored value (on SQLite: the same text) whichever path wrote the row, so ordering,
+    # pruning and `luman-server logs` compare like with like.
+    entry = _entry(clock() + dt.timedelta(microseconds=123456))
+    store.insert_entries(sessions.engine, [entry])
+    with sessions.write.begin() as session:
+        session.add(RequestLog(**entry._asdict()))
+    with sessions.engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT time FROM request_logs ORDER BY id").all()
+    assert len(stored) == 2
+    assert stored[0] == stored[1]
+
+
 def test_entries_after_close_are_counted_apart_from_drops(
     sessions: Sessions, caplog: pytest.LogCaptureFixture
 ) -> None:

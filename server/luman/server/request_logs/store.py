@@ -1,8 +1,8 @@
 """SQL for the request_logs table: batched inserts and retention pruning.
 
-Inserts are the request log's cost per RPC, paid on the server's CPU. Each column's own bind
-processor (SQLAlchemy's, so the stored values are exactly what the ORM reads back) is applied
-directly, and a batch goes to the database in one go:
+Inserts are the request log's cost per RPC, paid on the server's CPU. Each column's bind
+processor for the dialect (SQLAlchemy's, so the stored values are exactly what the ORM writes)
+is applied directly, and a batch goes to the database in one go:
 - PostgreSQL (psycopg): binary COPY FROM STDIN, about an eighth of the client CPU per row of
   an executemany of INSERTs (text COPY: a quarter), and cheaper for the database server too.
 - Positional paramstyles (SQLite): multi-row `INSERT … VALUES (…), (…), …` statements of
@@ -64,10 +64,13 @@ def _compiled_insert(dialect: Dialect) -> _Insert:
         if sorted(names) != sorted(COLUMNS):
             raise RuntimeError(f"unexpected parameters in {compiled.string!r}: {names}")
         order = tuple(COLUMNS.index(name) for name in names)
+    # dialect_impl(): the type as this dialect stores it. The column type's own
+    # bind_processor() left SQLite datetimes to sqlite3's default adapter, which writes another
+    # text format than the ORM and is deprecated since Python 3.12.
     processors = tuple(
         (index, processor)
         for index, column in enumerate(COLUMNS)
-        if (processor := TABLE.c[column].type.bind_processor(dialect)) is not None
+        if (processor := TABLE.c[column].type.dialect_impl(dialect).bind_processor(dialect))
     )
     copy = None
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
