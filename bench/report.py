@@ -10,6 +10,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import statistics
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -126,9 +127,24 @@ def _verified(series: Series) -> str:
 
 
 def ratio(series: Series | None, reference: Series | None) -> float | None:
+    """series / reference in req/s. A series with a paired baseline is compared with it
+    instead, run by run: the median of (run i / the bare run just before it)."""
+    if series is not None and series.paired is not None:
+        return _paired_ratio(series, series.paired)
     if series is None or reference is None or not series.ok or not reference.ok:
         return None
     return series.rps().median / reference.rps().median
+
+
+def _paired_ratio(series: Series, paired: Series) -> float | None:
+    if not series.ok or not paired.ok or len(series.runs) != len(paired.runs):
+        return None
+    ratios = [
+        run.summary.req_per_s / bare.summary.req_per_s
+        for run, bare in zip(series.runs, paired.runs, strict=True)
+        if run.summary is not None and bare.summary is not None and bare.summary.req_per_s
+    ]
+    return statistics.median(ratios) if len(ratios) == len(series.runs) else None
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
@@ -139,12 +155,23 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def _throughput_row(series: Series, reference: Series | None, scenario: str) -> list[str]:
     head = [series.backend, scenario, str(series.streams)]
+    paired = _spread(series.paired.rps()) if series.paired and series.paired.ok else "—"
     if not series.ok:
-        return [*head, "FAILED", "—", "—", "—", str(series.response_bytes), _verified(series)]
+        return [
+            *head,
+            "FAILED",
+            "—",
+            paired,
+            "—",
+            "—",
+            str(series.response_bytes),
+            _verified(series),
+        ]
     return [
         *head,
         _spread(series.rps()),
         _ratio(ratio(series, reference)),
+        paired,
         _ms(series.p50_ms()),
         _ms(series.p99_ms()),
         str(series.response_bytes),
@@ -180,7 +207,9 @@ def render(results: Results) -> str:
         f"{s.auth_rate_limit_window_ms} ms).",
         f"- Baseline: {BASELINE} answering every call with the product's {results.response_bytes}"
         "-byte GetMe response; measured before and after the product scenarios (both passes "
-        f"pooled, so its min{DASH}max shows how much the machine drifted).",
+        f"pooled, so its min{DASH}max shows how much the machine drifted). The GetMe series "
+        "with a target are paired: each of their runs follows a bare run at the same streams, "
+        f"and their {TIMES} bare is the median of the run-by-run ratios.",
     ]
     skipped = [b for b in results.backends if b.skipped]
     lines += [f"- {b.label}: skipped ({b.skipped})." for b in skipped]
@@ -209,6 +238,7 @@ def _throughput(results: Results) -> list[str]:
         "Streams",
         f"req/s median (min{DASH}max)",
         f"{TIMES} bare",
+        "bare req/s in the pairs",
         "p50 ms",
         "p99 ms",
         "Response bytes",

@@ -5,8 +5,10 @@ Order of a full run:
    (`bench.product_server`, pinned to the server CPU). The scenario data is created through the
    API (`bench.workload`).
 2. The first backend's GetMe response becomes the bare server's response, and the baseline
-   (bare grpcio, thread pool) is measured at every stream count.
-3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count.
+   (bare grpcio, thread pool) is measured at every stream count. A second bare server then
+   stays up (idle between its runs) for the paired series.
+3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count. The two GetMe
+   series are paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
 5. After a graceful stop (which flushes the request log): request_logs growth, statuses, the
    writer's counters; then the same server with the request log off, for on/off.
@@ -18,6 +20,7 @@ Every series: one nghttp probe (grpc-status must be 0), one unmeasured warm-up r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -60,6 +63,9 @@ SCENARIOS: dict[str, str] = {
     "model": "thread pool vs grpc.aio",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
+# Series with a target ratio to the bare server: each of their runs comes right after a bare
+# run at the same streams, and the ratio is the median of those pairs (report.ratio).
+PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli"))
 BACKENDS = ("sqlite", "postgresql")
 P99_STREAMS = 16  # the issue's latency target is p99 at 16 streams
 LOGGING_OFF_STREAMS = (16, 64)
@@ -110,6 +116,8 @@ class Series:
     failure: str = ""
     # request_logs rows per second of wall-clock time across each run (only where counted).
     log_rows_per_s: list[float] = dataclasses.field(default_factory=list)
+    # The bare server measured run by run right before this series' runs (PAIRED_SCENARIOS).
+    paired: Series | None = None
 
     @property
     def ok(self) -> bool:
@@ -217,13 +225,19 @@ class Bench:
         self.results = Results(
             options, cpu, settings, command, dt.datetime.now(dt.UTC).replace(microsecond=0)
         )
+        # The bare server that paired series alternate with, and where it listens: started
+        # after the first pass and kept (idle between its runs) until every backend is done.
+        self._stack = contextlib.ExitStack()
+        self._paired: tuple[GrpcCall, int] | None = None
 
     # -- plan ------------------------------------------------------------------------------
 
     def run_all(self) -> Results:
         options = self.options
-        for backend in options.backends:
-            self.results.backends.append(self._backend(backend))
+        with self._stack:  # stops the paired bare server, if one was started
+            for backend in options.backends:
+                self.results.backends.append(self._backend(backend))
+        self._paired = None
         if self.results.response_bytes:
             self._baseline_pass()  # the second pass: see the module docstring
             if options.wants("model"):
@@ -273,6 +287,7 @@ class Bench:
                         title=SCENARIOS[scenario],
                         streams=streams,
                         count_rows=count,
+                        paired=self._paired if scenario in PAIRED_SCENARIOS else None,
                     )
                     for streams in options.streams
                 }
@@ -325,6 +340,11 @@ class Bench:
         self.results.response_bytes = len(response)
         (self.workdir / "bare-response.bin").write_bytes(response)
         self._baseline_pass()
+        if any(self.options.wants(scenario) for scenario in PAIRED_SCENARIOS):
+            call, command = self._bare_command(aio=False)
+            command["name"] = "bare-paired"
+            server = self._stack.enter_context(python_server(**command))
+            self._paired = (call, server.port)
 
     def _baseline_pass(self) -> None:
         for streams, series in self._bare_pass(aio=False).items():
@@ -333,7 +353,8 @@ class Bench:
             else:
                 self.results.baseline[streams] = series
 
-    def _bare_pass(self, *, aio: bool) -> dict[int, Series]:
+    def _bare_command(self, *, aio: bool) -> tuple[GrpcCall, dict[str, Any]]:
+        """The bare server's call and its python_server() arguments."""
         response_file = self.workdir / "bare-response.bin"
         response = response_file.read_bytes()
         settings = self.results.settings
@@ -346,15 +367,19 @@ class Bench:
             str(settings.max_concurrent_rpcs),
         ]
         name = "bare-aio" if aio else "bare"
-        call = GrpcCall(name, GET_ME, b"", response)
-        with python_server(
-            name,
-            "bench.bare_server",
-            [*args, "--aio"] if aio else args,
-            env=harness_env(),
-            cpu=self.cpu.server,
-            workdir=self.workdir,
-        ) as server:
+        command = {
+            "name": name,
+            "module": "bench.bare_server",
+            "args": [*args, "--aio"] if aio else args,
+            "env": harness_env(),
+            "cpu": self.cpu.server,
+            "workdir": self.workdir,
+        }
+        return GrpcCall(name, GET_ME, b"", response), command
+
+    def _bare_pass(self, *, aio: bool) -> dict[int, Series]:
+        call, command = self._bare_command(aio=aio)
+        with python_server(**command) as server:
             measured = {
                 streams: self.series(
                     call,
@@ -380,29 +405,47 @@ class Bench:
         title: str,
         streams: int,
         count_rows: Callable[[], int | None] | None = None,
+        paired: tuple[GrpcCall, int] | None = None,
     ) -> Series:
-        """Probe, warm up, then measure `call` at `streams` streams `runs` times."""
+        """Probe, warm up, then measure `call` at `streams` streams `runs` times.
+
+        With `paired` (the bare server's call and port), each run comes right after a run of
+        the bare server, kept in `series.paired`: the two halves of a pair see the same machine.
+        """
         series = Series(backend, title, streams, len(call.expected_response))
-        probe = trailers.probe(call, port=port, workdir=self.workdir)
-        if probe is not None and not probe.ok:
-            series.failure = probe.reason
-            return self._report(series)
-        warm = self._h2load(call, Load(streams, duration=self.options.warmup), port)
-        settle(port)
-        if not warm.ok:
-            series.failure = f"warm-up: {warm.verdict.reason}"
-            return self._report(series)
+        targets = [(call, port, series)]
+        if paired is not None:
+            series.paired = Series("—", BASELINE, streams, len(paired[0].expected_response))
+            targets.insert(0, (*paired, series.paired))
+        for target_call, target_port, target in targets:
+            probe = trailers.probe(target_call, port=target_port, workdir=self.workdir)
+            if probe is not None and not probe.ok:
+                target.failure = probe.reason
+                return self._failed(series, target)
+            warm = self._h2load(
+                target_call, Load(streams, duration=self.options.warmup), target_port
+            )
+            settle(target_port)
+            if not warm.ok:
+                target.failure = f"warm-up: {warm.verdict.reason}"
+                return self._failed(series, target)
         for _ in range(self.options.runs):
-            before = count_rows() if count_rows else None
-            began = time.monotonic()
-            run = self._h2load(call, Load(streams, duration=self.options.duration), port)
-            after = count_rows() if count_rows else None
-            settle(port)
-            series.runs.append(run)
-            if before is not None and after is not None:
-                series.log_rows_per_s.append((after - before) / (time.monotonic() - began))
-            if not run.ok:
-                break  # FAILED already; more load proves nothing
+            for target_call, target_port, target in targets:
+                counted = count_rows if target is series else None
+                before = counted() if counted else None
+                began = time.monotonic()
+                run = self._h2load(
+                    target_call, Load(streams, duration=self.options.duration), target_port
+                )
+                after = counted() if counted else None
+                settle(target_port)
+                target.runs.append(run)
+                if before is not None and after is not None:
+                    target.log_rows_per_s.append((after - before) / (time.monotonic() - began))
+                if not run.ok:
+                    return self._failed(series, target)  # more load proves nothing
+        if series.paired is not None:
+            self._report(series.paired)
         return self._report(series)
 
     def _h2load(self, call: GrpcCall, load: Load, port: int, tag: str = "") -> Run:
@@ -542,6 +585,13 @@ class Bench:
             env=harness_env(),
         )
         return float(json.loads(result.stdout)["per_second"])
+
+    def _failed(self, series: Series, part: Series) -> Series:
+        """End `series` as FAILED because `part` (itself, or its paired baseline) failed."""
+        if part is not series:
+            self._report(part)
+            series.failure = f"paired baseline run: {part.reason}"
+        return self._report(series)
 
     def _report(self, series: Series) -> Series:
         where = f"{series.backend} {series.title} @{series.streams}"

@@ -14,7 +14,7 @@ import pytest
 from bench import bare_server, h2load, instructions, report, trailers
 from bench.h2load import GrpcCall, Load
 from bench.processes import python_server
-from bench.scenarios import LOGGING_OFF_ENV
+from bench.scenarios import LOGGING_OFF_ENV, Series
 from bench.stats import percentile
 from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -258,3 +258,35 @@ def test_instructions_reads_callgrinds_summary_and_rewrites_its_own_block(
     assert "kept" in text
     assert "old" not in text
     assert "| bare | — | 350,000 | 1.00 |" in text
+
+
+def _series_of(rates: list[float]) -> Series:
+    call = GrpcCall("c", GET_ME, b"", b"x" * 25)
+    summary = h2load.parse_summary(H2LOAD_OUTPUT)
+    series = Series("—", "s", 16, 25)
+    series.runs = [
+        h2load.Run(
+            call,
+            Load(16, duration=5),
+            dataclasses.replace(summary, req_per_s=rate),
+            h2load.PASSED,
+            None,
+            (),
+        )
+        for rate in rates
+    ]
+    return series
+
+
+def test_a_paired_series_is_compared_with_its_own_bare_runs_run_by_run() -> None:
+    # The machine slows down between the pairs: each pair still says 0.9 (the middle one
+    # 0.8), where the pooled medians would say 1000 / 2000 = 0.5.
+    product = _series_of([1800.0, 1000.0, 900.0])
+    product.paired = _series_of([2000.0, 1250.0, 1000.0])
+    pooled_baseline = _series_of([2000.0, 2000.0, 2000.0])
+
+    assert report.ratio(product, pooled_baseline) == pytest.approx(0.9)
+    product.paired.runs.pop()  # pairs must be complete
+    assert report.ratio(product, pooled_baseline) is None
+    product.paired = None
+    assert report.ratio(product, pooled_baseline) == pytest.approx(0.5)
