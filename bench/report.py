@@ -127,13 +127,18 @@ def _verified(series: Series) -> str:
 
 
 def ratio(series: Series | None, reference: Series | None) -> float | None:
-    """series / reference in req/s. A series with a paired baseline is compared with it
-    instead, run by run: the median of (run i / the bare run just before it)."""
-    if series is not None and series.paired is not None:
-        return _paired_ratio(series, series.paired)
+    """series / reference, medians of req/s."""
     if series is None or reference is None or not series.ok or not reference.ok:
         return None
     return series.rps().median / reference.rps().median
+
+
+def bare_ratio(series: Series | None, baseline: Series | None) -> float | None:
+    """series against the bare server: a paired series against its own bare runs, run by run
+    (the median of run i / the bare run just before it); any other against `baseline`."""
+    if series is not None and series.paired is not None:
+        return _paired_ratio(series, series.paired)
+    return ratio(series, baseline)
 
 
 def _paired_ratio(series: Series, paired: Series) -> float | None:
@@ -170,7 +175,7 @@ def _throughput_row(series: Series, reference: Series | None, scenario: str) -> 
     return [
         *head,
         _spread(series.rps()),
-        _ratio(ratio(series, reference)),
+        _ratio(bare_ratio(series, reference)),
         paired,
         _ms(series.p50_ms()),
         _ms(series.p99_ms()),
@@ -481,7 +486,7 @@ def _ratio_target(
 ) -> list[list[str]]:
     if not by_streams:
         return []
-    ratios = {s: ratio(series, baseline.get(s)) for s, series in sorted(by_streams.items())}
+    ratios = {s: bare_ratio(series, baseline.get(s)) for s, series in sorted(by_streams.items())}
     known = [r for r in ratios.values() if r is not None]
     measured = ", ".join(f"{_ratio(r)} @{s}" for s, r in ratios.items())
     missing = len(known) != len(ratios)
