@@ -167,22 +167,16 @@ class SlidingWindowLimiter:
             return 0 if log is None else len(log.entries)
 
     def hit(self, key: str) -> Decision:
-        # Every limited call runs this: _live() and _slot() are written out here.
-        window, limit, logs = self._window, self._limit, self._logs
+        window = self._window
         with self._lock:
             now = self._clock()
             if now >= self._next_sweep:
                 self._sweep(now, self._sweep_batch)
-            log = logs.get(key)
-            known = log is not None
-            if log is None:
-                log = _Log()
+            log = self._live(key, now)
             entries = log.entries
-            while entries and entries[0][0] + window <= now:
-                log.count -= entries.popleft()[2]
-            if log.count >= limit:
-                return Decision(False, limit, 0, entries[0][0] + window - now)
-            slot = now // self._quantum if self._quantum else now
+            if log.count >= self._limit:
+                return Decision(False, self._limit, 0, entries[0][0] + window - now)
+            slot = self._slot(now)
             if entries and entries[-1][1] == slot:
                 last = entries[-1]
                 last[0] = now
@@ -190,11 +184,10 @@ class SlidingWindowLimiter:
             else:
                 entries.append([now, slot, 1])
             log.count += 1
-            if known:
-                logs.move_to_end(key)  # keys stay in order of their last counted hit
-            else:
-                logs[key] = log
-            return Decision(True, limit, limit - log.count, entries[0][0] + window - now, now)
+            self._logs[key] = log
+            self._logs.move_to_end(key)
+            remaining = self._limit - log.count
+            return Decision(True, self._limit, remaining, entries[0][0] + window - now, now)
 
     def peek(self, key: str) -> Decision:
         with self._lock:
