@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.server.auth.passwords import PasswordHasher
 
 PASSWORD = "correct horse battery"
 
@@ -86,3 +87,19 @@ def register(
         )
     )
     return response
+
+
+class HookedHasher(PasswordHasher):
+    """A real PasswordHasher that calls `on_bcrypt()` just before each bcrypt hash or check,
+    on the thread that runs it, with the caller's hash slot held."""
+
+    def on_bcrypt(self) -> None:
+        """Override: what the test needs to see or do at that moment."""
+
+    def _hash(self, password: bytes) -> bytes:
+        self.on_bcrypt()
+        return super()._hash(password)
+
+    def _check(self, password: bytes, password_hash: bytes) -> bool:
+        self.on_bcrypt()
+        return super()._check(password, password_hash)

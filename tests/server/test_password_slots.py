@@ -21,12 +21,20 @@ from luman.server.auth.passwords import PasswordHasher
 from luman.server.config import Settings
 from luman.server.db.session import Sessions
 from luman.server.errors import ResourceExhaustedError
-from tests.support import PASSWORD, FakeClock, bearer, register, rich_error, unique_email
+from tests.support import (
+    PASSWORD,
+    FakeClock,
+    HookedHasher,
+    bearer,
+    register,
+    rich_error,
+    unique_email,
+)
 
 WAIT = 10.0  # seconds: only a broken test ever waits this long
 
 
-class GatedHasher(PasswordHasher):
+class GatedHasher(HookedHasher):
     """Each bcrypt check or hash, once it holds a slot, waits until the gate opens."""
 
     def __init__(self, rounds: int, **bounds: int) -> None:
@@ -35,15 +43,7 @@ class GatedHasher(PasswordHasher):
         self.gate.set()
         self.inside = threading.Semaphore(0)  # released once per caller holding a slot
 
-    def _hash(self, password: bytes) -> bytes:
-        self._hold()
-        return super()._hash(password)
-
-    def _check(self, password: bytes, password_hash: bytes) -> bool:
-        self._hold()
-        return super()._check(password, password_hash)
-
-    def _hold(self) -> None:
+    def on_bcrypt(self) -> None:
         self.inside.release()
         assert self.gate.wait(WAIT), "the test never opened the gate"
 

@@ -20,7 +20,7 @@ from luman.server.auth.passwords import PasswordHasher
 from luman.server.config import Settings
 from luman.server.db.models import User
 from luman.server.db.session import Sessions
-from tests.support import PASSWORD, FakeClock, register, unique_email
+from tests.support import PASSWORD, FakeClock, HookedHasher, register, unique_email
 
 
 def _cost(password_hash: bytes | str) -> int:
@@ -139,22 +139,14 @@ def test_password_with_a_nul_byte_is_not_truncated(
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-class PriorityRecordingHasher(PasswordHasher):
+class PriorityRecordingHasher(HookedHasher):
     """Records the nice value and thread of each bcrypt computation as it runs."""
 
     def __init__(self, rounds: int, **options: int) -> None:
         super().__init__(rounds, **options)
         self.seen: list[tuple[int, int]] = []  # (native thread id, nice)
 
-    def _hash(self, password: bytes) -> bytes:
-        self._record()
-        return super()._hash(password)
-
-    def _check(self, password: bytes, password_hash: bytes) -> bool:
-        self._record()
-        return super()._check(password, password_hash)
-
-    def _record(self) -> None:
+    def on_bcrypt(self) -> None:
         thread = threading.get_native_id()
         self.seen.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
 
