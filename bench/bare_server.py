@@ -4,7 +4,8 @@ It answers every unary method with the same pre-serialized bytes (the product's 
 response, handed over in a file), so the message sizes on the wire match the product's. The
 server model and options match `luman.server.app.build_server`: `grpc.server` on a
 ThreadPoolExecutor with the same max_workers, the same channel options (the product's own
-`server_options`, so the two cannot drift apart) and the same maximum_concurrent_rpcs.
+`server_options`, so the two cannot drift apart), the same maximum_concurrent_rpcs, and its
+start-up heap frozen as `luman-server serve` freezes the product's.
 `--aio` runs the same handler on `grpc.aio` instead, for the server-model comparison in
 BENCHMARKS.md. `--floor` makes each call do, at grpcio's level, what every call to the product
 must: parse a protobuf request and serialize a protobuf response (the same bytes), read the
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from luman.auth.v1 import auth_service_pb2
-from luman.server.app import server_options, wait_for_stop
+from luman.server.app import freeze_startup_heap, server_options, wait_for_stop
 from luman.server.config import Settings
 
 READY = "READY"
@@ -126,6 +127,7 @@ def _serve_sync(response: bytes, settings: Settings, *, floor: bool = False) -> 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    freeze_startup_heap()  # as the product does
     server.start()
     _announce(port)
     wait_for_stop(stop)
@@ -146,6 +148,7 @@ async def _serve_aio(response: bytes, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    freeze_startup_heap()
     await server.start()
     _announce(port)
     await stop.wait()

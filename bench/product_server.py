@@ -1,7 +1,8 @@
 """The product under test: the real App from `luman.server.app.build_server`, in its own process.
 
 Configured from the environment exactly like `luman-server serve` (Settings.from_env, the same
-engine pool size, the same graceful stop that flushes the request log), with three additions
+engine pool size, the start-up heap frozen, the same graceful stop that flushes the request
+log), with three additions
 the harness needs: it prints `READY <port>` once serving, prints `STATS <json>` with the
 request-log writer's counters after stopping, and `--request-log off` swaps the request-log
 writer for one that discards entries, to price the log writes.
@@ -20,7 +21,7 @@ import sys
 import threading
 
 from luman.interceptors.request_logging import RequestLogEntry
-from luman.server.app import build_server, wait_for_stop
+from luman.server.app import build_server, freeze_startup_heap, wait_for_stop
 from luman.server.config import Settings
 from luman.server.db import migrate
 from luman.server.db.session import make_engine, make_sessions
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+        freeze_startup_heap()  # as `luman-server serve` does
         app.start()
         _emit(READY, str(app.port))
         wait_for_stop(stop)

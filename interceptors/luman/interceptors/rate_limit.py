@@ -102,6 +102,7 @@ class RateLimiter(Protocol):
 
 
 DEFAULT_SLOTS = 1000
+_new_decision = tuple.__new__
 
 
 class _Log:
@@ -187,7 +188,10 @@ class SlidingWindowLimiter:
             self._logs[key] = log
             self._logs.move_to_end(key)
             remaining = self._limit - log.count
-            return Decision(True, self._limit, remaining, entries[0][0] + window - now, now)
+            # Decision(...) without the NamedTuple's Python-level __new__: every call admits.
+            return _new_decision(
+                Decision, (True, self._limit, remaining, entries[0][0] + window - now, now)
+            )
 
     def peek(self, key: str) -> Decision:
         with self._lock:

@@ -42,6 +42,8 @@ class RequestLogEntry(NamedTuple):
 
 Sink = Callable[[RequestLogEntry], None]
 
+# tuple.__new__(RequestLogEntry, fields): the NamedTuple without its Python-level __new__.
+_new_entry = tuple.__new__
 _OK = grpc.StatusCode.OK.name
 _UNKNOWN = grpc.StatusCode.UNKNOWN.name
 
@@ -136,14 +138,17 @@ class RequestLoggingInterceptor(MethodInterceptor):
             logger.debug("rpc %s %s %.1fms ip=%s", method_name, status, duration_ms, caller.ip)
         if sink is None:
             return
-        entry = RequestLogEntry(
-            started_at,
-            method_name,
-            status,
-            duration_ms,
-            record.user_id,
-            caller.ip,
-            caller.user_agent,
+        entry = _new_entry(
+            RequestLogEntry,
+            (
+                started_at,
+                method_name,
+                status,
+                duration_ms,
+                record.user_id,
+                caller.ip,
+                caller.user_agent,
+            ),
         )
         try:
             sink(entry)

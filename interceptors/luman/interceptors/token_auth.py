@@ -37,11 +37,12 @@ def bearer_from(values: Sequence[str | bytes]) -> str:
             "CREDENTIALS_MALFORMED", "expected one 'authorization: Bearer <token>'"
         )
     scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise UnauthenticatedError(
             "CREDENTIALS_MALFORMED", "expected 'authorization: Bearer <token>'"
         )
-    return token.strip()
+    return token
 
 
 class TokenAuthInterceptor(MethodInterceptor):
