@@ -19,6 +19,7 @@ from bench import h2load
 from bench.scenarios import (
     BASELINE,
     BENCH_RATE_LIMIT,
+    FLOOR,
     P99_STREAMS,
     SCENARIOS,
     BackendResult,
@@ -216,6 +217,14 @@ def render(results: Results) -> str:
         "with a target are paired: each of their runs follows a bare run at the same streams, "
         f"and their {TIMES} bare is the median of the run-by-run ratios.",
     ]
+    if results.floor:
+        lines.append(
+            f"- Floor ({FLOOR}, paired like the GetMe series): the bare server sent the "
+            "product's own GetMe request (its bearer token included), parsing it and "
+            "serializing a protobuf response, reading the peer and the metadata, setting the "
+            "three x-ratelimit trailers the product must send, through one interceptor. What "
+            "it loses against the bare server is lost before any Luman code runs."
+        )
     skipped = [b for b in results.backends if b.skipped]
     lines += [f"- {b.label}: skipped ({b.skipped})." for b in skipped]
     lines += ["", "### Targets", ""]
@@ -251,6 +260,10 @@ def _throughput(results: Results) -> list[str]:
     ]
     rows = [
         _throughput_row(series, series, BASELINE) for _, series in sorted(results.baseline.items())
+    ]
+    rows += [
+        _throughput_row(series, results.baseline.get(streams), FLOOR)
+        for streams, series in sorted(results.floor.items())
     ]
     for backend in _measured(results):
         for scenario, by_streams in backend.series.items():

@@ -6,7 +6,8 @@ Order of a full run:
    API (`bench.workload`).
 2. The first backend's GetMe response becomes the bare server's response, and the baseline
    (bare grpcio, thread pool) is measured at every stream count. A second bare server then
-   stays up (idle between its runs) for the paired series.
+   stays up (idle between its runs) for the paired series, the first of which is the floor:
+   the bare server doing grpcio's part of a product GetMe, sent the product's own request.
 3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count. The two GetMe
    series are paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
@@ -61,11 +62,12 @@ SCENARIOS: dict[str, str] = {
     "login": "Login vs raw bcrypt",
     "logging": "request log on/off",
     "model": "thread pool vs grpc.aio",
+    "floor": "grpcio's part of a GetMe (floor)",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
 # Series with a target ratio to the bare server: each of their runs comes right after a bare
 # run at the same streams, and the ratio is the median of those pairs (report.ratio).
-PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli"))
+PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli", "floor"))
 BACKENDS = ("sqlite", "postgresql")
 P99_STREAMS = 16  # the issue's latency target is p99 at 16 streams
 LOGGING_OFF_STREAMS = (16, 64)
@@ -77,6 +79,7 @@ BENCH_RATE_LIMIT = str(10**9)
 # off, which prices only the database writes.)
 LOGGING_OFF_ENV: dict[str, str] = {"REQUEST_LOG_ENABLED": "false"}
 BASELINE = "bare grpcio, thread pool"
+FLOOR = "bare grpcio doing grpcio's part of GetMe"
 AIO = "bare grpcio, grpc.aio"
 
 
@@ -186,6 +189,8 @@ class Results:
     finished: dt.datetime | None = None
     response_bytes: int = 0
     baseline: dict[int, Series] = dataclasses.field(default_factory=dict)
+    # The bare server with --floor, sent the product's own GetMe request (paired with bare).
+    floor: dict[int, Series] = dataclasses.field(default_factory=dict)
     aio: dict[int, Series] = dataclasses.field(default_factory=dict)
     backends: list[BackendResult] = dataclasses.field(default_factory=list)
     bare_peak_rss_bytes: int | None = None
@@ -345,6 +350,8 @@ class Bench:
             command["name"] = "bare-paired"
             server = self._stack.enter_context(python_server(**command))
             self._paired = (call, server.port)
+        if self.options.wants("floor"):
+            self.results.floor = self._floor_pass(workload)
 
     def _baseline_pass(self) -> None:
         for streams, series in self._bare_pass(aio=False).items():
@@ -376,6 +383,28 @@ class Bench:
             "workdir": self.workdir,
         }
         return GrpcCall(name, GET_ME, b"", response), command
+
+    def _floor_pass(self, workload: Workload) -> dict[int, Series]:
+        """The floor: what grpcio alone costs for a product GetMe (the same request with its
+        bearer token, a protobuf response, the peer, the metadata, three trailers), paired
+        with the bare server like the GetMe series. The share of the bare server's throughput
+        it loses is lost before any Luman code runs."""
+        _, command = self._bare_command(aio=False)
+        command["name"] = "floor"
+        command["args"] = [*command["args"], "--floor"]
+        call = dataclasses.replace(workload.getme_access, name="floor")
+        with python_server(**command) as server:
+            return {
+                streams: self.series(
+                    call,
+                    port=server.port,
+                    backend="—",
+                    title=FLOOR,
+                    streams=streams,
+                    paired=self._paired,
+                )
+                for streams in self.options.streams
+            }
 
     def _bare_pass(self, *, aio: bool) -> dict[int, Series]:
         call, command = self._bare_command(aio=aio)
@@ -614,6 +643,7 @@ class Bench:
 def iter_series(results: Results) -> Iterator[Series]:
     """Every series in a run, for checks that apply to all of them."""
     yield from results.baseline.values()
+    yield from results.floor.values()
     yield from results.aio.values()
     for backend in results.backends:
         for by_streams in backend.series.values():

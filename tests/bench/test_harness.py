@@ -5,6 +5,7 @@ one of them as a success. Counts only, never timings."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 
 from bench import bare_server, h2load, instructions, report, trailers
 from bench.h2load import GrpcCall, Load
-from bench.processes import python_server
-from bench.scenarios import LOGGING_OFF_ENV, Series
+from bench.processes import CpuPlan, python_server
+from bench.scenarios import FLOOR, LOGGING_OFF_ENV, Options, Results, Series
 from bench.stats import percentile
 from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -292,3 +293,25 @@ def test_a_paired_series_is_compared_with_its_own_bare_runs_run_by_run() -> None
     assert report.bare_ratio(product, pooled_baseline) is None
     product.paired = None
     assert report.bare_ratio(product, pooled_baseline) == pytest.approx(0.5)
+
+
+def test_the_floor_is_reported_against_its_own_bare_runs() -> None:
+    results = Results(
+        Options(),
+        CpuPlan(None, None, "not pinned"),
+        Settings(),
+        "python -m bench",
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    results.baseline[16] = _series_of([2000.0, 2000.0, 2000.0])
+    floor = _series_of([1800.0, 900.0, 900.0])
+    floor.paired = _series_of([2000.0, 1000.0, 1000.0])
+    results.floor[16] = floor
+
+    rendered = report.render(results).splitlines()
+    rows = [line for line in rendered if line.startswith("|") and FLOOR in line]
+    # One throughput row, at 16 streams, 0.90 of the bare runs it was paired with (pooled
+    # medians would say 900 / 2000).
+    assert len(rows) == 1
+    assert rows[0].startswith(f"| — | {FLOOR} | 16 | 900 ")
+    assert "| 0.90 |" in rows[0]
