@@ -323,28 +323,40 @@ def _login(results: Results) -> list[str]:
     return _table(header, rows)
 
 
+def log_on_off(
+    backend: BackendResult, streams: int
+) -> tuple[Series | None, Series | None, float | None]:
+    """(request log on, off, on / off) at `streams`: the off series' paired product runs and
+    the median of the run-by-run ratios; without pairs, the GetMe series and plain medians."""
+    off = backend.logging_off.get(streams)
+    if off is not None and off.paired is not None:
+        return off.paired, off, _paired_ratio(off.paired, off)
+    on = backend.series.get("getme_access", {}).get(streams)
+    return on, off, ratio(on, off)
+
+
 def _logging(results: Results) -> list[str]:
     header = [
         "Backend",
         "Streams",
-        "GetMe req/s, writer on",
+        "GetMe req/s, request log on",
         "request log off",
         "on / off",
-        f"request_logs rows/s during the run (min{DASH}max)",
+        f"request_logs rows/s during the GetMe series (min{DASH}max)",
     ]
     rows = []
     for backend in _measured(results):
         on_series = backend.series.get("getme_access", {})
         for streams in sorted(set(on_series) | set(backend.logging_off)):
-            on, off = on_series.get(streams), backend.logging_off.get(streams)
+            on, off, on_off = log_on_off(backend, streams)
             rows.append(
                 [
                     backend.label,
                     str(streams),
                     _rps_cell(on),
                     _rps_cell(off),
-                    _ratio(ratio(on, off)),
-                    _rows_cell(on),
+                    _ratio(on_off),
+                    _rows_cell(on_series.get(streams)),
                 ]
             )
     lines = _table(header, rows)
@@ -363,6 +375,13 @@ def _logging(results: Results) -> list[str]:
             notes.append(f"{backend.label} request_logs rows by status: {statuses or 'none'}.")
     if not any(backend.logging_off for backend in _measured(results)):
         notes.append("The writer-off server was not run (`--only` without `logging`).")
+    elif any(off.paired for b in _measured(results) for off in b.logging_off.values()):
+        notes.insert(
+            0,
+            "On / off is paired: the request-log-off server ran beside the product, each of "
+            "its runs right after a product run at the same streams; the ratio is the median "
+            "of the run-by-run ratios, and the on column shows those product runs.",
+        )
     return lines + [""] + [f"- {n}" for n in notes]
 
 
@@ -460,8 +479,8 @@ def _targets(results: Results) -> list[str]:
         p99 = access.get(P99_STREAMS)
         if p99 is not None:
             rows.append(_p99_target(backend, f"GetMe p99 @{P99_STREAMS} streams < 10 ms", p99))
-        for streams, off in sorted(backend.logging_off.items()):
-            r = ratio(access.get(streams), off)
+        for streams in sorted(backend.logging_off):
+            r = log_on_off(backend, streams)[2]
             rows.append(
                 [
                     "Request logging costs < 10 % (off → on)",

@@ -11,8 +11,10 @@ Order of a full run:
 3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count. The two GetMe
    series are paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
-5. After a graceful stop (which flushes the request log): request_logs growth, statuses, the
-   writer's counters; then the same server with the request log off, for on/off.
+5. Request log on/off: the same server with the request log off (no interceptor, no writer),
+   started beside the product, which stays up; each of its GetMe runs follows a product run
+   at the same streams (paired, like the bare server's pairs). Then, after a graceful stop
+   (which flushes the request log): request_logs growth, statuses, the writer's counters.
 6. The baseline again (a drifting machine shows up as a wide min-max), then grpc.aio.
 
 Every series: one nghttp probe (grpc-status must be 0), one unmeasured warm-up run, then
@@ -80,6 +82,7 @@ BENCH_RATE_LIMIT = str(10**9)
 LOGGING_OFF_ENV: dict[str, str] = {"REQUEST_LOG_ENABLED": "false"}
 BASELINE = "bare grpcio, thread pool"
 FLOOR = "bare grpcio doing grpcio's part of GetMe"
+LOGGING_ON = "GetMe, access token, request log on"
 AIO = "bare grpcio, grpc.aio"
 
 
@@ -298,6 +301,8 @@ class Bench:
                 }
             if options.wants("login"):
                 result.login = self._login(db, server, workload, result.label)
+            if options.wants("logging"):
+                result.logging_off = self._logging_off(env, result.label, workload, server.port)
             result.peak_rss_bytes = server.peak_rss_bytes()
         # Stopped gracefully: the request log is flushed.
         result.writer = server.stats
@@ -308,25 +313,34 @@ class Bench:
         if bytes_before is not None and bytes_after is not None:
             result.log_bytes = bytes_after - bytes_before
         result.log_statuses = db.count_by(REQUEST_LOGS, "status")
-        if options.wants("logging"):
-            env_off = {**env, **LOGGING_OFF_ENV}
-            with self._product(env_off, f"{result.label}, request log off", log="off") as server:
-                call = dataclasses.replace(workload.getme_access, name="getme_access_log_off")
-                streams_off = [s for s in options.streams if s in LOGGING_OFF_STREAMS] or [
-                    max(options.streams)
-                ]
-                result.logging_off = {
-                    streams: self.series(
-                        call,
-                        port=server.port,
-                        backend=result.label,
-                        title="GetMe, access token, request log off",
-                        streams=streams,
-                    )
-                    for streams in streams_off
-                }
 
     # -- pieces ----------------------------------------------------------------------------
+
+    def _logging_off(
+        self, env: Mapping[str, str], label: str, workload: Workload, on_port: int
+    ) -> dict[int, Series]:
+        """GetMe on the same server with the request log off (LOGGING_OFF_ENV), started beside
+        the product, which stays up: each off run is paired with a product run just before it
+        (request log on), so on / off compares the same minutes of the machine."""
+        env_off = {**env, **LOGGING_OFF_ENV}
+        on_call = workload.getme_access
+        call = dataclasses.replace(on_call, name="getme_access_log_off")
+        streams_off = [s for s in self.options.streams if s in LOGGING_OFF_STREAMS] or [
+            max(self.options.streams)
+        ]
+        with self._product(env_off, f"{label}, request log off", log="off") as server:
+            return {
+                streams: self.series(
+                    call,
+                    port=server.port,
+                    backend=label,
+                    title="GetMe, access token, request log off",
+                    streams=streams,
+                    paired=(on_call, on_port),
+                    paired_title=LOGGING_ON,
+                )
+                for streams in streams_off
+            }
 
     def _product(
         self, env: Mapping[str, str], name: str, log: str = "on"
@@ -435,16 +449,21 @@ class Bench:
         streams: int,
         count_rows: Callable[[], int | None] | None = None,
         paired: tuple[GrpcCall, int] | None = None,
+        paired_title: str = BASELINE,
     ) -> Series:
         """Probe, warm up, then measure `call` at `streams` streams `runs` times.
 
-        With `paired` (the bare server's call and port), each run comes right after a run of
-        the bare server, kept in `series.paired`: the two halves of a pair see the same machine.
+        With `paired` (a call and port: the bare server's, unless `paired_title` says what
+        else), each run comes right after a run of that server, kept in `series.paired`: the
+        two halves of a pair see the same machine.
         """
         series = Series(backend, title, streams, len(call.expected_response))
         targets = [(call, port, series)]
         if paired is not None:
-            series.paired = Series("—", BASELINE, streams, len(paired[0].expected_response))
+            paired_backend = "—" if paired_title == BASELINE else backend
+            series.paired = Series(
+                paired_backend, paired_title, streams, len(paired[0].expected_response)
+            )
             targets.insert(0, (*paired, series.paired))
         for target_call, target_port, target in targets:
             probe = trailers.probe(target_call, port=target_port, workdir=self.workdir)

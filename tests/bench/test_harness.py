@@ -15,7 +15,7 @@ import pytest
 from bench import bare_server, h2load, instructions, report, trailers
 from bench.h2load import GrpcCall, Load
 from bench.processes import CpuPlan, python_server
-from bench.scenarios import FLOOR, LOGGING_OFF_ENV, Options, Results, Series
+from bench.scenarios import FLOOR, LOGGING_OFF_ENV, BackendResult, Options, Results, Series
 from bench.stats import percentile
 from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -315,3 +315,20 @@ def test_the_floor_is_reported_against_its_own_bare_runs() -> None:
     assert len(rows) == 1
     assert rows[0].startswith(f"| — | {FLOOR} | 16 | 900 ")
     assert "| 0.90 |" in rows[0]
+
+
+def test_request_log_on_off_uses_the_product_runs_paired_with_the_off_runs() -> None:
+    backend = BackendResult("SQLite")
+    # The GetMe series ran minutes earlier, on a faster machine: 2000 against 1000 would read
+    # "logging halves throughput".
+    backend.series["getme_access"] = {16: _series_of([2000.0, 2000.0, 2000.0])}
+    off = _series_of([1000.0, 1100.0, 1000.0])
+    off.paired = _series_of([950.0, 990.0, 800.0])  # the product, right before each off run
+    backend.logging_off[16] = off
+
+    on, measured_off, on_off = report.log_on_off(backend, 16)
+    assert on is off.paired
+    assert measured_off is off
+    assert on_off == pytest.approx(0.9)  # median of 0.95, 0.9, 0.8
+    off.paired = None  # an unpaired run falls back to plain medians
+    assert report.log_on_off(backend, 16)[2] == pytest.approx(2.0)
