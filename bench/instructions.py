@@ -17,8 +17,9 @@ Configurations (a comma-separated `--only` picks some):
 
 - `bare`: the baseline server of `python -m bench` (bytes in, bytes out).
 - `floor`: the baseline server doing, at grpcio's level, what every product call must: a
-  protobuf request and response, the peer address and metadata read, three trailers set, the
-  status read, one interceptor (`bench.bare_server --floor`). No Luman code at all.
+  protobuf request and response, an access-token-sized authorization header received, the
+  peer address and metadata read, three trailers set, the status read, one interceptor
+  (`bench.bare_server --floor`). No Luman code at all.
 - `product`: the product (`bench.product_server`), GetMe with an access token, full chain.
 - `product-log-discarded`: the same with the request-log writer discarding entries (the
   logging interceptor still runs): the difference to `product` is the database writes.
@@ -53,6 +54,9 @@ from bench.scenarios import Options, product_env
 from bench.stats import TIMES
 from bench.workload import OWNER_EMAIL, prepare
 from luman.auth.v1 import auth_service_pb2
+from luman.server.auth.tokens import TokenCodec
+from luman.server.clock import system_clock
+from luman.server.config import Settings
 
 logger = logging.getLogger("bench.instructions")
 
@@ -191,7 +195,7 @@ def _bare_run(
             method="/luman.auth.v1.AuthService/GetMe",
             request=b"",
             expected_response=response,
-            metadata=(("authorization", "Bearer bench"),),
+            metadata=(("authorization", _authorization(config)),),
         )
         _calls(call, port, workdir, streams, WARMUP_CALLS)
         settle(port)
@@ -231,6 +235,16 @@ def measure(
     per_call = (long_run[0] - short_run[0]) // (calls - short)
     label = backend if config.startswith("product") else "—"
     return Count(config, label, per_call, short_run[0], long_run[0]), long_run[1]
+
+
+def _authorization(config: str) -> str:
+    """The floor receives a bearer token as long as the product's access tokens (grpcio reads
+    every byte of it); the bare server a short one."""
+    if config != "floor":
+        return "Bearer bench"
+    settings = Settings.from_env(product_env(Options(), "sqlite://", Path(".")))
+    issued = TokenCodec(settings, system_clock).issue("access", uuid.uuid4(), uuid.uuid4())
+    return f"Bearer {issued.token}"
 
 
 def _sample_response() -> bytes:
