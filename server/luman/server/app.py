@@ -98,7 +98,7 @@ def freeze_startup_heap() -> None:
     and the protobuf descriptors are some 90,000 objects that live as long as the process, and
     every full collection walked them all again: under load (request-log entries and grpcio's
     per-call objects reach the oldest generation) that was a 40 ms pause every few seconds,
-    1.5 % of the server's time (BENCHMARKS.md). Garbage is collected first, so only live
+    1.6 % of the server's time (BENCHMARKS.md). Garbage is collected first, so only live
     objects are frozen; what they drop later is still freed by reference counting.
     """
     gc.collect()
