@@ -370,6 +370,17 @@ def _logging(results: Results) -> list[str]:
                 f"{w.get('request_log_failed')} lost to database errors, "
                 f"{w.get('request_log_after_close')} arrived after close."
             )
+        if backend.writer_ceiling is not None:
+            notes.append(
+                f"{backend.label} writer ceiling: {backend.writer_ceiling:,.0f} rows/s "
+                f"({1e6 / backend.writer_ceiling:.1f} µs per row), `store.insert_entries` of "
+                "500-row batches on one thread pinned to the server's CPU, after the product "
+                "stopped, into request_logs as the run left it (`bench/log_writer.py`)."
+            )
+        elif backend.writer_ceiling_failure:
+            notes.append(
+                f"{backend.label} writer ceiling: FAILED ({backend.writer_ceiling_failure})."
+            )
         if backend.log_statuses is not None:
             statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(backend.log_statuses.items()))
             notes.append(f"{backend.label} request_logs rows by status: {statuses or 'none'}.")

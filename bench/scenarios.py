@@ -179,6 +179,9 @@ class BackendResult:
     log_rows: int | None = None  # request_logs rows written while the server ran
     log_bytes: int | None = None  # growth of request_logs (table and indexes) meanwhile
     log_statuses: dict[str, int] | None = None
+    # rows/s of store.insert_entries alone, pinned to the server CPU, after the product stopped
+    writer_ceiling: float | None = None
+    writer_ceiling_failure: str = ""
     writer: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -313,6 +316,8 @@ class Bench:
         if bytes_before is not None and bytes_after is not None:
             result.log_bytes = bytes_after - bytes_before
         result.log_statuses = db.count_by(REQUEST_LOGS, "status")
+        if options.wants("logging"):
+            self._writer_ceiling(db, result)
 
     # -- pieces ----------------------------------------------------------------------------
 
@@ -609,6 +614,33 @@ class Bench:
                 ),
             )
         return login_run, getme_run
+
+    def _writer_ceiling(self, db: BenchDatabase, result: BackendResult) -> None:
+        """The request-log writer's ceiling on the server's CPU (bench/log_writer.py)."""
+        command = [
+            *CpuPlan.pin(self.cpu.server),
+            sys.executable,
+            "-m",
+            "bench.log_writer",
+            "--database-url",
+            db.url,
+            "--seconds",
+            str(self.options.duration),
+        ]
+        try:
+            # Our interpreter and module; no shell.
+            done = subprocess.run(  # noqa: S603
+                command,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=self.options.duration * 4 + 60,
+                env=harness_env(),
+            )
+            result.writer_ceiling = float(json.loads(done.stdout)["per_second"])
+        except (subprocess.SubprocessError, ValueError, KeyError) as exc:
+            result.writer_ceiling_failure = type(exc).__name__
+            logger.warning("%s: writer ceiling not measured: %s", result.label, exc)
 
     def _raw_bcrypt(self, rounds: int, threads: int) -> float:
         command = [

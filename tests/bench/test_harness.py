@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench import bare_server, h2load, instructions, report, trailers
+from bench import bare_server, h2load, instructions, log_writer, report, trailers
 from bench.h2load import GrpcCall, Load
 from bench.processes import CpuPlan, python_server
 from bench.scenarios import FLOOR, LOGGING_OFF_ENV, BackendResult, Options, Results, Series
@@ -21,6 +21,7 @@ from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.server.app import App, server_options
 from luman.server.config import Settings
+from luman.server.db.session import make_engine
 from tests.support import register
 
 REQUESTS = 40
@@ -332,3 +333,22 @@ def test_request_log_on_off_uses_the_product_runs_paired_with_the_off_runs() -> 
     assert on_off == pytest.approx(0.9)  # median of 0.95, 0.9, 0.8
     off.paired = None  # an unpaired run falls back to plain medians
     assert report.log_on_off(backend, 16)[2] == pytest.approx(2.0)
+
+
+def test_the_writer_ceiling_counts_the_rows_it_inserted(database_url: str) -> None:
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        result = log_writer.measure(database_url, seconds=0.05, batch_size=20)
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT count(*) FROM request_logs").scalar_one()
+            latest = conn.exec_driver_sql(
+                "SELECT count(DISTINCT time) FROM request_logs"
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert result["rows"] >= 20
+    assert result["rows"] % 20 == 0
+    # The untimed first batch, then exactly the rows it counted, every one with its own time.
+    assert stored == result["rows"] + 20
+    assert latest == stored
+    assert result["per_second"] == pytest.approx(result["rows"] / result["seconds"])
