@@ -617,41 +617,37 @@ class Bench:
 
     def _writer_ceiling(self, db: BenchDatabase, result: BackendResult) -> None:
         """The request-log writer's ceiling on the server's CPU (bench/log_writer.py)."""
-        command = [
-            *CpuPlan.pin(self.cpu.server),
-            sys.executable,
-            "-m",
-            "bench.log_writer",
-            "--database-url",
-            db.url,
-            "--seconds",
-            str(self.options.duration),
-        ]
         try:
-            # Our interpreter and module; no shell.
-            done = subprocess.run(  # noqa: S603
-                command,
-                capture_output=True,
-                text=True,
-                check=True,
+            result.writer_ceiling = self._pinned_rate(
+                "bench.log_writer",
+                ["--database-url", db.url],
                 timeout=self.options.duration * 4 + 60,
-                env=harness_env(),
             )
-            result.writer_ceiling = float(json.loads(done.stdout)["per_second"])
         except (subprocess.SubprocessError, ValueError, KeyError) as exc:
             result.writer_ceiling_failure = type(exc).__name__
             logger.warning("%s: writer ceiling not measured: %s", result.label, exc)
 
     def _raw_bcrypt(self, rounds: int, threads: int) -> float:
+        return self._pinned_rate(
+            "bench.raw_bcrypt",
+            ["--rounds", str(rounds), "--threads", str(threads)],
+            timeout=self.options.duration + 60,
+        )
+
+    def _pinned_rate(self, module: str, args: list[str], *, timeout: float) -> float:
+        """Run `python -m module args --seconds <duration>` pinned to the server's CPU and
+        return the "per_second" of the JSON object it prints (raw_bcrypt, log_writer).
+
+        Raises:
+            subprocess.SubprocessError: it failed or timed out.
+            ValueError, KeyError: it printed no such object.
+        """
         command = [
             *CpuPlan.pin(self.cpu.server),
             sys.executable,
             "-m",
-            "bench.raw_bcrypt",
-            "--rounds",
-            str(rounds),
-            "--threads",
-            str(threads),
+            module,
+            *args,
             "--seconds",
             str(self.options.duration),
         ]
@@ -661,7 +657,7 @@ class Bench:
             capture_output=True,
             text=True,
             check=True,
-            timeout=self.options.duration + 60,
+            timeout=timeout,
             env=harness_env(),
         )
         return float(json.loads(result.stdout)["per_second"])
