@@ -11,7 +11,9 @@ BENCHMARKS.md. `--floor` makes each call do, at grpcio's level, what every call 
 must: parse a protobuf request and serialize a protobuf response (the same bytes), read the
 peer address and the metadata, set three trailers, read the status code, and pass one
 interceptor. No Luman code runs; `python -m bench.instructions` uses it to show how much of the
-product's cost is grpcio's own.
+product's cost is grpcio's own. `--lean` adds to the floor the least Python any GetMe through
+Luman's chain has to run on a token-cache hit, written as one function with nothing shared
+but a lock (see `_lean_server`): a lower bound for the product's chain, not a design for it.
 
 Run as `python -m bench.bare_server --response-file F`; it prints `READY <port>` on stdout once
 it serves on 127.0.0.1, and stops on SIGTERM or SIGINT.
@@ -21,9 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import datetime as dt
+import hashlib
+import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -116,13 +123,117 @@ def _floor_server(response: bytes, settings: Settings) -> grpc.Server:
     return _thread_pool_server(handler, settings, [_PassThrough()])
 
 
+# The product's default rate-limit window and its benchmark limit (bench.scenarios).
+_WINDOW_SECONDS = 900.0
+_LIMIT = 10**9
+_SLOTS = 1000
+_LOG_QUEUE = 10_000
+
+
+def _lean_server(response: bytes, settings: Settings) -> grpc.Server:
+    """The floor plus what every GetMe through the product's chain must do in Python on a
+    token-cache hit, with no layering at all: read the bearer token and user agent from the
+    metadata, resolve the peer through a memo, hash the token (SHA-256) for the cache lookup
+    and check its expiry against the wall clock, count the call in the caller's sliding
+    window (one lock, one slot per 1/1000 of the window, as the product's limiter at a high
+    limit), set the three trailers from that count, time the call and queue a request-log
+    entry. Left out, so that this stays a lower bound: the database write of the entry (see
+    the writer ceiling), error mapping, the ContextVars, and the token's one real check (a
+    token is accepted when first seen; every later call is a hit, as in the product).
+    """
+    message = auth_service_pb2.GetMeResponse.FromString(response)
+    tokens: dict[bytes, tuple[str, float]] = {}
+    peers: dict[str, str] = {}
+    windows: dict[str, collections.deque[list[float]]] = {}
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+    log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=_LOG_QUEUE)
+    limit_header = ("x-ratelimit-limit", str(_LIMIT))
+    quantum = _WINDOW_SECONDS / _SLOTS
+    wall, timer, utc = time.time, time.perf_counter, dt.UTC
+
+    def call(
+        request: auth_service_pb2.GetMeRequest, context: grpc.ServicerContext
+    ) -> auth_service_pb2.GetMeResponse:
+        started, started_at = timer(), dt.datetime.now(utc)
+        authorization = agent = ""
+        for key, value in context.invocation_metadata():
+            if isinstance(value, bytes):
+                continue
+            if key == "authorization":
+                authorization = value
+            elif key == "user-agent":
+                agent = value
+        peer = context.peer()
+        ip = peers.get(peer)
+        if ip is None:
+            ip = peers.setdefault(peer, peer.rpartition(":")[0])
+        digest = hashlib.sha256(authorization[7:].encode()).digest()
+        cached = tokens.get(digest)
+        if cached is None:
+            cached = tokens.setdefault(digest, ("user:" + digest.hex()[:32], wall() + 3600))
+        user, expires = cached
+        if wall() >= expires:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "token expired")
+        with lock:
+            now = time.monotonic()
+            entries = windows.get(user)
+            if entries is None:
+                entries = windows[user] = collections.deque()
+                counts[user] = 0
+            while entries and entries[0][0] + _WINDOW_SECONDS <= now:
+                counts[user] -= int(entries.popleft()[2])
+            slot = now // quantum
+            if entries and entries[-1][1] == slot:
+                entries[-1][0] = now
+                entries[-1][2] += 1
+            else:
+                entries.append([now, slot, 1])
+            counts[user] = count = counts[user] + 1
+            reset = entries[0][0] + _WINDOW_SECONDS - now
+        context.set_trailing_metadata(
+            (
+                limit_header,
+                ("x-ratelimit-remaining", str(_LIMIT - count)),
+                ("x-ratelimit-reset", str(max(0, math.ceil(reset - 0.0005)))),
+            )
+        )
+        code = cast(Any, context).code()  # grpc-stubs predates code()
+        log.append(
+            (
+                started_at,
+                "/luman.auth.v1.AuthService/GetMe",
+                "OK" if code is None else code.name,
+                (timer() - started) * 1000,
+                user,
+                ip,
+                agent,
+            )
+        )
+        return message
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        call,
+        request_deserializer=auth_service_pb2.GetMeRequest.FromString,
+        response_serializer=auth_service_pb2.GetMeResponse.SerializeToString,
+    )
+    return _thread_pool_server(handler, settings, [_PassThrough()])
+
+
 def _announce(port: int) -> None:
     sys.stdout.write(f"{READY} {port}\n")
     sys.stdout.flush()
 
 
-def _serve_sync(response: bytes, settings: Settings, *, floor: bool = False) -> None:
-    server = (_floor_server if floor else _sync_server)(response, settings)
+_SYNC_SERVERS: dict[str, Callable[[bytes, Settings], grpc.Server]] = {
+    "bare": _sync_server,
+    "floor": _floor_server,
+    "lean": _lean_server,
+}
+
+
+def _serve_sync(response: bytes, settings: Settings, *, kind: str = "bare") -> None:
+    server = _SYNC_SERVERS[kind](response, settings)
     port = server.add_insecure_port("127.0.0.1:0")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -162,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--floor", action="store_true", help="do grpcio's part of a product call (see above)"
     )
+    parser.add_argument(
+        "--lean", action="store_true", help="the floor plus the least chain work (see above)"
+    )
     parser.add_argument("--max-workers", type=int, default=Settings.max_workers)
     parser.add_argument("--max-concurrent-rpcs", type=int, default=Settings.max_concurrent_rpcs)
     args = parser.parse_args(argv)
@@ -170,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.aio:
         asyncio.run(_serve_aio(response, settings))
     else:
-        _serve_sync(response, settings, floor=args.floor)
+        _serve_sync(
+            response, settings, kind="lean" if args.lean else "floor" if args.floor else "bare"
+        )
 
 
 if __name__ == "__main__":

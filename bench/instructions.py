@@ -20,6 +20,10 @@ Configurations (a comma-separated `--only` picks some):
   protobuf request and response, an access-token-sized authorization header received, the
   peer address and metadata read, three trailers set, the status read, one interceptor
   (`bench.bare_server --floor`). No Luman code at all.
+- `lean`: the floor plus the least Python a GetMe through the chain must run on a token-cache
+  hit, as one function (`bench.bare_server --lean`): token hash and expiry, the sliding-window
+  count, the trailers from it, a request-log entry queued. A lower bound for the product's
+  chain without the log's database write.
 - `product`: the product (`bench.product_server`), GetMe with an access token, full chain.
 - `product-log-discarded`: the same with the request-log writer discarding entries (the
   logging interceptor still runs): the difference to `product` is the database writes.
@@ -62,7 +66,7 @@ logger = logging.getLogger("bench.instructions")
 
 BEGIN = "<!-- instructions:begin -->"
 END = "<!-- instructions:end -->"
-CONFIGS = ("bare", "floor", "product", "product-log-discarded", "product-log-off")
+CONFIGS = ("bare", "floor", "lean", "product", "product-log-discarded", "product-log-off")
 WARMUP_CALLS = 200
 STOP_TIMEOUT_SECONDS = 300.0  # valgrind writes its output at exit, after the product's flush
 H2LOAD_TIMEOUT_SECONDS = 900.0
@@ -187,7 +191,7 @@ def _bare_run(
         "bench.bare_server",
         "--response-file",
         str(response_file),
-        *(["--floor"] if config == "floor" else []),
+        *([f"--{config}"] if config in ("floor", "lean") else []),
     ]
     with _server(command, harness_env(), workdir, workdir / "server.log") as port:
         call = GrpcCall(
@@ -238,9 +242,10 @@ def measure(
 
 
 def _authorization(config: str) -> str:
-    """The floor receives a bearer token as long as the product's access tokens (grpcio reads
-    every byte of it); the bare server a short one."""
-    if config != "floor":
+    """The floor and the lean chain receive a bearer token as long as the product's access
+    tokens (grpcio reads every byte of it, the lean chain hashes it); the bare server a short
+    one."""
+    if config not in ("floor", "lean"):
         return "Bearer bench"
     settings = Settings.from_env(product_env(Options(), "sqlite://", Path(".")))
     issued = TokenCodec(settings, system_clock).issue("access", uuid.uuid4(), uuid.uuid4())

@@ -20,6 +20,7 @@ from bench.scenarios import (
     BASELINE,
     BENCH_RATE_LIMIT,
     FLOOR,
+    LEAN,
     P99_STREAMS,
     SCENARIOS,
     BackendResult,
@@ -225,6 +226,14 @@ def render(results: Results) -> str:
             "three x-ratelimit trailers the product must send, through one interceptor. What "
             "it loses against the bare server is lost before any Luman code runs."
         )
+    if results.lean:
+        lines.append(
+            f"- Lean chain ({LEAN}, paired the same way): the floor plus, in one function, "
+            "what every GetMe through the chain must do on a token-cache hit: hash the token "
+            "and check its expiry, count the call in a sliding window, set the trailers from "
+            "that count, queue a request-log entry. No database write, no layers: a lower "
+            "bound for the product, not a design for it."
+        )
     skipped = [b for b in results.backends if b.skipped]
     lines += [f"- {b.label}: skipped ({b.skipped})." for b in skipped]
     lines += ["", "### Targets", ""]
@@ -262,8 +271,9 @@ def _throughput(results: Results) -> list[str]:
         _throughput_row(series, series, BASELINE) for _, series in sorted(results.baseline.items())
     ]
     rows += [
-        _throughput_row(series, results.baseline.get(streams), FLOOR)
-        for streams, series in sorted(results.floor.items())
+        _throughput_row(series, results.baseline.get(streams), title)
+        for bound, title in ((results.floor, FLOOR), (results.lean, LEAN))
+        for streams, series in sorted(bound.items())
     ]
     for backend in _measured(results):
         for scenario, by_streams in backend.series.items():

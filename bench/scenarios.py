@@ -7,7 +7,9 @@ Order of a full run:
 2. The first backend's GetMe response becomes the bare server's response, and the baseline
    (bare grpcio, thread pool) is measured at every stream count. A second bare server then
    stays up (idle between its runs) for the paired series, the first of which is the floor:
-   the bare server doing grpcio's part of a product GetMe, sent the product's own request.
+   the bare server doing grpcio's part of a product GetMe, sent the product's own request;
+   then the lean chain: the floor plus the least Python a GetMe through the chain must run
+   (`bench.bare_server --lean`), a lower bound for the product without its database write.
 3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count. The two GetMe
    series are paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
@@ -65,11 +67,12 @@ SCENARIOS: dict[str, str] = {
     "logging": "request log on/off",
     "model": "thread pool vs grpc.aio",
     "floor": "grpcio's part of a GetMe (floor)",
+    "lean": "the least chain work on the floor (lower bound)",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
 # Series with a target ratio to the bare server: each of their runs comes right after a bare
 # run at the same streams, and the ratio is the median of those pairs (report.ratio).
-PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli", "floor"))
+PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli", "floor", "lean"))
 BACKENDS = ("sqlite", "postgresql")
 P99_STREAMS = 16  # the issue's latency target is p99 at 16 streams
 LOGGING_OFF_STREAMS = (16, 64)
@@ -82,6 +85,7 @@ BENCH_RATE_LIMIT = str(10**9)
 LOGGING_OFF_ENV: dict[str, str] = {"REQUEST_LOG_ENABLED": "false"}
 BASELINE = "bare grpcio, thread pool"
 FLOOR = "bare grpcio doing grpcio's part of GetMe"
+LEAN = "the floor plus the least chain work of a GetMe"
 LOGGING_ON = "GetMe, access token, request log on"
 AIO = "bare grpcio, grpc.aio"
 
@@ -197,6 +201,8 @@ class Results:
     baseline: dict[int, Series] = dataclasses.field(default_factory=dict)
     # The bare server with --floor, sent the product's own GetMe request (paired with bare).
     floor: dict[int, Series] = dataclasses.field(default_factory=dict)
+    # The bare server with --lean (the floor plus the least chain work), paired the same way.
+    lean: dict[int, Series] = dataclasses.field(default_factory=dict)
     aio: dict[int, Series] = dataclasses.field(default_factory=dict)
     backends: list[BackendResult] = dataclasses.field(default_factory=list)
     bare_peak_rss_bytes: int | None = None
@@ -370,7 +376,9 @@ class Bench:
             server = self._stack.enter_context(python_server(**command))
             self._paired = (call, server.port)
         if self.options.wants("floor"):
-            self.results.floor = self._floor_pass(workload)
+            self.results.floor = self._bound_pass(workload, "floor", FLOOR)
+        if self.options.wants("lean"):
+            self.results.lean = self._bound_pass(workload, "lean", LEAN)
 
     def _baseline_pass(self) -> None:
         for streams, series in self._bare_pass(aio=False).items():
@@ -403,22 +411,23 @@ class Bench:
         }
         return GrpcCall(name, GET_ME, b"", response), command
 
-    def _floor_pass(self, workload: Workload) -> dict[int, Series]:
-        """The floor: what grpcio alone costs for a product GetMe (the same request with its
-        bearer token, a protobuf response, the peer, the metadata, three trailers), paired
-        with the bare server like the GetMe series. The share of the bare server's throughput
-        it loses is lost before any Luman code runs."""
+    def _bound_pass(self, workload: Workload, kind: str, title: str) -> dict[int, Series]:
+        """A lower bound for a product GetMe, sent the product's own request (its bearer token
+        included) and paired with the bare server like the GetMe series. The floor
+        (`--floor`): what grpcio alone costs (a protobuf request and response, the peer, the
+        metadata, three trailers), lost before any Luman code runs. The lean chain
+        (`--lean`): the floor plus the least Python the chain must run per call."""
         _, command = self._bare_command(aio=False)
-        command["name"] = "floor"
-        command["args"] = [*command["args"], "--floor"]
-        call = dataclasses.replace(workload.getme_access, name="floor")
+        command["name"] = kind
+        command["args"] = [*command["args"], f"--{kind}"]
+        call = dataclasses.replace(workload.getme_access, name=kind)
         with python_server(**command) as server:
             return {
                 streams: self.series(
                     call,
                     port=server.port,
                     backend="—",
-                    title=FLOOR,
+                    title=title,
                     streams=streams,
                     paired=self._paired,
                 )
@@ -691,6 +700,7 @@ def iter_series(results: Results) -> Iterator[Series]:
     """Every series in a run, for checks that apply to all of them."""
     yield from results.baseline.values()
     yield from results.floor.values()
+    yield from results.lean.values()
     yield from results.aio.values()
     for backend in results.backends:
         for by_streams in backend.series.values():

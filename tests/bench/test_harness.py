@@ -15,7 +15,7 @@ import pytest
 from bench import bare_server, h2load, instructions, log_writer, report, trailers
 from bench.h2load import GrpcCall, Load
 from bench.processes import CpuPlan, python_server
-from bench.scenarios import FLOOR, LOGGING_OFF_ENV, BackendResult, Options, Results, Series
+from bench.scenarios import FLOOR, LEAN, LOGGING_OFF_ENV, BackendResult, Options, Results, Series
 from bench.stats import percentile
 from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -235,6 +235,41 @@ def test_floor_server_answers_with_the_product_shaped_response_and_trailers(
     assert set(trailers) >= {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}
 
 
+def test_lean_server_counts_each_callers_window_and_reports_it_in_the_trailers(
+    tmp_path: Path,
+) -> None:
+    # The lower bound must do the work it stands for: a window per token, counted per call.
+    response = instructions._sample_response()
+    (tmp_path / "response.bin").write_bytes(response)
+    with (
+        python_server(
+            "lean",
+            "bench.bare_server",
+            ["--response-file", str(tmp_path / "response.bin"), "--lean"],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            cpu=None,
+            workdir=tmp_path,
+        ) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+
+        def remaining(token: str) -> int:
+            reply, call = stub.GetMe.with_call(
+                auth_service_pb2.GetMeRequest(), metadata=bearer(token), timeout=10
+            )
+            assert reply.SerializeToString() == response
+            trailers = dict(call.trailing_metadata() or ())
+            assert trailers["x-ratelimit-limit"] == str(bare_server._LIMIT)
+            assert 899 <= int(trailers["x-ratelimit-reset"]) <= 900
+            return int(trailers["x-ratelimit-remaining"])
+
+        first = [remaining("token-a") for _ in range(3)]
+        other = remaining("token-b")
+    assert first == [bare_server._LIMIT - 1, bare_server._LIMIT - 2, bare_server._LIMIT - 3]
+    assert other == bare_server._LIMIT - 1
+
+
 def test_instructions_reads_callgrinds_summary_and_rewrites_its_own_block(
     tmp_path: Path,
 ) -> None:
@@ -296,7 +331,8 @@ def test_a_paired_series_is_compared_with_its_own_bare_runs_run_by_run() -> None
     assert report.bare_ratio(product, pooled_baseline) == pytest.approx(0.5)
 
 
-def test_the_floor_is_reported_against_its_own_bare_runs() -> None:
+@pytest.mark.parametrize("bound", ["floor", "lean"])
+def test_each_lower_bound_is_reported_against_its_own_bare_runs(bound: str) -> None:
     results = Results(
         Options(),
         CpuPlan(None, None, "not pinned"),
@@ -305,16 +341,17 @@ def test_the_floor_is_reported_against_its_own_bare_runs() -> None:
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )
     results.baseline[16] = _series_of([2000.0, 2000.0, 2000.0])
-    floor = _series_of([1800.0, 900.0, 900.0])
-    floor.paired = _series_of([2000.0, 1000.0, 1000.0])
-    results.floor[16] = floor
+    series = _series_of([1800.0, 900.0, 900.0])
+    series.paired = _series_of([2000.0, 1000.0, 1000.0])
+    getattr(results, bound)[16] = series
+    title = {"floor": FLOOR, "lean": LEAN}[bound]
 
     rendered = report.render(results).splitlines()
-    rows = [line for line in rendered if line.startswith("|") and FLOOR in line]
+    rows = [line for line in rendered if line.startswith("|") and title in line]
     # One throughput row, at 16 streams, 0.90 of the bare runs it was paired with (pooled
     # medians would say 900 / 2000).
     assert len(rows) == 1
-    assert rows[0].startswith(f"| — | {FLOOR} | 16 | 900 ")
+    assert rows[0].startswith(f"| — | {title} | 16 | 900 ")
     assert "| 0.90 |" in rows[0]
 
 
