@@ -7,12 +7,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import uuid
 from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from bench import bare_server, h2load, instructions, log_writer, report, trailers
+from bench import bare_server, h2load, instructions, log_writer, report, sqlite_row, trailers
+from bench.databases import sqlite_database
 from bench.h2load import GrpcCall, Load
 from bench.processes import CpuPlan, python_server
 from bench.scenarios import FLOOR, LEAN, LOGGING_OFF_ENV, BackendResult, Options, Results, Series
@@ -21,6 +25,7 @@ from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.server.app import App, server_options
 from luman.server.config import Settings
+from luman.server.db.models import RequestLog
 from luman.server.db.session import make_engine
 from tests.support import register
 
@@ -389,3 +394,19 @@ def test_the_writer_ceiling_counts_the_rows_it_inserted(database_url: str) -> No
     assert stored == result["rows"] + 20
     assert latest == stored
     assert result["per_second"] == pytest.approx(result["rows"] / result["seconds"])
+
+
+def test_plain_sqlite_rows_are_stored_as_the_orm_stores_them(tmp_path: Path) -> None:
+    # The SQLite lower bound must insert the very rows the product's writer does: what it
+    # stores reads back through the ORM model as a GetMe entry.
+    with sqlite_database(tmp_path) as db:
+        result = sqlite_row.measure(Path(db.url.removeprefix("sqlite:///")), rows=1200)
+        with Session(db.engine) as session:
+            stored = session.scalars(select(RequestLog)).all()
+    assert result["rows"] == 1200  # two full 500-row transactions and one of 200
+    assert len(stored) == 1200
+    row = stored[-1]
+    assert row.time == dt.datetime(2026, 12, 6, 12, 0, 0, 1, tzinfo=dt.UTC)
+    assert (row.method, row.status, row.client_ip) == (log_writer.METHOD, "OK", "127.0.0.1")
+    assert isinstance(row.user_id, uuid.UUID)
+    assert row.user_agent == log_writer.USER_AGENT
