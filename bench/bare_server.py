@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from luman.auth.v1 import auth_service_pb2
+from luman.interceptors.rate_limit import DEFAULT_SLOTS
 from luman.server.app import freeze_startup_heap, server_options, wait_for_stop
 from luman.server.config import Settings
+from luman.server.request_logs.writer import DEFAULT_MAX_QUEUE
 
 READY = "READY"
 
@@ -95,11 +97,14 @@ class _PassThrough(_ServerInterceptor):
         return continuation(handler_call_details)
 
 
-# The product's rate-limit trailers, with values of the same lengths.
+# The benchmark's rate limit (bench.scenarios.BENCH_RATE_LIMIT) and the product's default
+# window: the floor's trailers carry values of the product's lengths, the lean chain counts.
+_LIMIT = 10**9
+_WINDOW_SECONDS = Settings.rate_limit_window_ms / 1000
 _TRAILERS = (
-    ("x-ratelimit-limit", "1000000000"),
-    ("x-ratelimit-remaining", "999999999"),
-    ("x-ratelimit-reset", "900"),
+    ("x-ratelimit-limit", str(_LIMIT)),
+    ("x-ratelimit-remaining", str(_LIMIT - 1)),
+    ("x-ratelimit-reset", str(int(_WINDOW_SECONDS))),
 )
 
 
@@ -123,11 +128,7 @@ def _floor_server(response: bytes, settings: Settings) -> grpc.Server:
     return _thread_pool_server(handler, settings, [_PassThrough()])
 
 
-# The product's default rate-limit window and its benchmark limit (bench.scenarios).
-_WINDOW_SECONDS = 900.0
-_LIMIT = 10**9
-_SLOTS = 1000
-_LOG_QUEUE = 10_000
+_LOG_QUEUE = DEFAULT_MAX_QUEUE
 
 
 def _lean_server(response: bytes, settings: Settings) -> grpc.Server:
@@ -149,7 +150,7 @@ def _lean_server(response: bytes, settings: Settings) -> grpc.Server:
     lock = threading.Lock()
     log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=_LOG_QUEUE)
     limit_header = ("x-ratelimit-limit", str(_LIMIT))
-    quantum = _WINDOW_SECONDS / _SLOTS
+    quantum = _WINDOW_SECONDS / DEFAULT_SLOTS
     wall, timer, utc = time.time, time.perf_counter, dt.UTC
 
     def call(
@@ -270,10 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_server")
     parser.add_argument("--response-file", type=Path, required=True)
     parser.add_argument("--aio", action="store_true", help="grpc.aio instead of the thread pool")
-    parser.add_argument(
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
         "--floor", action="store_true", help="do grpcio's part of a product call (see above)"
     )
-    parser.add_argument(
+    kind.add_argument(
         "--lean", action="store_true", help="the floor plus the least chain work (see above)"
     )
     parser.add_argument("--max-workers", type=int, default=Settings.max_workers)

@@ -19,7 +19,16 @@ from bench import bare_server, h2load, instructions, log_writer, report, sqlite_
 from bench.databases import sqlite_database
 from bench.h2load import GrpcCall, Load
 from bench.processes import CpuPlan, python_server
-from bench.scenarios import FLOOR, LEAN, LOGGING_OFF_ENV, BackendResult, Options, Results, Series
+from bench.scenarios import (
+    BENCH_RATE_LIMIT,
+    FLOOR,
+    LEAN,
+    LOGGING_OFF_ENV,
+    BackendResult,
+    Options,
+    Results,
+    Series,
+)
 from bench.stats import percentile
 from bench.workload import GET_ME, bearer
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -243,7 +252,10 @@ def test_floor_server_answers_with_the_product_shaped_response_and_trailers(
 def test_lean_server_counts_each_callers_window_and_reports_it_in_the_trailers(
     tmp_path: Path,
 ) -> None:
-    # The lower bound must do the work it stands for: a window per token, counted per call.
+    # The lower bound must do the work it stands for: a window per token, counted per call,
+    # at the product's benchmark limit and default window.
+    assert int(BENCH_RATE_LIMIT) == bare_server._LIMIT
+    assert Settings().rate_limit_window_ms == bare_server._WINDOW_SECONDS * 1000
     response = instructions._sample_response()
     (tmp_path / "response.bin").write_bytes(response)
     with (
