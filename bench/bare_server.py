@@ -108,6 +108,20 @@ _TRAILERS = (
 )
 
 
+def _getme_server(
+    call: Callable[[auth_service_pb2.GetMeRequest, grpc.ServicerContext], Any],
+    settings: Settings,
+) -> grpc.Server:
+    """A server answering `call` with protobuf GetMe messages in and out, through one
+    interceptor: the floor's and the lean chain's grpcio side, identical for both."""
+    handler = grpc.unary_unary_rpc_method_handler(
+        call,
+        request_deserializer=auth_service_pb2.GetMeRequest.FromString,
+        response_serializer=auth_service_pb2.GetMeResponse.SerializeToString,
+    )
+    return _thread_pool_server(handler, settings, [_PassThrough()])
+
+
 def _floor_server(response: bytes, settings: Settings) -> grpc.Server:
     message = auth_service_pb2.GetMeResponse.FromString(response)
 
@@ -120,12 +134,7 @@ def _floor_server(response: bytes, settings: Settings) -> grpc.Server:
         cast(Any, context).code()  # grpc-stubs predates code()
         return message
 
-    handler = grpc.unary_unary_rpc_method_handler(
-        call,
-        request_deserializer=auth_service_pb2.GetMeRequest.FromString,
-        response_serializer=auth_service_pb2.GetMeResponse.SerializeToString,
-    )
-    return _thread_pool_server(handler, settings, [_PassThrough()])
+    return _getme_server(call, settings)
 
 
 _LOG_QUEUE = DEFAULT_MAX_QUEUE
@@ -213,12 +222,7 @@ def _lean_server(response: bytes, settings: Settings) -> grpc.Server:
         )
         return message
 
-    handler = grpc.unary_unary_rpc_method_handler(
-        call,
-        request_deserializer=auth_service_pb2.GetMeRequest.FromString,
-        response_serializer=auth_service_pb2.GetMeResponse.SerializeToString,
-    )
-    return _thread_pool_server(handler, settings, [_PassThrough()])
+    return _getme_server(call, settings)
 
 
 def _announce(port: int) -> None:

@@ -4,10 +4,12 @@ one of them as a success. Counts only, never timings."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -225,24 +227,32 @@ def test_bare_server_uses_the_product_server_options() -> None:
     assert ("grpc.so_reuseport", 0) in server_options(Settings())
 
 
-def test_floor_server_answers_with_the_product_shaped_response_and_trailers(
-    tmp_path: Path,
-) -> None:
-    # The instructions baseline: a real protobuf response and the product's trailers.
-    response = instructions._sample_response()
+@contextlib.contextmanager
+def _bare_server_stub(
+    tmp_path: Path, response: bytes, *flags: str
+) -> Iterator[auth_service_pb2_grpc.AuthServiceStub]:
+    """`python -m bench.bare_server` answering with `response` (with `flags`), and a stub."""
     (tmp_path / "response.bin").write_bytes(response)
     with (
         python_server(
-            "floor",
+            "bare-" + "-".join(flag.lstrip("-") for flag in flags),
             "bench.bare_server",
-            ["--response-file", str(tmp_path / "response.bin"), "--floor"],
+            ["--response-file", str(tmp_path / "response.bin"), *flags],
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
             cpu=None,
             workdir=tmp_path,
         ) as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
-        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        yield auth_service_pb2_grpc.AuthServiceStub(channel)
+
+
+def test_floor_server_answers_with_the_product_shaped_response_and_trailers(
+    tmp_path: Path,
+) -> None:
+    # The instructions baseline: a real protobuf response and the product's trailers.
+    response = instructions._sample_response()
+    with _bare_server_stub(tmp_path, response, "--floor") as stub:
         reply, call = stub.GetMe.with_call(auth_service_pb2.GetMeRequest(), timeout=10)
     assert reply.SerializeToString() == response
     trailers = dict(call.trailing_metadata() or ())
@@ -257,19 +267,7 @@ def test_lean_server_counts_each_callers_window_and_reports_it_in_the_trailers(
     assert int(BENCH_RATE_LIMIT) == bare_server._LIMIT
     assert Settings().rate_limit_window_ms == bare_server._WINDOW_SECONDS * 1000
     response = instructions._sample_response()
-    (tmp_path / "response.bin").write_bytes(response)
-    with (
-        python_server(
-            "lean",
-            "bench.bare_server",
-            ["--response-file", str(tmp_path / "response.bin"), "--lean"],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-            cpu=None,
-            workdir=tmp_path,
-        ) as server,
-        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+    with _bare_server_stub(tmp_path, response, "--lean") as stub:
 
         def remaining(token: str) -> int:
             reply, call = stub.GetMe.with_call(
