@@ -19,7 +19,7 @@ from luman.client import (
     Unauthenticated,
     Unavailable,
 )
-from luman.server.errors import (
+from luman.interceptors.errors import (
     AlreadyExistsError,
     DomainError,
     FailedPreconditionError,

@@ -28,8 +28,8 @@ from luman.interceptors.caller import (
     peer_address,
     user_agent,
 )
+from luman.interceptors.errors import UnauthenticatedError
 from luman.interceptors.principal import Credential, Principal
-from luman.server.errors import UnauthenticatedError
 from tests.interceptors.dummy import serve
 
 LOOPBACK = parse_trusted_proxies(["127.0.0.0/8", "::1"])

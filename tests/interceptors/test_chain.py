@@ -19,10 +19,10 @@ from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.caller import CallerResolver, CallScopedVerifier
 from luman.interceptors.chain import InterceptorChain
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
+from luman.interceptors.errors import NotFoundError, UnauthenticatedError
 from luman.interceptors.principal import Credential, Principal, current_principal
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
-from luman.server.errors import NotFoundError, UnauthenticatedError
 from tests.interceptors.dummy import BIDI_STREAM, CLIENT_STREAM, EXECUTE, SERVER_STREAM, serve
 from tests.support import rich_error
 

@@ -16,8 +16,8 @@ from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 from luman.interceptors.base import MethodInterceptor
 from luman.interceptors.caller import CallerResolver
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
+from luman.interceptors.errors import NotFoundError
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
-from luman.server.errors import NotFoundError
 from tests.interceptors.dummy import EXECUTE, serve
 from tests.support import FakeClock
 

@@ -16,11 +16,11 @@ import grpc
 import pytest
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.interceptors.errors import ResourceExhaustedError
 from luman.server.app import build_server
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.config import Settings
 from luman.server.db.session import Sessions
-from luman.server.errors import ResourceExhaustedError
 from tests.support import (
     PASSWORD,
     FakeClock,

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
+from luman.interceptors.errors import DomainError
 from luman.interceptors.principal import Principal
 from luman.interceptors.token_auth import (
     Verifier,
@@ -43,7 +44,6 @@ from luman.interceptors.token_auth import (
     bearer_from,
     bearer_token,
 )
-from luman.server.errors import DomainError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -1,15 +1,18 @@
 """ErrorMappingInterceptor: the one place that turns exceptions into gRPC statuses.
 
-Domain errors become their status with a google.rpc.ErrorInfo (and BadRequest or RetryInfo);
-anything else is logged with its traceback and becomes INTERNAL "internal error", because
-grpcio would otherwise send the exception's text (SQL, parameters, hashes) to the client.
+Domain errors become their status with a google.rpc.ErrorInfo (and BadRequest or RetryInfo).
+Other exceptions are first offered to `translate`, which the server passes in to recognise its
+dependencies' failures (a database that went away becomes UNAVAILABLE, not a traceback per
+call). Anything still unknown is logged with its traceback and becomes INTERNAL "internal
+error", because grpcio would otherwise send the exception's text (SQL, parameters, hashes) to
+the client.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -17,11 +20,18 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
-from luman.server.errors import DomainError, InvalidArgumentError, ResourceExhaustedError
+from luman.interceptors.errors import DomainError, InvalidArgumentError, RetryableError
 
 logger = logging.getLogger(__name__)
 
 DETAILS_KEY = "grpc-status-details-bin"
+
+# An exception the chain does not know -> the DomainError it stands for, or None.
+Translate = Callable[[Exception], DomainError | None]
+
+
+def _unknown(_exc: Exception) -> DomainError | None:
+    return None
 
 
 class _Status(
@@ -33,17 +43,26 @@ class _Status(
 
 class ErrorMappingInterceptor(MethodInterceptor):
     """Aborts with the mapped status whatever the method raises, while it runs or, for a
-    response stream, while grpcio iterates it."""
+    response stream, while grpcio iterates it.
+
+    Args:
+        translate: maps exceptions that are not DomainErrors (a database driver's, say) to the
+            DomainError the client should see; None leaves them INTERNAL.
+    """
+
+    def __init__(self, translate: Translate = _unknown) -> None:
+        super().__init__()
+        self._translate = translate
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
-        name = method.name
+        name, translate = method.name, self._translate
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
                     yield from behavior(request, context)
                 except Exception as exc:
-                    _abort_for(exc, name, context)
+                    _abort_for(exc, name, context, translate)
 
             return streamed
 
@@ -51,17 +70,20 @@ class ErrorMappingInterceptor(MethodInterceptor):
             try:
                 return behavior(request, context)
             except Exception as exc:
-                _abort_for(exc, name, context)
+                _abort_for(exc, name, context, translate)
 
         return mapped
 
 
-def _abort_for(exc: Exception, method_name: str, context: grpc.ServicerContext) -> NoReturn:
+def _abort_for(
+    exc: Exception, method_name: str, context: grpc.ServicerContext, translate: Translate
+) -> NoReturn:
     """Abort the call with the status `exc` maps to (called while `exc` is being handled)."""
-    if isinstance(exc, DomainError):
-        context.abort_with_status(status_for(exc, method_name, _trailing(context)))
-    elif _already_aborted(context):
+    if _already_aborted(context):
         raise exc
+    known = exc if isinstance(exc, DomainError) else translate(exc)
+    if known is not None:
+        context.abort_with_status(status_for(known, method_name, _trailing(context)))
     else:
         logger.exception("unhandled exception in %s", method_name)
         context.abort_with_status(
@@ -91,7 +113,7 @@ def status_for(
                 ]
             )
         )
-    if isinstance(exc, ResourceExhaustedError):
+    if isinstance(exc, RetryableError):
         retry = duration_pb2.Duration()
         retry.FromMilliseconds(max(0, round(exc.retry_after_seconds * 1000)))
         details.append(error_details_pb2.RetryInfo(retry_delay=retry))

@@ -39,8 +39,8 @@ import grpc
 
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.caller import ResolveCaller
+from luman.interceptors.errors import ResourceExhaustedError
 from luman.interceptors.principal import Principal
-from luman.server.errors import ResourceExhaustedError
 
 LIMIT_HEADER = "x-ratelimit-limit"
 REMAINING_HEADER = "x-ratelimit-remaining"

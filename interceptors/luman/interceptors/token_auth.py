@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
+from luman.interceptors.errors import UnauthenticatedError
 from luman.interceptors.principal import Principal, reset_principal, set_principal
-from luman.server.errors import UnauthenticatedError
 
 Verifier = Callable[[str], Principal]
 

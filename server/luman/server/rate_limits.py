@@ -20,6 +20,7 @@ from typing import Any
 from luman.api.v1 import annotations_pb2
 from luman.auth.v1 import auth_service_pb2
 from luman.interceptors.caller import CallScopedVerifier, ResolveCaller
+from luman.interceptors.errors import UnauthenticatedError
 from luman.interceptors.rate_limit import (
     AccountLimit,
     Policy,
@@ -29,7 +30,6 @@ from luman.interceptors.rate_limit import (
 )
 from luman.server import methods
 from luman.server.config import Settings
-from luman.server.errors import UnauthenticatedError
 from luman.server.validation import normalize_email
 
 _AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from luman.server.errors import FieldViolation, InvalidArgumentError
+from luman.interceptors.errors import FieldViolation, InvalidArgumentError
 
 # Pragmatic address check (HTML5's definition): one @, a dotted domain, no spaces.
 # Both are used with fullmatch(): `$` would also match before a trailing newline.

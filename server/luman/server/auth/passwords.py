@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import bcrypt
 
-from luman.server.errors import ResourceExhaustedError
+from luman.interceptors.errors import ResourceExhaustedError
 
 logger = logging.getLogger(__name__)
 

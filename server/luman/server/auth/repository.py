@@ -9,9 +9,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from luman.interceptors.errors import AlreadyExistsError
 from luman.server.db.integrity import violates
 from luman.server.db.models import CliToken, LoginSession, RefreshToken, User
-from luman.server.errors import AlreadyExistsError
 
 
 class AuthRepository:

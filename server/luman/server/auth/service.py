@@ -18,6 +18,11 @@ import datetime as dt
 import hmac
 import uuid
 
+from luman.interceptors.errors import (
+    FailedPreconditionError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
 from luman.interceptors.principal import Credential, Principal
 from luman.server.auth import token_checks
 from luman.server.auth.passwords import PasswordHasher
@@ -34,11 +39,6 @@ from luman.server.auth.user_cache import UserCache
 from luman.server.clock import Clock
 from luman.server.db.models import CliToken, User
 from luman.server.db.session import Sessions
-from luman.server.errors import (
-    FailedPreconditionError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-)
 
 # last_use_time is kept to the minute: writing it on every call would turn each
 # authenticated read into a write.

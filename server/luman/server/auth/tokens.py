@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import jwt
 
+from luman.interceptors.errors import UnauthenticatedError
 from luman.server.clock import Clock
 from luman.server.config import Settings
-from luman.server.errors import UnauthenticatedError
 
 ALGORITHM = "HS256"
 CLI_TOKEN_PREFIX = "lmn_"  # noqa: S105 - a prefix, not a secret

@@ -17,9 +17,9 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, func,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
+from luman.interceptors.errors import AlreadyExistsError
 from luman.server.db.integrity import violates
 from luman.server.db.models import Membership, Organization, Role, User
-from luman.server.errors import AlreadyExistsError
 
 PageKey = tuple[dt.datetime, uuid.UUID]
 

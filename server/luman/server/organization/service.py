@@ -15,11 +15,11 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 
+from luman.interceptors.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
 from luman.interceptors.principal import Principal
 from luman.server.clock import Clock
 from luman.server.db.models import Membership, Organization, Role
 from luman.server.db.session import Sessions
-from luman.server.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
 from luman.server.organization import repository
 from luman.server.organization.repository import (
     MemberRow,

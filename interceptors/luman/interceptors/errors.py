@@ -1,4 +1,6 @@
-"""Domain errors. Servicers and services raise these; only ErrorMappingInterceptor writes a status.
+"""Errors that carry a gRPC status. Servicers, services and the interceptors raise these; only
+ErrorMappingInterceptor turns them into a status. They live with the interceptors so that the
+chain needs nothing from the server (the server imports them from here).
 
     DomainError(reason, message, metadata)
     ├── InvalidArgumentError(violations)   INVALID_ARGUMENT + google.rpc.BadRequest
@@ -7,7 +9,8 @@
     ├── NotFoundError                      NOT_FOUND
     ├── AlreadyExistsError                 ALREADY_EXISTS
     ├── FailedPreconditionError            FAILED_PRECONDITION
-    └── ResourceExhaustedError(retry_after) RESOURCE_EXHAUSTED + google.rpc.RetryInfo
+    ├── ResourceExhaustedError(retry_after) RESOURCE_EXHAUSTED + google.rpc.RetryInfo
+    └── UnavailableError(retry_after)       UNAVAILABLE + google.rpc.RetryInfo
 
 Anything else becomes INTERNAL with the message "internal error".
 """
@@ -73,9 +76,19 @@ class FailedPreconditionError(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class ResourceExhaustedError(DomainError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class RetryableError(DomainError):
+    """An error the client should retry after `retry_after_seconds` (sent as RetryInfo)."""
 
     def __init__(self, reason: str, message: str, retry_after_seconds: float) -> None:
         super().__init__(reason, message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class ResourceExhaustedError(RetryableError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(RetryableError):
+    """A dependency (the database) is away: nothing about the request is wrong."""
+
+    code = grpc.StatusCode.UNAVAILABLE
