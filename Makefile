@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 # google/api/*.proto ships with googleapis-common-protos; its site-packages folder is the include root.
 GOOGLEAPIS = $(shell $(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(list(google.api.__path__)[0])))')
 
-.PHONY: help install proto check-generated lint fmt typecheck breaking test check run migrate migration bench bench-instructions clean
+.PHONY: help install proto check-generated lint fmt typecheck breaking test check run migrate migration bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -80,9 +80,6 @@ run: $(STAMP) ## install, migrate and serve on the embedded default (SQLite unde
 
 bench: $(STAMP) ## run the benchmarks and rewrite BENCHMARKS.md
 	$(PY) -m bench
-
-bench-instructions: $(STAMP) ## count instructions per call under callgrind (needs valgrind)
-	$(PY) -m bench.instructions --write BENCHMARKS.md
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

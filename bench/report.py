@@ -12,17 +12,16 @@ import platform
 import re
 import statistics
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from bench import h2load
 from bench.scenarios import (
     BASELINE,
     BENCH_RATE_LIMIT,
-    FLOOR,
-    LEAN,
-    P99_STREAMS,
     SCENARIOS,
+    TARGET_STREAMS,
     BackendResult,
     Results,
     Series,
@@ -32,6 +31,20 @@ from bench.stats import DASH, TIMES, Spread
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
 MIB = 1024 * 1024
+
+# The published targets (BENCHMARKS.md, "Targets").
+GETME_X_BARE = 0.62  # GetMe, access and CLI token, at TARGET_STREAMS, paired with bare
+LOGIN_X_RAW_BCRYPT = 0.9
+P99_MS = 10.0  # GetMe at TARGET_STREAMS, alone and while logins run
+LOG_COST = 0.10  # throughput the request log may cost (off -> on)
+
+# The request-log writer's counters (bench.product_server's STATS line), in words.
+_WRITER_COUNTERS = {
+    "written": "written",
+    "dropped": "dropped (queue full)",
+    "failed": "lost to database errors",
+    "after_close": "arrived after close",
+}
 
 
 class ReportError(Exception):
@@ -218,22 +231,6 @@ def render(results: Results) -> str:
         "with a target are paired: each of their runs follows a bare run at the same streams, "
         f"and their {TIMES} bare is the median of the run-by-run ratios.",
     ]
-    if results.floor:
-        lines.append(
-            f"- Floor ({FLOOR}, paired like the GetMe series): the bare server sent the "
-            "product's own GetMe request (its bearer token included), parsing it and "
-            "serializing a protobuf response, reading the peer and the metadata, setting the "
-            "three x-ratelimit trailers the product must send, through one interceptor. What "
-            "it loses against the bare server is lost before any Luman code runs."
-        )
-    if results.lean:
-        lines.append(
-            f"- Lean chain ({LEAN}, paired the same way): the floor plus, in one function, "
-            "what every GetMe through the chain must do on a token-cache hit: hash the token "
-            "and check its expiry, count the call in a sliding window, set the trailers from "
-            "that count, queue a request-log entry. No database write, no layers: a lower "
-            "bound for the product, not a design for it."
-        )
     skipped = [b for b in results.backends if b.skipped]
     lines += [f"- {b.label}: skipped ({b.skipped})." for b in skipped]
     lines += ["", "### Targets", ""]
@@ -248,9 +245,6 @@ def render(results: Results) -> str:
         lines += _logging(results)
     lines += ["", "### Resources", ""]
     lines += _resources(results)
-    if results.aio:
-        lines += ["", "### Server model: thread pool vs grpc.aio (bare handler)", ""]
-        lines += _model(results)
     return "\n".join(lines) + "\n"
 
 
@@ -270,11 +264,6 @@ def _throughput(results: Results) -> list[str]:
     rows = [
         _throughput_row(series, series, BASELINE) for _, series in sorted(results.baseline.items())
     ]
-    rows += [
-        _throughput_row(series, results.baseline.get(streams), title)
-        for bound, title in ((results.floor, FLOOR), (results.lean, LEAN))
-        for streams, series in sorted(bound.items())
-    ]
     for backend in _measured(results):
         for scenario, by_streams in backend.series.items():
             for streams, series in sorted(by_streams.items()):
@@ -291,9 +280,9 @@ def _login(results: Results) -> list[str]:
         f"Login req/s (min{DASH}max)",
         f"raw bcrypt hashes/s (min{DASH}max)",
         f"{TIMES} raw",
-        f"GetMe p99 ms @{P99_STREAMS} alone",
-        f"GetMe p99 ms @{P99_STREAMS} during logins",
-        f"Login req/s, GetMe @{P99_STREAMS} alongside",
+        f"GetMe p99 ms @{TARGET_STREAMS} alone",
+        f"GetMe p99 ms @{TARGET_STREAMS} during logins",
+        f"Login req/s, GetMe @{TARGET_STREAMS} alongside",
         "Login p99 ms, GetMe alongside",
         "Verified",
     ]
@@ -302,7 +291,7 @@ def _login(results: Results) -> list[str]:
         login = backend.login
         if login is None:
             continue
-        alone = backend.series.get("getme_access", {}).get(P99_STREAMS)
+        alone = backend.series.get("getme_access", {}).get(TARGET_STREAMS)
         raw = Spread.of(login.raw_per_second) if login.raw_per_second else None
         login_cell = _spread(login.login.rps(), 1) if login.login.ok else "FAILED"
         x_raw = (
@@ -373,24 +362,7 @@ def _logging(results: Results) -> list[str]:
     notes = []
     for backend in _measured(results):
         if backend.writer:
-            w = backend.writer
-            notes.append(
-                f"{backend.label} writer at shutdown: {w.get('request_log_written')} written, "
-                f"{w.get('request_log_dropped')} dropped (queue full), "
-                f"{w.get('request_log_failed')} lost to database errors, "
-                f"{w.get('request_log_after_close')} arrived after close."
-            )
-        if backend.writer_ceiling is not None:
-            notes.append(
-                f"{backend.label} writer ceiling: {backend.writer_ceiling:,.0f} rows/s "
-                f"({1e6 / backend.writer_ceiling:.1f} µs per row), `store.insert_entries` of "
-                "500-row batches on one thread pinned to the server's CPU, after the product "
-                "stopped, into request_logs as the run left it (`bench/log_writer.py`)."
-            )
-        elif backend.writer_ceiling_failure:
-            notes.append(
-                f"{backend.label} writer ceiling: FAILED ({backend.writer_ceiling_failure})."
-            )
+            notes.append(f"{backend.label} writer at shutdown: {writer_counters(backend.writer)}.")
         if backend.log_statuses is not None:
             statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(backend.log_statuses.items()))
             notes.append(f"{backend.label} request_logs rows by status: {statuses or 'none'}.")
@@ -404,6 +376,15 @@ def _logging(results: Results) -> list[str]:
             "of the run-by-run ratios, and the on column shows those product runs.",
         )
     return lines + [""] + [f"- {n}" for n in notes]
+
+
+def writer_counters(counters: Mapping[str, Any]) -> str:
+    """'1,000 written, 0 dropped (queue full), ...': every counter the writer reported, in
+    words where this module knows the name."""
+    return ", ".join(
+        f"{value:,} {_WRITER_COUNTERS.get(name, name.replace('_', ' '))}"
+        for name, value in counters.items()
+    )
 
 
 def _rps_cell(series: Series | None, digits: int = 0) -> str:
@@ -457,57 +438,33 @@ def _mib(value: float | None) -> str:
     return "—" if value is None else f"{value / MIB:.1f}"
 
 
-def _model(results: Results) -> list[str]:
-    header = [
-        "Streams",
-        "thread pool req/s",
-        "p99 ms",
-        "grpc.aio req/s",
-        "p99 ms",
-        "aio / thread pool",
-    ]
-    rows = []
-    for streams, aio in sorted(results.aio.items()):
-        thread = results.baseline.get(streams)
-        rows.append(
-            [
-                str(streams),
-                _rps_cell(thread),
-                _ms(thread.p99_ms()) if thread is not None and thread.ok else "—",
-                _rps_cell(aio),
-                _ms(aio.p99_ms()) if aio.ok else "—",
-                _ratio(ratio(aio, thread)),
-            ]
-        )
-    return [
-        *_table(header, rows),
-        "",
-        "Same handler, response and options; only the model differs.",
-    ]
-
-
 def _targets(results: Results) -> list[str]:
     rows: list[list[str]] = []
+    at = f"@{TARGET_STREAMS} streams"
     for backend in _measured(results):
         access = backend.series.get("getme_access", {})
         cli = backend.series.get("getme_cli", {})
-        rows += _ratio_target(
-            backend, f"GetMe, access token ≥ 0.80 {TIMES} bare", access, results.baseline, 0.80
-        )
-        rows += _ratio_target(
-            backend, f"GetMe, CLI token ≥ 0.75 {TIMES} bare", cli, results.baseline, 0.75
-        )
-        p99 = access.get(P99_STREAMS)
+        for title, by_streams in (("access token", access), ("CLI token", cli)):
+            if by_streams:
+                rows.append(
+                    _getme_target(
+                        backend,
+                        f"GetMe, {title} ≥ {GETME_X_BARE} {TIMES} bare {at}",
+                        by_streams.get(TARGET_STREAMS),
+                        results.baseline.get(TARGET_STREAMS),
+                    )
+                )
+        p99 = access.get(TARGET_STREAMS)
         if p99 is not None:
-            rows.append(_p99_target(backend, f"GetMe p99 @{P99_STREAMS} streams < 10 ms", p99))
+            rows.append(_p99_target(backend, f"GetMe p99 {at} < {P99_MS:g} ms", p99))
         for streams in sorted(backend.logging_off):
             r = log_on_off(backend, streams)[2]
             rows.append(
                 [
-                    "Request logging costs < 10 % (off → on)",
+                    f"Request logging costs < {LOG_COST * 100:.0f} % (off → on)",
                     backend.label,
                     "—" if r is None else f"{(1 - r) * 100:.1f} % @{streams}",
-                    _met(r is not None and 1 - r < 0.10, r is None),
+                    _met(r is not None and 1 - r < LOG_COST, r is None),
                 ]
             )
         login = backend.login
@@ -516,39 +473,32 @@ def _targets(results: Results) -> list[str]:
             x = login.login.rps().median / raw if login.login.ok and raw else None
             rows.append(
                 [
-                    f"Login ≥ 0.9 {TIMES} raw bcrypt",
+                    f"Login ≥ {LOGIN_X_RAW_BCRYPT} {TIMES} raw bcrypt",
                     backend.label,
                     _ratio(x),
-                    _met(x is not None and x >= 0.9, x is None),
+                    _met(x is not None and x >= LOGIN_X_RAW_BCRYPT, x is None),
                 ]
             )
             rows.append(
                 _p99_target(
-                    backend, f"GetMe p99 @{P99_STREAMS} during logins < 10 ms", login.getme_during
+                    backend, f"GetMe p99 {at} during logins < {P99_MS:g} ms", login.getme_during
                 )
             )
-    return _table(["Target (issue 6)", "Backend", "Measured", "Met"], rows)
+    return _table(["Target", "Backend", "Measured", "Met"], rows)
 
 
-def _ratio_target(
-    backend: BackendResult,
-    title: str,
-    by_streams: dict[int, Series],
-    baseline: dict[int, Series],
-    floor: float,
-) -> list[list[str]]:
-    if not by_streams:
-        return []
-    ratios = {s: bare_ratio(series, baseline.get(s)) for s, series in sorted(by_streams.items())}
-    known = [r for r in ratios.values() if r is not None]
-    measured = ", ".join(f"{_ratio(r)} @{s}" for s, r in ratios.items())
-    missing = len(known) != len(ratios)
-    return [[title, backend.label, measured, _met(not missing and min(known) >= floor, missing)]]
+def _getme_target(
+    backend: BackendResult, title: str, series: Series | None, baseline: Series | None
+) -> list[str]:
+    """A GetMe ratio target: the series at TARGET_STREAMS against its paired bare runs."""
+    r = bare_ratio(series, baseline) if series is not None else None
+    return [title, backend.label, _ratio(r), _met(r is not None and r >= GETME_X_BARE, r is None)]
 
 
 def _p99_target(backend: BackendResult, title: str, series: Series) -> list[str]:
     p99 = series.p99_ms() if series.ok else None
-    return [title, backend.label, f"{_ms(p99)} ms", _met(p99 is not None and p99 < 10, p99 is None)]
+    met = _met(p99 is not None and p99 < P99_MS, p99 is None)
+    return [title, backend.label, f"{_ms(p99)} ms", met]
 
 
 def _met(ok: bool, unknown: bool = False) -> str:

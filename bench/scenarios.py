@@ -6,10 +6,7 @@ Order of a full run:
    API (`bench.workload`).
 2. The first backend's GetMe response becomes the bare server's response, and the baseline
    (bare grpcio, thread pool) is measured at every stream count. A second bare server then
-   stays up (idle between its runs) for the paired series, the first of which is the floor:
-   the bare server doing grpcio's part of a product GetMe, sent the product's own request;
-   then the lean chain: the floor plus the least Python a GetMe through the chain must run
-   (`bench.bare_server --lean`), a lower bound for the product without its database write.
+   stays up (idle between its runs) for the paired series.
 3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count. The two GetMe
    series are paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
@@ -17,7 +14,7 @@ Order of a full run:
    started beside the product, which stays up; each of its GetMe runs follows a product run
    at the same streams (paired, like the bare server's pairs). Then, after a graceful stop
    (which flushes the request log): request_logs growth, statuses, the writer's counters.
-6. The baseline again (a drifting machine shows up as a wide min-max), then grpc.aio.
+6. The baseline again: a drifting machine shows up as a wide min-max.
 
 Every series: one nghttp probe (grpc-status must be 0), one unmeasured warm-up run, then
 `runs` measured runs, each verified by DATA bytes. A failed check ends the series as FAILED.
@@ -65,29 +62,21 @@ SCENARIOS: dict[str, str] = {
     "list_members": "ListMembers, 50 members",
     "login": "Login vs raw bcrypt",
     "logging": "request log on/off",
-    "model": "thread pool vs grpc.aio",
-    "floor": "grpcio's part of a GetMe (floor)",
-    "lean": "the least chain work on the floor (lower bound)",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
 # Series with a target ratio to the bare server: each of their runs comes right after a bare
-# run at the same streams, and the ratio is the median of those pairs (report.ratio).
-PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli", "floor", "lean"))
+# run at the same streams, and the ratio is the median of those pairs (report.bare_ratio).
+PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli"))
 BACKENDS = ("sqlite", "postgresql")
-P99_STREAMS = 16  # the issue's latency target is p99 at 16 streams
+TARGET_STREAMS = 16  # the GetMe ratio and p99 targets are read at 16 streams
 LOGGING_OFF_STREAMS = (16, 64)
 # High enough never to reject a benchmark call, low enough for the settings' upper bound.
 BENCH_RATE_LIMIT = str(10**9)
 # The server setting that leaves request logging out of the chain altogether, for the "off"
 # server: no RequestLoggingInterceptor and no writer, so on/off prices the whole feature.
-# (Emptied, "off" falls back to a writer that discards entries: product_server --request-log
-# off, which prices only the database writes.)
 LOGGING_OFF_ENV: dict[str, str] = {"REQUEST_LOG_ENABLED": "false"}
 BASELINE = "bare grpcio, thread pool"
-FLOOR = "bare grpcio doing grpcio's part of GetMe"
-LEAN = "the floor plus the least chain work of a GetMe"
 LOGGING_ON = "GetMe, access token, request log on"
-AIO = "bare grpcio, grpc.aio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +172,7 @@ class BackendResult:
     log_rows: int | None = None  # request_logs rows written while the server ran
     log_bytes: int | None = None  # growth of request_logs (table and indexes) meanwhile
     log_statuses: dict[str, int] | None = None
-    # rows/s of store.insert_entries alone, pinned to the server CPU, after the product stopped
-    writer_ceiling: float | None = None
-    writer_ceiling_failure: str = ""
+    # The request-log writer's counters at shutdown, as it names them (written, dropped, ...).
     writer: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -199,11 +186,6 @@ class Results:
     finished: dt.datetime | None = None
     response_bytes: int = 0
     baseline: dict[int, Series] = dataclasses.field(default_factory=dict)
-    # The bare server with --floor, sent the product's own GetMe request (paired with bare).
-    floor: dict[int, Series] = dataclasses.field(default_factory=dict)
-    # The bare server with --lean (the floor plus the least chain work), paired the same way.
-    lean: dict[int, Series] = dataclasses.field(default_factory=dict)
-    aio: dict[int, Series] = dataclasses.field(default_factory=dict)
     backends: list[BackendResult] = dataclasses.field(default_factory=list)
     bare_peak_rss_bytes: int | None = None
 
@@ -257,8 +239,6 @@ class Bench:
         self._paired = None
         if self.results.response_bytes:
             self._baseline_pass()  # the second pass: see the module docstring
-            if options.wants("model"):
-                self.results.aio = self._bare_pass(aio=True)
         self.results.finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
         return self.results
 
@@ -322,8 +302,6 @@ class Bench:
         if bytes_before is not None and bytes_after is not None:
             result.log_bytes = bytes_after - bytes_before
         result.log_statuses = db.count_by(REQUEST_LOGS, "status")
-        if options.wants("logging"):
-            self._writer_ceiling(db, result)
 
     # -- pieces ----------------------------------------------------------------------------
 
@@ -339,7 +317,7 @@ class Bench:
         streams_off = [s for s in self.options.streams if s in LOGGING_OFF_STREAMS] or [
             max(self.options.streams)
         ]
-        with self._product(env_off, f"{label}, request log off", log="off") as server:
+        with self._product(env_off, f"{label}, request log off") as server:
             return {
                 streams: self.series(
                     call,
@@ -353,13 +331,11 @@ class Bench:
                 for streams in streams_off
             }
 
-    def _product(
-        self, env: Mapping[str, str], name: str, log: str = "on"
-    ) -> AbstractContextManager[ServerProcess]:
+    def _product(self, env: Mapping[str, str], name: str) -> AbstractContextManager[ServerProcess]:
         return python_server(
             name.replace(", ", "-").replace(" ", "-").lower(),
             "bench.product_server",
-            ["--request-log", log],
+            [],
             env=env,
             cpu=self.cpu.server,
             workdir=self.workdir,
@@ -371,23 +347,19 @@ class Bench:
         (self.workdir / "bare-response.bin").write_bytes(response)
         self._baseline_pass()
         if any(self.options.wants(scenario) for scenario in PAIRED_SCENARIOS):
-            call, command = self._bare_command(aio=False)
+            call, command = self._bare_command()
             command["name"] = "bare-paired"
             server = self._stack.enter_context(python_server(**command))
             self._paired = (call, server.port)
-        if self.options.wants("floor"):
-            self.results.floor = self._bound_pass(workload, "floor", FLOOR)
-        if self.options.wants("lean"):
-            self.results.lean = self._bound_pass(workload, "lean", LEAN)
 
     def _baseline_pass(self) -> None:
-        for streams, series in self._bare_pass(aio=False).items():
+        for streams, series in self._bare_pass().items():
             if streams in self.results.baseline:
                 self.results.baseline[streams].merge(series)
             else:
                 self.results.baseline[streams] = series
 
-    def _bare_command(self, *, aio: bool) -> tuple[GrpcCall, dict[str, Any]]:
+    def _bare_command(self) -> tuple[GrpcCall, dict[str, Any]]:
         """The bare server's call and its python_server() arguments."""
         response_file = self.workdir / "bare-response.bin"
         response = response_file.read_bytes()
@@ -400,57 +372,28 @@ class Bench:
             "--max-concurrent-rpcs",
             str(settings.max_concurrent_rpcs),
         ]
-        name = "bare-aio" if aio else "bare"
         command = {
-            "name": name,
+            "name": "bare",
             "module": "bench.bare_server",
-            "args": [*args, "--aio"] if aio else args,
+            "args": args,
             "env": harness_env(),
             "cpu": self.cpu.server,
             "workdir": self.workdir,
         }
-        return GrpcCall(name, GET_ME, b"", response), command
+        return GrpcCall("bare", GET_ME, b"", response), command
 
-    def _bound_pass(self, workload: Workload, kind: str, title: str) -> dict[int, Series]:
-        """A lower bound for a product GetMe, sent the product's own request (its bearer token
-        included) and paired with the bare server like the GetMe series. The floor
-        (`--floor`): what grpcio alone costs (a protobuf request and response, the peer, the
-        metadata, three trailers), lost before any Luman code runs. The lean chain
-        (`--lean`): the floor plus the least Python the chain must run per call."""
-        _, command = self._bare_command(aio=False)
-        command["name"] = kind
-        command["args"] = [*command["args"], f"--{kind}"]
-        call = dataclasses.replace(workload.getme_access, name=kind)
-        with python_server(**command) as server:
-            return {
-                streams: self.series(
-                    call,
-                    port=server.port,
-                    backend="—",
-                    title=title,
-                    streams=streams,
-                    paired=self._paired,
-                )
-                for streams in self.options.streams
-            }
-
-    def _bare_pass(self, *, aio: bool) -> dict[int, Series]:
-        call, command = self._bare_command(aio=aio)
+    def _bare_pass(self) -> dict[int, Series]:
+        call, command = self._bare_command()
         with python_server(**command) as server:
             measured = {
                 streams: self.series(
-                    call,
-                    port=server.port,
-                    backend="—",
-                    title=AIO if aio else BASELINE,
-                    streams=streams,
+                    call, port=server.port, backend="—", title=BASELINE, streams=streams
                 )
                 for streams in self.options.streams
             }
-            if not aio:
-                rss = server.peak_rss_bytes()
-                previous = self.results.bare_peak_rss_bytes
-                self.results.bare_peak_rss_bytes = max(rss or 0, previous or 0) or None
+            rss = server.peak_rss_bytes()
+            previous = self.results.bare_peak_rss_bytes
+            self.results.bare_peak_rss_bytes = max(rss or 0, previous or 0) or None
             return measured
 
     def series(
@@ -539,7 +482,7 @@ class Bench:
             getme_during=Series(
                 backend,
                 "GetMe, access token, during logins",
-                P99_STREAMS,
+                TARGET_STREAMS,
                 len(getme_call.expected_response),
             ),
         )
@@ -604,7 +547,7 @@ class Bench:
         if getme_call is not None:
             getmes = h2load.start(
                 getme_call,
-                Load(P99_STREAMS, duration=self.options.duration),
+                Load(TARGET_STREAMS, duration=self.options.duration),
                 port=port,
                 workdir=self.workdir,
                 pin=self._load_pin,
@@ -624,28 +567,8 @@ class Bench:
             )
         return login_run, getme_run
 
-    def _writer_ceiling(self, db: BenchDatabase, result: BackendResult) -> None:
-        """The request-log writer's ceiling on the server's CPU (bench/log_writer.py)."""
-        try:
-            result.writer_ceiling = self._pinned_rate(
-                "bench.log_writer",
-                ["--database-url", db.url],
-                timeout=self.options.duration * 4 + 60,
-            )
-        except (subprocess.SubprocessError, ValueError, KeyError) as exc:
-            result.writer_ceiling_failure = type(exc).__name__
-            logger.warning("%s: writer ceiling not measured: %s", result.label, exc)
-
     def _raw_bcrypt(self, rounds: int, threads: int) -> float:
-        return self._pinned_rate(
-            "bench.raw_bcrypt",
-            ["--rounds", str(rounds), "--threads", str(threads)],
-            timeout=self.options.duration + 60,
-        )
-
-    def _pinned_rate(self, module: str, args: list[str], *, timeout: float) -> float:
-        """Run `python -m module args --seconds <duration>` pinned to the server's CPU and
-        return the "per_second" of the JSON object it prints (raw_bcrypt, log_writer).
+        """Hashes/s of `python -m bench.raw_bcrypt`, pinned to the server's CPU.
 
         Raises:
             subprocess.SubprocessError: it failed or timed out.
@@ -655,8 +578,11 @@ class Bench:
             *CpuPlan.pin(self.cpu.server),
             sys.executable,
             "-m",
-            module,
-            *args,
+            "bench.raw_bcrypt",
+            "--rounds",
+            str(rounds),
+            "--threads",
+            str(threads),
             "--seconds",
             str(self.options.duration),
         ]
@@ -666,7 +592,7 @@ class Bench:
             capture_output=True,
             text=True,
             check=True,
-            timeout=timeout,
+            timeout=self.options.duration + 60,
             env=harness_env(),
         )
         return float(json.loads(result.stdout)["per_second"])
@@ -699,9 +625,6 @@ class Bench:
 def iter_series(results: Results) -> Iterator[Series]:
     """Every series in a run, for checks that apply to all of them."""
     yield from results.baseline.values()
-    yield from results.floor.values()
-    yield from results.lean.values()
-    yield from results.aio.values()
     for backend in results.backends:
         for by_streams in backend.series.values():
             yield from by_streams.values()
