@@ -5,6 +5,8 @@ Every test that asks for `database_url` (directly or through `sessions`, `app`, 
 runs twice: on a fresh SQLite file and on PostgreSQL. PostgreSQL comes from
 LUMAN_TEST_DATABASE_URL (default: the local server, database `test`); when it is unreachable
 those runs skip with the reason, except under CI=true, where they fail.
+
+A test marked `shape_check` runs once, on SQLite: see `pytest_generate_tests` below.
 """
 
 from __future__ import annotations
@@ -32,6 +34,39 @@ from tests.support import FakeClock
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
 TEST_BCRYPT_ROUNDS = 4  # bcrypt's minimum: hashing is the point of few tests
+SHAPE_CHECK = "shape_check"  # the marker below
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{SHAPE_CHECK}: every request the test sends is refused before it reaches the database "
+        "(bad shape, no token), so the test runs on SQLite only (tests/conftest.py)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hooks read the parametrize marks
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Pin `database_url` to SQLite for tests marked `shape_check`.
+
+    Such a test only sends requests that are refused before any query: by the servicer's
+    field checks, for want of a token, or by the gateway's parsing. The backend cannot change
+    the answer, so a PostgreSQL run would only double the time. (The server still writes each
+    call's request_logs row, here to SQLite; tests/server/test_request_logs.py covers that
+    on both backends.) A test that also registers a user, signs in or reads anything back
+    reaches the database and stays unmarked, as do the tests that run every RPC end to end.
+    """
+    if metafunc.definition.get_closest_marker(SHAPE_CHECK) is None:
+        return
+    if "database_url" not in metafunc.fixturenames:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: marked {SHAPE_CHECK} but uses no database; "
+            "drop the mark"
+        )
+    # A parametrize mark of the test's own takes precedence over the fixture's params.
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize("database_url", ["sqlite"], indirect=True), append=False
+    )
 
 
 def _in_ci() -> bool:

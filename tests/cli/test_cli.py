@@ -173,6 +173,7 @@ def test_bad_credentials_exit_3_and_keep_nothing(luman: Luman, wrong: str) -> No
     assert not luman.auth_file.exists()
 
 
+@pytest.mark.shape_check
 def test_invalid_input_lists_each_field(luman: Luman) -> None:
     result = luman(
         "register", "--email", "nope", "--name", "Ada", "--password-stdin", input="short\n"
@@ -303,7 +304,9 @@ def test_address_from_flag_env_saved_then_default(luman: Luman, closed_port: int
     assert luman("whoami", env=env).exit_code == OK
 
 
-def test_usage_errors_exit_2(luman: Luman) -> None:
+def test_usage_errors_exit_2(offline_luman: Luman) -> None:
+    # No backend: usage errors are caught before any call (one that got further exits 3 or 4).
+    luman = offline_luman
     assert luman("org", "role", "acme", "a@example.com", "boss").exit_code == USAGE
     result = luman("whoami", api_url="http://localhost:3000")
     assert result.exit_code == USAGE

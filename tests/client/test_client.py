@@ -116,6 +116,7 @@ def test_cli_logout_with_access_token_is_failed_precondition(client: Client) -> 
     assert caught.value.reason == "NOT_A_CLI_TOKEN"
 
 
+@pytest.mark.shape_check
 def test_register_bad_fields_is_invalid_argument_with_violations(client: Client) -> None:
     with pytest.raises(InvalidArgument) as caught:
         client.auth.register("not-an-email", "short", "")

@@ -194,8 +194,3 @@ def test_nothing_listening_is_unavailable(closed_port: int) -> None:
         client.auth.get_me()
     assert type(caught.value) is Unavailable
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-
-
-def test_success_through_the_scripted_server(scripted: Scripted) -> None:
-    with Client(scripted.address, token="any") as client:
-        assert client.auth.get_me().email == "scripted@example.com"

@@ -18,6 +18,7 @@ def _login_body() -> dict[str, str]:
     return {"email": unique_email(), "password": PASSWORD}
 
 
+@pytest.mark.shape_check
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -52,6 +53,7 @@ def test_malformed_bodies_are_400(http: httpx.Client, body: bytes, reason: str) 
     assert error.domain == "luman.gateway"
 
 
+@pytest.mark.shape_check
 def test_unknown_field_names_the_field(http: httpx.Client) -> None:
     response = http.post("/auth/login", json={**_login_body(), "admin": True})
     error = error_of(response)
@@ -59,6 +61,7 @@ def test_unknown_field_names_the_field(http: httpx.Client) -> None:
     assert "admin" in error.field_violations
 
 
+@pytest.mark.shape_check
 def test_a_field_under_both_names_is_400(http: httpx.Client) -> None:
     body = {"email": unique_email(), "password": PASSWORD, "name": "A", "token_name": "x"}
     body.pop("name")
@@ -99,6 +102,7 @@ def test_bad_query_parameters_are_400(http: httpx.Client, query: str, reason: st
     assert (error.http_status, error.code, error.reason) == (400, 3, reason)
 
 
+@pytest.mark.shape_check
 def test_query_parameters_on_a_body_endpoint_are_400(http: httpx.Client) -> None:
     response = http.post("/auth/login?email=a@b.c", json=_login_body())
     assert error_of(response).reason == "UNKNOWN_QUERY_PARAMETER"
@@ -114,6 +118,7 @@ def test_unknown_enum_name_is_400(http: httpx.Client) -> None:
     assert error_of(response).http_status == 400
 
 
+@pytest.mark.shape_check
 @pytest.mark.parametrize(
     "content_type",
     [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
@@ -136,12 +141,14 @@ def test_json_content_types_are_accepted(http: httpx.Client, content_type: str) 
     assert error_of(response).reason == "INVALID_CREDENTIALS"
 
 
+@pytest.mark.shape_check
 def test_oversized_body_is_413(http: httpx.Client, gateway_settings: Settings) -> None:
     big = b'{"email": "' + b"a" * gateway_settings.http_max_body_bytes + b'"}'
     error = error_of(http.post("/auth/login", content=big, headers=JSON))
     assert (error.http_status, error.reason) == (413, "BODY_TOO_LARGE")
 
 
+@pytest.mark.shape_check
 def test_oversized_chunked_body_is_413(http: httpx.Client, gateway_settings: Settings) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"email": "'
@@ -154,12 +161,14 @@ def test_oversized_chunked_body_is_413(http: httpx.Client, gateway_settings: Set
     assert error_of(response).http_status == 413
 
 
+@pytest.mark.shape_check
 def test_unknown_route_is_404(http: httpx.Client) -> None:
     for path in ("/nope", "/auth", "/organizations/acme/members/x/y", "/auth/me/"):
         error = error_of(http.get(path))
         assert (error.http_status, error.code, error.reason) == (404, 5, "NOT_FOUND"), path
 
 
+@pytest.mark.shape_check
 def test_wrong_method_is_405_with_allow(http: httpx.Client) -> None:
     response = http.put("/organizations/acme/members/u1", json={})
     error = error_of(response)
@@ -183,6 +192,7 @@ def test_percent_encoded_slash_stays_inside_the_variable(http: httpx.Client) -> 
     assert "slug" in error.field_violations
 
 
+@pytest.mark.shape_check
 def test_non_ascii_authorization_is_400(http: httpx.Client) -> None:
     request = http.build_request("GET", "/auth/me")
     request.headers["authorization"] = "Bearer caf\xe9"

@@ -55,11 +55,13 @@ def document(http: httpx.Client) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.shape_check
 def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.1")
     validate(document)
 
 
+@pytest.mark.shape_check
 def test_every_annotated_rpc_has_its_path(document: dict[str, Any]) -> None:
     operations = {
         op["operationId"]: (method.upper(), path)
@@ -76,6 +78,7 @@ def test_every_annotated_rpc_has_its_path(document: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.shape_check
 def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, Any]) -> None:
     assert document["security"] == [{"bearerAuth": []}]
     scheme = document["components"]["securitySchemes"]["bearerAuth"]
@@ -96,6 +99,7 @@ def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, An
     }
 
 
+@pytest.mark.shape_check
 def test_proto_comments_become_descriptions(document: dict[str, Any]) -> None:
     login = document["paths"]["/auth/login"]["post"]
     assert login["summary"].startswith("Login exchanges an email and password")
@@ -108,6 +112,7 @@ def test_proto_comments_become_descriptions(document: dict[str, Any]) -> None:
     assert tags["AuthService"].startswith("AuthService registers users")
 
 
+@pytest.mark.shape_check
 def test_schemas_follow_the_json_mapping(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     role = schemas["luman.organization.v1.OrganizationRole"]

@@ -96,6 +96,7 @@ def _cases() -> list[Any]:
     return cases
 
 
+@pytest.mark.shape_check  # AuthServicer checks every field before AuthService runs a query
 @pytest.mark.parametrize(("call", "field"), _cases())
 def test_bad_field_is_invalid_argument_naming_the_field(
     auth: auth_service_pb2_grpc.AuthServiceStub, call: Call, field: str
@@ -111,6 +112,7 @@ def test_bad_field_is_invalid_argument_naming_the_field(
     assert field in error.message
 
 
+@pytest.mark.shape_check
 def test_every_bad_field_is_reported_in_one_answer(
     auth: auth_service_pb2_grpc.AuthServiceStub,
 ) -> None:

@@ -134,7 +134,7 @@ def test_env_example_documents_exactly_the_variables_read() -> None:
     import re
 
     source = (ROOT / "server/luman/server/config.py").read_text()
-    read = set(re.findall(r'r\.\w+\(\s*"([A-Z_]+)"', source))
+    read = set(re.findall(r'r\.\w+\(\s*"([A-Z0-9_]+)"', source))
     assert read == set(_example_values())
 
 

@@ -183,6 +183,7 @@ def test_every_bad_field_is_reported_in_one_answer(orgs: Orgs, caller: Account) 
     assert rich_error(caught.value).field_violations.keys() == {"organization", "user_id", "role"}
 
 
+@pytest.mark.shape_check
 def test_validation_does_not_run_before_authentication(orgs: Orgs) -> None:
     # An anonymous caller learns nothing about the request's shape.
     with pytest.raises(grpc.RpcError) as caught:
