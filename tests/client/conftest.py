@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from luman.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
+from luman.interceptors.chain import InterceptorChain
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 
 Behaviour = Callable[[grpc.ServicerContext], None]
@@ -53,7 +54,8 @@ class Scripted:
 def scripted() -> Iterator[Scripted]:
     servicer = ScriptedAuthServicer()  # type: ignore[abstract]
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=4), interceptors=[ErrorMappingInterceptor()]
+        ThreadPoolExecutor(max_workers=4),
+        interceptors=[InterceptorChain([ErrorMappingInterceptor()])],
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

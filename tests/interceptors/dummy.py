@@ -1,33 +1,69 @@
-"""grpc-interceptor's DummyService on a real in-process server, with our interceptors.
+"""grpc-interceptor's DummyService on a real in-process server, behind an InterceptorChain of the
+stages under test.
 
-`dummy_client` is typed for grpc-interceptor's own base class; ours are plain
-grpc.ServerInterceptors (MethodInterceptor), which is all the grpc.server behind it needs.
+grpc-interceptor's own `dummy_client` serves with a single worker thread; tests that hold one
+call open while another arrives (a sign-in still in flight) need more, so the server is built
+here from the same DummyService.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, cast
+from concurrent import futures
+from typing import Any
 
-from grpc_interceptor.testing import dummy_client
-from grpc_interceptor.testing.dummy_client import SpecialCaseFunction
+import grpc
+from grpc_interceptor.testing.dummy_client import DummyService, SpecialCaseFunction
+from grpc_interceptor.testing.protos import dummy_pb2_grpc
 from grpc_interceptor.testing.protos.dummy_pb2_grpc import DummyServiceStub
 
 from luman.interceptors.base import MethodInterceptor
+from luman.interceptors.chain import InterceptorChain
 
 EXECUTE = "/DummyService/Execute"
 SERVER_STREAM = "/DummyService/ExecuteServerStream"
 CLIENT_STREAM = "/DummyService/ExecuteClientStream"
 BIDI_STREAM = "/DummyService/ExecuteClientServerStream"
+# Every call in these tests is answered within a second; a hung one fails instead of hanging.
+CALL_TIMEOUT = 10.0
+
+
+@contextlib.contextmanager
+def serve_channel(
+    stages: Sequence[MethodInterceptor],
+    special_cases: Mapping[str, SpecialCaseFunction] | None = None,
+    *,
+    generic_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    max_workers: int = 4,
+) -> Iterator[grpc.Channel]:
+    """A channel to a DummyService (plus `generic_handlers`) served behind
+    `InterceptorChain(stages)`, the first stage outermost."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[InterceptorChain(stages)],
+    )
+    dummy_pb2_grpc.add_DummyServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        DummyService(dict(special_cases or {})), server
+    )
+    if generic_handlers:
+        server.add_generic_rpc_handlers(list(generic_handlers))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        server.stop(None)
 
 
 @contextlib.contextmanager
 def serve(
-    interceptors: Sequence[MethodInterceptor],
+    stages: Sequence[MethodInterceptor],
     special_cases: Mapping[str, SpecialCaseFunction] | None = None,
+    *,
+    max_workers: int = 4,
 ) -> Iterator[DummyServiceStub]:
-    with dummy_client(
-        special_cases=dict(special_cases or {}), interceptors=cast(Any, list(interceptors))
-    ) as client:
-        yield client
+    """A DummyService client; the service runs behind `InterceptorChain(stages)`."""
+    with serve_channel(stages, special_cases, max_workers=max_workers) as channel:
+        yield DummyServiceStub(channel)  # type: ignore[no-untyped-call]

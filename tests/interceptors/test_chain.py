@@ -1,10 +1,10 @@
-"""MethodInterceptor and InterceptorChain: handlers wrapped once per method, stages in list
-order, stages that do not apply cost nothing, and every arity of method (the health service's
-Watch is unary-stream, reflection is stream-stream) through the whole chain."""
+"""InterceptorChain through a real server: stages run in list order (the first outermost), each
+method is wrapped once however many calls it gets, stages that do not apply stay out of the
+call, and every arity of method (the health service's Watch is unary-stream, reflection is
+stream-stream) runs through the whole chain."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import uuid
 from collections.abc import Iterator
@@ -14,33 +14,32 @@ import grpc
 import pytest
 from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
-from luman.interceptors import base
+from luman.interceptors import chain
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
-from luman.interceptors.caller import CallerResolver, CallScopedVerifier
-from luman.interceptors.chain import InterceptorChain
+from luman.interceptors.client_address import CallerResolver
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.errors import NotFoundError, UnauthenticatedError
 from luman.interceptors.principal import Credential, Principal, current_principal
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
-from tests.interceptors.dummy import BIDI_STREAM, CLIENT_STREAM, EXECUTE, SERVER_STREAM, serve
+from tests.interceptors.dummy import (
+    BIDI_STREAM,
+    CALL_TIMEOUT,
+    CLIENT_STREAM,
+    EXECUTE,
+    SERVER_STREAM,
+    serve,
+    serve_channel,
+)
 from tests.support import rich_error
 
 USER_ID = uuid.uuid4()
 
 
-class _Details(
-    collections.namedtuple("_Details", ("method", "invocation_metadata")),
-    grpc.HandlerCallDetails,
-):
-    pass
-
-
 class _Recording(MethodInterceptor):
-    """Appends its name to `trace` around each call; counts how often it wrapped a method."""
+    """Appends its name to `trace` around each call; records each method it was asked to wrap."""
 
     def __init__(self, name: str, trace: list[str], applies: bool = True) -> None:
-        super().__init__()
         self.name, self.trace, self.applies = name, trace, applies
         self.wrapped: list[str] = []
 
@@ -59,67 +58,85 @@ class _Recording(MethodInterceptor):
         return recorded
 
 
-def _handler() -> Any:
-    return grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
 
 
-def test_a_method_is_wrapped_once_and_the_same_handler_is_handed_back() -> None:
-    stage = _Recording("a", [])
-    servicer_handler = _handler()
-    details = _Details(EXECUTE, ())
-    first = stage.intercept_service(lambda _: servicer_handler, details)
-    second = stage.intercept_service(lambda _: servicer_handler, details)
-    assert first is second
-    assert first is not servicer_handler
-    assert stage.wrapped == [EXECUTE]
+class _AnyMethod(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Answers every method under /Any/ (as a generic handler may), with one handler for all of
+    them, or with a new handler on every call when `per_call`."""
+
+    def __init__(self, per_call: bool = False) -> None:
+        self._per_call = per_call
+        self._handler = grpc.unary_unary_rpc_method_handler(_echo)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if not handler_call_details.method.startswith("/Any/"):
+            return None
+        if self._per_call:
+            return grpc.unary_unary_rpc_method_handler(_echo)
+        return self._handler
 
 
-def test_a_new_next_handler_is_wrapped_afresh() -> None:
-    stage = _Recording("a", [])
-    details = _Details(EXECUTE, ())
-    first = stage.intercept_service(lambda _: _handler(), details)
-    second = stage.intercept_service(lambda _: _handler(), details)
-    assert first is not second
-    assert stage.wrapped == [EXECUTE, EXECUTE]
-
-
-def test_a_stage_that_does_not_apply_hands_back_the_servicer_handler() -> None:
-    chain = InterceptorChain([_Recording("a", [], applies=False)])
-    servicer_handler = _handler()
-    assert chain.intercept_service(lambda _: servicer_handler, _Details(EXECUTE, ())) is (
-        servicer_handler
-    )
-
-
-def test_an_unknown_method_is_left_to_grpcio() -> None:
-    stage = _Recording("a", [])
-    assert stage.intercept_service(lambda _: None, _Details("/No/Such", ())) is None
-    assert stage.wrapped == []
-
-
-def test_the_cache_is_bounded_when_any_method_name_is_answered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(base, "MAX_CACHED_METHODS", 3)
-    stage = _Recording("a", [])
-    handler = _handler()
-    for n in range(10):
-        stage.intercept_service(lambda _: handler, _Details(f"/Any/Method{n}", ()))
-    assert len(stage._handlers) == 3
-    # Past the bound, methods still work; they are only wrapped per call.
-    stage.intercept_service(lambda _: handler, _Details("/Any/Method9", ()))
-    assert stage.wrapped.count("/Any/Method9") == 2
+def _raw_call(channel: grpc.Channel, method: str, request: bytes = b"x") -> bytes:
+    """One unary call of `method` with the bytes as they are (no serializers)."""
+    response: bytes = channel.unary_unary(method, None, None)(request, timeout=CALL_TIMEOUT)
+    return response
 
 
 def test_stages_run_in_list_order_outermost_first() -> None:
     trace: list[str] = []
     stages = [_Recording("outer", trace), _Recording("skipped", trace, False)]
     stages.append(_Recording("inner", trace))
-    with serve([InterceptorChain(stages)]) as client:
+    with serve(stages) as client:
         client.Execute(DummyRequest(input="x"))
         client.Execute(DummyRequest(input="x"))
     assert trace == ["outer in", "inner in", "inner out", "outer out"] * 2
     assert [s.wrapped for s in stages] == [[EXECUTE]] * 3
+
+
+def test_each_method_is_wrapped_once_however_many_calls_it_gets() -> None:
+    stage = _Recording("a", [])
+    with serve([stage]) as client:
+        for _ in range(3):
+            assert client.Execute(DummyRequest(input="x")).output == "x"
+            assert "".join(r.output for r in client.ExecuteServerStream(DummyRequest(input="ab")))
+    assert stage.wrapped == [EXECUTE, SERVER_STREAM]
+
+
+def test_a_handler_built_per_call_is_wrapped_afresh() -> None:
+    # Something upstream building handlers per call gets correct (only slower) wrapping.
+    stage = _Recording("a", [])
+    with serve_channel([stage], generic_handlers=[_AnyMethod(per_call=True)]) as channel:
+        assert _raw_call(channel, "/Any/Echo", b"one") == b"one"
+        assert _raw_call(channel, "/Any/Echo", b"two") == b"two"
+    assert stage.wrapped == ["/Any/Echo", "/Any/Echo"]
+
+
+def test_an_unknown_method_is_left_to_grpcio() -> None:
+    stage = _Recording("a", [])
+    with serve_channel([stage]) as channel, pytest.raises(grpc.RpcError) as caught:
+        _raw_call(channel, "/No.Such/Method")
+    assert isinstance(caught.value, grpc.Call)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert stage.wrapped == []
+
+
+def test_the_cache_is_bounded_when_any_method_name_is_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chain, "MAX_CACHED_METHODS", 3)
+    trace: list[str] = []
+    stage = _Recording("a", trace)
+    with serve_channel([stage], generic_handlers=[_AnyMethod()]) as channel:
+        for n in range(10):
+            assert _raw_call(channel, f"/Any/Method{n}") == b"x"
+        # Within the bound, methods stay wrapped; past it, they still work, wrapped per call.
+        assert _raw_call(channel, "/Any/Method0") == b"x"
+        assert _raw_call(channel, "/Any/Method9") == b"x"
+    assert stage.wrapped.count("/Any/Method0") == 1
+    assert stage.wrapped.count("/Any/Method9") == 2
+    assert trace == ["a in", "a out"] * 12
 
 
 def _verify(token: str) -> Principal:
@@ -139,16 +156,12 @@ def _missing(_: str, context: Any) -> str:
 @contextlib.contextmanager
 def _product_chain(entries: list[RequestLogEntry]) -> Iterator[Any]:
     """The server's chain shape: logging, error mapping, token auth (no public methods)."""
-    caller_of = CallerResolver()
-    verifier = CallScopedVerifier(_verify)
-    chain = InterceptorChain(
-        [
-            RequestLoggingInterceptor(entries.append, caller_of),
-            ErrorMappingInterceptor(),
-            TokenAuthInterceptor(verifier.verify, public_methods=()),
-        ]
-    )
-    with serve([chain], {"who": _who, "missing": _missing}) as client:
+    stages = [
+        RequestLoggingInterceptor(entries.append, CallerResolver()),
+        ErrorMappingInterceptor(),
+        TokenAuthInterceptor(_verify, public_methods=()),
+    ]
+    with serve(stages, {"who": _who, "missing": _missing}) as client:
         yield client
 
 

@@ -1,5 +1,6 @@
 """RequestLoggingInterceptor on a bare server: one entry per call with the final status,
-streaming calls logged when the stream ends, and a failing sink never failing the call."""
+streaming calls logged when the stream ends, a failing sink never failing the call, and the call
+record opened for the stages inside even with the request log off."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from grpc_interceptor.testing.dummy_client import SpecialCaseFunction
 from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
 from luman.interceptors.base import MethodInterceptor
-from luman.interceptors.caller import CallerResolver
+from luman.interceptors.call_context import current_call
+from luman.interceptors.client_address import CallerResolver
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.errors import NotFoundError
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
@@ -110,3 +112,12 @@ def test_the_per_call_line_is_written_at_debug_only(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.DEBUG, logger=name)
     _logged("hello")
     assert f"rpc {EXECUTE} OK" in caplog.text
+
+
+def test_without_a_sink_the_stage_still_opens_each_calls_record() -> None:
+    # REQUEST_LOG_ENABLED=false: the stages inside still read the call's record.
+    def where(_: str, context: Any) -> str:
+        return current_call().caller.ip
+
+    with serve([RequestLoggingInterceptor(None, CallerResolver())], {"where": where}) as client:
+        assert client.Execute(DummyRequest(input="where")).output in ("127.0.0.1", "::1")

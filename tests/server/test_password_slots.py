@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from luman.interceptors.errors import ResourceExhaustedError
+from luman.interceptors.errors import OverloadedError, ResourceExhaustedError
 from luman.server.app import build_server
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.config import Settings
@@ -142,7 +142,7 @@ class RehashRefusingHasher(PasswordHasher):
     """Checks passwords, but every new hash finds the server busy (as under a login burst)."""
 
     def hash(self, password: str) -> str:
-        raise ResourceExhaustedError("SERVER_BUSY", "busy", retry_after_seconds=1)
+        raise OverloadedError("SERVER_BUSY", "busy", retry_after_seconds=1)
 
 
 def test_login_succeeds_when_only_the_rehash_is_refused(

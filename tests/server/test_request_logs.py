@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,11 +24,13 @@ from luman.interceptors.request_logging import RequestLogEntry
 from luman.server.app import App, build_server
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.config import ConfigError, Settings
+from luman.server.db.availability import is_unavailable
 from luman.server.db.models import RequestLog
 from luman.server.db.session import Sessions, is_sqlite, make_engine
 from luman.server.main import cli
 from luman.server.request_logs import store
 from luman.server.request_logs.writer import RequestLogWriter
+from tests.database_outage import DatabaseOutage
 from tests.support import PASSWORD, FakeClock, bearer, register, rich_error, unique_email
 
 GET_ME = "/luman.auth.v1.AuthService/GetMe"
@@ -383,6 +386,16 @@ def test_request_log_enabled_setting(tmp_path: Path, value: str | None, enabled:
     assert Settings.from_env(env).request_log_enabled is enabled
 
 
+def test_request_log_max_queue_setting(tmp_path: Path) -> None:
+    env = {"LUMAN_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(env).request_log_max_queue == 100_000
+    env["REQUEST_LOG_MAX_QUEUE"] = "250000"
+    assert Settings.from_env(env).request_log_max_queue == 250_000
+    env["REQUEST_LOG_MAX_QUEUE"] = "10"
+    with pytest.raises(ConfigError, match=r"^REQUEST_LOG_MAX_QUEUE must be between 1000 and"):
+        Settings.from_env(env)
+
+
 def test_request_log_enabled_must_be_a_boolean(tmp_path: Path) -> None:
     env = {"LUMAN_DATA_DIR": str(tmp_path), "REQUEST_LOG_ENABLED": "sometimes"}
     with pytest.raises(ConfigError, match=r"^REQUEST_LOG_ENABLED must be true or false"):
@@ -466,10 +479,11 @@ class BatchRecordingWriter(RequestLogWriter):
         self.batches: list[int] = []
         self.wrote = threading.Semaphore(0)
 
-    def _write(self, batch: list[RequestLogEntry]) -> None:
-        super()._write(batch)
+    def _write(self, batch: list[RequestLogEntry]) -> bool:
+        done = super()._write(batch)
         self.batches.append(len(batch))
         self.wrote.release()
+        return done
 
 
 def test_the_writer_waits_for_a_full_batch(sessions: Sessions, clock: FakeClock) -> None:
@@ -504,3 +518,97 @@ def test_a_lone_entry_is_written_after_max_delay_without_a_flush(
         assert len(_rows(sessions)) == 1
     finally:
         writer.close()
+
+
+@pytest.fixture
+def outage(database_url: str) -> Iterator[DatabaseOutage]:
+    """The database behind a proxy (PostgreSQL) or a file lock (SQLite) the test controls."""
+    outage = DatabaseOutage(database_url)
+    yield outage
+    outage.close()
+
+
+class CountingErrors:
+    """The writer's on_error: counts the failed attempts, says whether to keep the batch."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def __call__(self, exc: Exception) -> bool:
+        self.attempts += 1
+        return is_unavailable(exc)
+
+
+def test_an_outage_loses_no_entry_and_retries_with_capped_backoff(
+    outage: DatabaseOutage, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors = CountingErrors()
+    writer = RequestLogWriter(
+        outage.engine,
+        retention_days=0,
+        batch_size=10,
+        max_delay=0.01,
+        on_error=errors,
+        retry_min=0.01,
+        retry_max=0.05,
+    )
+    writer.start()
+    try:
+        outage.cut()
+        for _ in range(25):
+            writer.submit(_entry(clock()))
+        # Waits 0.01, 0.02, 0.04, then 0.05 s between attempts: a handful, not thousands.
+        assert not writer.flush(timeout=0.5)
+        assert 3 <= errors.attempts <= 0.5 / 0.05 + 4
+        assert writer.stats == store.WriterStats()
+        assert writer.queued == 25
+        outage.restore()
+        assert writer.flush(timeout=CALL_TIMEOUT)
+    finally:
+        writer.close()
+    assert writer.stats == store.WriterStats(written=25)
+    assert len(_rows(outage.sessions)) == 25
+    assert "lost" not in caplog.text
+    assert "dropped" not in caplog.text
+
+
+def test_past_the_bound_an_outage_drops_new_entries_and_counts_them(
+    outage: DatabaseOutage, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = RequestLogWriter(
+        outage.engine, retention_days=0, max_queue=20, batch_size=10, retry_min=0.01
+    )
+    writer.start()
+    try:
+        outage.cut()
+        for _ in range(30):
+            writer.submit(_entry(clock()))
+        outage.restore()
+        assert writer.flush(timeout=CALL_TIMEOUT)
+    finally:
+        writer.close()
+    # The first 20 (the bound) were kept and written; the 10 after them were dropped.
+    assert writer.stats == store.WriterStats(written=20, dropped=10)
+    assert len(_rows(outage.sessions)) == 20
+    assert "10 entries dropped (queue full)" in caplog.text
+
+
+def test_close_during_an_outage_counts_what_it_could_not_write_as_lost(
+    outage: DatabaseOutage, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = RequestLogWriter(outage.engine, retention_days=0, batch_size=5, retry_min=0.01)
+    writer.start()
+    try:
+        outage.cut()
+        for _ in range(7):
+            writer.submit(_entry(clock()))
+        writer.close(timeout=0.3)
+    finally:
+        outage.restore()
+    assert writer.stats == store.WriterStats(failed=7)
+    # Queued, or some of them in an insert that failed too: the totals count all 7.
+    assert re.search(r"after 0s of shutdown; \d queued entries lost", caplog.text)
+    assert "7 lost to database errors" in caplog.text
+    writer.submit(_entry(clock()))
+    assert writer.stats.after_close == 1
+    assert _rows(outage.sessions) == []

@@ -1,4 +1,5 @@
-"""The verified-token cache, through real servers on SQLite and PostgreSQL.
+"""The verified-token cache (tokens and the user each one was read with), through real servers
+on SQLite and PostgreSQL, and on its own.
 
 A cache hit is made visible by changing the database behind the cache's back (as another
 replica would): a call that still succeeds was answered from the cache. Time moves only through
@@ -22,8 +23,9 @@ from luman.interceptors.principal import Credential, Principal
 from luman.server.app import App, build_server
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.auth.token_cache import TokenCache, token_key
+from luman.server.auth.token_checks import UserRecord
 from luman.server.config import Settings
-from luman.server.db.models import CliToken, LoginSession
+from luman.server.db.models import CliToken, LoginSession, User
 from luman.server.db.session import Sessions
 from tests.support import PASSWORD, FakeClock, bearer, register, rich_error, unique_email
 
@@ -254,11 +256,61 @@ def test_get_me_is_answered_for_a_token_checked_before_the_cache_filled(
         assert _get_me(replica.auth, signed_up.tokens.access_token).user == signed_up.user
 
 
+def test_get_me_answers_from_the_user_the_token_check_read_until_the_recheck(
+    start_replica: StartReplica, sessions: Sessions, clock: FakeClock
+) -> None:
+    # Another replica renaming the user is noticed here when the token comes up for a recheck.
+    replica = start_replica(token_cache_ttl=30)
+    signed_up = register(replica.auth, name="Before")
+    token = signed_up.tokens.access_token
+    assert _get_me(replica.auth, token).user.name == "Before"
+    with sessions.write.begin() as session:
+        session.execute(sa.update(User).values(name="After"))
+
+    clock.advance(seconds=29)
+    assert _get_me(replica.auth, token).user.name == "Before"  # from the cache
+    clock.advance(seconds=1)
+    assert _get_me(replica.auth, token).user.name == "After"
+
+
 # --- TokenCache on its own ---------------------------------------------------------------------
 
 
-def _principal(credential_id: uuid.UUID | None = None) -> Principal:
-    return Principal(uuid.uuid4(), Credential.ACCESS_TOKEN, credential_id or uuid.uuid4())
+def _principal(
+    credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+) -> Principal:
+    return Principal(
+        user_id or uuid.uuid4(), Credential.ACCESS_TOKEN, credential_id or uuid.uuid4()
+    )
+
+
+def _user(principal: Principal, name: str = "Test User") -> UserRecord:
+    return UserRecord(
+        principal.user_id,
+        f"{principal.user_id.hex[:10]}@example.com",
+        name,
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+
+
+def _put(
+    cache: TokenCache,
+    key: bytes,
+    principal: Principal | None = None,
+    *,
+    expire_time: dt.datetime | None = None,
+    name: str = "Test User",
+) -> Principal:
+    """Cache a verification of `key` that began just now; its principal."""
+    principal = principal or _principal()
+    cache.put(
+        key,
+        principal,
+        _user(principal, name),
+        expire_time=expire_time,
+        generation=cache.generation(),
+    )
+    return principal
 
 
 def test_cache_is_keyed_by_a_hash_of_the_token() -> None:
@@ -270,13 +322,8 @@ def test_cache_is_keyed_by_a_hash_of_the_token() -> None:
 def test_entry_is_rechecked_at_the_earlier_of_expiry_and_ttl(clock: FakeClock) -> None:
     cache = TokenCache(30, clock)
     soon, later = token_key("soon"), token_key("later")
-    cache.put(
-        soon,
-        _principal(),
-        expire_time=clock() + dt.timedelta(seconds=10),
-        generation=cache.generation(),
-    )
-    cache.put(later, _principal(), expire_time=None, generation=cache.generation())
+    _put(cache, soon, expire_time=clock() + dt.timedelta(seconds=10))
+    _put(cache, later)
     clock.advance(seconds=9)
     assert cache.get(soon) is not None
     clock.advance(seconds=1)
@@ -291,7 +338,7 @@ def test_entry_is_rechecked_at_the_earlier_of_expiry_and_ttl(clock: FakeClock) -
 def test_an_already_expired_token_is_not_cached(clock: FakeClock) -> None:
     cache = TokenCache(30, clock)
     key = token_key("t")
-    cache.put(key, _principal(), expire_time=clock(), generation=cache.generation())
+    _put(cache, key, expire_time=clock())
     assert cache.get(key) is None
 
 
@@ -299,32 +346,103 @@ def test_a_check_that_raced_a_revocation_is_not_cached(clock: FakeClock) -> None
     cache = TokenCache(30, clock)
     session_id = uuid.uuid4()
     generation = cache.generation()  # a check begins and reads the database ...
-    cache.forget_credential(session_id)  # ... a revocation commits meanwhile ...
+    cache.forget(credential_id=session_id)  # ... a revocation commits meanwhile ...
     key = token_key("t")
-    cache.put(key, _principal(session_id), expire_time=None, generation=generation)
+    principal = _principal(session_id)
+    cache.put(key, principal, _user(principal), expire_time=None, generation=generation)
     assert cache.get(key) is None  # ... so what the check read is not believed later
+    assert cache.user(principal.user_id) is None
 
 
-def test_forget_credential_drops_only_that_credentials_tokens(clock: FakeClock) -> None:
+def test_a_check_that_raced_a_change_of_its_user_is_not_cached(clock: FakeClock) -> None:
     cache = TokenCache(30, clock)
-    session_id = uuid.uuid4()
+    principal = _principal()
+    generation = cache.generation()  # a check begins and reads the user ...
+    cache.forget(user_id=principal.user_id)  # ... the user changes meanwhile ...
+    key = token_key("t")
+    cache.put(key, principal, _user(principal), expire_time=None, generation=generation)
+    assert cache.get(key) is None  # ... so what the check read is not believed later
+    assert cache.user(principal.user_id) is None
+
+
+def test_forget_by_credential_drops_only_that_credentials_tokens(clock: FakeClock) -> None:
+    cache = TokenCache(30, clock)
+    session_id, user_id = uuid.uuid4(), uuid.uuid4()
     mine = [token_key(f"mine-{i}") for i in range(3)]
-    theirs = token_key("theirs")
     for key in mine:
-        cache.put(key, _principal(session_id), expire_time=None, generation=cache.generation())
-    cache.put(theirs, _principal(), expire_time=None, generation=cache.generation())
-    cache.forget_credential(session_id)
+        _put(cache, key, _principal(session_id, user_id))
+    same_user = _put(cache, token_key("same user"), _principal(user_id=user_id))
+    theirs = _put(cache, token_key("theirs"))
+    cache.forget(credential_id=session_id)
     assert [cache.get(key) for key in mine] == [None, None, None]
-    assert cache.get(theirs) is not None
+    assert cache.get(token_key("same user")) is not None
+    assert cache.get(token_key("theirs")) is not None
+    assert cache.user(same_user.user_id) == _user(same_user)
+    assert cache.user(theirs.user_id) == _user(theirs)
+
+
+def test_forget_by_user_drops_every_token_of_that_user_only(clock: FakeClock) -> None:
+    # A changed or deleted user: every credential of theirs is checked in full again.
+    cache = TokenCache(30, clock)
+    user_id = uuid.uuid4()
+    mine = [token_key(f"mine-{i}") for i in range(3)]
+    for key in mine:  # three credentials of one user
+        _put(cache, key, _principal(user_id=user_id))
+    theirs = _put(cache, token_key("theirs"))
+    cache.forget(user_id=user_id)
+    assert [cache.get(key) for key in mine] == [None, None, None]
+    assert cache.user(user_id) is None
+    assert cache.get(token_key("theirs")) is not None
+    assert cache.user(theirs.user_id) == _user(theirs)
+    assert len(cache) == 1
+
+
+def test_forget_by_credential_and_user_at_once(clock: FakeClock) -> None:
+    cache = TokenCache(30, clock)
+    revoked = _put(cache, token_key("revoked"))
+    changed = _put(cache, token_key("changed"))
+    kept = _put(cache, token_key("kept"))
+    cache.forget(credential_id=revoked.credential_id, user_id=changed.user_id)
+    assert cache.get(token_key("revoked")) is None
+    assert cache.get(token_key("changed")) is None
+    assert cache.get(token_key("kept")) is not None
+    assert [cache.user(p.user_id) for p in (revoked, changed, kept)] == [None, None, _user(kept)]
+
+
+def test_user_is_the_record_read_with_a_cached_token(clock: FakeClock) -> None:
+    cache = TokenCache(30, clock)
+    assert cache.user(uuid.uuid4()) is None
+    principal = _put(cache, token_key("t"), name="Ada")
+    cached = cache.get(token_key("t"))
+    assert cached is not None
+    assert cached.principal == principal
+    assert cached.user == _user(principal, "Ada")
+    assert cache.user(principal.user_id) == _user(principal, "Ada")
+
+
+def test_user_goes_with_the_last_of_its_tokens(clock: FakeClock) -> None:
+    cache = TokenCache(30, clock, max_entries=2)
+    principal = _put(cache, token_key("old"))
+    _put(cache, token_key("a"))
+    _put(cache, token_key("b"))  # evicts "old", the user's only token
+    assert cache.get(token_key("old")) is None
+    assert cache.user(principal.user_id) is None
+
+
+def test_user_is_not_served_past_the_recheck_of_the_token_it_came_with(clock: FakeClock) -> None:
+    cache = TokenCache(30, clock)
+    principal = _put(cache, token_key("t"), name="Before")
+    clock.advance(seconds=30)  # the token is due for a full check: so is what it read
+    assert cache.user(principal.user_id) is None
 
 
 def test_eviction_keeps_the_most_recently_used(clock: FakeClock) -> None:
     cache = TokenCache(30, clock, max_entries=2)
     a, b, c = (token_key(name) for name in "abc")
     for key in (a, b):
-        cache.put(key, _principal(), expire_time=None, generation=cache.generation())
+        _put(cache, key)
     assert cache.get(a) is not None  # a is now the most recent
-    cache.put(c, _principal(), expire_time=None, generation=cache.generation())
+    _put(cache, c)
     assert cache.get(b) is None
     assert cache.get(a) is not None
     assert cache.get(c) is not None
@@ -333,8 +451,9 @@ def test_eviction_keeps_the_most_recently_used(clock: FakeClock) -> None:
 def test_zero_ttl_caches_nothing(clock: FakeClock) -> None:
     cache = TokenCache(0, clock)
     key = token_key("t")
-    cache.put(key, _principal(), expire_time=None, generation=cache.generation())
+    principal = _put(cache, key)
     assert cache.get(key) is None
+    assert cache.user(principal.user_id) is None
     assert len(cache) == 0
 
 
@@ -342,10 +461,20 @@ def test_claim_use_lets_one_caller_record_each_minute(clock: FakeClock) -> None:
     cache = TokenCache(3600, clock)
     key = token_key("lmn_x")
     minute = dt.timedelta(minutes=1)
+    principal = _principal()
     cache.put(
-        key, _principal(), expire_time=None, generation=cache.generation(), last_use_time=clock()
+        key,
+        principal,
+        _user(principal),
+        expire_time=None,
+        generation=cache.generation(),
+        last_use_time=clock(),
     )
     assert not cache.claim_use(key, clock(), minute)
     clock.advance(seconds=60)
     assert cache.claim_use(key, clock(), minute)
     assert not cache.claim_use(key, clock(), minute)  # the second caller in that minute
+    cached = cache.get(key)
+    assert cached is not None
+    assert cached.last_use_time == clock()
+    assert not cache.claim_use(token_key("not cached"), clock(), minute)

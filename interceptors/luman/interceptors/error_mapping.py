@@ -19,12 +19,12 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from luman.interceptors import metadata_keys
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.errors import DomainError, InvalidArgumentError, RetryableError
 
 logger = logging.getLogger(__name__)
 
-DETAILS_KEY = "grpc-status-details-bin"
 
 # An exception the chain does not know -> the DomainError it stands for, or None.
 Translate = Callable[[Exception], DomainError | None]
@@ -123,8 +123,12 @@ def status_for(
         packed.Pack(detail)
         status.details.append(packed)
     assert status.code != code_pb2.OK
-    metadata = tuple((k, v) for k, v in extra_metadata if k != DETAILS_KEY)
-    return _Status(exc.code, exc.message, (*metadata, (DETAILS_KEY, status.SerializeToString())))
+    metadata = tuple((k, v) for k, v in extra_metadata if k != metadata_keys.STATUS_DETAILS)
+    return _Status(
+        exc.code,
+        exc.message,
+        (*metadata, (metadata_keys.STATUS_DETAILS, status.SerializeToString())),
+    )
 
 
 def domain_of(method_name: str) -> str:

@@ -10,6 +10,7 @@ chain needs nothing from the server (the server imports them from here).
     ├── AlreadyExistsError                 ALREADY_EXISTS
     ├── FailedPreconditionError            FAILED_PRECONDITION
     ├── ResourceExhaustedError(retry_after) RESOURCE_EXHAUSTED + google.rpc.RetryInfo
+    │   └── OverloadedError                 (load shed: not counted by the rate limiter)
     └── UnavailableError(retry_after)       UNAVAILABLE + google.rpc.RetryInfo
 
 Anything else becomes INTERNAL with the message "internal error".
@@ -45,10 +46,10 @@ class DomainError(Exception):
 class InvalidArgumentError(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, violations: list[FieldViolation]) -> None:
+    def __init__(self, violations: list[FieldViolation], reason: str = "INVALID_ARGUMENT") -> None:
         fields = ", ".join(v.field for v in violations)
         detail = violations[0].description if len(violations) == 1 else "several fields are invalid"
-        super().__init__("INVALID_ARGUMENT", f"invalid {fields}: {detail}")
+        super().__init__(reason, f"invalid {fields}: {detail}")
         self.violations = violations
 
     @classmethod
@@ -86,6 +87,11 @@ class RetryableError(DomainError):
 
 class ResourceExhaustedError(RetryableError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class OverloadedError(ResourceExhaustedError):
+    """The server shed the call before doing its work (load shedding): it did not happen, so
+    the rate limiter gives back what it counted for it."""
 
 
 class UnavailableError(RetryableError):

@@ -1,11 +1,12 @@
-"""The authenticated caller of the current RPC, visible to servicers through a ContextVar."""
+"""The authenticated caller of the current RPC, as token authentication recorded it."""
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import enum
 import uuid
+
+from luman.interceptors.call_context import optional_call
 
 
 class Credential(enum.Enum):
@@ -25,24 +26,15 @@ class Principal:
     credential_id: uuid.UUID
 
 
-_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "luman_principal", default=None
-)
+def optional_principal() -> Principal | None:
+    """The verified caller of the RPC being served, or None when it carried no valid token."""
+    record = optional_call()
+    return None if record is None else record.principal
 
 
 def current_principal() -> Principal:
     """The caller of the RPC being served. Only valid inside a non-public RPC."""
-    principal = _current.get()
+    principal = optional_principal()
     if principal is None:
         raise RuntimeError("no authenticated principal: is the RPC declared public by mistake?")
     return principal
-
-
-def optional_principal() -> Principal | None:
-    return _current.get()
-
-
-# set_principal(principal) -> token; reset_principal(token). The ContextVar's own methods:
-# TokenAuthInterceptor calls them on every RPC.
-set_principal = _current.set
-reset_principal = _current.reset

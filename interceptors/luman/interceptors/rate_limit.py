@@ -1,4 +1,4 @@
-"""RateLimitInterceptor and the sliding-window limiter behind it.
+"""The rate-limit stages (per client address, then per user) and the sliding-window limiter.
 
 Algorithm: a sliding log. Each key keeps the (monotonic) times of its counted requests in the
 last window; a request is admitted while fewer than `limit` are younger than `window`. That
@@ -32,25 +32,26 @@ import enum
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import grpc
 
+from luman.interceptors import call_context, metadata_keys
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
-from luman.interceptors.caller import ResolveCaller
-from luman.interceptors.errors import ResourceExhaustedError
-from luman.interceptors.principal import Principal
-
-LIMIT_HEADER = "x-ratelimit-limit"
-REMAINING_HEADER = "x-ratelimit-remaining"
-RESET_HEADER = "x-ratelimit-reset"
-RETRY_AFTER_HEADER = "retry-after"
-_HEADERS = frozenset((LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER, RETRY_AFTER_HEADER))
+from luman.interceptors.call_context import CallRecord
+from luman.interceptors.client_address import limit_key
+from luman.interceptors.errors import (
+    OverloadedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
+from luman.interceptors.malformed import MalformedRequest
 
 MonotonicClock = Callable[[], float]
-# Users whose bucket key is remembered per interceptor; when full the memory is dropped.
-MAX_CACHED_USER_KEYS = 10_000
+# A refusal that attempts still in flight may undo (a shed sign-in is given back, a successful
+# one gives back its account reservation) says to retry this soon, not after the whole window.
+IN_FLIGHT_RETRY_SECONDS = 1.0
 
 
 class Policy(enum.Enum):
@@ -65,14 +66,15 @@ class Decision(NamedTuple):
 
     `reset_after` is the time (seconds) until the oldest counted request leaves the window,
     i.e. until `remaining` next goes up; 0 when nothing is counted. A rejected request may
-    retry after exactly that long. `ticket` identifies the recorded hit for `cancel()`.
+    retry after exactly that long. `ticket` identifies an admitted hit to the limiter that
+    recorded it, for its `cancel()`; nothing else reads it.
     """
 
     allowed: bool
     limit: int
     remaining: int
     reset_after: float
-    ticket: float | str | None = None
+    ticket: object = None
 
     @property
     def retry_after(self) -> float:
@@ -102,7 +104,6 @@ class RateLimiter(Protocol):
 
 
 DEFAULT_SLOTS = 1000
-_new_decision = tuple.__new__
 
 
 class _Log:
@@ -188,10 +189,7 @@ class SlidingWindowLimiter:
             self._logs[key] = log
             self._logs.move_to_end(key)
             remaining = self._limit - log.count
-            # Decision(...) without the NamedTuple's Python-level __new__: every call admits.
-            return _new_decision(
-                Decision, (True, self._limit, remaining, entries[0][0] + window - now, now)
-            )
+            return Decision(True, self._limit, remaining, entries[0][0] + window - now, now)
 
     def peek(self, key: str) -> Decision:
         with self._lock:
@@ -202,9 +200,10 @@ class SlidingWindowLimiter:
             return Decision(remaining > 0, self._limit, max(0, remaining), reset)
 
     def cancel(self, key: str, decision: Decision) -> None:
-        if decision.ticket is None or isinstance(decision.ticket, str):
-            return  # nothing was recorded, or not by this limiter
-        slot = self._slot(decision.ticket)
+        if not decision.allowed:
+            return  # nothing was recorded
+        assert isinstance(decision.ticket, float), "a decision of another limiter"
+        slot = self._slot(decision.ticket)  # the time hit() recorded
         with self._lock:
             log = self._logs.get(key)
             if log is None:
@@ -260,29 +259,34 @@ class AccountLimit:
         limiter: the per-account counter.
         key_of: (method name, request) -> account key, or None when the RPC is not a sign-in.
         is_failure: whether an exception from the RPC is a failed sign-in.
-        methods: the only methods `key_of` can answer for (None: it is asked on every call).
+        methods: the only methods `key_of` can answer for.
     """
 
     limiter: RateLimiter
     key_of: Callable[[str, Any], str | None]
     is_failure: Callable[[BaseException], bool]
-    methods: frozenset[str] | None = None
+    methods: frozenset[str]
 
 
-class RateLimitInterceptor(MethodInterceptor):
-    """Admits or rejects each call and sets the x-ratelimit-* trailers on every response.
+class ClientRateLimitInterceptor(MethodInterceptor):
+    """The per-IP stage: counts every call that has no verified user to count against, per
+    client address (an IPv6 client with its whole /`ipv6_prefix` network).
 
-    The headers travel as trailing metadata: trailers are sent with errors as well as with
-    successes (ErrorMappingInterceptor keeps them), where initial metadata would be lost on a
-    rejected call. A sign-in with an account key reserves a slot in the account's bucket
-    before it runs and gives it back unless it fails with bad credentials, so that many
-    concurrent guesses cannot all slip past a check made before any of them failed.
+    - Auth-policy calls (the sign-ins) always, before they run. A call refused by its account's
+      limit, or shed by the server (OverloadedError: it never happened), is given back, and so
+      is the account reservation of a sign-in that did not fail with bad credentials
+      (`accounts`). A refusal that calls still in flight may undo says to retry in a second.
+    - Public calls, undecodable requests and calls without credentials, before they run.
+    - Calls with credentials are left to token authentication, which runs next: one whose token
+      it rejects is counted when the rejection comes back, and once the address's budget is
+      spent its answer is RESOURCE_EXHAUSTED instead of UNAUTHENTICATED. A valid token's call
+      counts for its user in the per-user stage instead.
 
     Args:
         policy_of: method name -> Policy, or None for calls that are never limited.
         limiters: one limiter per policy; a policy without one is not limited.
-        caller_of: the call's Caller (its client IP is the key for anonymous calls).
-        principal_of: the verified caller of a call, or None without a valid token.
+        public_methods: full method names that need no token.
+        ipv6_prefix: the prefix length an IPv6 client is counted by.
         accounts: per-account counting of failed sign-ins.
     """
 
@@ -291,79 +295,191 @@ class RateLimitInterceptor(MethodInterceptor):
         *,
         policy_of: Callable[[str], Policy | None],
         limiters: Mapping[Policy, RateLimiter],
-        caller_of: ResolveCaller,
-        principal_of: Callable[[grpc.ServicerContext], Principal | None],
+        public_methods: frozenset[str] = frozenset(),
+        ipv6_prefix: int = 64,
         accounts: AccountLimit | None = None,
     ) -> None:
-        super().__init__()
         self._policy_of = policy_of
         self._limiters = dict(limiters)
-        self._caller_of = caller_of
-        self._principal_of = principal_of
+        self._public = public_methods
+        self._ipv6_prefix = ipv6_prefix
         self._accounts = accounts
+        self._in_flight = _InFlight()
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         policy = self._policy_of(method.name)
-        limiter = self._limiters.get(policy) if policy is not None else None
-        if policy is None or limiter is None:
+        limiter = None if policy is None else self._limiters.get(policy)
+        if limiter is None:
             return behavior
-        name, key_of, accounts = method.name, self._key_of(policy), self._accounts
-        if accounts is not None and accounts.methods is not None and name not in accounts.methods:
-            accounts = None
+        if policy is Policy.AUTH:
+            if method.response_streaming or method.request_streaming:
+                raise ValueError(f"{method.name}: auth-policy methods must be unary")
+            return self._sign_in(method.name, limiter, behavior)
+        public = method.name in self._public
+
+        def counted_first(record: CallRecord, request: Any) -> bool:
+            """Count the call now (True), or leave it to token authentication (False)."""
+            return public or not record.authorization or isinstance(request, MalformedRequest)
+
+        if method.response_streaming:
+            # Token authentication runs when grpcio starts iterating the responses.
+            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                record = call_context.current_call()
+                if counted_first(record, request):
+                    _admit(context, limiter.hit(self._key(record.caller.ip)))
+                    yield from behavior(request, context)
+                    return
+                try:
+                    yield from behavior(request, context)
+                except UnauthenticatedError:
+                    if record.principal is None:  # token authentication turned it down
+                        _admit(context, limiter.hit(self._key(record.caller.ip)))
+                    raise
+
+            return streamed
 
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
-            decision = limiter.hit(key_of(context))
-            account_key = accounts.key_of(name, request) if accounts is not None else None
-            reserved: Decision | None = None
-            if decision.allowed and accounts is not None and account_key is not None:
-                reserved = accounts.limiter.hit(account_key)
-            shown = decision if reserved is None else _tighter(decision, reserved)
-            _set_headers(context, shown)
-            if not shown.allowed:
-                # One answer whichever bucket is full: nothing tells the per-account limit apart.
-                raise ResourceExhaustedError(
-                    "RATE_LIMITED", "too many requests; retry later", shown.retry_after
-                )
-            if reserved is None or accounts is None or account_key is None:
+            record = call_context.current_call()
+            if counted_first(record, request):
+                _admit(context, limiter.hit(self._key(record.caller.ip)))
                 return behavior(request, context)
-            failed = False
             try:
                 return behavior(request, context)
-            except BaseException as exc:
-                failed = accounts.is_failure(exc)
+            except UnauthenticatedError:
+                if record.principal is None:  # token authentication turned the token down
+                    _admit(context, limiter.hit(self._key(record.caller.ip)))
                 raise
-            finally:
-                if not failed:
-                    accounts.limiter.cancel(account_key, reserved)
-                    peeked = _tighter(decision, accounts.limiter.peek(account_key))
-                    _set_headers(context, peeked)
 
         return limited
 
-    def _key_of(self, policy: Policy) -> Callable[[grpc.ServicerContext], str]:
-        caller_of, principal_of = self._caller_of, self._principal_of
+    def _sign_in(self, name: str, limiter: RateLimiter, behavior: Behavior) -> Behavior:
+        accounts = self._accounts
+        if accounts is not None and name not in accounts.methods:
+            accounts = None
+        in_flight = self._in_flight
 
-        def by_ip(context: grpc.ServicerContext) -> str:
-            return "ip:" + caller_of(context).ip
+        def limited(request: Any, context: grpc.ServicerContext) -> Any:
+            key = self._key(call_context.current_call().caller.ip)
+            flight = "auth:" + key  # the default policy counts the same address elsewhere
+            decision = limiter.hit(key)
+            account_key = None
+            if accounts is not None and not isinstance(request, MalformedRequest):
+                account_key = accounts.key_of(name, request)
+            reserved = None
+            if decision.allowed and accounts is not None and account_key is not None:
+                reserved = accounts.limiter.hit(account_key)
+            shown = _tighter(decision, reserved)
+            if not shown.allowed:
+                if decision.allowed:  # the account refused: the address gets its hit back
+                    limiter.cancel(key, decision)
+                if in_flight.any(flight if not decision.allowed else account_key):
+                    shown = shown._replace(
+                        reset_after=min(shown.reset_after, IN_FLIGHT_RETRY_SECONDS)
+                    )
+            _admit(context, shown)
+            shed = failed = False
+            in_flight.enter(flight, account_key)
+            try:
+                return behavior(request, context)
+            except OverloadedError:
+                shed = True
+                raise
+            except BaseException as exc:
+                failed = accounts is not None and accounts.is_failure(exc)
+                raise
+            finally:
+                in_flight.leave(flight, account_key)
+                if shed:
+                    limiter.cancel(key, decision)
+                if accounts is not None and account_key is not None and reserved is not None:
+                    if not failed:
+                        accounts.limiter.cancel(account_key, reserved)
+                    _set_headers(
+                        context, _tighter(limiter.peek(key), accounts.limiter.peek(account_key))
+                    )
+                elif shed:
+                    _set_headers(context, limiter.peek(key))
 
-        if policy is not Policy.DEFAULT:
-            return by_ip
+        return limited
 
-        # user id (int) -> its key: UUID.hex formats the number on every read.
-        user_keys: dict[int, str] = {}
+    def _key(self, ip: str) -> str:
+        return "ip:" + limit_key(ip, self._ipv6_prefix)
 
-        def by_user(context: grpc.ServicerContext) -> str:
-            principal = principal_of(context)
-            if principal is None:
-                return "ip:" + caller_of(context).ip
-            key = user_keys.get(principal.user_id.int)
-            if key is None:
-                if len(user_keys) >= MAX_CACHED_USER_KEYS:
-                    user_keys.clear()
-                key = user_keys[principal.user_id.int] = "user:" + principal.user_id.hex
-            return key
 
-        return by_user
+class UserRateLimitInterceptor(MethodInterceptor):
+    """The per-user stage: counts each default-policy call whose token checked out against its
+    user, whichever address or credential it comes from (keying on the token instead would
+    let a client mint itself fresh budgets). Runs after token authentication.
+
+    Args:
+        policy_of: method name -> Policy, or None for calls that are never limited.
+        limiter: the default policy's limiter (None: not limited).
+        public_methods: full method names that need no token (counted per IP instead).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy_of: Callable[[str], Policy | None],
+        limiter: RateLimiter | None,
+        public_methods: frozenset[str] = frozenset(),
+    ) -> None:
+        self._policy_of = policy_of
+        self._limiter = limiter
+        self._public = public_methods
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        limiter = self._limiter
+        if (
+            limiter is None
+            or self._policy_of(method.name) is not Policy.DEFAULT
+            or method.name in self._public
+        ):
+            return behavior
+
+        def limited(request: Any, context: grpc.ServicerContext) -> Any:
+            principal = call_context.current_call().principal
+            if principal is not None:  # else counted per IP (an undecodable request)
+                _admit(context, limiter.hit("user:" + principal.user_id.hex))
+            return behavior(request, context)
+
+        return limited
+
+
+class _InFlight:
+    """How many admitted calls per key are still running, for the refusals they may undo."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def enter(self, *keys: str | None) -> None:
+        with self._lock:
+            for key in keys:
+                if key is not None:
+                    self._counts[key] += 1
+
+    def leave(self, *keys: str | None) -> None:
+        with self._lock:
+            for key in keys:
+                if key is not None:
+                    self._counts[key] -= 1
+                    if self._counts[key] <= 0:
+                        del self._counts[key]
+
+    def any(self, *keys: str | None) -> bool:
+        with self._lock:
+            return any(key is not None and self._counts[key] > 0 for key in keys)
+
+
+def _admit(context: grpc.ServicerContext, decision: Decision) -> None:
+    """Tell the client where it stands; refuse the call if the decision says so."""
+    _set_headers(context, decision)
+    if not decision.allowed:
+        # One answer whichever bucket is full: nothing tells the per-account limit apart.
+        raise ResourceExhaustedError(
+            "RATE_LIMITED", "too many requests; retry later", decision.retry_after
+        )
 
 
 def _tighter(first: Decision, second: Decision | None) -> Decision:
@@ -378,30 +494,26 @@ def _tighter(first: Decision, second: Decision | None) -> Decision:
 
 
 def _whole_seconds(seconds: float) -> int:
-    # Up to the next second, ignoring float noise below half a millisecond (900.0000001 is
-    # 900, not 901). round(seconds, 3) said the same at five times the cost, on every call.
-    return max(0, math.ceil(seconds - 0.0005))
-
-
-# The limit header of each configured limit, built once (limits come from the settings).
-_LIMIT_HEADERS: dict[int, tuple[str, str]] = {}
+    # Up to the next second, ignoring float noise (900.0000001 s is 900, not 901).
+    return max(0, math.ceil(round(seconds, 3)))
 
 
 def _set_headers(context: grpc.ServicerContext, decision: Decision) -> None:
-    limit_header = _LIMIT_HEADERS.get(decision.limit)
-    if limit_header is None:
-        limit_header = _LIMIT_HEADERS.setdefault(
-            decision.limit, (LIMIT_HEADER, str(decision.limit))
-        )
-    headers: tuple[tuple[str, str | bytes], ...] = (
-        limit_header,
-        (REMAINING_HEADER, str(decision.remaining)),
-        (RESET_HEADER, str(_whole_seconds(decision.reset_after))),
+    """The x-ratelimit-* trailers (and retry-after when refused), replacing earlier ones.
+
+    Trailers, not initial metadata: they travel with errors too (ErrorMappingInterceptor keeps
+    them), where initial metadata would be lost on a refused call."""
+    trailers: tuple[tuple[str, str], ...] = (
+        (metadata_keys.RATE_LIMIT_LIMIT, str(decision.limit)),
+        (metadata_keys.RATE_LIMIT_REMAINING, str(decision.remaining)),
+        (metadata_keys.RATE_LIMIT_RESET, str(_whole_seconds(decision.reset_after))),
     )
     if not decision.allowed:
-        retry_after = str(max(1, _whole_seconds(decision.retry_after)))
-        headers = (*headers, (RETRY_AFTER_HEADER, retry_after))
-    existing = context.trailing_metadata()
-    if existing:
-        headers = (*((k, v) for k, v in existing if k not in _HEADERS), *headers)
-    context.set_trailing_metadata(headers)
+        retry_after = max(1, _whole_seconds(decision.retry_after))
+        trailers += ((metadata_keys.RETRY_AFTER, str(retry_after)),)
+    earlier = context.trailing_metadata()
+    if earlier:  # a sign-in sets them twice: before it runs, and when it gives a hit back
+        kept = tuple((k, v) for k, v in earlier if k not in metadata_keys.RATE_LIMIT_HEADERS)
+        context.set_trailing_metadata((*kept, *trailers))
+    else:
+        context.set_trailing_metadata(trailers)

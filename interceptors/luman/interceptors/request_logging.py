@@ -1,16 +1,15 @@
-"""RequestLoggingInterceptor: one entry per RPC, handed to a sink that must never block.
+"""RequestLoggingInterceptor: the outermost stage. Opens each call's record, and hands one entry
+per call to a sink that must never block.
 
-It is the outermost interceptor, so it sees the final status of every call, including those
-that rate limiting or token auth rejected. It opens the call's CallRecord (client IP, user
-agent) for the inner interceptors and reads back the user that token verification recorded.
+Being outermost, it sees the final status of every call, including those that rate limiting or
+token authentication rejected. It opens the call's CallRecord (client IP, user agent,
+authorization values) for the stages inside and reads back the user that token authentication
+recorded on it.
 
 An entry holds the time, full method name, status code name ("OK", "UNAUTHENTICATED", …),
 duration, user id, client IP and user agent: never a request or response body, and never
-metadata values such as tokens.
-
-The request log itself is the record of every call; the `rpc …` log line is only written at
-DEBUG. At INFO it cost a formatted line and the logging handler's lock on every call, which
-the server's worker threads then queued for.
+metadata values such as tokens. The `rpc …` line in the process log is written at DEBUG only:
+the request log itself is the record of every call.
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from luman.interceptors import call_context
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
-from luman.interceptors.caller import CallerResolver, CallRecord, close_call, open_call
+from luman.interceptors.call_context import CallRecord
+from luman.interceptors.client_address import CallerResolver
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +43,18 @@ class RequestLogEntry(NamedTuple):
 
 Sink = Callable[[RequestLogEntry], None]
 
-# tuple.__new__(RequestLogEntry, fields): the NamedTuple without its Python-level __new__.
-_new_entry = tuple.__new__
-_OK = grpc.StatusCode.OK.name
-_UNKNOWN = grpc.StatusCode.UNKNOWN.name
-
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
 class RequestLoggingInterceptor(MethodInterceptor):
-    """Records every call to `sink` (and, at DEBUG, as one log line).
+    """Opens every call's record and records every call to `sink` (and, at DEBUG, as a line).
 
     Args:
         sink: receives each entry; it must return at once (the server passes a bounded queue).
-        resolver: opens each call's record (client IP, user agent, authorization).
+            None when the request log is off: the stage then only opens the records.
+        resolver: turns the call's peer and metadata into its client address and user agent.
         clock: wall-clock time of the call (aware UTC).
         timer: monotonic seconds for the duration.
         skip: method names kept out of the sink (health checks and reflection, which would
@@ -66,14 +63,13 @@ class RequestLoggingInterceptor(MethodInterceptor):
 
     def __init__(
         self,
-        sink: Sink,
+        sink: Sink | None,
         resolver: CallerResolver,
         *,
         clock: Callable[[], dt.datetime] = _utc_now,
         timer: Callable[[], float] = time.perf_counter,
         skip: Callable[[str], bool] = lambda _: False,
     ) -> None:
-        super().__init__()
         self._sink = sink
         self._resolver = resolver
         self._clock = clock
@@ -83,38 +79,36 @@ class RequestLoggingInterceptor(MethodInterceptor):
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         name = method.name
         sink = None if self._skip(name) else self._sink
-        open_record, clock, timer = self._resolver.open_record, self._clock, self._timer
-        finish = self._finish
+        resolver = self._resolver
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 # Runs while grpcio iterates the responses: the call ends with the stream.
-                record = open_record(context)
-                started_at, started = clock(), timer()
+                record = call_context.open_record(resolver, context)
+                started_at, started = self._clock(), self._timer()
                 failed = True
-                token = open_call(record)
+                token = call_context.enter(record)
                 try:
                     yield from behavior(request, context)
                     failed = False
                 finally:
-                    close_call(token)
-                    finish(sink, name, record, context, started_at, started, failed)
+                    call_context.leave(token)
+                    self._finish(sink, name, record, context, started_at, started, failed)
 
             return streamed
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
-            record = open_record(context)
-            started_at, started = clock(), timer()
-            token = open_call(record)
+            record = call_context.open_record(resolver, context)
+            started_at, started = self._clock(), self._timer()
+            failed = True
+            token = call_context.enter(record)
             try:
                 response = behavior(request, context)
-            except BaseException:
-                finish(sink, name, record, context, started_at, started, True)
-                raise
+                failed = False
+                return response
             finally:
-                close_call(token)
-            finish(sink, name, record, context, started_at, started, False)
-            return response
+                call_context.leave(token)
+                self._finish(sink, name, record, context, started_at, started, failed)
 
         return logged
 
@@ -132,23 +126,24 @@ class RequestLoggingInterceptor(MethodInterceptor):
         code = context.code()  # type: ignore[attr-defined]  # grpc-stubs predates code()
         # No status set: grpcio answers a returned response with OK, an escaped exception
         # with UNKNOWN.
-        status = code.name if isinstance(code, grpc.StatusCode) else _UNKNOWN if failed else _OK
+        if isinstance(code, grpc.StatusCode):
+            status = code.name
+        else:
+            status = grpc.StatusCode.UNKNOWN.name if failed else grpc.StatusCode.OK.name
         caller = record.caller
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("rpc %s %s %.1fms ip=%s", method_name, status, duration_ms, caller.ip)
         if sink is None:
             return
-        entry = _new_entry(
-            RequestLogEntry,
-            (
-                started_at,
-                method_name,
-                status,
-                duration_ms,
-                record.user_id,
-                caller.ip,
-                caller.user_agent,
-            ),
+        principal = record.principal
+        entry = RequestLogEntry(
+            started_at,
+            method_name,
+            status,
+            duration_ms,
+            None if principal is None else principal.user_id,
+            caller.ip,
+            caller.user_agent,
         )
         try:
             sink(entry)

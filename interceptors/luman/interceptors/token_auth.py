@@ -1,4 +1,11 @@
-"""TokenAuthInterceptor: "authorization: Bearer <token>" -> Principal, for every non-public RPC."""
+"""TokenAuthInterceptor: the one place a bearer token is verified.
+
+Every call that carries `authorization: Bearer <token>` has it verified here; a valid token
+sets the call's principal (`current_principal()`, the per-user limit, the request log). A
+non-public RPC without a valid token is refused with UNAUTHENTICATED. A public RPC runs either
+way: a stale token sent along with Login must not stop the sign-in, so a token that fails
+there only leaves the call anonymous.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +14,23 @@ from typing import Any
 
 import grpc
 
+from luman.interceptors import call_context
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
+from luman.interceptors.call_context import CallRecord
 from luman.interceptors.errors import UnauthenticatedError
-from luman.interceptors.principal import Principal, reset_principal, set_principal
+from luman.interceptors.malformed import MalformedRequest
+from luman.interceptors.principal import Principal
 
 Verifier = Callable[[str], Principal]
 
 
-def bearer_token(context: grpc.ServicerContext) -> str:
-    """The bearer token on the call.
+def bearer_from(values: Sequence[str | bytes]) -> str:
+    """The bearer token in a call's "authorization" values.
 
     Raises:
-        UnauthenticatedError: no authorization metadata, or not the Bearer scheme.
+        UnauthenticatedError: CREDENTIALS_MISSING (no values) or CREDENTIALS_MALFORMED (several,
+            binary, or not the Bearer scheme).
     """
-    return bearer_from(authorization_values(context))
-
-
-def authorization_values(context: grpc.ServicerContext) -> list[str | bytes]:
-    return [v for k, v in context.invocation_metadata() or () if k == "authorization"]
-
-
-def bearer_from(values: Sequence[str | bytes]) -> str:
-    """The bearer token in a call's "authorization" values (see bearer_token)."""
     if not values:
         raise UnauthenticatedError("CREDENTIALS_MISSING", "missing authorization metadata")
     value = values[0]
@@ -46,51 +48,51 @@ def bearer_from(values: Sequence[str | bytes]) -> str:
 
 
 class TokenAuthInterceptor(MethodInterceptor):
-    """Verifies the caller's token and exposes it as `current_principal()`.
+    """Verifies the call's token and records the principal on the call.
 
     Args:
         verify: turns a token into a Principal or raises UnauthenticatedError.
         public_methods: full method names ("/pkg.Service/Method") that need no token.
-        public_prefixes: method-name prefixes that need no token (health, reflection).
-        authenticate: the call's context -> Principal, in place of `verify(bearer_token(…))`;
-            the server passes CallScopedVerifier.authenticate, which reuses the check that
-            rate limiting already made for the call.
+        is_infrastructure: methods that never look at credentials (health, reflection).
     """
 
     def __init__(
         self,
         verify: Verifier,
         public_methods: Collection[str],
-        public_prefixes: tuple[str, ...] = (),
-        *,
-        authenticate: Callable[[grpc.ServicerContext], Principal] | None = None,
+        is_infrastructure: Callable[[str], bool] = lambda _: False,
     ) -> None:
-        super().__init__()
-        self._authenticate = authenticate or (lambda context: verify(bearer_token(context)))
+        self._verify = verify
         self._public = frozenset(public_methods)
-        self._public_prefixes = public_prefixes
+        self._is_infrastructure = is_infrastructure
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
-        if method.name in self._public or method.name.startswith(self._public_prefixes):
+        if self._is_infrastructure(method.name):
             return behavior
-        authenticate = self._authenticate
+        public = method.name in self._public
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                # The principal must stay visible while grpcio iterates the responses.
-                token = set_principal(authenticate(context))
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    reset_principal(token)
+                self._authenticate(call_context.current_call(), request, public)
+                yield from behavior(request, context)
 
             return streamed
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            token = set_principal(authenticate(context))
-            try:
-                return behavior(request, context)
-            finally:
-                reset_principal(token)
+            self._authenticate(call_context.current_call(), request, public)
+            return behavior(request, context)
 
         return authenticated
+
+    def _authenticate(self, record: CallRecord, request: Any, public: bool) -> None:
+        if isinstance(request, MalformedRequest):
+            return  # refused innermost; a request that cannot be read is not worth a token check
+        if not record.authorization:
+            if not public:
+                raise UnauthenticatedError("CREDENTIALS_MISSING", "missing authorization metadata")
+            return
+        try:
+            record.principal = self._verify(bearer_from(record.authorization))
+        except UnauthenticatedError:
+            if not public:
+                raise

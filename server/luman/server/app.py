@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import secrets
 import threading
@@ -17,14 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from luman.auth.v1 import auth_service_pb2_grpc
-from luman.interceptors.base import MethodInterceptor
-from luman.interceptors.caller import (
-    CallerResolver,
-    CallScopedVerifier,
-    CallScopeInterceptor,
-    parse_trusted_proxies,
-)
 from luman.interceptors.chain import InterceptorChain
+from luman.interceptors.client_address import CallerResolver, parse_trusted_proxies
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
@@ -36,10 +29,11 @@ from luman.server.auth.servicer import AuthServicer
 from luman.server.auth.tokens import TokenCodec
 from luman.server.clock import Clock, system_clock
 from luman.server.config import Settings
+from luman.server.db.availability import DatabaseAvailability
 from luman.server.db.session import Sessions
 from luman.server.organization.service import OrganizationService
 from luman.server.organization.servicer import OrganizationServicer
-from luman.server.rate_limits import build_rate_limit_interceptor
+from luman.server.rate_limits import build_rate_limit_stages
 from luman.server.request_logs.writer import RequestLogWriter
 
 logger = logging.getLogger(__name__)
@@ -61,13 +55,16 @@ class App:
     request_log: RequestLogWriter | None = None
     # The password hasher build_server made (closed with the server), not one passed in.
     own_hasher: PasswordHasher | None = None
+    # Says NOT_SERVING in `health` while the database is away (db/availability.py).
+    database: DatabaseAvailability | None = None
 
     def start(self) -> None:
         if self.request_log is not None:
             self.request_log.start()
         self.server.start()
-        for service in ("", *(s.full_name for s in methods.SERVICES)):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        set_serving(self.health, True)
+        if self.database is not None:
+            self.database.start()
 
     def stop(self, grace: float | None) -> None:
         """Stop accepting calls, give in-flight ones `grace` seconds, then cancel the rest."""
@@ -76,33 +73,31 @@ class App:
         # Only now is every completed call queued: write them all before returning.
         if self.request_log is not None:
             self.request_log.close()
+        if self.database is not None:
+            self.database.close()
         if self.own_hasher is not None:
             self.own_hasher.close()
+
+
+def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    """Set the health of the server ("") and of every service."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", *(s.full_name for s in methods.SERVICES)):
+        health_servicer.set(service, status)
 
 
 def wait_for_stop(stop: threading.Event) -> None:
     """Block the main thread until `stop` is set, typically by a SIGTERM/SIGINT handler.
 
-    Python runs signal handlers on the main thread only, between bytecodes. Under valgrind (see
-    bench/instructions.py) a SIGTERM can be delivered to one of grpcio's threads, and a main
-    thread asleep in an untimed wait would never run the handler: it wakes now and then.
-    """
+    Python runs signal handlers on the main thread only, between bytecodes, while the kernel
+    may deliver SIGTERM to any thread, grpcio's included; a main thread asleep in an untimed
+    wait would then never run the handler. It wakes now and then instead."""
     while not stop.wait(0.5):
         pass
-
-
-def freeze_startup_heap() -> None:
-    """Exempt what start-up allocated from the cyclic garbage collector's full collections.
-
-    Call once, after the server is built and before it serves. Modules, SQLAlchemy's metadata
-    and the protobuf descriptors are some 90,000 objects that live as long as the process, and
-    every full collection walked them all again: under load (request-log entries and grpcio's
-    per-call objects reach the oldest generation) that was a 40 ms pause every few seconds,
-    1.6 % of the server's time (BENCHMARKS.md). Garbage is collected first, so only live
-    objects are frozen; what they drop later is still freed by reference counting.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -131,7 +126,8 @@ def build_server(
 
     `monotonic` drives the rate limiters and the log writer's schedule; `request_log` replaces
     the writer built from `sessions.engine` (tests use it to break or slow the log database).
-    With REQUEST_LOG_ENABLED=false there is no writer and no logging interceptor at all.
+    With REQUEST_LOG_ENABLED=false there is no writer: the logging stage only opens each call's
+    record.
 
     Raises:
         BindError: the address is taken or invalid.
@@ -150,6 +146,12 @@ def build_server(
     organizations = OrganizationService(sessions, clock)
     policy = methods.policies()
     gateway_secret = gateway_secret or secrets.token_urlsafe(32)
+    health_servicer = health.HealthServicer()
+    # While the database is away, calls that need it answer UNAVAILABLE and health says
+    # NOT_SERVING; the request log keeps its entries until it is back.
+    database = DatabaseAvailability(
+        sessions.engine, on_change=lambda available: set_serving(health_servicer, available)
+    )
     if not settings.request_log_enabled:
         request_log = None
     elif request_log is None:
@@ -158,33 +160,35 @@ def build_server(
             retention_days=settings.request_log_retention_days,
             clock=clock,
             monotonic=monotonic,
+            max_queue=settings.request_log_max_queue,
+            on_error=database.notice,
         )
-    caller_of = CallerResolver(parse_trusted_proxies(settings.trusted_proxies), gateway_secret)
-    # Rate limiting and token auth share one verification per call (see rate_limits.py).
-    verifier = CallScopedVerifier(auth.verify_token)
-
-    # The outermost stage opens each call's record (client address, verified user): the
-    # logging interceptor, which then sees the final status of every call, rejected ones
-    # included; or, with the request log off, a stage that does only that.
-    outermost: MethodInterceptor = CallScopeInterceptor(caller_of)
-    if request_log is not None:
-        outermost = RequestLoggingInterceptor(
-            request_log.submit, caller_of, clock=clock, skip=methods.is_infrastructure
-        )
-    # One installed interceptor running the stages in order, outermost first (chain.py).
+    per_ip_limit, per_user_limit = build_rate_limit_stages(
+        settings, monotonic, wall=lambda: clock().timestamp()
+    )
+    # The chain, outermost first. Every call crosses these stages in this order (chain.py):
     chain = InterceptorChain(
         [
-            outermost,
-            ErrorMappingInterceptor(),
-            build_rate_limit_interceptor(
-                settings, verifier, caller_of, monotonic, wall=lambda: clock().timestamp()
+            # Opens the call's record (client address, credentials) and, once the call is
+            # over, writes its request-log entry: it sees the final status of every call.
+            RequestLoggingInterceptor(
+                request_log.submit if request_log is not None else None,
+                CallerResolver(parse_trusted_proxies(settings.trusted_proxies), gateway_secret),
+                clock=clock,
+                skip=methods.is_infrastructure,
             ),
+            # Turns whatever the stages below raise into a status with ErrorInfo.
+            ErrorMappingInterceptor(translate=database.translate),
+            # Sign-ins and every call without a valid token, per client address, before any
+            # token is looked at.
+            per_ip_limit,
+            # The one place a token is verified; sets the principal, refuses non-public calls
+            # without a valid token.
             TokenAuthInterceptor(
-                verifier.verify,
-                methods.public_methods(policy),
-                methods.INFRASTRUCTURE_PREFIXES,
-                authenticate=verifier.authenticate,
+                auth.verify_token, methods.public_methods(policy), methods.is_infrastructure
             ),
+            # Calls with a valid token, per user.
+            per_user_limit,
         ]
     )
     server = grpc.server(
@@ -197,7 +201,6 @@ def build_server(
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
         OrganizationServicer(organizations), server
     )
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -224,4 +227,5 @@ def build_server(
         gateway_secret=gateway_secret,
         request_log=request_log,
         own_hasher=own_hasher,
+        database=database,
     )

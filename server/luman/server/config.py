@@ -49,9 +49,14 @@ class Settings:
     auth_rate_limit_window_ms: int = 15 * 60 * 1000
     auth_rate_limit_max_requests: int = 5
     trusted_proxies: tuple[str, ...] = ()
+    # IPv6 clients are counted by network: one subscriber usually holds a whole /64.
+    rate_limit_ipv6_prefix: int = 64
     rate_limit_redis_url: str = ""  # empty: counted in process (one replica)
     request_log_enabled: bool = True
     request_log_retention_days: int = 30
+    # Entries held in memory while waiting to be written, through a database outage too
+    # (request_logs/writer.py); past it, new entries are dropped and counted.
+    request_log_max_queue: int = 100_000
     cors_origin: str = "http://localhost:3000"
     http_port: int = 8080
     http_max_body_bytes: int = 64 * 1024
@@ -101,9 +106,11 @@ class Settings:
             auth_rate_limit_window_ms=r.integer("AUTH_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             auth_rate_limit_max_requests=r.integer("AUTH_RATE_LIMIT_MAX_REQUESTS", 5, 0, 10**9),
             trusted_proxies=r.networks("TRUSTED_PROXIES"),
+            rate_limit_ipv6_prefix=r.integer("RATE_LIMIT_IPV6_PREFIX", 64, 1, 128),
             rate_limit_redis_url=r.redis_url("RATE_LIMIT_REDIS_URL"),
             request_log_enabled=r.flag("REQUEST_LOG_ENABLED", True),
             request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
+            request_log_max_queue=r.integer("REQUEST_LOG_MAX_QUEUE", 100000, 1000, 10**7),
             cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
             http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
             http_max_body_bytes=r.integer("HTTP_MAX_BODY_BYTES", 65536, 1024, 16 * 1024 * 1024),

@@ -12,7 +12,7 @@ from types import FrameType
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from luman.server.app import BindError, build_server, freeze_startup_heap, wait_for_stop
+from luman.server.app import BindError, build_server, wait_for_stop
 from luman.server.config import ConfigError, Settings
 from luman.server.db import migrate as migrations
 from luman.server.db.session import make_engine, make_sessions
@@ -79,7 +79,6 @@ def serve() -> None:
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
-        freeze_startup_heap()
         app.start()
         logger.info(
             "serving gRPC on %s:%d (database: %s)",

@@ -1,13 +1,9 @@
-"""Rate-limit wiring: settings and the `(luman.api.v1.access)` policies -> RateLimitInterceptor.
+"""Rate-limit wiring: settings and the `(luman.api.v1.access)` policies -> the two stages.
 
-Chain position: the interceptor runs before TokenAuthInterceptor. Auth-policy RPCs (Register,
-Login, CliLogin, RefreshToken: the ones that hash passwords) are counted per client IP before
-anything touches the database. Default-policy RPCs count per user, which needs the token
-verified first: the interceptor verifies it through the same CallScopedVerifier that
-TokenAuthInterceptor uses, so a call still costs one verification, and a call without a valid
-token counts against its client IP (TokenAuthInterceptor then rejects it from the cached
-outcome). Keying on a hash of the raw token instead would be per credential, so a client could
-mint itself fresh budgets with random or extra tokens.
+The per-IP stage runs before token authentication: auth-policy RPCs (Register, Login, CliLogin,
+RefreshToken: the ones that hash passwords) and every call without a valid token count per
+client address before anything touches the database. The per-user stage runs after it and
+counts default-policy calls per verified user (see luman.interceptors.rate_limit).
 """
 
 from __future__ import annotations
@@ -19,14 +15,14 @@ from typing import Any
 
 from luman.api.v1 import annotations_pb2
 from luman.auth.v1 import auth_service_pb2
-from luman.interceptors.caller import CallScopedVerifier, ResolveCaller
 from luman.interceptors.errors import UnauthenticatedError
 from luman.interceptors.rate_limit import (
     AccountLimit,
+    ClientRateLimitInterceptor,
     Policy,
     RateLimiter,
-    RateLimitInterceptor,
     SlidingWindowLimiter,
+    UserRateLimitInterceptor,
 )
 from luman.server import methods
 from luman.server.config import Settings
@@ -77,13 +73,12 @@ def build_limiters(
     return limiters, accounts
 
 
-def build_rate_limit_interceptor(
+def build_rate_limit_stages(
     settings: Settings,
-    verifier: CallScopedVerifier,
-    caller_of: ResolveCaller,
     monotonic: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
-) -> RateLimitInterceptor:
+) -> tuple[ClientRateLimitInterceptor, UserRateLimitInterceptor]:
+    """The per-IP stage (before token authentication) and the per-user stage (after it)."""
     limiters, account_limiter = build_limiters(settings, monotonic, wall)
     accounts = None
     if account_limiter is not None:
@@ -93,13 +88,19 @@ def build_rate_limit_interceptor(
             is_failure=is_failed_sign_in,
             methods=SIGN_IN_METHODS,
         )
-    return RateLimitInterceptor(
-        policy_of=policy_resolver(),
+    policy_of = policy_resolver()
+    public = methods.public_methods(methods.policies())
+    per_ip = ClientRateLimitInterceptor(
+        policy_of=policy_of,
         limiters=limiters,
-        caller_of=caller_of,
-        principal_of=verifier.principal_of,
+        public_methods=public,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
         accounts=accounts,
     )
+    per_user = UserRateLimitInterceptor(
+        policy_of=policy_of, limiter=limiters.get(Policy.DEFAULT), public_methods=public
+    )
+    return per_ip, per_user
 
 
 def policy_resolver() -> Callable[[str], Policy | None]:

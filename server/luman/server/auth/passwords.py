@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import bcrypt
 
-from luman.interceptors.errors import ResourceExhaustedError
+from luman.interceptors.errors import OverloadedError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class PasswordHasher:
         unlocked look: the authoritative check is made when the hash asks for a slot.
 
         Raises:
-            ResourceExhaustedError: SERVER_BUSY.
+            OverloadedError: SERVER_BUSY.
         """
         if self._hashing >= self.slots and self._waiting >= self.max_waiting:
             raise _busy()
@@ -107,14 +107,14 @@ class PasswordHasher:
         return self._dummy
 
     def hash(self, password: str) -> str:
-        """Raises: ResourceExhaustedError (SERVER_BUSY) when too many callers already wait."""
+        """Raises: OverloadedError (SERVER_BUSY) when too many callers already wait."""
         return self._run(self._hash, password.encode()).decode()
 
     def verify(self, password: str, password_hash: str | None) -> bool:
         """Check `password`; with no hash (unknown user) spend the same time and return False.
 
         Raises:
-            ResourceExhaustedError: SERVER_BUSY, when too many callers already wait for a slot.
+            OverloadedError: SERVER_BUSY, when too many callers already wait for a slot.
         """
         candidate = password_hash.encode() if password_hash else self._dummy
         ok = self._run(self._check, password.encode(), candidate)
@@ -134,7 +134,7 @@ class PasswordHasher:
         with the slot a thread is free too); the caller waits with the GIL released.
 
         Raises:
-            ResourceExhaustedError: SERVER_BUSY, when too many callers already wait.
+            OverloadedError: SERVER_BUSY, when too many callers already wait.
         """
         with self._slot():
             return self._threads.submit(work, *args).result()
@@ -184,8 +184,8 @@ def _lower_priority(nice: int) -> None:
         logger.warning("cannot lower the priority of the bcrypt threads: %s", exc)
 
 
-def _busy() -> ResourceExhaustedError:
-    return ResourceExhaustedError(
+def _busy() -> OverloadedError:
+    return OverloadedError(
         "SERVER_BUSY",
         "server is busy hashing passwords; retry shortly",
         retry_after_seconds=RETRY_AFTER_SECONDS,

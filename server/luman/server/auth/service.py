@@ -7,8 +7,9 @@ Token verification is on every authenticated call's path. A verified token is re
 TOKEN_CACHE_TTL (token_cache.py: never past the token's expiry, dropped at once when this
 process revokes it; other replicas notice a revocation within the TTL), and the check that
 fills the cache reads the login session or CLI token together with its user in one Core query
-(token_checks.py), which also feeds GetMe (user_cache.py). A call with a cached token touches
-no database at all.
+(token_checks.py), which the cache keeps for GetMe. A call with a cached token touches no
+database at all. Whatever revokes a credential or changes a user calls `_forget()` after its
+transaction commits: the one way cached state is invalidated.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 
 from luman.interceptors.errors import (
     FailedPreconditionError,
-    ResourceExhaustedError,
+    OverloadedError,
     UnauthenticatedError,
 )
 from luman.interceptors.principal import Credential, Principal
@@ -35,7 +36,6 @@ from luman.server.auth.tokens import (
     looks_like_cli_token,
     new_cli_token,
 )
-from luman.server.auth.user_cache import UserCache
 from luman.server.clock import Clock
 from luman.server.db.models import CliToken, User
 from luman.server.db.session import Sessions
@@ -91,7 +91,6 @@ class AuthService:
         self._codec = codec
         self._clock = clock
         self.token_cache = TokenCache(token_cache_ttl, clock, token_cache_max_entries)
-        self._users = UserCache(token_cache_max_entries)
 
     def register(self, email: str, password: str, name: str) -> SignIn:
         password_hash = self._hasher.hash(password)
@@ -141,8 +140,7 @@ class AuthService:
             else:
                 tokens = self._issue_pair(repo, login.user_id, login.id, now)
         if reused:
-            # Committed: the sign-in's access tokens must fail on their very next call here.
-            self.token_cache.forget_credential(claims.session_id)
+            self._forget(credential_id=claims.session_id)
             raise UnauthenticatedError(
                 "REFRESH_TOKEN_REUSED",
                 "refresh token was already used; the sign-in has been revoked",
@@ -173,20 +171,25 @@ class AuthService:
             )
         with self._sessions.write.begin() as session:
             AuthRepository(session).revoke_cli_token(principal.credential_id, self._clock())
-        # Committed: the token must fail on its very next call here.
-        self.token_cache.forget_credential(principal.credential_id)
+        self._forget(credential_id=principal.credential_id)
 
     def get_me(self, principal: Principal) -> UserRecord:
-        # The token check just read this user (user_cache.py); the query is the fallback.
-        user = self._users.get(principal.user_id)
+        # The token check just read this user into the cache; the query is the fallback.
+        user = self.token_cache.user(principal.user_id)
         if user is not None:
             return user
         with self._sessions.engine.connect() as conn:
             user = token_checks.user_record(conn, principal.user_id)
         if user is None:
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-        self._users.put(user)
         return user
+
+    def _forget(
+        self, *, credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+    ) -> None:
+        """Committed: the credential's (or user's) tokens must be checked in full on their very
+        next call here (token_cache.py says how other replicas catch up)."""
+        self.token_cache.forget(credential_id=credential_id, user_id=user_id)
 
     def verify_token(self, token: str) -> Principal:
         """Turn a bearer token (access JWT or CLI token) into a Principal.
@@ -212,8 +215,9 @@ class AuthService:
         if check.revoke_time is not None:
             raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
         principal = Principal(claims.user_id, Credential.ACCESS_TOKEN, claims.session_id)
-        self._users.put(check.user)
-        self.token_cache.put(key, principal, expire_time=claims.expire_time, generation=generation)
+        self.token_cache.put(
+            key, principal, check.user, expire_time=claims.expire_time, generation=generation
+        )
         return principal
 
     def _verify_cli_token(self, key: bytes, generation: int) -> Principal:
@@ -232,9 +236,13 @@ class AuthService:
                 AuthRepository(session).touch_cli_token(stored.id, now)
             last_use_time = now
         principal = Principal(stored.user.id, Credential.CLI_TOKEN, stored.id)
-        self._users.put(stored.user)
         self.token_cache.put(
-            key, principal, expire_time=None, generation=generation, last_use_time=last_use_time
+            key,
+            principal,
+            stored.user,
+            expire_time=None,
+            generation=generation,
+            last_use_time=last_use_time,
         )
         return principal
 
@@ -259,7 +267,7 @@ class AuthService:
         if self._hasher.needs_rehash(user.password_hash):
             try:
                 new_hash = self._hasher.hash(password)
-            except ResourceExhaustedError:
+            except OverloadedError:
                 # The password checked out; rehashing can wait for a quieter sign-in.
                 return user
             with self._sessions.write.begin() as session:

@@ -8,7 +8,6 @@ from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.interceptors.principal import current_principal
 from luman.server.auth import convert
 from luman.server.auth.service import AuthService
-from luman.server.auth.token_checks import UserRecord
 from luman.server.validation import (
     Violations,
     check_email,
@@ -17,19 +16,10 @@ from luman.server.validation import (
     check_token,
 )
 
-# GetMe responses remembered (one per user); when full the memory is dropped and refilled.
-MAX_CACHED_RESPONSES = 10_000
-
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     def __init__(self, service: AuthService) -> None:
         self._service = service
-        # user id (as int, see UserCache) -> (the user record it was built from, GetMe
-        # response). GetMe is the hot call and its answer changes only with the record:
-        # building it (UUID to text, datetime to Timestamp) cost more than the rest of the
-        # servicer. grpcio only serializes a response, so one message object can answer many
-        # calls.
-        self._me: dict[int, tuple[UserRecord, auth_service_pb2.GetMeResponse]] = {}
 
     def Register(
         self, request: auth_service_pb2.RegisterRequest, context: grpc.ServicerContext
@@ -94,12 +84,6 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: auth_service_pb2.GetMeRequest, context: grpc.ServicerContext
     ) -> auth_service_pb2.GetMeResponse:
         user = self._service.get_me(current_principal())
-        key = user.id.int
-        cached = self._me.get(key)
-        if cached is not None and cached[0] is user:  # the user cache hands out one record
-            return cached[1]
-        response = auth_service_pb2.GetMeResponse(user=convert.user_to_proto(user))
-        if len(self._me) >= MAX_CACHED_RESPONSES:
-            self._me.clear()
-        self._me[key] = (user, response)
+        response = auth_service_pb2.GetMeResponse()
+        convert.write_user(response.user, user)
         return response

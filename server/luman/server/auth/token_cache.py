@@ -1,18 +1,20 @@
 """Verified-token cache: a bearer token that checked out a moment ago is not checked again.
 
-For each recently verified token the cache keeps the Principal it proved and the moment it must
-be checked in full again: min(the token's expiry, the first check + TOKEN_CACHE_TTL). A hit costs
-one SHA-256 and a dict lookup instead of a JWT verification and a database query.
+For each recently verified token the cache keeps the Principal it proved, the user it belongs
+to (read in the same query, so GetMe needs no query of its own) and the moment it must be
+checked in full again: min(the token's expiry, the first check + TOKEN_CACHE_TTL). A hit costs
+one SHA-256 and a dict lookup instead of a JWT verification and a database query: without it a
+GetMe at 16 streams ran at N % of the rate (BENCHMARKS.md, "What the chain costs").
 
 - Keyed by the SHA-256 of the token; the token itself is never kept.
 - Never outlives the token: every hit compares the injected clock with the recheck time, so an
   expired access token is refused (TOKEN_EXPIRED, by the full check) exactly when it would be
   without the cache.
-- Revocation in this process takes effect on the very next call: CliLogout and refresh-token
-  reuse call `forget_credential()` once their transaction has committed, which drops every entry
-  of that CLI token or login session. A check that read the database before the revocation
-  committed cannot put a stale entry back afterwards: `put()` is refused when any revocation
-  happened since that check began (the generation counter).
+- One way in for every change that makes cached state wrong: `forget()`, by credential (a
+  revoked CLI token or login session) or by user (a user changed or deleted). AuthService calls
+  it once the change has committed; the call after that checks in full. A check that read the
+  database before the change committed cannot put a stale entry back afterwards: `put()` is
+  refused when anything was forgotten since that check began (the generation counter).
 - Several replicas: a revocation made on one server process reaches the caches of the others
   only when their entries come up for a recheck, that is within TOKEN_CACHE_TTL. TOKEN_CACHE_TTL=0
   turns the cache off and checks every call against the database.
@@ -31,6 +33,7 @@ import threading
 import uuid
 
 from luman.interceptors.principal import Principal
+from luman.server.auth.token_checks import UserRecord
 from luman.server.clock import Clock
 
 DEFAULT_MAX_ENTRIES = 10_000
@@ -44,13 +47,13 @@ def token_key(token: str) -> bytes:
 @dataclasses.dataclass(frozen=True)
 class CachedToken:
     principal: Principal
+    user: UserRecord
     # CLI tokens only: the last use recorded in the database (kept to the minute).
     last_use_time: dt.datetime | None
 
 
 @dataclasses.dataclass(slots=True)
 class _Entry:
-    # What get() hands out, built once: a hit then allocates nothing.
     cached: CachedToken
     recheck_time: dt.datetime
 
@@ -74,8 +77,12 @@ class TokenCache:
         self._clock = clock
         self._max_entries = max_entries
         self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
-        # credential id (login session or CLI token) -> keys of its cached tokens
+        # credential id (login session or CLI token) and user id -> keys of their tokens
         self._by_credential: dict[uuid.UUID, set[bytes]] = {}
+        self._by_user: dict[uuid.UUID, set[bytes]] = {}
+        # user id -> the entry of their most recent check (for user(): GetMe reads it on
+        # every call, so it is one lookup, not a search of the user's tokens)
+        self._latest_check: dict[uuid.UUID, _Entry] = {}
         self._generation = 0
         self._lock = threading.Lock()
 
@@ -96,10 +103,18 @@ class TokenCache:
             if entry is None:
                 return None
             if now >= entry.recheck_time:
-                self._remove(key, entry)
+                self._remove(key)
                 return None
             self._entries.move_to_end(key)
             return entry.cached
+
+    def user(self, user_id: uuid.UUID) -> UserRecord | None:
+        """The user as the latest check of one of their tokens read it, while that check is
+        still believed (None: the caller must read the user itself)."""
+        entry = self._latest_check.get(user_id)
+        if entry is None or self._clock() >= entry.recheck_time:
+            return None
+        return entry.cached.user
 
     def generation(self) -> int:
         """Take this before reading the database; hand it to put() afterwards."""
@@ -109,6 +124,7 @@ class TokenCache:
         self,
         key: bytes,
         principal: Principal,
+        user: UserRecord,
         *,
         expire_time: dt.datetime | None,
         generation: int,
@@ -129,24 +145,32 @@ class TokenCache:
             return
         with self._lock:
             if generation != self._generation:
-                # A revocation committed while this check ran; what it read may predate it.
+                # Something was forgotten while this check ran; what it read may predate it.
                 return
-            previous = self._entries.pop(key, None)
-            if previous is not None:
-                self._unindex(key, previous)
-            self._entries[key] = _Entry(CachedToken(principal, last_use_time), recheck_time)
+            if key in self._entries:
+                self._remove(key)
+            entry = _Entry(CachedToken(principal, user, last_use_time), recheck_time)
+            self._entries[key] = entry
+            self._latest_check[principal.user_id] = entry
             self._by_credential.setdefault(principal.credential_id, set()).add(key)
+            self._by_user.setdefault(principal.user_id, set()).add(key)
             while len(self._entries) > self._max_entries:
-                old_key, old_entry = self._entries.popitem(last=False)
-                self._unindex(old_key, old_entry)
+                self._remove(next(iter(self._entries)))
 
-    def forget_credential(self, credential_id: uuid.UUID) -> None:
-        """Drop every cached token of a login session or CLI token. Call after the revocation
-        has committed."""
+    def forget(
+        self, *, credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+    ) -> None:
+        """Drop every cached token of a login session or CLI token, or of a user. Call once the
+        change (revocation, user update) has committed."""
         with self._lock:
             self._generation += 1
-            for key in self._by_credential.pop(credential_id, ()):
-                self._entries.pop(key, None)
+            keys = set()
+            if credential_id is not None:
+                keys |= self._by_credential.get(credential_id, set())
+            if user_id is not None:
+                keys |= self._by_user.get(user_id, set())
+            for key in keys:
+                self._remove(key)
 
     def claim_use(self, key: bytes, now: dt.datetime, resolution: dt.timedelta) -> bool:
         """True for the one caller that should record a CLI token's use now (its last recorded
@@ -158,17 +182,21 @@ class TokenCache:
             last_use_time = entry.cached.last_use_time
             if last_use_time is not None and now - last_use_time < resolution:
                 return False
-            entry.cached = CachedToken(entry.cached.principal, now)
+            entry.cached = dataclasses.replace(entry.cached, last_use_time=now)
             return True
 
-    def _remove(self, key: bytes, entry: _Entry) -> None:
-        del self._entries[key]
-        self._unindex(key, entry)
-
-    def _unindex(self, key: bytes, entry: _Entry) -> None:
-        credential_id = entry.cached.principal.credential_id
-        keys = self._by_credential.get(credential_id)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_credential[credential_id]
+    def _remove(self, key: bytes) -> None:
+        """Holding the lock: drop `key` and its index entries."""
+        entry = self._entries.pop(key)
+        principal = entry.cached.principal
+        if self._latest_check.get(principal.user_id) is entry:
+            del self._latest_check[principal.user_id]
+        for index, owner in (
+            (self._by_credential, principal.credential_id),
+            (self._by_user, principal.user_id),
+        ):
+            keys = index.get(owner)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[owner]

@@ -110,7 +110,8 @@ class TokenCodec:
                 jti=uuid.UUID(claims["jti"]),
                 expire_time=dt.datetime.fromtimestamp(exp, dt.UTC),
             )
-        except (TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError, OverflowError, OSError):
+            # OverflowError/OSError: a validly signed exp no datetime can hold (1e20).
             raise _invalid() from None
 
 

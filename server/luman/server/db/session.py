@@ -2,7 +2,12 @@
 
 SQLite is the embedded default: WAL so readers never wait for the writer, a busy timeout so
 writers queue instead of failing, foreign keys on, and `BEGIN IMMEDIATE` for write sessions so
-that a transaction that reads and then writes cannot deadlock against another one."""
+that a transaction that reads and then writes cannot deadlock against another one.
+
+PostgreSQL: connections are pinged when taken from the pool (a restarted server's dead
+connections are replaced, not handed to a call), and a connection attempt gives up after
+CONNECT_TIMEOUT_SECONDS: psycopg's own default is 130 s, which is how long every call would
+hang on a database host that drops packets. A `connect_timeout` in DATABASE_URL wins."""
 
 from __future__ import annotations
 
@@ -15,17 +20,32 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_SECONDS = 5  # libpq's unit is whole seconds, 2 at least
 
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, pool_size: int = 16) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 16,
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+) -> Engine:
     """Create the engine for `url` (sqlite:///… or postgresql+psycopg://…).
 
     SQL parameters are never rendered into exception text (hide_parameters): a failed insert
     must not put an email or a password hash into a log line or an error message.
+
+    Args:
+        url: the database URL.
+        pool_size: connections kept open (as many more may be opened under load).
+        connect_timeout: PostgreSQL: seconds a connection attempt may take, unless the URL
+            says otherwise.
+        busy_timeout_ms: SQLite: how long a writer waits for another one's lock before
+            "database is locked".
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -34,22 +54,26 @@ def make_engine(url: str, *, pool_size: int = 16) -> Engine:
         engine = create_engine(
             url,
             hide_parameters=True,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
             pool_size=pool_size,
             max_overflow=pool_size,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout_ms)
         return engine
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = connect_timeout
     return create_engine(
         url,
         hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        connect_args=connect_args,
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite so that "begin" below decides.
@@ -58,7 +82,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import grpc
 
+from luman.interceptors import metadata_keys
 from luman.server.gateway import status as statuses
 from luman.server.gateway.policy import (
     HSTS,
@@ -32,13 +33,7 @@ from luman.server.gateway.policy import (
 from luman.server.gateway.routes import PathDecodeError, RouteMatch, RouteTable
 from luman.server.gateway.status import ErrorResponse, GatewayError, bad_request
 from luman.server.gateway.transcode import build_request, response_json
-from luman.server.gateway.upstream import (
-    FORWARDED_FOR_KEY,
-    GATEWAY_SECRET_KEY,
-    USER_AGENT_KEY,
-    Metadata,
-    Upstream,
-)
+from luman.server.gateway.upstream import Metadata, Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +47,7 @@ OPENAPI_PATH = "/openapi.json"
 HEALTH_PATHS = ("/healthz", "/readyz", OPENAPI_PATH)
 MAX_USER_AGENT = 512
 # Rate-limit metadata of the server, passed on as HTTP headers under their usual names.
-_FORWARDED_METADATA = {
-    "x-ratelimit-limit": b"x-ratelimit-limit",
-    "x-ratelimit-remaining": b"x-ratelimit-remaining",
-    "x-ratelimit-reset": b"x-ratelimit-reset",
-    "retry-after": b"retry-after",
-}
+_FORWARDED_METADATA = {name: name.encode() for name in metadata_keys.RATE_LIMIT_HEADERS}
 
 
 class _ClientGoneError(Exception):
@@ -172,9 +162,11 @@ class GatewayApp:
             return
         error = statuses.from_rpc_error(result.code, result.message, result.trailing_metadata)
         if error.retry_after_seconds is not None and not any(
-            name == b"retry-after" for name, _ in headers
+            name == metadata_keys.RETRY_AFTER.encode() for name, _ in headers
         ):
-            headers.append((b"retry-after", str(error.retry_after_seconds).encode()))
+            headers.append(
+                (metadata_keys.RETRY_AFTER.encode(), str(error.retry_after_seconds).encode())
+            )
         await self._respond_error(request, send, error, headers)
 
     def _metadata(self, request: _Request) -> Metadata:
@@ -188,13 +180,13 @@ class GatewayApp:
         # Several X-Forwarded-For headers are one list (RFC 9110 5.3), in order.
         forwarded = ", ".join(request.headers.get("x-forwarded-for", ())) or None
         client_ip = self._addresses.client_ip(request.peer, forwarded)
-        metadata.append((GATEWAY_SECRET_KEY, self._secret))
-        metadata.append((FORWARDED_FOR_KEY, client_ip))
+        metadata.append((metadata_keys.GATEWAY_SECRET, self._secret))
+        metadata.append((metadata_keys.FORWARDED_FOR, client_ip))
         user_agent = request.header("user-agent")
         if user_agent:
             # gRPC metadata must be printable ASCII; a user agent is informative, so clean it.
             cleaned = "".join(c for c in user_agent if c.isascii() and c.isprintable())
-            metadata.append((USER_AGENT_KEY, cleaned[:MAX_USER_AGENT]))
+            metadata.append((metadata_keys.GATEWAY_USER_AGENT, cleaned[:MAX_USER_AGENT]))
         return tuple(metadata)
 
     async def _read_body(self, request: _Request, receive: Receive) -> bytes:

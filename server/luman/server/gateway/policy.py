@@ -16,7 +16,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from luman.interceptors.caller import IPAddress, IPNetwork, forwarded_client
+from luman.interceptors import metadata_keys
+from luman.interceptors.client_address import IPAddress, IPNetwork, forwarded_client
 
 Header = tuple[bytes, bytes]
 
@@ -39,7 +40,7 @@ HSTS: Header = (b"strict-transport-security", b"max-age=31536000; includeSubDoma
 # Request headers a browser may send cross-origin; the rest of the API needs nothing else.
 CORS_ALLOW_HEADERS = b"authorization, content-type"
 # Response headers a cross-origin script may read besides the CORS-safelisted ones.
-CORS_EXPOSE_HEADERS = b"retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset"
+CORS_EXPOSE_HEADERS = ", ".join(sorted(metadata_keys.RATE_LIMIT_HEADERS)).encode()
 CORS_MAX_AGE_SECONDS = 600
 VARY_ORIGIN: Header = (b"vary", b"Origin")
 

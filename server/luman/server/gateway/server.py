@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 
-from luman.interceptors.caller import parse_trusted_proxies
+from luman.interceptors.client_address import parse_trusted_proxies
 from luman.server.app import App, BindError
 from luman.server.config import Settings
 from luman.server.db.session import Sessions

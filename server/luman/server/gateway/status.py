@@ -19,9 +19,10 @@ from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from luman.interceptors import metadata_keys
+
 logger = logging.getLogger(__name__)
 
-DETAILS_KEY = "grpc-status-details-bin"
 GATEWAY_DOMAIN = "luman.gateway"
 
 HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
@@ -126,7 +127,8 @@ def from_rpc_error(
     if rich is not None:
         status.details.extend(rich.details)
     retry_after = None
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    # RFC 9110 10.2.3: Retry-After goes with 503 (the database is away) as with 429.
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
         retry_after = _retry_after(status)
     return ErrorResponse(HTTP_STATUS_BY_CODE.get(code, 500), _status_json(status), retry_after)
 
@@ -135,11 +137,13 @@ def _rich_status(
     code: grpc.StatusCode, trailing_metadata: Sequence[tuple[str, str | bytes]]
 ) -> status_pb2.Status | None:
     for key, value in trailing_metadata:
-        if key == DETAILS_KEY and isinstance(value, bytes):
+        if key == metadata_keys.STATUS_DETAILS and isinstance(value, bytes):
             try:
                 rich = status_pb2.Status.FromString(value)
             except DecodeError:  # a corrupt trailer must not turn into a 500
-                logger.warning("undecodable %s on a %s status", DETAILS_KEY, code.name)
+                logger.warning(
+                    "undecodable %s on a %s status", metadata_keys.STATUS_DETAILS, code.name
+                )
                 return None
             # grpc-status-details-bin must agree with the status it travels with.
             return rich if rich.code == code.value[0] else None

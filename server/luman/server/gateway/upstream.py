@@ -24,9 +24,6 @@ from luman.server.gateway.routes import Route
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
-GATEWAY_SECRET_KEY = "x-luman-gateway"  # noqa: S105 - a metadata key, not a secret
-FORWARDED_FOR_KEY = "x-forwarded-for"
-USER_AGENT_KEY = "x-luman-user-agent"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 

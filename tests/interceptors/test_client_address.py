@@ -1,35 +1,25 @@
-"""Client IP resolution: peer parsing, x-forwarded-for from trusted proxies only, the gateway
-secret, and the per-call verification shared by rate limiting and token auth."""
+"""Client address resolution (client_address.py): peer parsing, x-forwarded-for from trusted
+proxies only, the gateway secret, and the key an address is rate limited by."""
 
 from __future__ import annotations
 
-import ipaddress
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from grpc_interceptor.testing import dummy_client
 from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
-from luman.interceptors import caller
-from luman.interceptors.caller import (
-    Caller,
+from luman.interceptors import call_context
+from luman.interceptors.client_address import (
+    MAX_USER_AGENT_LENGTH,
     CallerResolver,
-    CallRecord,
-    CallScopedVerifier,
-    CallScopeInterceptor,
     IPNetwork,
-    call_scope,
-    client_ip,
-    current_call,
     forwarded_client,
+    limit_key,
     parse_trusted_proxies,
     peer_address,
-    user_agent,
 )
-from luman.interceptors.errors import UnauthenticatedError
-from luman.interceptors.principal import Credential, Principal
+from luman.interceptors.request_logging import RequestLoggingInterceptor
 from tests.interceptors.dummy import serve
 
 LOOPBACK = parse_trusted_proxies(["127.0.0.0/8", "::1"])
@@ -47,7 +37,6 @@ SECRET = "gateway-secret-for-tests"
         ("unix:/run/luman.sock", "unix"),
         ("unix-abstract:luman", "unix"),
         ("something-else", "unknown"),
-        ("ipv4:not-an-ip:1", "unknown"),
     ],
 )
 def test_peer_address_drops_the_port(peer: str, expected: str) -> None:
@@ -87,17 +76,59 @@ def test_parse_trusted_proxies_rejects_what_is_not_an_address() -> None:
         parse_trusted_proxies(["10.0.0.0/8", "example.com"])
 
 
+# --- limit_key --------------------------------------------------------------------------------
+
+
+def test_limit_key_counts_an_ipv4_address_alone() -> None:
+    assert limit_key("198.51.100.4", 64) == "198.51.100.4"
+    assert limit_key("198.51.100.4", 64) != limit_key("198.51.100.5", 64)
+
+
+def test_limit_key_counts_an_ipv6_address_with_its_64_by_default() -> None:
+    # One subscriber typically holds a whole /64: per-address budgets would be unlimited.
+    first = limit_key("2001:db8:0:7::1", 64)
+    assert first == "2001:db8:0:7::/64"
+    assert limit_key("2001:db8:0:7:ffff:ffff:ffff:ffff", 64) == first
+    assert limit_key("2001:db8:0:8::1", 64) != first
+
+
+def test_limit_key_prefix_is_configurable() -> None:
+    assert limit_key("2001:db8:aa:bb::1", 48) == "2001:db8:aa::/48"
+    assert limit_key("2001:db8:aa:ff::1", 48) == limit_key("2001:db8:aa:bb::1", 48)
+    assert limit_key("2001:db8:aa:bb12::1", 56) == "2001:db8:aa:bb00::/56"
+
+
+def test_limit_key_with_prefix_128_counts_each_ipv6_address_alone() -> None:
+    assert limit_key("2001:db8::1", 128) == "2001:db8::1"
+    assert limit_key("2001:db8::2", 128) != limit_key("2001:db8::1", 128)
+
+
+def test_limit_key_leaves_unix_and_unknown_peers_as_they_are() -> None:
+    assert limit_key("unix", 64) == "unix"
+    assert limit_key("unknown", 64) == "unknown"
+
+
+@pytest.mark.parametrize("prefix", [64, 128])
+def test_limit_key_counts_an_ipv4_mapped_address_as_its_ipv4_address(prefix: int) -> None:
+    assert limit_key("::ffff:198.51.100.4", prefix) == limit_key("198.51.100.4", prefix)
+
+
+# --- Through a server: what the call record says ----------------------------------------------
+
+
 def _seen_by_server(
     metadata: Sequence[tuple[str, str]],
     trusted: Sequence[IPNetwork] = (),
     secret: str | None = None,
 ) -> tuple[str, str]:
-    """(client_ip, user_agent) as the server computes them for a call with `metadata`."""
+    """(client IP, user agent) of a call with `metadata`, as its call record holds them."""
+    resolver = CallerResolver(trusted, secret)
 
-    def describe(_: str, context: Any) -> str:  # dummy_client also serves grpc.aio
-        return f"{client_ip(context, trusted, secret)}|{user_agent(context, secret)}"
+    def describe(_: str, context: Any) -> str:
+        caller = call_context.current_call().caller
+        return f"{caller.ip}|{caller.user_agent}"
 
-    with dummy_client(special_cases={"who": describe}) as client:
+    with serve([RequestLoggingInterceptor(None, resolver)], {"who": describe}) as client:
         response = client.Execute(DummyRequest(input="who"), metadata=tuple(metadata))
     ip, _, agent = str(response.output).partition("|")
     return ip, agent
@@ -128,78 +159,29 @@ def test_gateway_secret_vouches_for_forwarded_address_and_user_agent() -> None:
     assert _seen_by_server(metadata, secret=SECRET) == ("198.51.100.7", "Mozilla/5.0 (X11)")
 
 
-def test_wrong_gateway_secret_is_an_ordinary_call() -> None:
+def test_gateway_forwarded_ipv4_mapped_address_is_the_ipv4_address() -> None:
+    metadata = [("x-luman-gateway", SECRET), ("x-forwarded-for", "::ffff:198.51.100.7")]
+    assert _seen_by_server(metadata, secret=SECRET)[0] == "198.51.100.7"
+
+
+def test_gateway_user_agent_is_cut_to_its_maximum_length() -> None:
+    metadata = [("x-luman-gateway", SECRET), ("x-luman-user-agent", "A" * 1000)]
+    assert _seen_by_server(metadata, secret=SECRET)[1] == "A" * MAX_USER_AGENT_LENGTH
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [[SECRET + "x"], [SECRET, SECRET]],
+    ids=["wrong secret", "secret sent twice"],
+)
+def test_a_gateway_secret_that_does_not_check_out_is_an_ordinary_call(
+    gateway: list[str],
+) -> None:
     metadata = [
-        ("x-luman-gateway", SECRET + "x"),
+        *(("x-luman-gateway", value) for value in gateway),
         ("x-forwarded-for", "198.51.100.7"),
         ("x-luman-user-agent", "Mozilla/5.0 (X11)"),
     ]
     ip, agent = _seen_by_server(metadata, secret=SECRET)
     assert ip in ("127.0.0.1", "::1")
     assert "grpc-python" in agent
-
-
-class _CountingVerifier:
-    def __init__(self) -> None:
-        self.calls = 0
-        self.user_id = uuid.uuid4()
-
-    def __call__(self, token: str) -> Principal:
-        self.calls += 1
-        if token != "good":
-            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-        return Principal(self.user_id, Credential.ACCESS_TOKEN, uuid.uuid4())
-
-
-def test_call_scoped_verifier_verifies_once_per_call_and_records_the_user() -> None:
-    counting = _CountingVerifier()
-    verifier = CallScopedVerifier(counting)
-    with call_scope(CallRecord(Caller("198.51.100.7", ""))) as record:
-        assert verifier.verify("good").user_id == counting.user_id
-        assert verifier.verify("good").user_id == counting.user_id
-        assert record.user_id == counting.user_id
-    assert counting.calls == 1
-    assert current_call() is None
-
-
-def test_call_scoped_verifier_remembers_a_rejection_too() -> None:
-    counting = _CountingVerifier()
-    verifier = CallScopedVerifier(counting)
-    with call_scope(CallRecord(Caller("198.51.100.7", ""))) as record:
-        for _ in range(2):
-            with pytest.raises(UnauthenticatedError):
-                verifier.verify("bad")
-        assert record.user_id is None
-    assert counting.calls == 1
-
-
-def test_parsed_peers_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(caller, "PEER_CACHE_SIZE", 4)
-    resolver = CallerResolver()
-    for port in range(1000, 1010):
-        assert resolver._parse_peer(f"ipv4:203.0.113.9:{port}")[0] == "203.0.113.9"
-        assert len(resolver._peers) <= 4
-    assert resolver._parse_peer("ipv6:%5B::1%5D:5") == ("::1", ipaddress.ip_address("::1"))
-    assert resolver._parse_peer("unix:/run/luman.sock") == ("unix", None)
-
-
-def test_call_scope_interceptor_shares_one_verification_per_call() -> None:
-    # With the request log off, this stage opens the record the verifier caches in.
-    counting = _CountingVerifier()
-    verifier = CallScopedVerifier(counting)
-    seen: list[str] = []
-
-    def twice(_: str, context: Any) -> str:
-        seen.append(verifier.verify("good").user_id.hex)
-        seen.append(verifier.verify("good").user_id.hex)
-        record = current_call()
-        assert record is not None
-        return f"{record.caller.ip}|{record.user_id}"
-
-    resolver = CallerResolver()
-    with serve([CallScopeInterceptor(resolver)], {"twice": twice}) as client:
-        ip, _, user = client.Execute(DummyRequest(input="twice")).output.partition("|")
-    assert ip in ("127.0.0.1", "::1")
-    assert user == str(counting.user_id)
-    assert counting.calls == 1
-    assert seen == [counting.user_id.hex] * 2
