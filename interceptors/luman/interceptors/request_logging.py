@@ -79,13 +79,13 @@ class RequestLoggingInterceptor(MethodInterceptor):
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         name = method.name
         sink = None if self._skip(name) else self._sink
-        resolver = self._resolver
+        resolver, clock, timer = self._resolver, self._clock, self._timer
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 # Runs while grpcio iterates the responses: the call ends with the stream.
                 record = call_context.open_record(resolver, context)
-                started_at, started = self._clock(), self._timer()
+                started_at, started = clock(), timer()
                 failed = True
                 token = call_context.enter(record)
                 try:
@@ -99,7 +99,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
             record = call_context.open_record(resolver, context)
-            started_at, started = self._clock(), self._timer()
+            started_at, started = clock(), timer()
             failed = True
             token = call_context.enter(record)
             try:
