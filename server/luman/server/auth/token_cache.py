@@ -4,7 +4,7 @@ For each recently verified token the cache keeps the Principal it proved, the us
 to (read in the same query, so GetMe needs no query of its own) and the moment it must be
 checked in full again: min(the token's expiry, the first check + TOKEN_CACHE_TTL). A hit costs
 one SHA-256 and a dict lookup instead of a JWT verification and a database query: without it a
-GetMe at 16 streams ran at N % of the rate (BENCHMARKS.md, "What the chain costs").
+GetMe at 16 streams ran at 0.18 instead of 0.59 x bare (BENCHMARKS.md, "What the chain costs").
 
 - Keyed by the SHA-256 of the token; the token itself is never kept.
 - Never outlives the token: every hit compares the injected clock with the recheck time, so an

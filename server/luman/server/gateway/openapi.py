@@ -161,7 +161,10 @@ def build_document(
                     "description": "An error, as a google.rpc.Status.",
                     "headers": {
                         "Retry-After": {
-                            "description": "Seconds to wait before retrying (429 only).",
+                            "description": (
+                                "Seconds to wait before retrying (429: rate limited or load "
+                                "shed; 503: a dependency is away)."
+                            ),
                             "schema": {"type": "integer"},
                         },
                         **_RATE_LIMIT_HEADERS,

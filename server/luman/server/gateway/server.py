@@ -43,7 +43,9 @@ class DatabaseReadiness:
     """`SELECT 1` through the read sessions, on one thread of its own and with a timeout.
 
     While a check is still running (a database that hangs), later probes wait for that same
-    check instead of queueing new ones, so a stuck database never piles up threads.
+    check instead of queueing new ones, so a stuck database never piles up threads. A load
+    balancer probes every few seconds: the log gets one line when the checks start failing and
+    one when they pass again, not one per probe.
     """
 
     def __init__(self, sessions: Sessions, timeout: float = READINESS_TIMEOUT_SECONDS) -> None:
@@ -51,6 +53,7 @@ class DatabaseReadiness:
         self._timeout = timeout
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="readyz")
         self._pending: concurrent.futures.Future[None] | None = None
+        self._failing = False  # only touched on the gateway's event loop
 
     async def __call__(self) -> bool:
         if self._pending is None or self._pending.done():
@@ -61,8 +64,13 @@ class DatabaseReadiness:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
         except Exception as exc:  # any failure of the probe means "not ready"
-            logger.warning("readiness check failed: %s", type(exc).__name__)
+            if not self._failing:
+                logger.warning("readiness checks failing: %s", type(exc).__name__)
+            self._failing = True
             return False
+        if self._failing:
+            logger.info("readiness checks pass again")
+        self._failing = False
         return True
 
     def _check(self) -> None:
