@@ -103,3 +103,20 @@ class HookedHasher(PasswordHasher):
     def _check(self, password: bytes, password_hash: bytes) -> bool:
         self.on_bcrypt()
         return super()._check(password, password_hash)
+
+
+class GatedHasher(HookedHasher):
+    """Each bcrypt check or hash, once it holds a slot, waits until `gate` opens; `inside` is
+    released once per caller holding a slot."""
+
+    WAIT = 10.0  # seconds: only a broken test waits this long for the gate
+
+    def __init__(self, rounds: int, **bounds: int) -> None:
+        super().__init__(rounds, **bounds)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.inside = threading.Semaphore(0)
+
+    def on_bcrypt(self) -> None:
+        self.inside.release()
+        assert self.gate.wait(self.WAIT), "the test never opened the gate"

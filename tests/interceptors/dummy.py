@@ -9,6 +9,7 @@ here from the same DummyService.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any
@@ -20,6 +21,8 @@ from grpc_interceptor.testing.protos.dummy_pb2_grpc import DummyServiceStub
 
 from luman.interceptors.base import MethodInterceptor
 from luman.interceptors.chain import InterceptorChain
+from luman.interceptors.errors import UnauthenticatedError
+from luman.interceptors.principal import Credential, Principal
 
 EXECUTE = "/DummyService/Execute"
 SERVER_STREAM = "/DummyService/ExecuteServerStream"
@@ -67,3 +70,18 @@ def serve(
     """A DummyService client; the service runs behind `InterceptorChain(stages)`."""
     with serve_channel(stages, special_cases, max_workers=max_workers) as channel:
         yield DummyServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+class RecordingVerifier:
+    """A token verifier that accepts the token "good" (as `user_id`) and records every token
+    it was asked about."""
+
+    def __init__(self, user_id: uuid.UUID | None = None) -> None:
+        self.user_id = user_id or uuid.uuid4()
+        self.tokens: list[str] = []
+
+    def __call__(self, token: str) -> Principal:
+        self.tokens.append(token)
+        if token != "good":
+            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+        return Principal(self.user_id, Credential.ACCESS_TOKEN, uuid.uuid4())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -18,8 +17,6 @@ from luman.interceptors import malformed
 from luman.interceptors.base import MethodInterceptor
 from luman.interceptors.client_address import CallerResolver
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
-from luman.interceptors.errors import UnauthenticatedError
-from luman.interceptors.principal import Credential, Principal
 from luman.interceptors.rate_limit import ClientRateLimitInterceptor, Policy, SlidingWindowLimiter
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
@@ -29,6 +26,7 @@ from tests.interceptors.dummy import (
     CLIENT_STREAM,
     EXECUTE,
     SERVER_STREAM,
+    RecordingVerifier,
     serve_channel,
 )
 from tests.support import RichError, rich_error
@@ -39,21 +37,10 @@ GOOD_TOKEN = (("authorization", "Bearer good"),)
 REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, malformed.REASON)
 
 
-class _Verifier:
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def __call__(self, token: str) -> Principal:
-        self.tokens.append(token)
-        if token != "good":
-            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-        return Principal(uuid.uuid4(), Credential.ACCESS_TOKEN, uuid.uuid4())
-
-
 @contextlib.contextmanager
 def _chain(
     entries: list[RequestLogEntry],
-    verifier: _Verifier | None = None,
+    verifier: RecordingVerifier | None = None,
     limit: int = 1000,
 ) -> Iterator[grpc.Channel]:
     """The server's chain shape around DummyService: logging, error mapping, per-IP limit,
@@ -65,7 +52,7 @@ def _chain(
             policy_of=lambda _: Policy.DEFAULT,
             limiters={Policy.DEFAULT: SlidingWindowLimiter(limit, 900.0, lambda: 0.0)},
         ),
-        TokenAuthInterceptor(verifier or _Verifier(), public_methods=()),
+        TokenAuthInterceptor(verifier or RecordingVerifier(), public_methods=()),
     ]
     with serve_channel(stages) as channel:
         yield channel
@@ -103,7 +90,7 @@ def test_an_undecodable_request_is_invalid_argument_and_logged(
 
 def test_an_undecodable_request_is_refused_before_any_token_check() -> None:
     entries: list[RequestLogEntry] = []
-    verifier = _Verifier()
+    verifier = RecordingVerifier()
     with _chain(entries, verifier) as channel:
         for metadata in ((), GOOD_TOKEN, (("authorization", "Bearer bad"),)):
             error = _refused(channel, CORRUPT, metadata)

@@ -17,8 +17,8 @@ from grpc_interceptor.testing.protos.dummy_pb2_grpc import DummyServiceStub
 from luman.interceptors.base import MethodInterceptor
 from luman.interceptors.client_address import CallerResolver
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
-from luman.interceptors.errors import UnauthenticatedError, UnavailableError
-from luman.interceptors.principal import Credential, Principal, optional_principal
+from luman.interceptors.errors import UnavailableError
+from luman.interceptors.principal import Principal, optional_principal
 from luman.interceptors.rate_limit import (
     ClientRateLimitInterceptor,
     Policy,
@@ -27,24 +27,11 @@ from luman.interceptors.rate_limit import (
 )
 from luman.interceptors.request_logging import RequestLogEntry, RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
-from tests.interceptors.dummy import EXECUTE, serve
+from tests.interceptors.dummy import EXECUTE, RecordingVerifier, serve
 from tests.support import rich_error
 
 USER_ID = uuid.uuid4()
 ANONYMOUS = "anonymous"
-
-
-class _Verifier:
-    """Accepts the token "good"; counts the tokens it was asked about."""
-
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def __call__(self, token: str) -> Principal:
-        self.tokens.append(token)
-        if token != "good":
-            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-        return Principal(USER_ID, Credential.ACCESS_TOKEN, uuid.uuid4())
 
 
 def _who(_: str, context: Any) -> str:
@@ -83,7 +70,7 @@ def _refusal(client: DummyServiceStub, metadata: Sequence[tuple[str, str]]) -> t
 
 def test_a_valid_token_sets_the_principal() -> None:
     entries: list[RequestLogEntry] = []
-    with _served(_Verifier(), entries=entries) as client:
+    with _served(RecordingVerifier(USER_ID), entries=entries) as client:
         assert client.Execute(DummyRequest(input="who"), metadata=_bearer("good")).output == str(
             USER_ID
         )
@@ -108,14 +95,14 @@ def test_a_non_public_method_without_a_valid_token_is_refused(
     metadata: tuple[tuple[str, str], ...], reason: str
 ) -> None:
     entries: list[RequestLogEntry] = []
-    with _served(_Verifier(), entries=entries) as client:
+    with _served(RecordingVerifier(USER_ID), entries=entries) as client:
         assert _refusal(client, metadata) == (grpc.StatusCode.UNAUTHENTICATED, reason)
     assert [(e.status, e.user_id) for e in entries] == [("UNAUTHENTICATED", None)]
 
 
 def test_a_public_method_with_a_valid_token_sets_the_principal() -> None:
     entries: list[RequestLogEntry] = []
-    verifier = _Verifier()
+    verifier = RecordingVerifier(USER_ID)
     with _served(verifier, public_methods={EXECUTE}, entries=entries) as client:
         assert client.Execute(DummyRequest(input="who"), metadata=_bearer("good")).output == str(
             USER_ID
@@ -139,7 +126,7 @@ def test_a_public_method_without_a_valid_token_runs_anonymously(
 ) -> None:
     # A stale token sent along with a sign-in must not stop the sign-in.
     entries: list[RequestLogEntry] = []
-    with _served(_Verifier(), public_methods={EXECUTE}, entries=entries) as client:
+    with _served(RecordingVerifier(USER_ID), public_methods={EXECUTE}, entries=entries) as client:
         assert client.Execute(DummyRequest(input="who"), metadata=metadata).output == ANONYMOUS
     assert [(e.status, e.user_id) for e in entries] == [("OK", None)]
 
@@ -156,7 +143,7 @@ def test_a_failing_verifier_on_a_public_method_is_not_taken_for_a_bad_token() ->
 
 
 def test_infrastructure_methods_never_look_at_credentials() -> None:
-    verifier = _Verifier()
+    verifier = RecordingVerifier(USER_ID)
     with _served(verifier, is_infrastructure=lambda name: name == EXECUTE) as client:
         assert client.Execute(DummyRequest(input="who")).output == ANONYMOUS
         assert client.Execute(DummyRequest(input="who"), metadata=_bearer("good")).output == (
@@ -167,7 +154,7 @@ def test_infrastructure_methods_never_look_at_credentials() -> None:
 
 def test_a_token_is_verified_once_per_call_through_the_whole_chain() -> None:
     # Both rate-limit stages read what token authentication found; none verifies again.
-    verifier = _Verifier()
+    verifier = RecordingVerifier(USER_ID)
     stages: list[MethodInterceptor] = [
         RequestLoggingInterceptor(None, CallerResolver()),
         ErrorMappingInterceptor(),

@@ -8,7 +8,6 @@ reached deterministically; nothing here measures time.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +23,7 @@ from luman.server.db.session import Sessions
 from tests.support import (
     PASSWORD,
     FakeClock,
-    HookedHasher,
+    GatedHasher,
     bearer,
     register,
     rich_error,
@@ -32,20 +31,6 @@ from tests.support import (
 )
 
 WAIT = 10.0  # seconds: only a broken test ever waits this long
-
-
-class GatedHasher(HookedHasher):
-    """Each bcrypt check or hash, once it holds a slot, waits until the gate opens."""
-
-    def __init__(self, rounds: int, **bounds: int) -> None:
-        super().__init__(rounds, **bounds)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.inside = threading.Semaphore(0)  # released once per caller holding a slot
-
-    def on_bcrypt(self) -> None:
-        self.inside.release()
-        assert self.gate.wait(WAIT), "the test never opened the gate"
 
 
 def test_slots_default_to_the_usable_cores_and_waiters_to_twice_that() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
@@ -24,7 +23,7 @@ from luman.server.db.session import Sessions
 from tests.support import (
     PASSWORD,
     FakeClock,
-    HookedHasher,
+    GatedHasher,
     bearer,
     register,
     rich_error,
@@ -205,20 +204,6 @@ def test_the_ipv6_prefix_is_configurable(make_server: MakeServer) -> None:
         assert _register_from(server.auth, address)[0] == grpc.StatusCode.OK
 
 
-class GatedHasher(HookedHasher):
-    """Each bcrypt check or hash, once it holds a slot, waits until the gate opens."""
-
-    def __init__(self, rounds: int, **bounds: int) -> None:
-        super().__init__(rounds, **bounds)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.inside = threading.Semaphore(0)
-
-    def on_bcrypt(self) -> None:
-        self.inside.release()
-        assert self.gate.wait(WAIT), "the test never opened the gate"
-
-
 @pytest.fixture
 def gated() -> Iterator[GatedHasher]:
     hasher = GatedHasher(4, max_concurrency=1, max_waiting=1)
@@ -234,18 +219,28 @@ def _login(
     return auth.Login.future(request, timeout=WAIT)  # type: ignore[return-value]
 
 
+def _fill_the_hasher(
+    server: Running, gated: GatedHasher, email: str
+) -> tuple[Future[auth_service_pb2.LoginResponse], Future[auth_service_pb2.LoginResponse]]:
+    """Register `email` (one sign-in call), then start two Logins: one holds the only hash
+    slot, the other is the one caller allowed to wait (two more). Both stay in flight until
+    the test opens the gate."""
+    register(server.auth, email=email)
+    assert gated.inside.acquire(timeout=WAIT)
+    gated.gate.clear()
+    holding = _login(server.auth, email)
+    assert gated.inside.acquire(timeout=WAIT)
+    waiting = _login(server.auth, email)
+    assert gated.wait_for_waiting(1, WAIT)
+    return holding, waiting
+
+
 def test_sign_ins_turned_away_as_server_busy_do_not_use_up_the_budget(
     make_server: MakeServer, gated: GatedHasher
 ) -> None:
     server = make_server(gated, auth_rate_limit_max_requests=5)
     email = unique_email()
-    register(server.auth, email=email)  # 1 of 5
-    assert gated.inside.acquire(timeout=WAIT)
-    gated.gate.clear()
-    holding = _login(server.auth, email)  # 2 of 5, holds the only slot
-    assert gated.inside.acquire(timeout=WAIT)
-    waiting = _login(server.auth, email)  # 3 of 5, the one caller allowed to wait
-    assert gated.wait_for_waiting(1, WAIT)
+    holding, waiting = _fill_the_hasher(server, gated, email)  # 3 of 5 counted
 
     for _ in range(6):  # more than the whole budget, all shed
         with pytest.raises(grpc.RpcError) as caught:
@@ -266,13 +261,7 @@ def test_a_refusal_caused_by_attempts_in_flight_says_retry_in_a_second(
 ) -> None:
     server = make_server(gated, auth_rate_limit_max_requests=3)
     email = unique_email()
-    register(server.auth, email=email)  # 1 of 3
-    assert gated.inside.acquire(timeout=WAIT)
-    gated.gate.clear()
-    holding = _login(server.auth, email)  # 2 of 3
-    assert gated.inside.acquire(timeout=WAIT)
-    waiting = _login(server.auth, email)  # 3 of 3
-    assert gated.wait_for_waiting(1, WAIT)
+    holding, waiting = _fill_the_hasher(server, gated, email)  # 3 of 3 counted, 2 in flight
 
     with pytest.raises(grpc.RpcError) as caught:
         _login(server.auth, email).result()
