@@ -499,10 +499,12 @@ def _whole_seconds(seconds: float) -> int:
 
 
 def _set_headers(context: grpc.ServicerContext, decision: Decision) -> None:
-    """The x-ratelimit-* trailers (and retry-after when refused), replacing earlier ones.
+    """The x-ratelimit-* trailers (and retry-after when refused).
 
     Trailers, not initial metadata: they travel with errors too (ErrorMappingInterceptor keeps
-    them), where initial metadata would be lost on a refused call."""
+    them), where initial metadata would be lost on a refused call. They are the only trailers
+    the chain sets, so a second call (a sign-in's, when it gives its hit back) replaces the
+    first's."""
     trailers: tuple[tuple[str, str], ...] = (
         (metadata_keys.RATE_LIMIT_LIMIT, str(decision.limit)),
         (metadata_keys.RATE_LIMIT_REMAINING, str(decision.remaining)),
@@ -511,9 +513,4 @@ def _set_headers(context: grpc.ServicerContext, decision: Decision) -> None:
     if not decision.allowed:
         retry_after = max(1, _whole_seconds(decision.retry_after))
         trailers += ((metadata_keys.RETRY_AFTER, str(retry_after)),)
-    earlier = context.trailing_metadata()
-    if earlier:  # a sign-in sets them twice: before it runs, and when it gives a hit back
-        kept = tuple((k, v) for k, v in earlier if k not in metadata_keys.RATE_LIMIT_HEADERS)
-        context.set_trailing_metadata((*kept, *trailers))
-    else:
-        context.set_trailing_metadata(trailers)
+    context.set_trailing_metadata(trailers)
