@@ -144,7 +144,8 @@ def build_server(
         token_cache_max_entries=settings.token_cache_max_entries,
     )
     organizations = OrganizationService(sessions, clock)
-    policy = methods.policies()
+    # Declared in the contracts; token authentication and both rate-limit stages read it.
+    public = methods.public_methods(methods.policies())
     gateway_secret = gateway_secret or secrets.token_urlsafe(32)
     health_servicer = health.HealthServicer()
     # While the database is away, calls that need it answer UNAVAILABLE and health says
@@ -164,7 +165,7 @@ def build_server(
             on_error=database.notice,
         )
     per_ip_limit, per_user_limit = build_rate_limit_stages(
-        settings, monotonic, wall=lambda: clock().timestamp()
+        settings, public, monotonic, wall=lambda: clock().timestamp()
     )
     # The chain, outermost first. Every call crosses these stages in this order (chain.py):
     chain = InterceptorChain(
@@ -179,14 +180,12 @@ def build_server(
             ),
             # Turns whatever the stages below raise into a status with ErrorInfo.
             ErrorMappingInterceptor(translate=database.translate),
-            # Sign-ins and every call without a valid token, per client address, before any
-            # token is looked at.
+            # Sign-ins, public calls and calls without credentials per client address, before
+            # anything else runs; a call whose token the next stage rejects, when it comes back.
             per_ip_limit,
             # The one place a token is verified; sets the principal, refuses non-public calls
             # without a valid token.
-            TokenAuthInterceptor(
-                auth.verify_token, methods.public_methods(policy), methods.is_infrastructure
-            ),
+            TokenAuthInterceptor(auth.verify_token, public, methods.is_infrastructure),
             # Calls with a valid token, per user.
             per_user_limit,
         ]

@@ -75,10 +75,12 @@ def build_limiters(
 
 def build_rate_limit_stages(
     settings: Settings,
+    public_methods: frozenset[str],
     monotonic: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
 ) -> tuple[ClientRateLimitInterceptor, UserRateLimitInterceptor]:
-    """The per-IP stage (before token authentication) and the per-user stage (after it)."""
+    """The per-IP stage (before token authentication) and the per-user stage (after it);
+    `public_methods` are the ones token authentication lets through without a token."""
     limiters, account_limiter = build_limiters(settings, monotonic, wall)
     accounts = None
     if account_limiter is not None:
@@ -89,16 +91,17 @@ def build_rate_limit_stages(
             methods=SIGN_IN_METHODS,
         )
     policy_of = policy_resolver()
-    public = methods.public_methods(methods.policies())
     per_ip = ClientRateLimitInterceptor(
         policy_of=policy_of,
         limiters=limiters,
-        public_methods=public,
+        public_methods=public_methods,
         ipv6_prefix=settings.rate_limit_ipv6_prefix,
         accounts=accounts,
     )
     per_user = UserRateLimitInterceptor(
-        policy_of=policy_of, limiter=limiters.get(Policy.DEFAULT), public_methods=public
+        policy_of=policy_of,
+        limiter=limiters.get(Policy.DEFAULT),
+        public_methods=public_methods,
     )
     return per_ip, per_user
 

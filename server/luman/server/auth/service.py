@@ -8,8 +8,8 @@ TOKEN_CACHE_TTL (token_cache.py: never past the token's expiry, dropped at once 
 process revokes it; other replicas notice a revocation within the TTL), and the check that
 fills the cache reads the login session or CLI token together with its user in one Core query
 (token_checks.py), which the cache keeps for GetMe. A call with a cached token touches no
-database at all. Whatever revokes a credential or changes a user calls `_forget()` after its
-transaction commits: the one way cached state is invalidated.
+database at all. Whatever revokes a credential or changes a user calls `token_cache.forget()`
+once its transaction has committed: the one way cached state is invalidated.
 """
 
 from __future__ import annotations
@@ -140,7 +140,8 @@ class AuthService:
             else:
                 tokens = self._issue_pair(repo, login.user_id, login.id, now)
         if reused:
-            self._forget(credential_id=claims.session_id)
+            # Committed: the sign-in's access tokens fail on their very next call here.
+            self.token_cache.forget(credential_id=claims.session_id)
             raise UnauthenticatedError(
                 "REFRESH_TOKEN_REUSED",
                 "refresh token was already used; the sign-in has been revoked",
@@ -171,7 +172,8 @@ class AuthService:
             )
         with self._sessions.write.begin() as session:
             AuthRepository(session).revoke_cli_token(principal.credential_id, self._clock())
-        self._forget(credential_id=principal.credential_id)
+        # Committed: the token fails on its very next call here.
+        self.token_cache.forget(credential_id=principal.credential_id)
 
     def get_me(self, principal: Principal) -> UserRecord:
         # The token check just read this user into the cache; the query is the fallback.
@@ -183,13 +185,6 @@ class AuthService:
         if user is None:
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
         return user
-
-    def _forget(
-        self, *, credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
-    ) -> None:
-        """Committed: the credential's (or user's) tokens must be checked in full on their very
-        next call here (token_cache.py says how other replicas catch up)."""
-        self.token_cache.forget(credential_id=credential_id, user_id=user_id)
 
     def verify_token(self, token: str) -> Principal:
         """Turn a bearer token (access JWT or CLI token) into a Principal.
