@@ -11,7 +11,6 @@ from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 
 from luman.interceptors import call_context
 from luman.interceptors.client_address import (
-    MAX_USER_AGENT_LENGTH,
     CallerResolver,
     IPNetwork,
     forwarded_client,
@@ -23,7 +22,6 @@ from luman.interceptors.request_logging import RequestLoggingInterceptor
 from tests.interceptors.dummy import serve
 
 LOOPBACK = parse_trusted_proxies(["127.0.0.0/8", "::1"])
-SECRET = "gateway-secret-for-tests"
 
 
 @pytest.mark.parametrize(
@@ -119,10 +117,9 @@ def test_limit_key_counts_an_ipv4_mapped_address_as_its_ipv4_address(prefix: int
 def _seen_by_server(
     metadata: Sequence[tuple[str, str]],
     trusted: Sequence[IPNetwork] = (),
-    secret: str | None = None,
 ) -> tuple[str, str]:
     """(client IP, user agent) of a call with `metadata`, as its call record holds them."""
-    resolver = CallerResolver(trusted, secret)
+    resolver = CallerResolver(trusted)
 
     def describe(_: str, context: Any) -> str:
         caller = call_context.current_call().caller
@@ -148,40 +145,3 @@ def test_client_ip_ignores_forwarded_for_from_untrusted_peer() -> None:
 def test_client_ip_honours_forwarded_for_from_trusted_proxy() -> None:
     ip, _ = _seen_by_server([("x-forwarded-for", "1.1.1.1, 198.51.100.7")], trusted=LOOPBACK)
     assert ip == "198.51.100.7"
-
-
-def test_gateway_secret_vouches_for_forwarded_address_and_user_agent() -> None:
-    metadata = [
-        ("x-luman-gateway", SECRET),
-        ("x-forwarded-for", "198.51.100.7"),
-        ("x-luman-user-agent", "Mozilla/5.0 (X11)"),
-    ]
-    assert _seen_by_server(metadata, secret=SECRET) == ("198.51.100.7", "Mozilla/5.0 (X11)")
-
-
-def test_gateway_forwarded_ipv4_mapped_address_is_the_ipv4_address() -> None:
-    metadata = [("x-luman-gateway", SECRET), ("x-forwarded-for", "::ffff:198.51.100.7")]
-    assert _seen_by_server(metadata, secret=SECRET)[0] == "198.51.100.7"
-
-
-def test_gateway_user_agent_is_cut_to_its_maximum_length() -> None:
-    metadata = [("x-luman-gateway", SECRET), ("x-luman-user-agent", "A" * 1000)]
-    assert _seen_by_server(metadata, secret=SECRET)[1] == "A" * MAX_USER_AGENT_LENGTH
-
-
-@pytest.mark.parametrize(
-    "gateway",
-    [[SECRET + "x"], [SECRET, SECRET]],
-    ids=["wrong secret", "secret sent twice"],
-)
-def test_a_gateway_secret_that_does_not_check_out_is_an_ordinary_call(
-    gateway: list[str],
-) -> None:
-    metadata = [
-        *(("x-luman-gateway", value) for value in gateway),
-        ("x-forwarded-for", "198.51.100.7"),
-        ("x-luman-user-agent", "Mozilla/5.0 (X11)"),
-    ]
-    ip, agent = _seen_by_server(metadata, secret=SECRET)
-    assert ip in ("127.0.0.1", "::1")
-    assert "grpc-python" in agent

@@ -18,7 +18,7 @@ from grpc_interceptor.testing.protos.dummy_pb2 import DummyRequest
 from grpc_interceptor.testing.protos.dummy_pb2_grpc import DummyServiceStub
 
 from luman.interceptors.base import MethodInfo, MethodInterceptor
-from luman.interceptors.client_address import CallerResolver
+from luman.interceptors.client_address import CallerResolver, parse_trusted_proxies
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.errors import OverloadedError, UnauthenticatedError, UnavailableError
 from luman.interceptors.principal import Credential, Principal, optional_principal
@@ -220,8 +220,8 @@ def test_limiter_rejects_a_meaningless_configuration() -> None:
 
 # --- The stages, in the server's chain shape -----------------------------------------------------
 
-SECRET = "gateway-secret-for-tests"
 ALICE, BOB = uuid.uuid4(), uuid.uuid4()
+LOOPBACK = parse_trusted_proxies(["127.0.0.0/8", "::1"])
 # token -> its principal: two credentials of Alice's, one of Bob's.
 TOKENS = {
     "alice-1": Principal(ALICE, Credential.ACCESS_TOKEN, uuid.uuid4()),
@@ -238,8 +238,8 @@ def _verify(token: str) -> Principal:
 
 
 def _call_from(ip: str, token: str | None = None) -> tuple[tuple[str, str], ...]:
-    """Metadata of a call the in-process gateway forwards for a client at `ip`."""
-    metadata = [("x-luman-gateway", SECRET), ("x-forwarded-for", ip)]
+    """Metadata of a call a trusted loopback proxy forwards for a client at `ip`."""
+    metadata = [("x-forwarded-for", ip)]
     if token is not None:
         metadata.append(("authorization", f"Bearer {token}"))
     return tuple(metadata)
@@ -290,9 +290,10 @@ def _chain(
     special_cases: Mapping[str, SpecialCaseFunction] | None = None,
 ) -> Iterator[DummyServiceStub]:
     """logging -> error mapping -> per-IP limit -> token authentication -> per-user limit, as
-    the server builds it; the gateway secret lets a test say which address a call is from."""
+    the server builds it; loopback is a trusted proxy, so a test can say which address a call
+    is from (x-forwarded-for)."""
     stages: list[MethodInterceptor] = [
-        RequestLoggingInterceptor(None, CallerResolver(gateway_secret=SECRET)),
+        RequestLoggingInterceptor(None, CallerResolver(LOOPBACK)),
         ErrorMappingInterceptor(),
     ]
     if per_ip is not None:

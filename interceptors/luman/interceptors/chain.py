@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from luman.interceptors import malformed
-from luman.interceptors.base import MethodInfo, MethodInterceptor
+from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 
 # A generic handler may answer any method name a client sends (grpcio's own ones do not), so
 # the cache is bounded; past this, calls to further methods are wrapped per call.
@@ -72,11 +72,16 @@ class InterceptorChain(_ServerInterceptor):
         """`handler` with its behaviour inside every stage and undecodable requests refused."""
         method = MethodInfo(name, bool(handler.request_streaming), bool(handler.response_streaming))
         attribute, factory = _FACTORIES[method.request_streaming, method.response_streaming]
-        behavior = malformed.refuse_malformed(method, getattr(handler, attribute))
-        for stage in reversed(self.stages):
-            behavior = stage.wrap(method, behavior)
         return factory(
-            behavior,
+            self.wrap(method, getattr(handler, attribute)),
             request_deserializer=malformed.tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        """`behavior` inside every stage, the first outermost. The HTTP gateway calls methods
+        this way, in process, with requests it has decoded itself."""
+        behavior = malformed.refuse_malformed(method, behavior)
+        for stage in reversed(self.stages):
+            behavior = stage.wrap(method, behavior)
+        return behavior

@@ -8,14 +8,12 @@ be something the client can choose:
 - `x-forwarded-for` is believed only when the peer is a trusted proxy (TRUSTED_PROXIES), and then
   only up to the right-most address that is not itself a trusted proxy: everything left of that
   was written by the client and can say anything.
-- The in-process HTTP gateway calls over loopback, so its peer is always 127.0.0.1. It proves
-  itself with `x-luman-gateway: <per-process secret>` and then its `x-forwarded-for` (the one
-  browser address it resolved) and `x-luman-user-agent` are used as they are.
+- The HTTP gateway calls the methods in process: it resolves the HTTP client's address by the
+  same rules (gateway/policy.py) and hands it over as the call's peer.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,14 +28,7 @@ MAX_USER_AGENT_LENGTH = 256
 UNIX_PEER = "unix"
 UNKNOWN_PEER = "unknown"
 # The metadata a Caller is made of.
-CALLER_KEYS = frozenset(
-    (
-        metadata_keys.GATEWAY_SECRET,
-        metadata_keys.FORWARDED_FOR,
-        metadata_keys.USER_AGENT,
-        metadata_keys.GATEWAY_USER_AGENT,
-    )
-)
+CALLER_KEYS = frozenset((metadata_keys.FORWARDED_FOR, metadata_keys.USER_AGENT))
 
 
 class Caller(NamedTuple):
@@ -120,36 +111,18 @@ def limit_key(ip: str, ipv6_prefix: int) -> str:
 
 
 class CallerResolver:
-    """Turns a call's peer and metadata into a Caller with the server's proxy and gateway
-    settings."""
+    """Turns a call's peer and metadata into a Caller with the server's proxy settings."""
 
-    def __init__(
-        self, trusted_proxies: Sequence[IPNetwork] = (), gateway_secret: str | None = None
-    ) -> None:
+    def __init__(self, trusted_proxies: Sequence[IPNetwork] = ()) -> None:
         self._trusted = tuple(trusted_proxies)
-        self._secret = gateway_secret
 
     def from_headers(self, peer: str, found: Mapping[str, Sequence[str]]) -> Caller:
         """The Caller of a call from `peer` whose text metadata values are `found`."""
-        agent_header = metadata_keys.USER_AGENT
-        if self._vouched(found):
-            agent_header = metadata_keys.GATEWAY_USER_AGENT
-            forwarded = found.get(metadata_keys.FORWARDED_FOR)
-            address = parse_address(forwarded[-1]) if forwarded else None
-            if address is not None:
-                return Caller(str(address), _first(found, agent_header))
         ip = peer_address(peer)
         forwarded_for = found.get(metadata_keys.FORWARDED_FOR)
         if self._trusted and forwarded_for:
             ip = forwarded_client(ip, forwarded_for, self._trusted)
-        return Caller(ip, _first(found, agent_header))
-
-    def _vouched(self, found: Mapping[str, Sequence[str]]) -> bool:
-        """Whether the call carries the gateway's secret (once), so its x-forwarded-for holds."""
-        values = found.get(metadata_keys.GATEWAY_SECRET)
-        if not self._secret or values is None or len(values) != 1:
-            return False
-        return hmac.compare_digest(values[0].encode(), self._secret.encode())
+        return Caller(ip, _first(found, metadata_keys.USER_AGENT))
 
 
 def _first(found: Mapping[str, Sequence[str]], key: str) -> str:

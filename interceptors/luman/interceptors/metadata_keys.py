@@ -1,7 +1,7 @@
 """The metadata keys the chain reads and writes, shared with the HTTP gateway.
 
-The gateway forwards HTTP requests as gRPC calls with these keys and turns the rate-limit and
-status keys of the answer back into HTTP headers, so each name is written here once.
+The HTTP gateway hands its calls these keys and turns the rate-limit and status keys of the
+answer back into HTTP headers, so each name is written here once.
 """
 
 from __future__ import annotations
@@ -10,10 +10,6 @@ from __future__ import annotations
 AUTHORIZATION = "authorization"
 USER_AGENT = "user-agent"
 FORWARDED_FOR = "x-forwarded-for"
-# The in-process gateway proves itself with a per-process secret; its x-forwarded-for and this
-# user agent (the browser's) are then believed as they are.
-GATEWAY_SECRET = "x-luman-gateway"  # noqa: S105 - a metadata key, not a secret
-GATEWAY_USER_AGENT = "x-luman-user-agent"
 
 # Written on the answer (trailing metadata), under their usual HTTP names.
 RATE_LIMIT_LIMIT = "x-ratelimit-limit"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -15,13 +14,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from luman.auth.v1 import auth_service_pb2_grpc
+from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.interceptors.base import Behavior, MethodInfo
 from luman.interceptors.chain import InterceptorChain
 from luman.interceptors.client_address import CallerResolver, parse_trusted_proxies
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
-from luman.organization.v1 import organization_service_pb2_grpc
+from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.auth.service import AuthService
@@ -49,14 +49,28 @@ class App:
     port: int
     health: health.HealthServicer
     auth: AuthService
-    # Shared with the in-process HTTP gateway: calls carrying it in `x-luman-gateway` may
-    # state the HTTP client's address and user agent. repr=False keeps it out of logs.
-    gateway_secret: str = dataclasses.field(default="", repr=False)
+    # The chain, the servicers (by full service name) and the worker pool the server runs
+    # them on: the HTTP gateway calls the same methods through them, in process (behavior()).
+    chain: InterceptorChain
+    servicers: dict[str, object]
+    executor: ThreadPoolExecutor
     request_log: RequestLogWriter | None = None
     # The password hasher build_server made (closed with the server), not one passed in.
     own_hasher: PasswordHasher | None = None
     # Says NOT_SERVING in `health` while the database is away (db/availability.py).
     database: DatabaseAvailability | None = None
+
+    def behavior(self, method: str) -> Behavior:
+        """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
+        gRPC call to it runs.
+
+        Raises:
+            KeyError: no such method.
+        """
+        service, _, name = method.lstrip("/").partition("/")
+        return self.chain.wrap(
+            MethodInfo(method, False, False), getattr(self.servicers[service], name)
+        )
 
     def start(self) -> None:
         if self.request_log is not None:
@@ -118,7 +132,6 @@ def build_server(
     *,
     clock: Clock = system_clock,
     hasher: PasswordHasher | None = None,
-    gateway_secret: str | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     request_log: RequestLogWriter | None = None,
 ) -> App:
@@ -146,7 +159,6 @@ def build_server(
     organizations = OrganizationService(sessions, clock)
     # Declared in the contracts; token authentication and both rate-limit stages read it.
     public = methods.public_methods(methods.policies())
-    gateway_secret = gateway_secret or secrets.token_urlsafe(32)
     health_servicer = health.HealthServicer()
     # While the database is away, calls that need it answer UNAVAILABLE and health says
     # NOT_SERVING; the request log keeps its entries until it is back.
@@ -174,7 +186,7 @@ def build_server(
             # over, writes its request-log entry: it sees the final status of every call.
             RequestLoggingInterceptor(
                 request_log.submit if request_log is not None else None,
-                CallerResolver(parse_trusted_proxies(settings.trusted_proxies), gateway_secret),
+                CallerResolver(parse_trusted_proxies(settings.trusted_proxies)),
                 clock=clock,
                 skip=methods.is_infrastructure,
             ),
@@ -190,15 +202,18 @@ def build_server(
             per_user_limit,
         ]
     )
+    executor = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        executor,
         interceptors=[chain],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    auth_servicer = AuthServicer(auth)
+    organization_servicer = OrganizationServicer(organizations)
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
-        OrganizationServicer(organizations), server
+        organization_servicer, server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -223,7 +238,14 @@ def build_server(
         port=port,
         health=health_servicer,
         auth=auth,
-        gateway_secret=gateway_secret,
+        chain=chain,
+        servicers={
+            auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name: auth_servicer,
+            organization_service_pb2.DESCRIPTOR.services_by_name[
+                "OrganizationService"
+            ].full_name: organization_servicer,
+        },
+        executor=executor,
         request_log=request_log,
         own_hasher=own_hasher,
         database=database,

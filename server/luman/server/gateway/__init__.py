@@ -2,7 +2,7 @@
 
 routes.py     google.api.http annotations -> RouteTable (path templates, body rules)
 transcode.py  path + query + JSON body -> request message; response message -> JSON
-upstream.py   loopback gRPC channel: every call crosses the server's interceptor chain
+in_process.py each call runs the method inside the server's interceptor chain, on its workers
 status.py     gRPC status -> HTTP status and a google.rpc.Status JSON body
 policy.py     security headers, CORS, client address behind trusted proxies
 openapi.py    OpenAPI 3.1 document from the same descriptors and their comments

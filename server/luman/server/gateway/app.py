@@ -5,7 +5,8 @@ semantics (405 with Allow, percent-decoding per variable) that a framework route
 get in the way of, and a request crosses one function instead of a middleware stack.
 
 One request: route match (404/405) -> bounded body (413) -> media type (415) -> request message
-(400) -> loopback gRPC call through the interceptor chain -> JSON or google.rpc.Status. Every
+(400) -> the method inside the server's interceptor chain, in process (in_process.py) -> JSON
+or google.rpc.Status. Every
 response carries the security headers and, for allowed origins, the CORS headers. Whatever
 goes wrong inside becomes a logged 500 with a fixed message, never a stack trace.
 """
@@ -22,6 +23,7 @@ import grpc
 
 from luman.interceptors import metadata_keys
 from luman.server.gateway import status as statuses
+from luman.server.gateway.in_process import InProcessCalls, Metadata, grpc_peer
 from luman.server.gateway.policy import (
     HSTS,
     SECURITY_HEADERS,
@@ -33,7 +35,6 @@ from luman.server.gateway.policy import (
 from luman.server.gateway.routes import PathDecodeError, RouteMatch, RouteTable
 from luman.server.gateway.status import ErrorResponse, GatewayError, bad_request
 from luman.server.gateway.transcode import build_request, response_json
-from luman.server.gateway.upstream import Metadata, Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,8 @@ class GatewayApp:
     def __init__(
         self,
         routes: RouteTable,
-        upstream: Upstream,
+        calls: InProcessCalls,
         *,
-        gateway_secret: str,
         cors: CorsPolicy,
         addresses: ClientAddress,
         openapi: dict[str, Any],
@@ -90,8 +90,7 @@ class GatewayApp:
         max_body_bytes: int,
     ) -> None:
         self._routes = routes
-        self._upstream = upstream
-        self._secret = gateway_secret
+        self._calls = calls
         self._cors = cors
         self._addresses = addresses
         self._openapi = json.dumps(openapi, separators=(",", ":")).encode()
@@ -151,16 +150,16 @@ class GatewayApp:
         await self._call(request, match, message, send)
 
     async def _call(self, request: _Request, match: RouteMatch, message: Any, send: Send) -> None:
-        result = await self._upstream.call(match.route, message, self._metadata(request))
-        headers = _forwarded_headers(result.initial_metadata) + _forwarded_headers(
-            result.trailing_metadata
-        )
+        metadata = self._metadata(request)
+        peer = grpc_peer(self._addresses.client_ip(request.peer, _forwarded_for(request)))
+        result = await self._calls.call(match.route, message, metadata, peer)
+        headers = _forwarded_headers(result.metadata)
         if result.response is not None:
             await self._respond(
                 request, send, 200, response_json(match.route, result.response), headers
             )
             return
-        error = statuses.from_rpc_error(result.code, result.message, result.trailing_metadata)
+        error = statuses.from_rpc_error(result.code, result.message, result.metadata)
         if error.retry_after_seconds is not None and not any(
             name == metadata_keys.RETRY_AFTER.encode() for name, _ in headers
         ):
@@ -170,23 +169,20 @@ class GatewayApp:
         await self._respond_error(request, send, error, headers)
 
     def _metadata(self, request: _Request) -> Metadata:
+        """The call's metadata, as a gRPC client would send it: credentials and user agent.
+        (The client's address is the call's peer.)"""
         metadata: list[tuple[str, str | bytes]] = []
         for value in request.headers.get("authorization", ()):
             if not value.isascii() or not value.isprintable():
                 raise bad_request(
                     "INVALID_HEADER", "the Authorization header must be printable ASCII"
                 )
-            metadata.append(("authorization", value))
-        # Several X-Forwarded-For headers are one list (RFC 9110 5.3), in order.
-        forwarded = ", ".join(request.headers.get("x-forwarded-for", ())) or None
-        client_ip = self._addresses.client_ip(request.peer, forwarded)
-        metadata.append((metadata_keys.GATEWAY_SECRET, self._secret))
-        metadata.append((metadata_keys.FORWARDED_FOR, client_ip))
+            metadata.append((metadata_keys.AUTHORIZATION, value))
         user_agent = request.header("user-agent")
         if user_agent:
-            # gRPC metadata must be printable ASCII; a user agent is informative, so clean it.
+            # gRPC metadata is printable ASCII; a user agent is informative, so clean it.
             cleaned = "".join(c for c in user_agent if c.isascii() and c.isprintable())
-            metadata.append((metadata_keys.GATEWAY_USER_AGENT, cleaned[:MAX_USER_AGENT]))
+            metadata.append((metadata_keys.USER_AGENT, cleaned[:MAX_USER_AGENT]))
         return tuple(metadata)
 
     async def _read_body(self, request: _Request, receive: Receive) -> bytes:
@@ -322,6 +318,11 @@ def _query_pairs(query: bytes) -> list[tuple[str, str]]:
         )
     except (ValueError, UnicodeDecodeError):
         raise bad_request("INVALID_QUERY", "the query string is malformed") from None
+
+
+def _forwarded_for(request: _Request) -> str | None:
+    # Several X-Forwarded-For headers are one list (RFC 9110 5.3), in order.
+    return ", ".join(request.headers.get("x-forwarded-for", ())) or None
 
 
 def _forwarded_headers(metadata: Metadata) -> list[Header]:

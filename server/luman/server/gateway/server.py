@@ -27,10 +27,10 @@ from luman.server.config import Settings
 from luman.server.db.session import Sessions
 from luman.server.gateway.app import GatewayApp
 from luman.server.gateway.comments import comments_by_name, load_descriptor_set
+from luman.server.gateway.in_process import InProcessCalls
 from luman.server.gateway.openapi import build_document
 from luman.server.gateway.policy import ClientAddress, CorsPolicy
 from luman.server.gateway.routes import build_routes
-from luman.server.gateway.upstream import Upstream, loopback_target
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +88,11 @@ class GatewayServer:
         self,
         app: GatewayApp,
         sock: socket.socket,
-        upstream: Upstream,
         readiness: DatabaseReadiness,
     ) -> None:
         self.app = app
         self.port: int = sock.getsockname()[1]
         self._socket = sock
-        self._upstream = upstream
         self._readiness = readiness
         config = uvicorn.Config(
             app,
@@ -121,21 +119,13 @@ class GatewayServer:
     def _run(self) -> None:
         try:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(self._serve())
+                runner.run(self._server.serve(sockets=[self._socket]))
         except BaseException:  # uvicorn exits with SystemExit on start-up failures
             logger.exception("the HTTP gateway stopped unexpectedly")
 
-    async def _serve(self) -> None:
-        # The loopback channel belongs to this loop: open it here, close it here.
-        await self._upstream.open()
-        try:
-            await self._server.serve(sockets=[self._socket])
-        finally:
-            await self._upstream.close()
-
     def stop(self, grace: float | None) -> None:
-        """Stop accepting connections, let requests in flight finish for up to `grace`
-        seconds (None: cancel them), then close the loopback channel."""
+        """Stop accepting connections and let requests in flight finish for up to `grace`
+        seconds (None: cancel them)."""
         self.app.draining = True
         if self._thread.is_alive():
             # grace None: cancel requests in flight (force_exit) rather than wait for them.
@@ -160,16 +150,16 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
     """
     routes = build_routes()
     document = build_document(routes, comments_by_name(load_descriptor_set()), version=_version())
-    upstream = Upstream(
-        loopback_target(settings.host, app.port),
-        routes.routes,
-        max_message_bytes=settings.max_message_bytes,
+    # Each route's method inside the server's chain, wrapped once, run on its worker pool.
+    calls = InProcessCalls(
+        {route.grpc_path: app.behavior(route.grpc_path) for route in routes.routes},
+        app.executor,
+        max_concurrent=settings.max_concurrent_rpcs,
     )
     readiness = DatabaseReadiness(sessions)
     gateway_app = GatewayApp(
         routes,
-        upstream,
-        gateway_secret=app.gateway_secret,
+        calls,
         cors=CorsPolicy(settings.cors_origin),
         # Settings.from_env has validated TRUSTED_PROXIES already.
         addresses=ClientAddress(parse_trusted_proxies(settings.trusted_proxies)),
@@ -182,7 +172,7 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
     except BindError:
         readiness.close()
         raise
-    return GatewayServer(gateway_app, sock, upstream, readiness)
+    return GatewayServer(gateway_app, sock, readiness)
 
 
 def _bind(host: str, port: int) -> socket.socket:
