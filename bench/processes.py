@@ -53,13 +53,15 @@ class CpuPlan:
 
 
 class ServerProcess:
-    """A started server; its stdout carries `READY <port>` and, on exit, `STATS <json>`."""
+    """A started server; its stdout carries `READY <port> [<http port>]` and, on exit,
+    `STATS <json>`."""
 
     def __init__(self, name: str, process: subprocess.Popen[str], log_path: Path) -> None:
         self.name = name
         self.process = process
         self.log_path = log_path
         self.port = 0
+        self.http_port = 0  # 0: the server has no HTTP door
         self.stats: dict[str, Any] = {}
 
     @property
@@ -81,7 +83,8 @@ class ServerProcess:
                     break
                 tag, _, rest = line.strip().partition(" ")
                 if tag == "READY":
-                    self.port = int(rest)
+                    ports = [int(port) for port in rest.split()]
+                    self.port, self.http_port = ports[0], (ports[1:] or [0])[0]
                     return
         raise ServerError(f"{self.name} did not start: {self.log_tail()}")
 

@@ -1,10 +1,10 @@
 """The product under test: the real App from `luman.server.app.build_server`, in its own process.
 
 Configured from the environment exactly like `luman-server serve` (Settings.from_env, the same
-engine pool size, the same graceful stop that flushes the request log), without the HTTP
-gateway (the benchmarks call gRPC), and with two additions the harness needs: it prints
-`READY <port>` once serving, and `STATS <json>` with the request-log writer's counters after
-stopping. The request log is switched off as in production, with REQUEST_LOG_ENABLED=false.
+engine pool size, the HTTP gateway on HTTP_PORT, the same graceful stop that flushes the
+request log), with two additions the harness needs: it prints `READY <port> <http port>` once
+serving, and `STATS <json>` with the request-log writer's counters after stopping. The request
+log is switched off as in production, with REQUEST_LOG_ENABLED=false.
 
 The database must already be migrated (the harness does it). Run from a directory without a
 `.env` so that only the harness's environment applies.
@@ -24,6 +24,7 @@ from luman.server.app import build_server, wait_for_stop
 from luman.server.config import Settings
 from luman.server.db import migrate
 from luman.server.db.session import make_engine, make_sessions
+from luman.server.gateway import build_gateway
 
 READY = "READY"
 STATS = "STATS"
@@ -48,13 +49,17 @@ def main(argv: list[str] | None = None) -> None:
         current, head = migrate.pending(engine)
         if current != head:
             raise SystemExit(f"database schema is at {current}, expected {head}")
-        app = build_server(settings, make_sessions(engine))
+        sessions = make_sessions(engine)
+        app = build_server(settings, sessions)
+        gateway = build_gateway(settings, sessions, app)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         app.start()
-        _emit(READY, str(app.port))
+        gateway.start()
+        _emit(READY, f"{app.port} {gateway.port}")
         wait_for_stop(stop)
+        gateway.stop(settings.shutdown_grace_seconds)
         app.stop(settings.shutdown_grace_seconds)
         # The writer's counters as it names them (written, dropped, ...); none when it is off.
         stats = app.request_log.stats if app.request_log is not None else None

@@ -7,8 +7,10 @@ Order of a full run:
 2. The first backend's GetMe response becomes the bare server's response, and the baseline
    (bare grpcio, thread pool) is measured at every stream count. A second bare server then
    stays up (idle between its runs) for the paired series.
-3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count. The two GetMe
-   series are paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS).
+3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count, paired: each
+   run follows a bare run at the same streams (PAIRED_SCENARIOS). Then GetMe and ListMembers
+   through the HTTP gateway (h2load --h1) at TARGET_STREAMS clients, each run following a
+   gRPC run of the same call on the same server (HTTP_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
 5. Request log on/off: the same server with the request log off (no interceptor, no writer),
    started beside the product, which stays up; each of its GetMe runs follows a product run
@@ -48,7 +50,7 @@ from bench.databases import (
     postgres_database,
     sqlite_database,
 )
-from bench.h2load import GrpcCall, Load, Run, Verdict
+from bench.h2load import Call, GrpcCall, Load, Run, Verdict, load_for
 from bench.processes import CpuPlan, ServerProcess, harness_env, python_server, settle
 from bench.stats import Spread
 from bench.workload import GET_ME, Workload, prepare
@@ -60,13 +62,18 @@ SCENARIOS: dict[str, str] = {
     "getme_access": "GetMe, access token",
     "getme_cli": "GetMe, CLI token",
     "list_members": "ListMembers, 50 members",
+    "getme_http": "GET /auth/me (HTTP), access token",
+    "list_members_http": "GET /organizations/{slug}/members (HTTP), 50 members",
     "login": "Login vs raw bcrypt",
     "logging": "request log on/off",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
 # Series with a target ratio to the bare server: each of their runs comes right after a bare
 # run at the same streams, and the ratio is the median of those pairs (report.bare_ratio).
-PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli"))
+PAIRED_SCENARIOS = frozenset(("getme_access", "getme_cli", "list_members"))
+# The gateway's calls, each paired with the same call over gRPC on the same server: its target
+# is a ratio to that (HTTP / gRPC), at TARGET_STREAMS concurrent clients.
+HTTP_SCENARIOS = {"getme_http": "getme_access", "list_members_http": "list_members"}
 BACKENDS = ("sqlite", "postgresql")
 TARGET_STREAMS = 16  # the GetMe ratio and p99 targets are read at 16 streams
 LOGGING_OFF_STREAMS = (16, 64)
@@ -199,6 +206,7 @@ def product_env(options: Options, database_url: str, data_dir: Path) -> dict[str
             "LUMAN_ENV": "production",
             "HOST": "127.0.0.1",
             "PORT": "0",
+            "HTTP_PORT": "0",
             "DATABASE_URL": database_url,
             "LUMAN_DATA_DIR": str(data_dir),
             "JWT_SECRET": secrets.token_urlsafe(48),
@@ -264,7 +272,7 @@ class Bench:
         logs_before = bytes_before = None
         with self._product(env, result.label) as server:
             logger.info("%s: creating the scenario data through the API", result.label)
-            workload = prepare(server.port)
+            workload = prepare(server.port, server.http_port)
             if not self.results.response_bytes:
                 self._start_baseline(workload)
             logs_before = db.count_rows(REQUEST_LOGS)
@@ -287,6 +295,22 @@ class Bench:
                         paired=self._paired if scenario in PAIRED_SCENARIOS else None,
                     )
                     for streams in options.streams
+                }
+            for scenario, grpc_scenario in HTTP_SCENARIOS.items():
+                http_call = getattr(workload, scenario)
+                if not options.wants(scenario) or http_call is None:
+                    continue
+                result.series[scenario] = {
+                    TARGET_STREAMS: self.series(
+                        http_call,
+                        port=server.http_port,
+                        backend=result.label,
+                        title=SCENARIOS[scenario],
+                        streams=TARGET_STREAMS,
+                        paired=(getattr(workload, grpc_scenario), server.port),
+                        paired_title=f"{SCENARIOS[grpc_scenario]} (gRPC)",
+                        grpc_port=server.port,
+                    )
                 }
             if options.wants("login"):
                 result.login = self._login(db, server, workload, result.label)
@@ -398,52 +422,57 @@ class Bench:
 
     def series(
         self,
-        call: GrpcCall,
+        call: Call,
         *,
         port: int,
         backend: str,
         title: str,
         streams: int,
         count_rows: Callable[[], int | None] | None = None,
-        paired: tuple[GrpcCall, int] | None = None,
+        paired: tuple[Call, int] | None = None,
         paired_title: str = BASELINE,
+        grpc_port: int | None = None,
     ) -> Series:
-        """Probe, warm up, then measure `call` at `streams` streams `runs` times.
+        """Probe, warm up, then measure `call` with `streams` calls in flight (HTTP: clients,
+        each on its own connection) `runs` times.
 
         With `paired` (a call and port: the bare server's, unless `paired_title` says what
         else), each run comes right after a run of that server, kept in `series.paired`: the
-        two halves of a pair see the same machine.
+        two halves of a pair see the same machine. `grpc_port` is where the server of an HTTP
+        `call` answers gRPC, for settle() between runs (HTTP and gRPC share its workers).
         """
         series = Series(backend, title, streams, len(call.expected_response))
-        targets = [(call, port, series)]
+        targets = [(call, port, series, grpc_port or port)]
         if paired is not None:
             paired_backend = "—" if paired_title == BASELINE else backend
             series.paired = Series(
                 paired_backend, paired_title, streams, len(paired[0].expected_response)
             )
-            targets.insert(0, (*paired, series.paired))
-        for target_call, target_port, target in targets:
-            probe = trailers.probe(target_call, port=target_port, workdir=self.workdir)
-            if probe is not None and not probe.ok:
-                target.failure = probe.reason
-                return self._failed(series, target)
-            warm = self._h2load(
-                target_call, Load(streams, duration=self.options.warmup), target_port
-            )
-            settle(target_port)
+            targets.insert(0, (*paired, series.paired, paired[1]))
+        for target_call, target_port, target, settle_port in targets:
+            if isinstance(target_call, GrpcCall):  # HTTP has its status line in every count
+                probe = trailers.probe(target_call, port=target_port, workdir=self.workdir)
+                if probe is not None and not probe.ok:
+                    target.failure = probe.reason
+                    return self._failed(series, target)
+            warm_load = load_for(target_call, streams, duration=self.options.warmup)
+            warm = self._h2load(target_call, warm_load, target_port)
+            settle(settle_port)
             if not warm.ok:
                 target.failure = f"warm-up: {warm.verdict.reason}"
                 return self._failed(series, target)
         for _ in range(self.options.runs):
-            for target_call, target_port, target in targets:
+            for target_call, target_port, target, settle_port in targets:
                 counted = count_rows if target is series else None
                 before = counted() if counted else None
                 began = time.monotonic()
                 run = self._h2load(
-                    target_call, Load(streams, duration=self.options.duration), target_port
+                    target_call,
+                    load_for(target_call, streams, duration=self.options.duration),
+                    target_port,
                 )
                 after = counted() if counted else None
-                settle(target_port)
+                settle(settle_port)
                 target.runs.append(run)
                 if before is not None and after is not None:
                     target.log_rows_per_s.append((after - before) / (time.monotonic() - began))
@@ -453,7 +482,7 @@ class Bench:
             self._report(series.paired)
         return self._report(series)
 
-    def _h2load(self, call: GrpcCall, load: Load, port: int, tag: str = "") -> Run:
+    def _h2load(self, call: Call, load: Load, port: int, tag: str = "") -> Run:
         return h2load.start(
             call, load, port=port, workdir=self.workdir, pin=self._load_pin, tag=tag
         ).finish()

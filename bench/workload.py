@@ -2,16 +2,18 @@
 
 One owner who registers, signs in (access token) and makes a CLI token; an organization the
 owner creates, with 49 more registered users added as members (50 in all). Each call is made
-once with a real gRPC client first: its response is what every h2load request must return.
+once with a real client first (gRPC, or HTTP for the gateway's calls): its response is what
+every h2load request must return.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import urllib.request
 
 import grpc
 
-from bench.h2load import GrpcCall
+from bench.h2load import GrpcCall, HttpCall
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.organization.v1 import (
     organization_pb2,
@@ -41,10 +43,14 @@ class Workload:
     getme_cli: GrpcCall
     list_members: GrpcCall
     login: GrpcCall
+    # The same GetMe and ListMembers through the HTTP gateway (None: the server has none).
+    getme_http: HttpCall | None
+    list_members_http: HttpCall | None
 
 
-def prepare(port: int) -> Workload:
-    """Create the scenario data on the server at 127.0.0.1:`port` and record each call."""
+def prepare(port: int, http_port: int = 0) -> Workload:
+    """Create the scenario data on the server at 127.0.0.1:`port` and record each call
+    (the HTTP ones on `http_port`, when there is one)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_SECONDS)
         auth = auth_service_pb2_grpc.AuthServiceStub(channel)
@@ -99,6 +105,15 @@ def prepare(port: int) -> Workload:
         if len(members.members) != MEMBERS:
             raise RuntimeError(f"ListMembers returned {len(members.members)} members")
         cli_metadata = bearer(cli.token)
+        getme_http = list_members_http = None
+        if http_port:
+            getme_http = http_call("getme_http", http_port, "/auth/me", access)
+            list_members_http = http_call(
+                "list_members_http",
+                http_port,
+                f"/organizations/{created.organization.slug}/members?pageSize={MEMBERS}",
+                access,
+            )
         return Workload(
             getme_access=GrpcCall(
                 "getme_access",
@@ -127,4 +142,16 @@ def prepare(port: int) -> Workload:
                 login.SerializeToString(),
                 auth.Login(login, timeout=t).SerializeToString(),
             ),
+            getme_http=getme_http,
+            list_members_http=list_members_http,
         )
+
+
+def http_call(name: str, port: int, path: str, headers: tuple[tuple[str, str], ...]) -> HttpCall:
+    """A GET through the gateway, made once to record the body every run must return."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=dict(headers))
+    # No proxy handler: an http_proxy in the environment must never capture loopback calls.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=RPC_TIMEOUT_SECONDS) as response:
+        body: bytes = response.read()
+    return HttpCall(name, path, body, headers)

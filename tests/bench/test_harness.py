@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench import h2load, report, trailers
 from bench.databases import REQUEST_LOGS, sqlite_database
-from bench.h2load import GrpcCall, Load
+from bench.h2load import GrpcCall, HttpCall, Load
 from bench.processes import CpuPlan, python_server
 from bench.scenarios import (
     LOGGING_OFF_ENV,
@@ -24,10 +25,12 @@ from bench.scenarios import (
     product_env,
 )
 from bench.stats import TIMES, percentile
-from bench.workload import GET_ME, bearer, prepare
+from bench.workload import GET_ME, bearer, http_call, prepare
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.server.app import App
 from luman.server.config import Settings
+from luman.server.db.session import Sessions
+from luman.server.gateway import build_gateway
 from tests.support import register
 
 REQUESTS = 40
@@ -121,6 +124,55 @@ def test_bare_server_answers_every_call_with_its_response(tmp_path: Path) -> Non
     assert run.verdict.ok, run.verdict.reason
     assert run.summary is not None
     assert run.summary.succeeded == REQUESTS
+
+
+@pytest.fixture
+def gateway_port(settings: Settings, sessions: Sessions, app: App) -> Iterator[int]:
+    server = build_gateway(dataclasses.replace(settings, http_port=0), sessions, app)
+    server.start()
+    yield server.port
+    server.stop(None)
+
+
+@pytest.mark.usefixtures("need_h2load")
+def test_h2load_http_run_of_auth_me_passes_verification_and_a_401_run_does_not(
+    auth: auth_service_pb2_grpc.AuthServiceStub, gateway_port: int, tmp_path: Path
+) -> None:
+    token = register(auth).tokens.access_token
+    workload_call = _http_me(gateway_port, token)
+    load = Load(1, clients=STREAMS, requests=REQUESTS)
+
+    run = h2load.run(workload_call, load, port=gateway_port, workdir=tmp_path)
+
+    assert run.verdict.ok, run.verdict.reason
+    assert run.summary is not None
+    assert run.summary.status_2xx == REQUESTS
+    assert run.summary.data_bytes == REQUESTS * len(workload_call.expected_response)
+    assert "--h1" in run.command
+
+    # 401s have bodies too, but h2load counts them failed, and a failed request fails the run.
+    forged = dataclasses.replace(workload_call, metadata=bearer("not-a-valid-token"))
+    failed = h2load.run(forged, load, port=gateway_port, workdir=tmp_path)
+    assert not failed.verdict.ok
+    assert f"{REQUESTS} failed" in failed.verdict.reason
+
+
+def _http_me(port: int, token: str) -> HttpCall:
+    """GET /auth/me as the workload records it: made once, its body what every run expects."""
+    return http_call("getme_http", port, "/auth/me", bearer(token))
+
+
+def test_verify_accepts_http_bodies_of_requests_in_flight_when_time_was_up() -> None:
+    call = HttpCall("c", "/auth/me", b"x" * 30)
+    good = h2load.parse_summary(H2LOAD_OUTPUT)  # 353700 = 11790 * 30
+    two_late = dataclasses.replace(good, data_bytes=good.data_bytes + 2 * 30)
+    part_of_one = dataclasses.replace(good, data_bytes=good.data_bytes + 29)
+
+    assert h2load.verify(two_late, call, in_flight=16).ok
+    assert not h2load.verify(two_late, call, in_flight=1).ok
+    assert not h2load.verify(part_of_one, call, in_flight=16).ok
+    # gRPC keeps the exact equality.
+    assert not h2load.verify(two_late, GrpcCall("c", GET_ME, b"", b"x" * 25), in_flight=16).ok
 
 
 H2LOAD_OUTPUT = (
