@@ -18,6 +18,7 @@ from luman.server.db.session import make_engine
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REQUEST_LOGS = "request_logs"
 LOGIN_SESSIONS = "login_sessions"
+USERS = "users"
 
 
 class DatabaseUnavailableError(Exception):

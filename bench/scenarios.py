@@ -30,6 +30,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import math
 import secrets
 import statistics
 import subprocess
@@ -40,11 +41,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench import h2load, trailers
 from bench.databases import (
     DEFAULT_POSTGRES_URL,
     LOGIN_SESSIONS,
     REQUEST_LOGS,
+    USERS,
     BenchDatabase,
     DatabaseUnavailableError,
     postgres_database,
@@ -53,7 +57,8 @@ from bench.databases import (
 from bench.h2load import Call, GrpcCall, Load, Run, Verdict, load_for
 from bench.processes import CpuPlan, ServerProcess, harness_env, python_server, settle
 from bench.stats import Spread
-from bench.workload import GET_ME, Workload, prepare
+from bench.workload import GET_ME, OWNER_EMAIL, PASSWORD, Workload, prepare
+from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.server.config import Settings
 
 logger = logging.getLogger("bench")
@@ -65,6 +70,7 @@ SCENARIOS: dict[str, str] = {
     "getme_http": "GET /auth/me (HTTP), access token",
     "list_members_http": "GET /organizations/{slug}/members (HTTP), 50 members",
     "login": "Login vs raw bcrypt",
+    "overload": "sign-ins under overload (callers that retry at once)",
     "logging": "request log on/off",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
@@ -77,6 +83,11 @@ HTTP_SCENARIOS = {"getme_http": "getme_access", "list_members_http": "list_membe
 BACKENDS = ("sqlite", "postgresql")
 TARGET_STREAMS = 16  # the GetMe ratio and p99 targets are read at 16 streams
 LOGGING_OFF_STREAMS = (16, 64)
+# The overload scenario: each sign-in method with this many callers that retry at once.
+OVERLOAD_METHODS = ("login", "register")
+OVERLOAD_CALLERS = (16, 64)
+# The longest a Login behind a full queue of sign-ins may take (64 callers x ~70 ms hashes).
+SETTLE_SIGN_INS_SECONDS = 60
 # High enough never to reject a benchmark call, low enough for the settings' upper bound.
 BENCH_RATE_LIMIT = str(10**9)
 # The server setting that leaves request logging out of the chain altogether, for the "off"
@@ -168,12 +179,66 @@ class LoginResult:
 
 
 @dataclasses.dataclass
+class OverloadRun:
+    """One flood (bench.overload's counts for its measured window) and what came with it."""
+
+    per_second: float  # successful sign-ins per second
+    refusals_per_second: float
+    reasons: dict[str, int]
+    p50_ms: float | None  # a success's latency, first attempt to success
+    p99_ms: float | None
+    raw_per_second: float  # raw bcrypt on the server's core, just before the flood
+    per_second_with_getme: float  # successful sign-ins/s of the flood with GetMe alongside
+    getme: Run | None  # GetMe at TARGET_STREAMS streams during that flood
+
+
+@dataclasses.dataclass
+class OverloadSeries:
+    backend: str
+    method: str  # "login" or "register"
+    callers: int
+    runs: list[OverloadRun] = dataclasses.field(default_factory=list)
+    failure: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.failure
+            and bool(self.runs)
+            and all(r.getme is not None and r.getme.ok for r in self.runs)
+        )
+
+    @property
+    def reason(self) -> str:
+        if self.failure:
+            return self.failure
+        for run in self.runs:
+            if run.getme is not None and not run.getme.ok:
+                return f"GetMe during the flood: {run.getme.verdict.reason}"
+        return "no runs" if not self.runs else ""
+
+    def x_raw(self) -> float | None:
+        """Median of the run-by-run ratios of successful sign-ins/s to raw bcrypt hashes/s."""
+        ratios = [r.per_second / r.raw_per_second for r in self.runs if r.raw_per_second]
+        return statistics.median(ratios) if self.ok and ratios else None
+
+    def getme_p99_ms(self) -> float | None:
+        values = [
+            r.getme.latency.p99_ms
+            for r in self.runs
+            if r.getme is not None and r.getme.latency is not None
+        ]
+        return statistics.median(values) if values else None
+
+
+@dataclasses.dataclass
 class BackendResult:
     label: str
     skipped: str = ""
     version: str = ""
     series: dict[str, dict[int, Series]] = dataclasses.field(default_factory=dict)
     login: LoginResult | None = None
+    overload: list[OverloadSeries] = dataclasses.field(default_factory=list)
     logging_off: dict[int, Series] = dataclasses.field(default_factory=dict)
     peak_rss_bytes: int | None = None
     log_rows: int | None = None  # request_logs rows written while the server ran
@@ -314,6 +379,12 @@ class Bench:
                 }
             if options.wants("login"):
                 result.login = self._login(db, server, workload, result.label)
+            if options.wants("overload"):
+                result.overload = [
+                    self._overload(db, server.port, workload, result.label, method, callers)
+                    for method in OVERLOAD_METHODS
+                    for callers in OVERLOAD_CALLERS
+                ]
             if options.wants("logging"):
                 result.logging_off = self._logging_off(env, result.label, workload, server.port)
             result.peak_rss_bytes = server.peak_rss_bytes()
@@ -595,6 +666,153 @@ class Bench:
                 ),
             )
         return login_run, getme_run
+
+    def _overload(
+        self,
+        db: BenchDatabase,
+        port: int,
+        workload: Workload,
+        backend: str,
+        method: str,
+        callers: int,
+    ) -> OverloadSeries:
+        """Sign-ins from `callers` callers that retry at once on any refusal (bench.overload,
+        pinned to the load CPU). Each run: raw bcrypt on the server CPU, the flood alone (its
+        successes against raw bcrypt: the goodput target), then the flood again with GetMe at
+        TARGET_STREAMS streams alongside once its warm-up is over (GetMe's p99 target; a
+        closed loop of 16 GetMe streams takes the whole core it can, so the sign-ins of that
+        flood are reported but not held to the goodput target).
+
+        Checked on the server: every sign-in a flood counted made its row (a sign-in for
+        Login, a user for Register). More rows than counted are expected: the warm-up's, and
+        those of calls the flood cancelled when its time was up but the server finished.
+        """
+        series = OverloadSeries(backend, method, callers)
+        rounds = self.results.settings.bcrypt_rounds
+        for _ in range(self.options.runs):
+            try:
+                raw = self._raw_bcrypt(rounds, self.options.bcrypt_threads)
+                # Until every caller's first sign-in could have been served once (the queue
+                # has turned over), latency would only show the first, shorter waits.
+                warmup = max(1, math.ceil(callers / raw))
+                alone = self._flood(db, port, method, callers, warmup)
+                together = self._flood(db, port, method, callers, warmup, workload.getme_access)
+            except (subprocess.SubprocessError, ValueError, KeyError) as exc:
+                series.failure = str(exc)
+                break
+            counted, getme = together
+            series.runs.append(
+                OverloadRun(
+                    per_second=alone[0]["per_second"],
+                    refusals_per_second=alone[0]["refusals_per_second"],
+                    reasons=alone[0]["reasons"],
+                    p50_ms=alone[0]["p50_ms"],
+                    p99_ms=alone[0]["p99_ms"],
+                    raw_per_second=raw,
+                    per_second_with_getme=counted["per_second"],
+                    getme=getme,
+                )
+            )
+            if getme is None or not getme.ok:
+                break
+        where = f"{backend} {method} x {callers} callers under overload"
+        if series.ok:
+            logger.info("%s: %.2f x raw bcrypt", where, series.x_raw() or 0.0)
+        else:
+            logger.warning("%s: FAILED: %s", where, series.reason)
+        return series
+
+    def _flood(
+        self,
+        db: BenchDatabase,
+        port: int,
+        method: str,
+        callers: int,
+        warmup: int,
+        getme_call: GrpcCall | None = None,
+    ) -> tuple[dict[str, Any], Run | None]:
+        """One flood (with `getme_call` at TARGET_STREAMS alongside after its warm-up): its
+        counts, and GetMe's run.
+
+        Raises:
+            subprocess.SubprocessError: the flood failed or ran over its time.
+            ValueError: it printed no counts, or fewer rows were made than it counted.
+        """
+        table = LOGIN_SESSIONS if method == "login" else USERS
+        rows_before = db.count_rows(table) or 0
+        flood = self._start_flood(port, method, callers, warmup)
+        getme = None
+        try:
+            if getme_call is not None:
+                time.sleep(warmup)  # measured while the flood is at full load
+                getme = h2load.start(
+                    getme_call,
+                    Load(TARGET_STREAMS, duration=self.options.duration),
+                    port=port,
+                    workdir=self.workdir,
+                    pin=self._load_pin,
+                    tag="-during-overload",
+                ).finish()
+            output, _ = flood.communicate(timeout=self.options.duration + 120)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        if flood.returncode != 0:
+            raise subprocess.SubprocessError(f"flood exited {flood.returncode}")
+        counted: dict[str, Any] = json.loads(output)
+        self._settle_sign_ins(port)
+        rows = (db.count_rows(table) or 0) - rows_before
+        if rows < counted["successes"]:
+            raise ValueError(f"flood: {counted['successes']} sign-ins counted, {rows} {table} rows")
+        return counted, getme
+
+    def _start_flood(
+        self, port: int, method: str, callers: int, warmup: int
+    ) -> subprocess.Popen[str]:
+        command = [
+            *self._load_pin,
+            sys.executable,
+            "-m",
+            "bench.overload",
+            "--port",
+            str(port),
+            "--method",
+            method,
+            "--callers",
+            str(callers),
+            "--warmup",
+            str(warmup),
+            "--duration",
+            str(self.options.duration),
+            "--json",
+        ]
+        if method == "login":
+            command += ["--email", OWNER_EMAIL, "--password", PASSWORD]
+        # Our interpreter and module, fixed arguments; no shell.
+        return subprocess.Popen(  # noqa: S603
+            command, stdout=subprocess.PIPE, text=True, env=harness_env()
+        )
+
+    def _settle_sign_ins(self, port: int) -> None:
+        """Wait until the sign-ins the flood left behind are hashed: one more Login queues
+        behind them for a hash slot (first come, first served), so its answer means they are
+        done, and the next raw bcrypt run has the core to itself."""
+        deadline = time.monotonic() + SETTLE_SIGN_INS_SECONDS
+        request = auth_service_pb2.LoginRequest(email=OWNER_EMAIL, password=PASSWORD)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            login = auth_service_pb2_grpc.AuthServiceStub(channel).Login
+            while True:
+                try:
+                    login(request, timeout=max(1.0, deadline - time.monotonic()))
+                    return
+                except grpc.RpcError as exc:
+                    # A queue still full of the flood's sign-ins: as the server says, retry.
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
 
     def _raw_bcrypt(self, rounds: int, threads: int) -> float:
         """Hashes/s of `python -m bench.raw_bcrypt`, pinned to the server's CPU.

@@ -163,9 +163,9 @@ def sessions(settings: Settings) -> Iterator[Sessions]:
 
 @pytest.fixture(scope="session")
 def hasher() -> PasswordHasher:
-    # Room for the 50-way races in test_concurrency: those test constraints, not load shedding
-    # (test_password_slots covers SERVER_BUSY).
-    return PasswordHasher(TEST_BCRYPT_ROUNDS, max_waiting=64)
+    # The default queue (128 waiting callers) has room for the 50-way races in test_concurrency:
+    # those test constraints, not load shedding (test_password_slots covers SERVER_BUSY).
+    return PasswordHasher(TEST_BCRYPT_ROUNDS)
 
 
 @pytest.fixture

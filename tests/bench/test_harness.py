@@ -20,6 +20,8 @@ from bench.scenarios import (
     LOGGING_OFF_ENV,
     BackendResult,
     Options,
+    OverloadRun,
+    OverloadSeries,
     Results,
     Series,
     product_env,
@@ -352,15 +354,69 @@ def test_product_server_serves_the_workload_and_reports_its_writer(tmp_path: Pat
         with python_server(
             "product", "bench.product_server", [], env=env, cpu=None, workdir=tmp_path
         ) as server:
-            workload = prepare(server.port)
+            workload = prepare(server.port, server.http_port)
             call = workload.getme_cli
             run = h2load.run(
                 call, Load(STREAMS, requests=REQUESTS), port=server.port, workdir=tmp_path
             )
+            assert workload.list_members_http is not None  # the gateway is served too
+            http_run = h2load.run(
+                workload.list_members_http,
+                Load(1, clients=STREAMS, requests=REQUESTS),
+                port=server.http_port,
+                workdir=tmp_path,
+            )
         rows = db.count_rows(REQUEST_LOGS)
 
     assert run.verdict.ok, run.verdict.reason
+    assert http_run.verdict.ok, http_run.verdict.reason
+    assert b'"members":[' in workload.list_members_http.expected_response
     assert server.stats["written"] == rows
     counters = report.writer_counters(server.stats)
     assert f"{rows:,} written" in counters
     assert "0 dropped (queue full)" in counters
+
+
+def _overload_run(per_second: float, raw: float, getme_p99_ms: float) -> OverloadRun:
+    getme = dataclasses.replace(
+        _series_of([1000.0]).runs[0], latency=h2load.Latency(1.0, getme_p99_ms, 100)
+    )
+    return OverloadRun(per_second, 0.0, {}, 100.0, 900.0, raw, per_second / 2, getme)
+
+
+def test_the_issue_14_targets_pair_http_with_grpc_and_sign_ins_with_raw_bcrypt() -> None:
+    results = Results(
+        Options(),
+        CpuPlan(None, None, "not pinned"),
+        Settings(),
+        "python -m bench",
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    backend = BackendResult("PostgreSQL")
+    http = _series_of([1400.0, 900.0, 700.0])
+    http.paired = _series_of([2000.0, 1000.0, 1000.0])  # gRPC, run by run: 0.70, 0.90, 0.70
+    backend.series = {"getme_http": {16: http}}
+    flooded = OverloadSeries("PostgreSQL", "register", 64)
+    # Run by run 0.85, 0.75, 0.90 of raw bcrypt; GetMe's p99 medians 8, 9, 12 ms.
+    flooded.runs = [
+        _overload_run(12.75, 15.0, 8.0),
+        _overload_run(9.0, 12.0, 12.0),
+        _overload_run(13.5, 15.0, 9.0),
+    ]
+    backend.overload = [flooded]
+    results.backends.append(backend)
+
+    rendered = report.render(results)
+
+    assert (
+        f"| GET /auth/me (HTTP), access token ≥ 0.7 {TIMES} gRPC @16 clients | PostgreSQL "
+        "| 0.70 | yes |"
+    ) in rendered
+    assert (
+        "| Register under overload, 64 callers retrying at once: successes ≥ 0.8 "
+        f"{TIMES} raw bcrypt | PostgreSQL | 0.85 | yes |"
+    ) in rendered
+    assert (
+        "| GetMe p99 @16 streams during the overload < 10 ms (highest) | PostgreSQL "
+        "| 9.00 ms | yes |"
+    ) in rendered

@@ -20,6 +20,7 @@ def test_defaults_match_the_seed(tmp_path: Path) -> None:
     assert settings.rate_limit_window_ms == 900_000
     assert settings.rate_limit_max_requests == 100
     assert settings.bcrypt_rounds == 10
+    assert settings.bcrypt_max_waiting == 128
     assert settings.embedded_database
     assert settings.database_url == f"sqlite:///{tmp_path / 'luman.db'}"
 
@@ -41,6 +42,7 @@ def test_durations_accept_the_seed_forms(tmp_path: Path, value: str, seconds: fl
         ("JWT_EXPIRES_IN", "soon"),
         ("JWT_EXPIRES_IN", "0m"),
         ("BCRYPT_ROUNDS", "3"),
+        ("BCRYPT_MAX_WAITING", "-1"),
         ("RATE_LIMIT_MAX_REQUESTS", "-1"),
         ("LUMAN_ENV", "staging"),
         ("LOG_LEVEL", "loud"),
@@ -51,6 +53,17 @@ def test_bad_value_names_the_variable(tmp_path: Path, name: str, value: str) -> 
         Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), name: value})
     assert str(caught.value).startswith(name)
     assert "\n" not in str(caught.value)
+
+
+def test_waiting_sign_ins_must_leave_other_calls_room(tmp_path: Path) -> None:
+    env = {
+        "LUMAN_DATA_DIR": str(tmp_path),
+        "GRPC_MAX_WORKERS": "16",
+        "GRPC_MAX_CONCURRENT_RPCS": "100",
+    }
+    assert Settings.from_env({**env, "BCRYPT_MAX_WAITING": "84"}).bcrypt_max_waiting == 84
+    with pytest.raises(ConfigError, match=r"^BCRYPT_MAX_WAITING \(85\) plus GRPC_MAX_WORKERS"):
+        Settings.from_env({**env, "BCRYPT_MAX_WAITING": "85"})
 
 
 def test_production_requires_both_secrets(tmp_path: Path) -> None:

@@ -147,7 +147,11 @@ def build_server(
     """
     own_hasher = None
     if hasher is None:
-        hasher = own_hasher = PasswordHasher(settings.bcrypt_rounds, nice=settings.bcrypt_nice)
+        hasher = own_hasher = PasswordHasher(
+            settings.bcrypt_rounds,
+            max_waiting=settings.bcrypt_max_waiting,
+            nice=settings.bcrypt_nice,
+        )
     auth = AuthService(
         sessions,
         hasher,
@@ -202,7 +206,12 @@ def build_server(
             per_user_limit,
         ]
     )
-    executor = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
+    # Sign-ins hold a worker thread while they hash or wait for a hash slot, at most
+    # hasher.threads_held of them (auth/passwords.py); on top of those, GRPC_MAX_WORKERS threads
+    # stay for every other call. Threads start only when calls need them.
+    executor = ThreadPoolExecutor(
+        max_workers=settings.max_workers + hasher.threads_held, thread_name_prefix="rpc"
+    )
     server = grpc.server(
         executor,
         interceptors=[chain],

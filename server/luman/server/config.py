@@ -41,6 +41,9 @@ class Settings:
     jwt_audience: str = "luman-api"
     bcrypt_rounds: int = 10
     bcrypt_nice: int = 10
+    # Sign-ins that may wait for a hash slot (auth/passwords.py), each on a worker thread of
+    # its own on top of GRPC_MAX_WORKERS.
+    bcrypt_max_waiting: int = 128
     # Verified-token cache (auth/token_cache.py); 0 seconds turns it off.
     token_cache_ttl: float = 30.0
     token_cache_max_entries: int = 10_000
@@ -96,6 +99,7 @@ class Settings:
             jwt_audience=r.text("JWT_AUDIENCE", cls.jwt_audience),
             bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
             bcrypt_nice=r.integer("BCRYPT_NICE", 10, 0, 19),
+            bcrypt_max_waiting=r.integer("BCRYPT_MAX_WAITING", 128, 0, 10000),
             # 0 is allowed here only: it turns the cache off. At most an hour, because a
             # revocation on another replica goes unnoticed for up to this long.
             token_cache_ttl=r.duration("TOKEN_CACHE_TTL", "30s", allow_zero=True, most=3600),
@@ -120,6 +124,13 @@ class Settings:
             shutdown_grace_seconds=r.duration("SHUTDOWN_GRACE_PERIOD", "10s"),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
+        if settings.bcrypt_max_waiting + settings.max_workers > settings.max_concurrent_rpcs:
+            # Waiting sign-ins count as RPCs in progress: they must leave other calls room.
+            raise ConfigError(
+                f"BCRYPT_MAX_WAITING ({settings.bcrypt_max_waiting}) plus GRPC_MAX_WORKERS "
+                f"({settings.max_workers}) must be at most GRPC_MAX_CONCURRENT_RPCS "
+                f"({settings.max_concurrent_rpcs})"
+            )
         return settings.with_secrets()
 
     def with_secrets(self) -> Settings:

@@ -26,7 +26,7 @@ from luman.interceptors.errors import (
 )
 from luman.interceptors.principal import Credential, Principal
 from luman.server.auth import token_checks
-from luman.server.auth.passwords import PasswordHasher
+from luman.server.auth.passwords import PasswordHasher, WaitingCall
 from luman.server.auth.repository import AuthRepository
 from luman.server.auth.token_cache import DEFAULT_MAX_ENTRIES, TokenCache, token_key
 from luman.server.auth.token_checks import UserRecord
@@ -92,8 +92,11 @@ class AuthService:
         self._clock = clock
         self.token_cache = TokenCache(token_cache_ttl, clock, token_cache_max_entries)
 
-    def register(self, email: str, password: str, name: str) -> SignIn:
-        password_hash = self._hasher.hash(password)
+    def register(
+        self, email: str, password: str, name: str, call: WaitingCall | None = None
+    ) -> SignIn:
+        """`call` bounds how long the sign-in waits for a hash slot (passwords.py)."""
+        password_hash = self._hasher.hash(password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = AuthRepository(session)
@@ -109,8 +112,8 @@ class AuthService:
             tokens = self._start_login_session(repo, user.id, now)
         return SignIn(user, tokens)
 
-    def login(self, email: str, password: str) -> SignIn:
-        user = self._check_credentials(email, password)
+    def login(self, email: str, password: str, call: WaitingCall | None = None) -> SignIn:
+        user = self._check_credentials(email, password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
             tokens = self._start_login_session(AuthRepository(session), user.id, now)
@@ -148,8 +151,10 @@ class AuthService:
             )
         return tokens
 
-    def cli_login(self, email: str, password: str, token_name: str) -> CliSignIn:
-        user = self._check_credentials(email, password)
+    def cli_login(
+        self, email: str, password: str, token_name: str, call: WaitingCall | None = None
+    ) -> CliSignIn:
+        user = self._check_credentials(email, password, call)
         secret, token_hash = new_cli_token()
         now = self._clock()
         with self._sessions.write.begin() as session:
@@ -252,16 +257,18 @@ class AuthService:
             with self._sessions.write.begin() as session:
                 AuthRepository(session).touch_cli_token(token_id, now)
 
-    def _check_credentials(self, email: str, password: str) -> User:
+    def _check_credentials(self, email: str, password: str, call: WaitingCall | None) -> User:
         # A sign-in the hasher would refuse is refused before it costs a query.
         self._hasher.check_capacity()
         with self._sessions.read.begin() as session:
             user = AuthRepository(session).user_by_email(email)
-        if not self._hasher.verify(password, user.password_hash if user else None) or user is None:
+        password_hash = user.password_hash if user else None
+        if not self._hasher.verify(password, password_hash, call) or user is None:
             raise _invalid_credentials()
         if self._hasher.needs_rehash(user.password_hash):
             try:
-                new_hash = self._hasher.hash(password)
+                # Only with a slot free now: a second turn in the queue would double the wait.
+                new_hash = self._hasher.hash(password, wait=False)
             except OverloadedError:
                 # The password checked out; rehashing can wait for a quieter sign-in.
                 return user

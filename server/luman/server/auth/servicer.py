@@ -29,7 +29,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         check_password(v, "password", request.password)
         name = check_name(v, "name", request.name)
         v.raise_if_any()
-        signed_in = self._service.register(email, request.password, name)
+        signed_in = self._service.register(email, request.password, name, context)
         return auth_service_pb2.RegisterResponse(
             user=convert.user_to_proto(signed_in.user),
             tokens=convert.token_pair_to_proto(signed_in.tokens),
@@ -42,7 +42,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         email = check_email(v, "email", request.email)
         check_password(v, "password", request.password)
         v.raise_if_any()
-        signed_in = self._service.login(email, request.password)
+        signed_in = self._service.login(email, request.password, context)
         tokens = convert.token_pair_to_proto(signed_in.tokens)
         return auth_service_pb2.LoginResponse(
             user=convert.user_to_proto(signed_in.user),
@@ -67,7 +67,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         check_password(v, "password", request.password)
         token_name = check_name(v, "token_name", request.token_name, required=False)
         v.raise_if_any()
-        signed_in = self._service.cli_login(email, request.password, token_name)
+        signed_in = self._service.cli_login(email, request.password, token_name, context)
         return auth_service_pb2.CliLoginResponse(
             user=convert.user_to_proto(signed_in.user),
             token=signed_in.secret,
