@@ -246,15 +246,21 @@ def test_page_size_zero_means_50_and_above_500_means_500(
 # --- ListMembers ------------------------------------------------------------------------------
 
 
-def test_list_members_pages_through_everyone_once(auth: Auth, orgs: Orgs, clock: FakeClock) -> None:
+@pytest.mark.parametrize("advance_clock", [True, False], ids=["distinct-times", "same-instant"])
+def test_list_members_pages_through_everyone_once(
+    auth: Auth, orgs: Orgs, clock: FakeClock, advance_clock: bool
+) -> None:
     owner = sign_up(auth)
     created = create_organization(orgs, owner)
     expected = [owner.id]
     for _ in range(4):
-        clock.advance(seconds=1)
+        if advance_clock:
+            clock.advance(seconds=1)
         member = sign_up(auth)
         add_member(orgs, owner, created, member, MEMBER)
         expected.append(member.id)
+    if not advance_clock:
+        expected.sort(key=uuid.UUID)  # all joined at one instant: the user id orders them
     seen, sizes, token = [], [], ""
     while True:
         page = _members(orgs, owner, created.id, page_size=2, token=token)
@@ -282,6 +288,25 @@ def test_list_members_by_slug_paginates_too(auth: Auth, orgs: Orgs) -> None:
     assert len(first.members) == 2
     assert len(second.members) == 1
     assert not second.next_page_token
+
+
+def test_list_members_past_the_last_member_is_empty_for_members_only(
+    auth: Auth, orgs: Orgs
+) -> None:
+    owner, stranger = sign_up(auth), sign_up(auth)
+    created = create_organization(orgs, owner)
+    later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).isoformat()
+    selectors = {
+        f"members:{created.id}": pb.ListMembersRequest(organization_id=created.id),
+        f"members:{created.slug}": pb.ListMembersRequest(slug=created.slug),
+    }
+    for scope, selector in selectors.items():
+        request = pb.ListMembersRequest(page_token=_forged(scope, [later, str(uuid.uuid4())]))
+        request.MergeFrom(selector)
+        page = orgs.ListMembers(request, metadata=owner.metadata)
+        assert (list(page.members), page.next_page_token) == ([], "")
+        error = error_of(lambda r=request: orgs.ListMembers(r, metadata=stranger.metadata))  # type: ignore[misc]
+        assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ORGANIZATION_NOT_FOUND")
 
 
 # --- Page tokens that are not ours ------------------------------------------------------------

@@ -40,7 +40,12 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     ) -> dt.datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        if value.tzinfo is None:
+            # combine() rather than replace(tzinfo=…), which is four times slower: a 50-row
+            # page on SQLite reads 50 or 100 of these, and ListOrganizations took 15 % fewer
+            # instructions for it (4.94 to 4.20M), ListMembers 9 % (4.05 to 3.69M).
+            return dt.datetime.combine(value.date(), value.time(), dt.UTC)
+        return value.astimezone(dt.UTC)
 
 
 class Role(enum.Enum):
@@ -114,7 +119,20 @@ class Organization(Base):
 
 class Membership(Base):
     __tablename__ = "memberships"
-    __table_args__ = (Index("ix_memberships_user_id_create_time", "user_id", "create_time"),)
+    __table_args__ = (
+        # ListOrganizations: a user's memberships in join order.
+        Index("ix_memberships_user_id_create_time", "user_id", "create_time"),
+        # ListMembers: an organization's members in page order (join time, user id), so a page
+        # is read in order and stops at its limit instead of sorting every member first
+        # (10,000 members: 0.50 against 10.0 ms a page on SQLite, 0.69 against 26.7 ms on
+        # PostgreSQL; 50 members on SQLite: 7 % fewer instructions).
+        Index(
+            "ix_memberships_organization_id_create_time_user_id",
+            "organization_id",
+            "create_time",
+            "user_id",
+        ),
+    )
 
     organization_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True

@@ -93,11 +93,16 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Sessions:
-    """Session factories: `read()` for queries, `write()` for transactions that change data."""
+    """Session factories: `read()` for queries, `write()` for transactions that change data.
+
+    `statements` is for reads that are each a single statement, which need no transaction
+    around them: on PostgreSQL its connections are in autocommit mode.
+    """
 
     read: sessionmaker[Session]
     write: sessionmaker[Session]
     engine: Engine
+    statements: Engine
 
 
 def make_sessions(engine: Engine) -> Sessions:
@@ -106,4 +111,14 @@ def make_sessions(engine: Engine) -> Sessions:
     write = sessionmaker(
         bind=engine.execution_options(sqlite_immediate=True), expire_on_commit=False
     )
-    return Sessions(read=read, write=write, engine=engine)
+    # PostgreSQL: a transaction around one statement costs a BEGIN and a ROLLBACK, two of the
+    # four round trips of a ListMembers call. Without them the call takes 9 % less CPU in the
+    # process (median of 8 runs, 1236 to 1127 µs) although switching a pooled connection to
+    # autocommit and back costs 0.21M instructions. SQLite's BEGIN is no round trip, and there
+    # reads keep the engine.
+    statements = (
+        engine
+        if engine.dialect.name == "sqlite"
+        else engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
+    return Sessions(read=read, write=write, engine=engine, statements=statements)

@@ -13,9 +13,24 @@ import datetime as dt
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    ScalarSelect,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    tuple_,
+)
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from luman.interceptors.errors import AlreadyExistsError
 from luman.server.db.integrity import violates
@@ -25,9 +40,9 @@ PageKey = tuple[dt.datetime, uuid.UUID]
 
 
 class OrganizationRow(NamedTuple):
-    """An organization as one member sees it."""
+    """An organization as one member sees it. Ids are in their text form (see _uuid_text)."""
 
-    id: uuid.UUID
+    id: str
     name: str
     slug: str
     create_time: dt.datetime
@@ -38,11 +53,15 @@ class OrganizationRow(NamedTuple):
     def of(cls, membership: Membership) -> OrganizationRow:
         """From a membership with its organization loaded."""
         o = membership.organization
-        return cls(o.id, o.name, o.slug, o.create_time, membership.role, membership.create_time)
+        return cls(
+            str(o.id), o.name, o.slug, o.create_time, membership.role, membership.create_time
+        )
 
 
 class MemberRow(NamedTuple):
-    user_id: uuid.UUID
+    """A member of an organization. Ids are in their text form (see _uuid_text)."""
+
+    user_id: str
     email: str
     name: str
     role: Role
@@ -52,7 +71,37 @@ class MemberRow(NamedTuple):
     def of(cls, membership: Membership) -> MemberRow:
         """From a membership with its user loaded."""
         user = membership.user
-        return cls(user.id, user.email, user.name, membership.role, membership.create_time)
+        return cls(str(user.id), user.email, user.name, membership.role, membership.create_time)
+
+
+class _uuid_text(FunctionElement[str]):  # noqa: N801 - used like func.*, as SQL functions are
+    """A Uuid column as its canonical text (8-4-4-4-12 lower-case hex digits), from the database.
+
+    The ids in a page go straight into the response as text. Read as Uuid, each became a
+    uuid.UUID (from 32 hex digits on SQLite: 11k instructions) only for str() to turn it back
+    (8.5k); read as text, a 50-member ListMembers takes 12 % fewer instructions on SQLite (3.69
+    to 3.23M) and 15 % fewer on PostgreSQL (2.86 to 2.42M).
+    """
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(_uuid_text)
+def _uuid_text_cast(element: _uuid_text, compiler: SQLCompiler, **kw: Any) -> str:
+    # PostgreSQL's uuid type prints itself in the canonical form.
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+@compiles(_uuid_text, "sqlite")
+def _uuid_text_sqlite(element: _uuid_text, compiler: SQLCompiler, **kw: Any) -> str:
+    # Uuid keeps uuid.hex on SQLite: 32 lower-case hex digits, which only need their dashes.
+    column = compiler.process(element.clauses, **kw)
+    parts = (f"substr({column}, {start}, {length})" for start, length in _UUID_GROUPS)
+    return " || '-' || ".join(parts)
+
+
+_UUID_GROUPS = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
 
 
 _orgs = Organization.__table__.c
@@ -61,7 +110,7 @@ _users = User.__table__.c
 
 
 _ORGANIZATION_COLUMNS = (
-    _orgs.id,
+    _uuid_text(_orgs.id).label("id"),
     _orgs.name,
     _orgs.slug,
     _orgs.create_time,
@@ -69,7 +118,7 @@ _ORGANIZATION_COLUMNS = (
     _memberships.create_time,
 )
 _MEMBER_COLUMNS = (
-    _memberships.user_id,
+    _uuid_text(_memberships.user_id).label("user_id"),
     _users.email,
     _users.name,
     _memberships.role,
@@ -91,14 +140,20 @@ _CALLER_BY_SLUG = (
 
 
 def _after_key(tie_breaker: ColumnElement[Any]) -> ColumnElement[bool]:
-    """Keyset predicate: rows strictly after (after_time, after_id) in (join time, tie_breaker)."""
-    return or_(
-        _memberships.create_time > bindparam("after_time"),
-        and_(
-            _memberships.create_time == bindparam("after_time"),
-            tie_breaker > bindparam("after_id"),
-        ),
+    """Keyset predicate: rows strictly after (after_time, after_id) in (join time, tie_breaker).
+
+    A row-value comparison, which both databases seek to in an index on the key's columns; the
+    equivalent `time > t OR (time = t AND id > i)` made them read every earlier row of the
+    listing again on each page (10,000 members, page 101: 0.53 against 2.38 ms on SQLite, 0.82
+    against 1.66 ms on PostgreSQL). The parameters carry the columns' types: a tuple does not
+    pass them on, and these need their conversions (UTC text on SQLite).
+    """
+    key = tuple_(_memberships.create_time, tie_breaker)
+    after = tuple_(
+        bindparam("after_time", type_=_memberships.create_time.type),
+        bindparam("after_id", type_=tie_breaker.type),
     )
+    return key > after
 
 
 def _organizations_page(after: bool) -> Select[*tuple[Any, ...]]:
@@ -115,12 +170,26 @@ def _organizations_page(after: bool) -> Select[*tuple[Any, ...]]:
     )
 
 
-def _members_page(after: bool) -> Select[*tuple[Any, ...]]:
-    """Members with their users, earliest joined first (keyset: join time, user id)."""
+def _caller_organization_id(by_slug: bool) -> ScalarSelect[Any]:
+    """The organization's id (by id or by slug) if the caller is a member of it, else NULL."""
+    caller = Membership.__table__.alias("caller")
+    stmt = select(caller.c.organization_id).where(caller.c.user_id == bindparam("user_id"))
+    if by_slug:
+        stmt = stmt.join(Organization.__table__, _orgs.id == caller.c.organization_id).where(
+            _orgs.slug == bindparam("slug")
+        )
+    else:
+        stmt = stmt.where(caller.c.organization_id == bindparam("organization_id"))
+    return stmt.scalar_subquery()
+
+
+def _members_page(by_slug: bool, after: bool) -> Select[*tuple[Any, ...]]:
+    """Members with their users, earliest joined first (keyset: join time, user id), of the
+    organization the caller is a member of: none at all for a non-member."""
     stmt = (
         select(*_MEMBER_COLUMNS)
         .select_from(Membership.__table__.join(User.__table__, _users.id == _memberships.user_id))
-        .where(_memberships.organization_id == bindparam("organization_id"))
+        .where(_memberships.organization_id == _caller_organization_id(by_slug))
     )
     if after:
         stmt = stmt.where(_after_key(_memberships.user_id))
@@ -128,7 +197,11 @@ def _members_page(after: bool) -> Select[*tuple[Any, ...]]:
 
 
 _ORGANIZATIONS = {after: _organizations_page(after) for after in (False, True)}
-_MEMBERS = {after: _members_page(after) for after in (False, True)}
+_MEMBERS = {
+    (by_slug, after): _members_page(by_slug, after)
+    for by_slug in (False, True)
+    for after in (False, True)
+}
 
 
 def caller_organization(
@@ -154,19 +227,34 @@ def organizations_of(
     """The user's organizations after the page key, oldest membership first."""
     params = _page_params(after, limit)
     params["user_id"] = user_id
-    return [
-        OrganizationRow._make(row)
-        for row in conn.execute(_ORGANIZATIONS[after is not None], params)
-    ]
+    # all(): one fetchall, where iterating the result fetches row by row (PostgreSQL: 0.23M of
+    # the 2.4M instructions of a 50-member ListMembers).
+    rows = conn.execute(_ORGANIZATIONS[after is not None], params).all()
+    return [OrganizationRow._make(row) for row in rows]
 
 
-def members(
-    conn: Connection, organization_id: uuid.UUID, after: PageKey | None, limit: int
+def members_seen_by(
+    conn: Connection,
+    user_id: uuid.UUID,
+    organization_id: uuid.UUID | None,
+    slug: str | None,
+    after: PageKey | None,
+    limit: int,
 ) -> list[MemberRow]:
-    """The organization's members after the page key, earliest joined first."""
+    """The members after the page key, earliest joined first, of the organization (by id, else
+    by slug) if `user_id` is one of them; an empty list for a non-member.
+
+    The membership check is part of the statement: one round trip, where checking first took
+    two, and 0.35M fewer instructions on PostgreSQL (0.25M on SQLite) for 50 members.
+    """
     params = _page_params(after, limit)
-    params["organization_id"] = organization_id
-    return [MemberRow._make(row) for row in conn.execute(_MEMBERS[after is not None], params)]
+    params["user_id"] = user_id
+    if organization_id is not None:
+        params["organization_id"] = organization_id
+    else:
+        params["slug"] = slug
+    statement = _MEMBERS[organization_id is None, after is not None]
+    return [MemberRow._make(row) for row in conn.execute(statement, params).all()]
 
 
 def _page_params(after: PageKey | None, limit: int) -> dict[str, object]:

@@ -79,26 +79,33 @@ class OrganizationService:
             assert membership is not None
             return OrganizationRow.of(membership)
 
-    # Reads: plain Core rows on a connection (see repository.py), no ORM session.
+    # Reads: plain Core rows on a connection (see repository.py), no ORM session, and no
+    # transaction: each read is one statement (ListMembers asks a second one only on an empty
+    # page, to tell a non-member from the end of the list).
 
     def list_for(
         self, principal: Principal, after: PageKey | None, page_size: int
     ) -> Page[OrganizationRow]:
-        with self._sessions.engine.connect() as conn:
+        with self._sessions.statements.connect() as conn:
             rows = repository.organizations_of(conn, principal.user_id, after, page_size + 1)
-        return _page(rows, page_size, lambda row: (row.join_time, row.id))
+        return _page(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.id)))
 
     def get(self, principal: Principal, ref: OrganizationRef) -> OrganizationRow:
-        with self._sessions.engine.connect() as conn:
+        with self._sessions.statements.connect() as conn:
             return self._caller_organization(conn, principal, ref)
 
     def list_members(
         self, principal: Principal, ref: OrganizationRef, after: PageKey | None, page_size: int
     ) -> Page[MemberRow]:
-        with self._sessions.engine.connect() as conn:
-            organization = self._caller_organization(conn, principal, ref)
-            rows = repository.members(conn, organization.id, after, page_size + 1)
-        return _page(rows, page_size, lambda row: (row.join_time, row.user_id))
+        with self._sessions.statements.connect() as conn:
+            # The page's statement lists members only to a member; no rows means a non-member
+            # or a page past the last member, and only then is the membership asked for alone.
+            rows = repository.members_seen_by(
+                conn, principal.user_id, ref.organization_id, ref.slug, after, page_size + 1
+            )
+            if not rows:
+                self._caller_organization(conn, principal, ref)
+        return _page(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.user_id)))
 
     def add_member(
         self, principal: Principal, ref: OrganizationRef, target: UserRef, role: Role

@@ -29,10 +29,12 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
         after = convert.page_key(v, request.page_token, scope)
         v.raise_if_any()
         page = self._service.list_for(principal, after, page_size)
-        return organization_service_pb2.ListOrganizationsResponse(
-            organizations=[convert.organization_to_proto(m) for m in page.items],
-            next_page_token=convert.page_token(page.next_key, scope),
+        response = organization_service_pb2.ListOrganizationsResponse(
+            next_page_token=convert.page_token(page.next_key, scope)
         )
+        for row in page.items:
+            convert.organization_to_proto(row, response.organizations.add)
+        return response
 
     def CreateOrganization(
         self,
@@ -76,10 +78,12 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
         after = convert.page_key(v, request.page_token, scope)
         v.raise_if_any()
         page = self._service.list_members(current_principal(), ref, after, page_size)
-        return organization_service_pb2.ListMembersResponse(
-            members=[convert.member_to_proto(m) for m in page.items],
-            next_page_token=convert.page_token(page.next_key, scope),
+        response = organization_service_pb2.ListMembersResponse(
+            next_page_token=convert.page_token(page.next_key, scope)
         )
+        for row in page.items:
+            convert.member_to_proto(row, response.members.add)
+        return response
 
     def AddMember(
         self, request: organization_service_pb2.AddMemberRequest, context: grpc.ServicerContext

@@ -1,0 +1,119 @@
+"""The gateway writes responses exactly as json_format.MessageToDict would (transcode.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from luman.auth.v1 import auth_service_pb2
+from luman.organization.v1 import organization_pb2, organization_service_pb2
+from luman.server.gateway.transcode import _message_json
+
+_RESPONSES = [
+    descriptor._concrete_class
+    for module in (auth_service_pb2, organization_service_pb2)
+    for name, descriptor in module.DESCRIPTOR.message_types_by_name.items()
+    if name.endswith("Response")
+]
+# Nanos with 0, 3, 6 and 9 digits: Timestamp JSON drops or shortens the fraction.
+_NANOS = itertools.cycle([0, 456_000_000, 456_789_000, 456_789_123])
+
+
+def _filled(message: Message, depth: int = 0) -> Message:
+    """`message` with every field set (one member per oneof), lists of three."""
+    chosen_oneofs: set[str] = set()
+    for field in message.DESCRIPTOR.fields:
+        oneof = field.containing_oneof
+        if oneof is not None:
+            if oneof.name in chosen_oneofs:
+                continue
+            chosen_oneofs.add(oneof.name)
+        count = 3 if field.is_repeated else 1
+        for i in range(count):
+            _set(message, field, i, depth)
+    return message
+
+
+def _set(message: Message, field: Any, i: int, depth: int) -> None:
+    if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+        target = getattr(message, field.name).add() if field.is_repeated else None
+        if target is None:
+            target = getattr(message, field.name)
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            target.seconds = 1_765_000_000 + i * 86_399
+            target.nanos = next(_NANOS)
+        elif depth < 3:
+            _filled(target, depth + 1)
+        else:
+            target.SetInParent()
+        return
+    value: Any
+    if field.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
+        value = [1, 2, 0, 99][i]  # 99: a number the enum does not name
+    elif field.cpp_type == FieldDescriptor.CPPTYPE_STRING:
+        value = f'{field.name} {i} «ünïcode» "quoted"'
+    elif field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+        value = True
+    else:
+        value = 2**40 + i if field.cpp_type == FieldDescriptor.CPPTYPE_INT64 else 7 + i
+    if field.is_repeated:
+        getattr(message, field.name).append(value)
+    else:
+        setattr(message, field.name, value)
+
+
+def _assert_same_json(message: Message) -> None:
+    expected = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    written = _message_json(message)
+    assert written == expected
+    # Key order too: the bytes on the wire are the same.
+    assert json.dumps(written, ensure_ascii=False) == json.dumps(expected, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("response_class", _RESPONSES, ids=lambda c: c.DESCRIPTOR.name)
+def test_every_response_is_written_as_json_format_writes_it(response_class: type[Message]) -> None:
+    _assert_same_json(response_class())
+    _assert_same_json(_filled(response_class()))
+
+
+def test_unset_fields_and_unknown_enum_numbers_are_written_as_json_format_writes_them() -> None:
+    member = organization_pb2.Member(user_id="u", role=organization_pb2.ORGANIZATION_ROLE_ADMIN)
+    response = organization_service_pb2.ListMembersResponse(members=[member])
+    response.members.add(role=42)  # join_time unset, role unknown to this build
+    _assert_same_json(response)
+
+
+def _status_with_details() -> status_pb2.Status:
+    status = status_pb2.Status(code=5, message="gone")
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason="GONE", domain="d"))
+    return status
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _status_with_details(),
+        error_details_pb2.ErrorInfo(reason="R", domain="d", metadata={"a": "1", "b": "2"}),
+        struct_pb2.Struct(fields={"n": struct_pb2.Value(number_value=1.5)}),
+    ],
+    ids=["any", "map", "struct"],
+)
+def test_types_left_to_json_format_are_written_by_it(message: Message) -> None:
+    _assert_same_json(message)
+
+
+def test_an_invalid_timestamp_fails_as_json_format_fails() -> None:
+    response = organization_service_pb2.ListMembersResponse()
+    response.members.add().join_time.seconds = 10**12  # past year 9999
+    with pytest.raises(json_format.SerializeToJsonError) as expected:
+        json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    with pytest.raises(json_format.SerializeToJsonError) as written:
+        _message_json(response)
+    assert str(written.value) == str(expected.value)
