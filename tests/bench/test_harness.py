@@ -314,14 +314,19 @@ def test_request_log_on_off_uses_the_product_runs_paired_with_the_off_runs() -> 
     assert report.log_on_off(backend, 16)[2] == pytest.approx(2.0)
 
 
-def test_the_getme_targets_are_read_at_16_streams_against_the_paired_bare_runs() -> None:
-    results = Results(
+def _empty_results() -> Results:
+    """The results of a run that measured nothing yet; tests fill in the series."""
+    return Results(
         Options(),
         CpuPlan(None, None, "not pinned"),
         Settings(),
         "python -m bench",
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )
+
+
+def test_the_getme_targets_are_read_at_16_streams_against_the_paired_bare_runs() -> None:
+    results = _empty_results()
     results.baseline = {s: _series_of([2000.0, 2000.0, 2000.0]) for s in (1, 16)}
     backend = BackendResult("SQLite")
     # The machine slows down between the pairs: run by run the access token holds 0.65 (the
@@ -385,13 +390,7 @@ def _overload_run(per_second: float, raw: float, getme_p99_ms: float) -> Overloa
 
 
 def test_the_issue_14_targets_pair_http_with_grpc_and_sign_ins_with_raw_bcrypt() -> None:
-    results = Results(
-        Options(),
-        CpuPlan(None, None, "not pinned"),
-        Settings(),
-        "python -m bench",
-        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    )
+    results = _empty_results()
     backend = BackendResult("PostgreSQL")
     http = _series_of([1400.0, 900.0, 700.0])
     http.paired = _series_of([2000.0, 1000.0, 1000.0])  # gRPC, run by run: 0.70, 0.90, 0.70
