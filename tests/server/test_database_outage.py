@@ -308,3 +308,23 @@ def test_a_pool_that_hands_out_no_connection_in_time_counts_as_unavailable(
         assert is_unavailable(timed_out.value)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_after_a_restart_no_call_is_handed_a_dead_pooled_connection(
+    outage: DatabaseOutage,
+) -> None:
+    # A restarting server closes every connection; the pool still holds them. Each checkout
+    # must notice and connect afresh, so not one statement after the restart fails.
+    held = [outage.engine.connect() for _ in range(8)]
+    for connection in held:
+        connection.exec_driver_sql("SELECT 1")
+        connection.close()  # back to the pool, alive
+    outage.cut()
+    outage.restore()
+    for engine in (outage.sessions.statements, outage.engine):
+        for _ in range(len(held)):
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+    with outage.sessions.write.begin() as session:
+        assert session.execute(sa.text("SELECT 1")).scalar() == 1

@@ -38,8 +38,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     def process_result_value(
         self, value: dt.datetime | None, dialect: Dialect
     ) -> dt.datetime | None:
-        if value is None:
-            return None
+        if value is None or value.tzinfo is dt.UTC:
+            return value  # PostgreSQL sessions run in UTC (db/session.py)
         if value.tzinfo is None:
             # combine() rather than replace(tzinfo=…), which is four times slower: a 50-row
             # page on SQLite reads 50 or 100 of these, and ListOrganizations took 15 % fewer
