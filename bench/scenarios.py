@@ -276,6 +276,8 @@ def product_env(options: Options, database_url: str, data_dir: Path) -> dict[str
             "LUMAN_DATA_DIR": str(data_dir),
             "JWT_SECRET": secrets.token_urlsafe(48),
             "JWT_REFRESH_SECRET": secrets.token_urlsafe(48),
+            # Access tokens are EdDSA, the default: the signing key is made on first start.
+            "SIGNING_KEY_SECRET": secrets.token_urlsafe(48),
             "JWT_EXPIRES_IN": "12h",
             "RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
             "AUTH_RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,

@@ -145,6 +145,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         jwt_secret="test-access-secret-" + "a" * 32,
         jwt_refresh_secret="test-refresh-secret-" + "b" * 32,
+        signing_key_secret="test-signing-key-secret-" + "c" * 32,
         bcrypt_rounds=TEST_BCRYPT_ROUNDS,
         max_workers=8,
         # Generous limits keep the limiter in every call's path without throttling tests that

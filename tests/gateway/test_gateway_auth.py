@@ -8,7 +8,7 @@ import pytest
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from tests.gateway.helpers import access_token, bearer, error_of, register
-from tests.support import PASSWORD, rich_error, unique_email
+from tests.support import PASSWORD, FakeClock, rich_error, unique_email
 
 
 def test_register_returns_user_and_tokens_in_camel_case(http: httpx.Client) -> None:
@@ -48,7 +48,9 @@ def test_request_fields_accept_proto_names_too(http: httpx.Client) -> None:
     assert response.json()["cliToken"]["name"] == "laptop"
 
 
-def test_refresh_rotates_and_a_reused_refresh_token_is_401(http: httpx.Client) -> None:
+def test_refresh_rotates_and_a_reused_refresh_token_is_401(
+    http: httpx.Client, clock: FakeClock
+) -> None:
     tokens = register(http)["tokens"]
     first = http.post("/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
     assert first.status_code == 200
@@ -56,6 +58,7 @@ def test_refresh_rotates_and_a_reused_refresh_token_is_401(http: httpx.Client) -
     assert renewed["refreshToken"] != tokens["refreshToken"]
     assert http.get("/auth/me", headers=bearer(renewed["accessToken"])).status_code == 200
 
+    clock.advance(seconds=10)  # past REFRESH_REUSE_GRACE_SECONDS
     reused = http.post("/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
     error = error_of(reused)
     assert (error.http_status, error.code, error.reason) == (401, 16, "REFRESH_TOKEN_REUSED")

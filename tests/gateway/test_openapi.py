@@ -94,6 +94,7 @@ def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, An
         "AuthService_Login",
         "AuthService_RefreshToken",
         "AuthService_CliLogin",
+        "AuthService_GetJwks",
         "Health_Live",
         "Health_Ready",
     }
@@ -120,7 +121,7 @@ def test_schemas_follow_the_json_mapping(document: dict[str, Any]) -> None:
     assert "ORGANIZATION_ROLE_OWNER" in role["enum"]
     cli_token = schemas["luman.auth.v1.CliToken"]
     # Always printed: fields without presence. Optional: message fields (lastUseTime).
-    assert cli_token["required"] == ["id", "name"]
+    assert cli_token["required"] == ["id", "name", "scopes", "lastUseIp", "hint"]
     add_member = document["paths"]["/organizations/{slug}/members"]["post"]
     body = add_member["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"userId", "email", "role"}  # slug is in the path

@@ -20,8 +20,8 @@ from luman.server.db.session import Sessions
 from tests.support import PASSWORD, FakeClock, RichError, bearer, register, rich_error, unique_email
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
-# "lmn_" + base64url of 32 random bytes (256 bits) without padding.
-CLI_TOKEN = re.compile(r"lmn_[A-Za-z0-9_-]{43}")
+# "lmn_" + 43 base62 characters (256 random bits) + a 6-character base62 CRC32 checksum.
+CLI_TOKEN = re.compile(r"lmn_[0-9A-Za-z]{49}")
 
 
 def _cli_login(auth: Stub, email: str, token_name: str = "") -> auth_service_pb2.CliLoginResponse:

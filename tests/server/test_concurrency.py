@@ -181,17 +181,13 @@ def test_two_owners_leaving_at_once_never_leave_zero_owners(
         assert _owners(sessions, organization.id) == 1
 
 
-def test_simultaneous_refreshes_with_one_token_yield_one_pair_at_most(auth: Auth) -> None:
+def test_simultaneous_refreshes_with_one_token_all_get_the_one_new_pair(auth: Auth) -> None:
     tokens = register(auth).tokens
     request = auth_service_pb2.RefreshTokenRequest(refresh_token=tokens.refresh_token)
-    results = _race([lambda: auth.RefreshToken(request) for _ in range(N)])
-    tally = _tally(results)
-    assert tally.pop(OK) == 1
-    # The losers presented a used token: reuse detection revokes the sign-in.
-    assert set(tally) <= {
-        ("UNAUTHENTICATED", "REFRESH_TOKEN_REUSED"),
-        ("UNAUTHENTICATED", "TOKEN_REVOKED"),
-    }
-    with pytest.raises(grpc.RpcError) as caught:
-        auth.GetMe(auth_service_pb2.GetMeRequest(), metadata=bearer(tokens.access_token))
-    assert rich_error(caught.value).reason == "TOKEN_REVOKED"
+    pairs: list[Any] = []
+    results = _race([lambda: pairs.append(auth.RefreshToken(request).tokens) for _ in range(N)])
+    # One rotates the token; the others, within REFRESH_REUSE_GRACE_SECONDS, get the same pair
+    # (tests/server/test_refresh_grace.py) instead of revoking the sign-in.
+    assert _tally(results) == {OK: N}
+    assert len({(p.access_token, p.refresh_token) for p in pairs}) == 1
+    auth.GetMe(auth_service_pb2.GetMeRequest(), metadata=bearer(pairs[0].access_token))

@@ -93,9 +93,11 @@ def test_production_accepts_explicit_secrets(tmp_path: Path) -> None:
         "LUMAN_ENV": "production",
         "JWT_SECRET": SECRET_A,
         "JWT_REFRESH_SECRET": SECRET_B,
+        "SIGNING_KEY_SECRET": SECRET_A + "-signing",
     }
     settings = Settings.from_env(env)
     assert (settings.jwt_secret, settings.jwt_refresh_secret) == (SECRET_A, SECRET_B)
+    assert settings.signing_key_secret == SECRET_A + "-signing"
 
 
 def test_refresh_secret_must_differ_from_access_secret(tmp_path: Path) -> None:

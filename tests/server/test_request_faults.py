@@ -148,14 +148,19 @@ def test_a_validly_signed_token_with_an_absurd_expiry_is_unauthenticated(
 ) -> None:
     server = make_server()
     signed_up = register(server.auth)
+    assert server.app.keys is not None
+    key = server.app.keys.signing_key()  # signed as the server signs: only exp is absurd
     real = jwt.decode(
         signed_up.tokens.access_token,
-        settings.jwt_secret,
-        algorithms=["HS256"],
+        key.public_key,
+        algorithms=[key.algorithm],
         audience=settings.jwt_audience,
         options={"verify_exp": False, "verify_iat": False},
     )
-    forged = jwt.encode({**real, "exp": exp}, settings.jwt_secret, algorithm="HS256")
+    assert key.private_key is not None
+    forged = jwt.encode(
+        {**real, "exp": exp}, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
+    )
     with pytest.raises(grpc.RpcError) as caught:
         server.auth.GetMe(auth_service_pb2.GetMeRequest(), metadata=bearer(forged))
     error = rich_error(caught.value)

@@ -145,7 +145,7 @@ def test_cli_logout_refuses_the_cached_token_on_the_very_next_call(
 
 
 def test_refresh_token_reuse_refuses_the_sessions_cached_access_tokens_at_once(
-    start_replica: StartReplica,
+    start_replica: StartReplica, clock: FakeClock
 ) -> None:
     replica = start_replica(token_cache_ttl=3600)
     email = unique_email()
@@ -158,6 +158,7 @@ def test_refresh_token_reuse_refuses_the_sessions_cached_access_tokens_at_once(
         _get_me(replica.auth, token)
     assert len(replica.cache) == 3
 
+    clock.advance(seconds=10)  # past REFRESH_REUSE_GRACE_SECONDS
     with pytest.raises(grpc.RpcError) as caught:
         replica.auth.RefreshToken(
             auth_service_pb2.RefreshTokenRequest(refresh_token=first.refresh_token)

@@ -2,21 +2,30 @@
 
 Forged tokens are built with PyJWT from a real sign-in's claims, changing one thing at a time;
 a forged token that changes nothing must be accepted, so each rejection is for the stated reason.
+Access tokens are forged with the server's own active signing key (EdDSA, the default), refresh
+tokens with JWT_REFRESH_SECRET (HS256).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
+import hmac
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from luman.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
+from luman.server.app import App
+from luman.server.auth.key_ring import LoadedKey
 from luman.server.config import Settings
 from tests.support import PASSWORD, FakeClock, RichError, bearer, register, rich_error, unique_email
 
@@ -46,6 +55,13 @@ def _claims(token: str) -> dict[str, Any]:
     return claims
 
 
+@pytest.fixture
+def access_key(app: App) -> LoadedKey:
+    """The key the server signs access tokens with."""
+    assert app.keys is not None
+    return app.keys.signing_key()
+
+
 def _unauthenticated(error: RichError, reason: str = "TOKEN_INVALID") -> None:
     assert error.code == grpc.StatusCode.UNAUTHENTICATED
     assert error.reason == reason
@@ -56,19 +72,33 @@ def _unauthenticated(error: RichError, reason: str = "TOKEN_INVALID") -> None:
 
 
 def test_issued_tokens_carry_the_documented_claims(
-    auth: Stub, settings: Settings, clock: FakeClock
+    auth: Stub, settings: Settings, clock: FakeClock, access_key: LoadedKey
 ) -> None:
     response = register(auth)
     now = int(clock().timestamp())
-    for token, kind, secret, lifetime in (
-        (response.tokens.access_token, "access", settings.jwt_secret, 15 * 60),
-        (response.tokens.refresh_token, "refresh", settings.jwt_refresh_secret, 7 * 86400),
+    assert jwt.get_unverified_header(response.tokens.access_token) == {
+        "alg": "EdDSA",
+        "kid": access_key.kid,
+        "typ": "JWT",
+    }
+    assert jwt.get_unverified_header(response.tokens.refresh_token) == {
+        "alg": "HS256",
+        "typ": "JWT",
+    }
+    for token, kind, secret, algorithm, lifetime in (
+        (response.tokens.access_token, "access", access_key.public_key, "EdDSA", 15 * 60),
+        (
+            response.tokens.refresh_token,
+            "refresh",
+            settings.jwt_refresh_secret,
+            "HS256",
+            7 * 86400,
+        ),
     ):
-        assert jwt.get_unverified_header(token)["alg"] == "HS256"
         claims = jwt.decode(
             token,
             secret,
-            algorithms=["HS256"],
+            algorithms=[algorithm],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             options={"verify_exp": False, "verify_iat": False},
@@ -125,11 +155,21 @@ def test_access_token_is_not_accepted_by_refresh_token(auth: Stub) -> None:
 
 
 def _forge(
-    base: dict[str, Any], secret: str, changes: dict[str, Any], algorithm: str = "HS256"
+    base: dict[str, Any],
+    secret: Any,
+    changes: dict[str, Any],
+    algorithm: str = "HS256",
+    kid: str | None = None,
 ) -> str:
     """`base` with `changes` applied; a value of None removes the claim."""
     claims = {k: v for k, v in (base | changes).items() if v is not None}
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    headers = None if kid is None else {"kid": kid}
+    return jwt.encode(claims, secret, algorithm=algorithm, headers=headers)
+
+
+def _forge_access(base: dict[str, Any], key: LoadedKey, changes: dict[str, Any]) -> str:
+    """An access token signed as the server signs it, with `changes` applied."""
+    return _forge(base, key.private_key, changes, key.algorithm, key.kid)
 
 
 def _none_alg(claims: dict[str, Any]) -> str:
@@ -164,11 +204,11 @@ ACCESS_FORGERIES: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("changes", ACCESS_FORGERIES.values(), ids=ACCESS_FORGERIES.keys())
 def test_forged_access_token_is_rejected(
-    auth: Stub, settings: Settings, changes: dict[str, Any]
+    auth: Stub, access_key: LoadedKey, changes: dict[str, Any]
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
-    _get_me(auth, _forge(base, settings.jwt_secret, {}))  # the unchanged forgery is accepted
-    _unauthenticated(_error(_get_me, auth, _forge(base, settings.jwt_secret, changes)))
+    _get_me(auth, _forge_access(base, access_key, {}))  # the unchanged forgery is accepted
+    _unauthenticated(_error(_get_me, auth, _forge_access(base, access_key, changes)))
 
 
 def test_access_token_signed_with_the_refresh_secret_is_rejected(
@@ -178,18 +218,74 @@ def test_access_token_signed_with_the_refresh_secret_is_rejected(
     _unauthenticated(_error(_get_me, auth, _forge(base, settings.jwt_refresh_secret, {})))
 
 
-def test_access_token_with_another_algorithm_is_rejected(auth: Stub, settings: Settings) -> None:
+def test_access_token_with_another_algorithm_is_rejected(
+    auth: Stub, settings: Settings, access_key: LoadedKey
+) -> None:
     base = _claims(register(auth).tokens.access_token)
     forged = _forge(base, settings.jwt_secret + "x" * 32, {}, algorithm="HS512")
     _unauthenticated(_error(_get_me, auth, forged))
     _unauthenticated(_error(_get_me, auth, _none_alg(base)))
+    # The seed's HS256 with JWT_SECRET, with and without the active kid: the kid's key
+    # decides the algorithm, not the token.
+    _unauthenticated(_error(_get_me, auth, _forge(base, settings.jwt_secret, {})))
+    forged = _forge(base, settings.jwt_secret, {}, kid=access_key.kid)
+    _unauthenticated(_error(_get_me, auth, forged))
+
+
+def test_access_token_hmac_signed_with_the_public_key_is_rejected(
+    auth: Stub, access_key: LoadedKey
+) -> None:
+    # Algorithm confusion: HS256 keyed with the published public key (raw, PEM, JWK's x).
+    base = _claims(register(auth).tokens.access_token)
+    raw = access_key.public_key.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    pem = access_key.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = {"alg": "HS256", "typ": "JWT", "kid": access_key.kid}
+    for secret in (raw, pem, access_key.public_jwk["x"].encode()):
+        # Built by hand: PyJWT itself refuses asymmetric keys as HMAC secrets.
+        forged = _compact(header, base, functools.partial(hmac.digest, secret, digest="sha256"))
+        _unauthenticated(_error(_get_me, auth, forged))
+
+
+def test_access_token_signed_by_another_key_or_with_an_unknown_kid_is_rejected(
+    auth: Stub, access_key: LoadedKey, clock: FakeClock
+) -> None:
+    base = _claims(register(auth).tokens.access_token)
+    stranger = Ed25519PrivateKey.generate()
+    _unauthenticated(_error(_get_me, auth, _forge(base, stranger, {}, "EdDSA", access_key.kid)))
+    _unauthenticated(_error(_get_me, auth, _forge(base, stranger, {}, "EdDSA", "no-such-kid")))
+    clock.advance(seconds=2)  # past the unknown-kid reload interval: a second look, same answer
+    _unauthenticated(_error(_get_me, auth, _forge(base, stranger, {}, "EdDSA", "no-such-kid")))
+    private_key = access_key.private_key
+    assert isinstance(private_key, Ed25519PrivateKey)
+    for kid in ("", 7, None, [access_key.kid]):
+        header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+        _unauthenticated(_error(_get_me, auth, _compact(header, base, private_key.sign)))
+    # The same construction with the right kid is accepted: the rejections are the kid's.
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": access_key.kid}
+    _get_me(auth, _compact(header, base, private_key.sign))
+
+
+def _compact(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
+    """A JWS compact serialization built by hand, for headers PyJWT will not write."""
+
+    def part(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    signing_input = ".".join(
+        part(json.dumps(data, separators=(",", ":")).encode()) for data in (header, claims)
+    )
+    return f"{signing_input}.{part(sign(signing_input.encode()))}"
 
 
 def test_access_token_with_expired_exp_is_expired_even_if_forged_correctly(
-    auth: Stub, settings: Settings, clock: FakeClock
+    auth: Stub, access_key: LoadedKey, clock: FakeClock
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
-    forged = _forge(base, settings.jwt_secret, {"exp": int(clock().timestamp())})
+    forged = _forge_access(base, access_key, {"exp": int(clock().timestamp())})
     _unauthenticated(_error(_get_me, auth, forged), "TOKEN_EXPIRED")
 
 
@@ -265,9 +361,10 @@ def test_reused_refresh_token_revokes_the_whole_sign_in(auth: Stub) -> None:
     _get_me(auth, _refresh(auth, other.refresh_token).access_token)
 
 
-def test_refresh_token_presented_twice_in_a_row_is_reuse(auth: Stub) -> None:
+def test_refresh_token_presented_twice_in_a_row_is_reuse(auth: Stub, clock: FakeClock) -> None:
     tokens = register(auth).tokens
     new = _refresh(auth, tokens.refresh_token)
+    clock.advance(seconds=10)  # past REFRESH_REUSE_GRACE_SECONDS (test_refresh_grace.py)
     _unauthenticated(_error(_refresh, auth, tokens.refresh_token), "REFRESH_TOKEN_REUSED")
     _unauthenticated(_error(_get_me, auth, new.access_token), "TOKEN_REVOKED")
 

@@ -179,35 +179,66 @@ def login(
 
 
 @click.command()
+@click.option(
+    "--all",
+    "everywhere",
+    is_flag=True,
+    help="First sign out everywhere: revoke every session (web and app sign-ins) and every "
+    "access and refresh token issued until now. Other CLI tokens keep working.",
+)
+@click.option(
+    "--include-cli-tokens",
+    is_flag=True,
+    help="With --all: revoke every CLI token too, on every machine.",
+)
 @json_option
 @click.pass_context
-def logout(ctx: click.Context) -> None:
+def logout(ctx: click.Context, everywhere: bool, include_cli_tokens: bool) -> None:
     """Revoke the saved CLI token on the server, then delete it locally.
 
     The local copy is deleted even when the backend cannot be reached (exit code 4), in
-    which case the token stays valid on the server until it is revoked there.
+    which case the token stays valid on the server: find it later with `luman token list`
+    (from another login) and revoke it with `luman token revoke ID`.
 
     \b
-    Example:
+    Examples:
       luman logout
+      luman logout --all                       # every session; other CLI tokens stay
+      luman logout --all --include-cli-tokens  # every credential of the account
     """
     state = state_of(ctx)
+    if include_cli_tokens and not everywhere:
+        raise click.UsageError("--include-cli-tokens needs --all")
+    prefix, everywhere_data = "", None
+    if everywhere:
+        revoked = state.client().auth.logout_all(include_cli_tokens=include_cli_tokens)
+        everywhere_data = {
+            "revoked_sessions": revoked.revoked_sessions,
+            "revoked_cli_tokens": revoked.revoked_cli_tokens,
+        }
+        prefix = (
+            f"Signed out everywhere: revoked {revoked.revoked_sessions} session(s)"
+            + (f" and {revoked.revoked_cli_tokens} CLI token(s)" if include_cli_tokens else "")
+            + ".\n"
+        )
     result = client_logout(
         api_url=state.api_url,
         timeout=state.timeout,
         root_certificates=state.root_certificates(),
     )
-    data = {
+    data: dict[str, object] = {
         "was_logged_in": result.was_logged_in,
         "revoked": result.revoked,
         "api_url": result.api_url or None,
     }
+    if everywhere_data is not None:
+        data["logout_all"] = everywhere_data
     error = result.error
     if not result.was_logged_in:
         output.message("Not logged in.", as_json=state.as_json, data=data)
     elif error is None:
         output.message(
-            f"Logged out: the token is revoked on {result.api_url} and deleted locally.",
+            prefix + f"Logged out: the token is revoked on {result.api_url} and deleted locally.",
             as_json=state.as_json,
             data=data,
         )
@@ -216,6 +247,11 @@ def logout(ctx: click.Context) -> None:
             f"Deleted the unreadable auth file {auth_file_path()}.",
             as_json=state.as_json,
             data=data,
+        )
+    elif isinstance(error, Unauthenticated) and include_cli_tokens:
+        # LogoutAll has just revoked it, as asked.
+        output.message(
+            prefix + "Logged out: deleted the local token.", as_json=state.as_json, data=data
         )
     elif isinstance(error, Unauthenticated):
         output.message(
@@ -226,7 +262,10 @@ def logout(ctx: click.Context) -> None:
     else:
         why = describe(error, address=result.api_url, timeout=state.timeout)
         if isinstance(error, Unavailable):
-            why = f"{why}; the token stays valid until revoked"
+            why = (
+                f"{why}; the token stays valid: find it with `luman token list` "
+                "and revoke it with `luman token revoke ID`"
+            )
         output.message("Deleted the local token.", as_json=state.as_json, data=data)
         raise CliFailure(
             f"the token was not revoked: {why}",

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from luman.cli import auth, organizations
+from luman.cli import auth, organizations, sessions, tokens
 from luman.cli.context import State
 from luman.cli.failures import failure_for
 from luman.client import DEFAULT_TIMEOUT, ClientError, InvalidAddress, parse_address
@@ -87,6 +87,9 @@ def cli(
       luman register
       luman login --email ada@example.com
       luman org create "Acme Corp" --slug acme
+      luman token create ci --expires 30d --read-only
+      luman sessions
+      luman logout --all
       luman --json org list | jq '.[].slug'
 
     \b
@@ -117,3 +120,5 @@ def main() -> None:
 for _command in (auth.register, auth.login, auth.logout, auth.whoami, auth.health):
     cli.add_command(_command)
 cli.add_command(organizations.org)
+cli.add_command(tokens.token)
+cli.add_command(sessions.sessions)

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from luman.client import Member, Organization, User
+from luman.client import CliToken, CreatedCliToken, Member, Organization, Session, User
 
 
 def to_jsonable(value: Any) -> Any:
@@ -138,3 +138,72 @@ def members(values: Sequence[Member], *, as_json: bool) -> None:
         ("EMAIL", "NAME", "ROLE", "JOINED", "USER ID"),
         ((m.email, m.name, _role(m.role), _when(m.join_time), m.user_id) for m in values),
     )
+
+
+def sessions(values: Sequence[Session], *, as_json: bool) -> None:
+    if as_json:
+        emit_json(list(values))
+        return
+    if not values:
+        click.echo("No open sessions.")
+        return
+    table(
+        ("ID", "CREATED", "LAST REFRESHED", "CLIENT IP", "USER AGENT"),
+        (
+            (
+                s.id + (" (current)" if s.current else ""),
+                _when(s.create_time),
+                _when(s.last_refresh_time),
+                s.client_ip or "-",
+                s.user_agent or "-",
+            )
+            for s in values
+        ),
+    )
+
+
+def cli_token_created(value: CreatedCliToken, *, as_json: bool) -> None:
+    # The one place the secret is printed: to stdout, so `--json | jq -r .token` can store it.
+    if as_json:
+        emit_json({"token": value.token, "cli_token": value.cli_token})
+        return
+    fields(
+        [
+            ("Token", value.token),
+            ("Name", value.cli_token.name),
+            ("ID", value.cli_token.id),
+            ("Scopes", " ".join(value.cli_token.scopes)),
+            (
+                "Expires",
+                _when(value.cli_token.expire_time) if value.cli_token.expire_time else "never",
+            ),
+        ]
+    )
+    click.echo("This is the only time the token is shown: store it now.", err=True)
+
+
+def cli_tokens(values: Sequence[CliToken], *, as_json: bool, current_id: str = "") -> None:
+    if as_json:
+        emit_json([{**to_jsonable(t), "current": t.id == current_id} for t in values])
+        return
+    if not values:
+        click.echo("You have no tokens. Create one: luman token create NAME")
+        return
+    table(
+        ("ID", "NAME", "TOKEN", "SCOPES", "EXPIRES", "LAST USED", "FROM", "CREATED"),
+        (
+            (
+                t.id + (" *" if t.id == current_id else ""),
+                t.name,
+                t.hint,
+                ",".join(t.scopes),
+                _when(t.expire_time) if t.expire_time else "never",
+                _when(t.last_use_time),
+                t.last_use_ip or "-",
+                _when(t.create_time),
+            )
+            for t in values
+        ),
+    )
+    if any(t.id == current_id for t in values):
+        click.echo("* this login's token", err=True)

@@ -56,7 +56,19 @@ from luman.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from luman.client.models import CliLogin, Member, Organization, Page, Role, SignIn, TokenPair, User
+from luman.client.models import (
+    CliLogin,
+    CliToken,
+    CreatedCliToken,
+    Member,
+    Organization,
+    Page,
+    Role,
+    SignIn,
+    TokenPair,
+    User,
+)
+from luman.client.sessions import LogoutAllResult, Session
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -66,12 +78,15 @@ __all__ = [
     "AuthData",
     "AuthFileError",
     "CliLogin",
+    "CliToken",
     "Client",
     "ClientError",
+    "CreatedCliToken",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidAddress",
     "InvalidArgument",
+    "LogoutAllResult",
     "LogoutResult",
     "Member",
     "NotFound",
@@ -83,6 +98,7 @@ __all__ = [
     "RateLimited",
     "Role",
     "ServerError",
+    "Session",
     "SignIn",
     "TokenPair",
     "Unauthenticated",

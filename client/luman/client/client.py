@@ -8,8 +8,9 @@ with Client("localhost:3000", token=token) as client:
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -22,6 +23,8 @@ from luman.client.channel import USER_AGENT, open_channel
 from luman.client.errors import InvalidArgument, NotFound, NotLoggedIn, from_rpc_error
 from luman.client.models import (
     CliLogin,
+    CliToken,
+    CreatedCliToken,
     Member,
     Organization,
     Page,
@@ -31,6 +34,7 @@ from luman.client.models import (
     User,
     role_to_proto,
 )
+from luman.client.sessions import LogoutAllResult, Session
 from luman.organization.v1 import (
     organization_pb2,
     organization_service_pb2,
@@ -190,6 +194,105 @@ class AuthAPI:
         """The user the token belongs to."""
         response = self._client.call(self._stub.GetMe, auth_service_pb2.GetMeRequest())
         return User.from_proto(response.user)
+
+    def list_sessions(self, page_size: int = 0, page_token: str = "") -> Page[Session]:
+        """One page of the caller's open sessions (sign-ins), oldest first."""
+        response = self._client.call(
+            self._stub.ListSessions,
+            auth_service_pb2.ListSessionsRequest(page_size=page_size, page_token=page_token),
+        )
+        return Page([Session.from_proto(s) for s in response.sessions], response.next_page_token)
+
+    def iter_sessions(self, page_size: int = MAX_PAGE_SIZE) -> Iterator[Session]:
+        """Every open session of the caller, fetching pages as the iteration goes."""
+        token = ""
+        while True:
+            page = self.list_sessions(page_size, token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def revoke_session(self, session_id: str | uuid.UUID) -> None:
+        """Sign one of the caller's sessions out.
+
+        Raises:
+            NotFound: reason SESSION_NOT_FOUND (someone else's session too).
+            FailedPrecondition: reason SESSION_ALREADY_REVOKED.
+        """
+        self._client.call(
+            self._stub.RevokeSession,
+            auth_service_pb2.RevokeSessionRequest(session_id=str(session_id)),
+        )
+
+    def logout_all(self, *, include_cli_tokens: bool = False) -> LogoutAllResult:
+        """Revoke every session and every access and refresh token of the caller issued
+        before now; CLI tokens too with `include_cli_tokens`."""
+        response = self._client.call(
+            self._stub.LogoutAll,
+            auth_service_pb2.LogoutAllRequest(include_cli_tokens=include_cli_tokens),
+        )
+        return LogoutAllResult.from_proto(response)
+
+    def create_cli_token(
+        self,
+        name: str,
+        *,
+        scopes: Sequence[str] = (),
+        ttl: dt.timedelta | None = None,
+        expire_time: dt.datetime | None = None,
+    ) -> CreatedCliToken:
+        """Issue a named personal token; its secret is in the result only.
+
+        Args:
+            scopes: "read", "write"; empty means both. Never more than the calling token has.
+            ttl: lifetime from now; or `expire_time`, an aware datetime. Neither: no expiry
+                (or the server's MAX_TOKEN_LIFETIME).
+        """
+        request = auth_service_pb2.CreateCliTokenRequest(name=name, scopes=list(scopes))
+        if ttl is not None:
+            request.ttl.FromTimedelta(ttl)
+        elif expire_time is not None:
+            request.expire_time.FromDatetime(expire_time)
+        response = self._client.call(self._stub.CreateCliToken, request)
+        return CreatedCliToken(response.token, CliToken.from_proto(response.cli_token))
+
+    def list_cli_tokens(self, page_size: int = 0, page_token: str = "") -> Page[CliToken]:
+        """One page of the caller's tokens that are not revoked, oldest first."""
+        response = self._client.call(
+            self._stub.ListCliTokens,
+            auth_service_pb2.ListCliTokensRequest(page_size=page_size, page_token=page_token),
+        )
+        return Page([CliToken.from_proto(t) for t in response.cli_tokens], response.next_page_token)
+
+    def iter_cli_tokens(self, page_size: int = MAX_PAGE_SIZE) -> Iterator[CliToken]:
+        """Every token of the caller that is not revoked, fetching pages as it goes."""
+        token = ""
+        while True:
+            page = self.list_cli_tokens(page_size, token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def revoke_cli_token(self, token_id: str | uuid.UUID) -> None:
+        """Revoke one of the caller's tokens.
+
+        Raises:
+            NotFound: TOKEN_NOT_FOUND (no such token of the caller's).
+            FailedPrecondition: TOKEN_ALREADY_REVOKED.
+        """
+        self._client.call(
+            self._stub.RevokeCliToken,
+            auth_service_pb2.RevokeCliTokenRequest(token_id=str(token_id)),
+        )
+
+    def revoke_all_cli_tokens(self) -> int:
+        """Revoke every token of the caller, this client's included; returns how many."""
+        response = self._client.call(
+            self._stub.RevokeAllCliTokens, auth_service_pb2.RevokeAllCliTokensRequest()
+        )
+        return int(response.revoked_count)
 
 
 class _SelectsOrganization(Protocol):

@@ -172,3 +172,42 @@ class Page(Generic[T]):
 
     items: Sequence[T]
     next_page_token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CliToken:
+    """A personal (CLI) token as ListCliTokens shows it: never its secret.
+
+    `hint` is "lmn_...abcd" (the last 4 characters), `scopes` what it may do ("read",
+    "write"); `expire_time` None means it does not expire, `last_use_time` None never used.
+    """
+
+    id: str
+    name: str
+    hint: str
+    scopes: tuple[str, ...]
+    create_time: dt.datetime | None
+    expire_time: dt.datetime | None
+    last_use_time: dt.datetime | None
+    last_use_ip: str
+
+    @classmethod
+    def from_proto(cls, token: auth_pb2.CliToken) -> CliToken:
+        return cls(
+            id=token.id,
+            name=token.name,
+            hint=token.hint,
+            scopes=tuple(token.scopes),
+            create_time=_time(token.create_time, token.HasField("create_time")),
+            expire_time=_time(token.expire_time, token.HasField("expire_time")),
+            last_use_time=_time(token.last_use_time, token.HasField("last_use_time")),
+            last_use_ip=token.last_use_ip,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CreatedCliToken:
+    """The result of CreateCliToken. `token` is the secret and is shown only this once."""
+
+    token: str = dataclasses.field(repr=False)
+    cli_token: CliToken

@@ -17,5 +17,8 @@ RATE_LIMIT_REMAINING = "x-ratelimit-remaining"
 RATE_LIMIT_RESET = "x-ratelimit-reset"
 RETRY_AFTER = "retry-after"
 RATE_LIMIT_HEADERS = (RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, RETRY_AFTER)
+# Written by a method whose answer may be cached (GetJwks, as initial metadata); the gateway
+# sends it as the HTTP header and adds an ETag (gateway/caching.py).
+CACHE_CONTROL = "cache-control"
 # The google.rpc.Status of an error, serialized (grpcio-status's key).
 STATUS_DETAILS = "grpc-status-details-bin"

@@ -19,11 +19,17 @@ class Principal:
     """Who is calling: the user and the credential that proved it.
 
     `credential_id` is the login session id for an access token and the token id for a CLI token.
+    `scopes` limits what the credential may do on top of the user's own permissions; None means
+    every scope (an access token from a sign-in).
     """
 
     user_id: uuid.UUID
     credential: Credential
     credential_id: uuid.UUID
+    scopes: frozenset[str] | None = None
+
+    def has_scope(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
 
 
 def optional_principal() -> Principal | None:

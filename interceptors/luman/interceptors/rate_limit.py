@@ -47,6 +47,7 @@ from luman.interceptors.errors import (
     UnauthenticatedError,
 )
 from luman.interceptors.malformed import MalformedRequest
+from luman.interceptors.token_auth import InsufficientScopeError
 
 MonotonicClock = Callable[[], float]
 # A refusal that attempts still in flight may undo (a shed sign-in is given back, a successful
@@ -279,8 +280,9 @@ class ClientRateLimitInterceptor(MethodInterceptor):
     - Public calls, undecodable requests and calls without credentials, before they run.
     - Calls with credentials are left to token authentication, which runs next: one whose token
       it rejects is counted when the rejection comes back, and once the address's budget is
-      spent its answer is RESOURCE_EXHAUSTED instead of UNAUTHENTICATED. A valid token's call
-      counts for its user in the per-user stage instead.
+      spent its answer is RESOURCE_EXHAUSTED instead of UNAUTHENTICATED. So is a valid token
+      refused for lacking the method's scope (INSUFFICIENT_SCOPE), which never reaches the
+      per-user stage. A valid token's call counts for its user in the per-user stage instead.
 
     Args:
         policy_of: method name -> Policy, or None for calls that are never limited.
@@ -331,8 +333,8 @@ class ClientRateLimitInterceptor(MethodInterceptor):
                     return
                 try:
                     yield from behavior(request, context)
-                except UnauthenticatedError:
-                    if record.principal is None:  # token authentication turned it down
+                except (UnauthenticatedError, InsufficientScopeError) as exc:
+                    if _refused_by_token_auth(exc, record):
                         _admit(context, limiter.hit(self._key(record.caller.ip)))
                     raise
 
@@ -345,8 +347,8 @@ class ClientRateLimitInterceptor(MethodInterceptor):
                 return behavior(request, context)
             try:
                 return behavior(request, context)
-            except UnauthenticatedError:
-                if record.principal is None:  # token authentication turned the token down
+            except (UnauthenticatedError, InsufficientScopeError) as exc:
+                if _refused_by_token_auth(exc, record):
                     _admit(context, limiter.hit(self._key(record.caller.ip)))
                 raise
 
@@ -470,6 +472,12 @@ class _InFlight:
     def any(self, *keys: str | None) -> bool:
         with self._lock:
             return any(key is not None and self._counts[key] > 0 for key in keys)
+
+
+def _refused_by_token_auth(exc: Exception, record: CallRecord) -> bool:
+    """Token authentication turned the call down: its token (no principal), or the token's
+    scope (which stops the call before the per-user stage could count it)."""
+    return isinstance(exc, InsufficientScopeError) or record.principal is None
 
 
 def _admit(context: grpc.ServicerContext, decision: Decision) -> None:

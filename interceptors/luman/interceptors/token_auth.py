@@ -5,11 +5,16 @@ sets the call's principal (`current_principal()`, the per-user limit, the reques
 non-public RPC without a valid token is refused with UNAUTHENTICATED. A public RPC runs either
 way: a stale token sent along with Login must not stop the sign-in, so a token that fails
 there only leaves the call anonymous.
+
+Scopes: a non-public RPC names the scope it needs in the contract (`(luman.api.v1.access)`);
+a valid token without it is refused here with PERMISSION_DENIED, reason INSUFFICIENT_SCOPE and
+the scope in the ErrorInfo metadata. This only narrows: the servicer still applies the caller's
+own permissions on every call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -17,11 +22,23 @@ import grpc
 from luman.interceptors import call_context
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.call_context import CallRecord
-from luman.interceptors.errors import UnauthenticatedError
+from luman.interceptors.errors import PermissionDeniedError, UnauthenticatedError
 from luman.interceptors.malformed import MalformedRequest
 from luman.interceptors.principal import Principal
 
 Verifier = Callable[[str], Principal]
+
+
+class InsufficientScopeError(PermissionDeniedError):
+    """A valid token without the scope the method declares. Its own class so that the per-IP
+    stage counts these refusals (they never reach the per-user stage)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            "INSUFFICIENT_SCOPE",
+            f"this token lacks the {scope!r} scope this method needs",
+            {"required_scope": scope},
+        )
 
 
 def bearer_from(values: Sequence[str | bytes]) -> str:
@@ -54,6 +71,8 @@ class TokenAuthInterceptor(MethodInterceptor):
         verify: turns a token into a Principal or raises UnauthenticatedError.
         public_methods: full method names ("/pkg.Service/Method") that need no token.
         is_infrastructure: methods that never look at credentials (health, reflection).
+        required_scopes: full method name -> the scope a token needs to call it; a method
+            missing here needs none.
     """
 
     def __init__(
@@ -61,30 +80,35 @@ class TokenAuthInterceptor(MethodInterceptor):
         verify: Verifier,
         public_methods: Collection[str],
         is_infrastructure: Callable[[str], bool] = lambda _: False,
+        required_scopes: Mapping[str, str] | None = None,
     ) -> None:
         self._verify = verify
         self._public = frozenset(public_methods)
         self._is_infrastructure = is_infrastructure
+        self._scopes = dict(required_scopes or {})
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         if self._is_infrastructure(method.name):
             return behavior
         public = method.name in self._public
+        scope = None if public else self._scopes.get(method.name)
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                self._authenticate(call_context.current_call(), request, public)
+                self._authenticate(call_context.current_call(), request, public, scope)
                 yield from behavior(request, context)
 
             return streamed
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            self._authenticate(call_context.current_call(), request, public)
+            self._authenticate(call_context.current_call(), request, public, scope)
             return behavior(request, context)
 
         return authenticated
 
-    def _authenticate(self, record: CallRecord, request: Any, public: bool) -> None:
+    def _authenticate(
+        self, record: CallRecord, request: Any, public: bool, scope: str | None
+    ) -> None:
         if isinstance(request, MalformedRequest):
             return  # refused innermost; a request that cannot be read is not worth a token check
         if not record.authorization:
@@ -96,3 +120,6 @@ class TokenAuthInterceptor(MethodInterceptor):
         except UnauthenticatedError:
             if not public:
                 raise
+            return
+        if scope is not None and not record.principal.has_scope(scope):
+            raise InsufficientScopeError(scope)

@@ -23,6 +23,7 @@ from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
+from luman.server.auth.key_ring import KeyRing
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.auth.service import AuthService
 from luman.server.auth.servicer import AuthServicer
@@ -59,6 +60,8 @@ class App:
     own_hasher: PasswordHasher | None = None
     # Says NOT_SERVING in `health` while the database is away (db/availability.py).
     database: DatabaseAvailability | None = None
+    # The access-token signing keys (auth/key_ring.py); None with JWT_ALGORITHM=HS256.
+    keys: KeyRing | None = None
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -144,7 +147,13 @@ def build_server(
 
     Raises:
         BindError: the address is taken or invalid.
+        SigningKeyError: SIGNING_KEY_SECRET does not decrypt the stored signing keys.
     """
+    # Access tokens: the signing keys, created on the first start (none with HS256).
+    keys = None
+    if settings.jwt_algorithm != "HS256":
+        keys = KeyRing.from_settings(settings, sessions, clock)
+        keys.start()
     own_hasher = None
     if hasher is None:
         hasher = own_hasher = PasswordHasher(
@@ -155,14 +164,17 @@ def build_server(
     auth = AuthService(
         sessions,
         hasher,
-        TokenCodec(settings, clock),
+        TokenCodec(settings, clock, keys),
         clock,
         token_cache_ttl=settings.token_cache_ttl,
         token_cache_max_entries=settings.token_cache_max_entries,
+        refresh_reuse_grace_seconds=settings.refresh_reuse_grace_seconds,
+        max_token_lifetime=settings.max_token_lifetime,
     )
     organizations = OrganizationService(sessions, clock)
     # Declared in the contracts; token authentication and both rate-limit stages read it.
-    public = methods.public_methods(methods.policies())
+    policies = methods.policies()
+    public = methods.public_methods(policies)
     health_servicer = health.HealthServicer()
     # While the database is away, calls that need it answer UNAVAILABLE and health says
     # NOT_SERVING; the request log keeps its entries until it is back.
@@ -200,8 +212,13 @@ def build_server(
             # anything else runs; a call whose token the next stage rejects, when it comes back.
             per_ip_limit,
             # The one place a token is verified; sets the principal, refuses non-public calls
-            # without a valid token.
-            TokenAuthInterceptor(auth.verify_token, public, methods.is_infrastructure),
+            # without a valid token, and tokens without the scope the RPC declares.
+            TokenAuthInterceptor(
+                auth.verify_token,
+                public,
+                methods.is_infrastructure,
+                methods.required_scopes(policies),
+            ),
             # Calls with a valid token, per user.
             per_user_limit,
         ]
@@ -258,4 +275,5 @@ def build_server(
         request_log=request_log,
         own_hasher=own_hasher,
         database=database,
+        keys=keys,
     )

@@ -39,6 +39,11 @@ class Settings:
     jwt_refresh_expires_in: float = 7 * 86400
     jwt_issuer: str = "luman"
     jwt_audience: str = "luman-api"
+    # Access tokens: EdDSA or ES256 with a signing key from the database (auth/key_ring.py),
+    # or HS256 with JWT_SECRET (the seed's configuration: nothing is published in the JWKS).
+    jwt_algorithm: str = "EdDSA"
+    # Encrypts the signing keys' private halves at rest (auth/signing_keys.py).
+    signing_key_secret: str = ""
     bcrypt_rounds: int = 10
     bcrypt_nice: int = 10
     # Sign-ins that may wait for a hash slot (auth/passwords.py), each on a worker thread of
@@ -47,6 +52,11 @@ class Settings:
     # Verified-token cache (auth/token_cache.py); 0 seconds turns it off.
     token_cache_ttl: float = 30.0
     token_cache_max_entries: int = 10_000
+    # Longest lifetime of a personal (CLI) token, in seconds; 0: no cap, tokens may not expire.
+    max_token_lifetime: float = 0.0
+    # Seconds in which a just-rotated refresh token gets the same new pair again instead of
+    # revoking the sign-in (auth/service.py); 0 turns the grace off.
+    refresh_reuse_grace_seconds: int = 10
     rate_limit_window_ms: int = 15 * 60 * 1000
     rate_limit_max_requests: int = 100
     auth_rate_limit_window_ms: int = 15 * 60 * 1000
@@ -97,6 +107,8 @@ class Settings:
             jwt_refresh_expires_in=r.duration("JWT_REFRESH_EXPIRES_IN", "7d"),
             jwt_issuer=r.text("JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=r.text("JWT_AUDIENCE", cls.jwt_audience),
+            jwt_algorithm=_jwt_algorithm(r.text("JWT_ALGORITHM", cls.jwt_algorithm)),
+            signing_key_secret=r.text("SIGNING_KEY_SECRET", ""),
             bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
             bcrypt_nice=r.integer("BCRYPT_NICE", 10, 0, 19),
             bcrypt_max_waiting=r.integer("BCRYPT_MAX_WAITING", 128, 0, 10000),
@@ -104,6 +116,13 @@ class Settings:
             # revocation on another replica goes unnoticed for up to this long.
             token_cache_ttl=r.duration("TOKEN_CACHE_TTL", "30s", allow_zero=True, most=3600),
             token_cache_max_entries=r.integer("TOKEN_CACHE_MAX_ENTRIES", 10000, 1, 10**7),
+            # 0: no cap. At most 10 years, so that now + the cap always fits a timestamp.
+            max_token_lifetime=r.duration(
+                "MAX_TOKEN_LIFETIME", "0", allow_zero=True, most=3650 * 86400
+            ),
+            # At most a minute: within the grace a copied refresh token gets the same pair as
+            # its owner instead of tripping reuse detection, so the window stays short.
+            refresh_reuse_grace_seconds=r.integer("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 60),
             # A policy with max requests 0 (or window 0) is disabled.
             rate_limit_window_ms=r.integer("RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             rate_limit_max_requests=r.integer("RATE_LIMIT_MAX_REQUESTS", 100, 0, 10**9),
@@ -145,45 +164,77 @@ class Settings:
                 raise ConfigError(f"{name} is required when LUMAN_ENV=production")
         if self.jwt_secret and self.jwt_secret == self.jwt_refresh_secret:
             raise ConfigError("JWT_REFRESH_SECRET must differ from JWT_SECRET")
-        if self.jwt_secret and self.jwt_refresh_secret:
+        # HS256 signs with JWT_SECRET: there are no signing keys to encrypt.
+        signing_key_secret_needed = self.jwt_algorithm != "HS256"
+        if signing_key_secret_needed and self.production:
+            if not self.signing_key_secret:
+                raise ConfigError("SIGNING_KEY_SECRET is required when LUMAN_ENV=production")
+            if len(self.signing_key_secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"SIGNING_KEY_SECRET must be at least {MIN_SECRET_BYTES} bytes in production"
+                )
+        if (
+            self.jwt_secret
+            and self.jwt_refresh_secret
+            and (self.signing_key_secret or not signing_key_secret_needed)
+        ):
             return self
         stored = _development_secrets(self.data_dir)
         return dataclasses.replace(
             self,
             jwt_secret=self.jwt_secret or stored["jwt_secret"],
             jwt_refresh_secret=self.jwt_refresh_secret or stored["jwt_refresh_secret"],
+            signing_key_secret=self.signing_key_secret or stored["signing_key_secret"],
         )
 
 
 def _development_secrets(data_dir: Path) -> dict[str, str]:
     path = data_dir / "dev-secrets.json"
+    names = ("jwt_secret", "jwt_refresh_secret", "signing_key_secret")
+    kept: dict[str, str] = {}
     try:
         stored = json.loads(path.read_text())
-        if isinstance(stored, dict) and all(
-            isinstance(stored.get(k), str) and len(stored[k]) >= MIN_SECRET_BYTES
-            for k in ("jwt_secret", "jwt_refresh_secret")
-        ):
-            return {k: stored[k] for k in ("jwt_secret", "jwt_refresh_secret")}
+        if isinstance(stored, dict):
+            kept = {
+                k: stored[k]
+                for k in names
+                if isinstance(stored.get(k), str) and len(stored[k]) >= MIN_SECRET_BYTES
+            }
+        if len(kept) == len(names):
+            return kept
+        if set(kept) != set(names[:2]):
+            kept = {}
+        # else: a file from before signing keys; keep its JWT secrets (signed-in users stay
+        # signed in) and add the signing-key secret.
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as exc:
         raise ConfigError(f"JWT_SECRET is unset and {path} is unreadable: {exc}") from exc
     data_dir.mkdir(parents=True, exist_ok=True)
-    stored = {
-        "jwt_secret": secrets.token_urlsafe(48),
-        "jwt_refresh_secret": secrets.token_urlsafe(48),
-    }
+    stored = {name: kept.get(name) or secrets.token_urlsafe(48) for name in names}
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(stored, fh)
     os.replace(tmp, path)
     logger.warning(
-        "JWT_SECRET/JWT_REFRESH_SECRET are unset: generated development secrets in %s; "
-        "set both (32+ bytes) and LUMAN_ENV=production for a real deployment",
+        "JWT_SECRET/JWT_REFRESH_SECRET/SIGNING_KEY_SECRET are unset: generated development "
+        "secrets in %s; set them (32+ bytes) and LUMAN_ENV=production for a real deployment",
         path,
     )
     return stored
+
+
+_JWT_ALGORITHMS = {"eddsa": "EdDSA", "es256": "ES256", "hs256": "HS256"}
+
+
+def _jwt_algorithm(value: str) -> str:
+    try:
+        return _JWT_ALGORITHMS[value.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"JWT_ALGORITHM must be one of EdDSA, ES256, HS256, got {value!r}"
+        ) from None
 
 
 def _dotenv() -> dict[str, str]:

@@ -13,10 +13,12 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from luman.server.app import BindError, build_server, wait_for_stop
+from luman.server.auth.signing_keys import SigningKeyError
 from luman.server.config import ConfigError, Settings
 from luman.server.db import migrate as migrations
 from luman.server.db.session import make_engine, make_sessions
 from luman.server.gateway import build_gateway
+from luman.server.keys_cli import keys
 from luman.server.request_logs import query as request_log_query
 
 logger = logging.getLogger("luman.server")
@@ -69,7 +71,7 @@ def serve() -> None:
         try:
             app = build_server(settings, sessions)
             gateway = build_gateway(settings, sessions, app)
-        except BindError as exc:
+        except (BindError, SigningKeyError) as exc:
             raise click.ClickException(str(exc)) from None
         stop = threading.Event()
 
@@ -176,6 +178,9 @@ def logs(
         click.echo(request_log_query.render_json(rows))
     else:
         click.echo(request_log_query.render_table(rows))
+
+
+cli.add_command(keys)
 
 
 def main() -> None:

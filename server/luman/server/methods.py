@@ -1,7 +1,7 @@
 """Per-RPC access policy, read from the `(luman.api.v1.access)` option in the contracts.
 
-The protos are the one place that says which RPCs are public and which rate-limit policy
-each uses; nothing in the servicers repeats it.
+The protos are the one place that says which RPCs are public, which rate-limit policy each
+uses and which token scope each needs; nothing in the servicers repeats it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,31 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
 INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+# Token scopes are the luman.api.v1.Scope values, lower case without the prefix: a value added
+# to the enum is a scope tokens can carry, with nothing to change here.
+_SCOPE_PREFIX = "SCOPE_"
+ALL_SCOPES: frozenset[str] = frozenset(
+    value.name.removeprefix(_SCOPE_PREFIX).lower()
+    for value in annotations_pb2.Scope.DESCRIPTOR.values
+    if value.number != annotations_pb2.SCOPE_UNSPECIFIED
+)
+# A non-public RPC that declares no scope (a mistake the contract tests catch) needs write:
+# failing closed for restricted tokens rather than open.
+UNDECLARED_SCOPE = "write"
+
+
+def scope_name(value: annotations_pb2.Scope.ValueType) -> str:
+    """The name tokens carry for a scope value: "read" for SCOPE_READ."""
+    return annotations_pb2.Scope.Name(value).removeprefix(_SCOPE_PREFIX).lower()
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodPolicy:
     full_name: str
     public: bool
     rate_limit: annotations_pb2.RateLimitPolicy.ValueType
+    # The token scope the RPC needs; None for a public RPC, which needs no credentials.
+    scope: str | None = None
 
 
 def method_path(service: ServiceDescriptor, method_name: str) -> str:
@@ -41,7 +61,10 @@ def policies(services: tuple[ServiceDescriptor, ...] = SERVICES) -> dict[str, Me
             access = method.GetOptions().Extensions[annotations_pb2.access]
             rate_limit = access.rate_limit or annotations_pb2.RATE_LIMIT_POLICY_DEFAULT
             path = method_path(service, method.name)
-            table[path] = MethodPolicy(path, access.public, rate_limit)
+            scope = None
+            if not access.public:
+                scope = scope_name(access.scope) if access.scope else UNDECLARED_SCOPE
+            table[path] = MethodPolicy(path, access.public, rate_limit, scope)
     return table
 
 
@@ -51,3 +74,8 @@ def is_infrastructure(method_name: str) -> bool:
 
 def public_methods(table: dict[str, MethodPolicy]) -> frozenset[str]:
     return frozenset(name for name, policy in table.items() if policy.public)
+
+
+def required_scopes(table: dict[str, MethodPolicy]) -> dict[str, str]:
+    """Full method name -> the scope a token needs to call it (non-public RPCs)."""
+    return {name: policy.scope for name, policy in table.items() if policy.scope is not None}

@@ -43,6 +43,32 @@ RATE_LIMIT_POLICY_AUTH: RateLimitPolicy.ValueType  # 2
 """RATE_LIMIT_POLICY_AUTH counts per client IP with the stricter credential policy."""
 Global___RateLimitPolicy: _TypeAlias = RateLimitPolicy  # noqa: Y015
 
+class _Scope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCOPE_UNSPECIFIED: _Scope.ValueType  # 0
+    """SCOPE_UNSPECIFIED is never a valid scope."""
+    SCOPE_READ: _Scope.ValueType  # 1
+    """SCOPE_READ allows RPCs that only read (GetMe, the lists, GetOrganization)."""
+    SCOPE_WRITE: _Scope.ValueType  # 2
+    """SCOPE_WRITE allows RPCs that change something (create, add, remove, revoke)."""
+
+class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
+    """Scope names what a credential may do. A token's scopes are the lower-case value names
+    without the prefix ("read", "write"); a new value is a new scope that tokens can carry.
+    """
+
+SCOPE_UNSPECIFIED: Scope.ValueType  # 0
+"""SCOPE_UNSPECIFIED is never a valid scope."""
+SCOPE_READ: Scope.ValueType  # 1
+"""SCOPE_READ allows RPCs that only read (GetMe, the lists, GetOrganization)."""
+SCOPE_WRITE: Scope.ValueType  # 2
+"""SCOPE_WRITE allows RPCs that change something (create, add, remove, revoke)."""
+Global___Scope: _TypeAlias = Scope  # noqa: Y015
+
 @_typing.final
 class MethodAccess(_message.Message):
     """MethodAccess declares how the server admits calls to one RPC."""
@@ -51,19 +77,25 @@ class MethodAccess(_message.Message):
 
     PUBLIC_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     public: _builtins.bool
     """public is true when the RPC needs no credentials."""
     rate_limit: Global___RateLimitPolicy.ValueType
     """rate_limit is the rate-limit policy the RPC is counted in."""
+    scope: Global___Scope.ValueType
+    """scope is the scope a credential must carry to call the RPC, on top of the caller's own
+    permissions. Required on every RPC that is not public; a public RPC declares none.
+    """
     def __init__(
         self,
         *,
         public: _builtins.bool = ...,
         rate_limit: Global___RateLimitPolicy.ValueType = ...,
+        scope: Global___Scope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public", b"public", "rate_limit", b"rate_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public", b"public", "rate_limit", b"rate_limit", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -101,10 +103,20 @@ class CliToken(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_USE_TIME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_USE_IP_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id is the token's UUID."""
     name: _builtins.str
     """name is the label given at creation, such as the host name."""
+    last_use_ip: _builtins.str
+    """last_use_ip is the client address of the call recorded as last_use_time; empty if never."""
+    hint: _builtins.str
+    """hint identifies the token without revealing it: "lmn_" and its last 4 characters, as in
+    "lmn_...x7Qz"; just "lmn_" for tokens issued before hints were kept.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """create_time is when the token was issued."""
@@ -113,6 +125,14 @@ class CliToken(_message.Message):
     def last_use_time(self) -> _timestamp_pb2.Timestamp:
         """last_use_time is when the token last authenticated a call, to the minute; unset if never."""
 
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes are what the token may do ("read", "write"), never more than its owner may."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the token stops working; unset if it does not expire."""
+
     def __init__(
         self,
         *,
@@ -120,11 +140,61 @@ class CliToken(_message.Message):
         name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         last_use_time: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        last_use_ip: _builtins.str = ...,
+        hint: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_use_time", b"last_use_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_use_time", b"last_use_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "last_use_time", b"last_use_time", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "hint", b"hint", "id", b"id", "last_use_ip", b"last_use_ip", "last_use_time", b"last_use_time", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CliToken: _TypeAlias = CliToken  # noqa: Y015
+
+@_typing.final
+class Session(_message.Message):
+    """Session is one sign-in (Register or Login) and the refresh tokens it rotated through."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_REFRESH_TIME_FIELD_NUMBER: _builtins.int
+    CLIENT_IP_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the session's UUID."""
+    client_ip: _builtins.str
+    """client_ip is the client address of the sign-in; empty if unknown."""
+    user_agent: _builtins.str
+    """user_agent is the sign-in's user agent, up to 256 characters; empty if none was sent."""
+    current: _builtins.bool
+    """current is true for the session whose access token made the call."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the user signed in."""
+
+    @_builtins.property
+    def last_refresh_time(self) -> _timestamp_pb2.Timestamp:
+        """last_refresh_time is when the session last exchanged its refresh token; unset if never."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        last_refresh_time: _timestamp_pb2.Timestamp | None = ...,
+        client_ip: _builtins.str = ...,
+        user_agent: _builtins.str = ...,
+        current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_refresh_time", b"last_refresh_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "create_time", b"create_time", "current", b"current", "id", b"id", "last_refresh_time", b"last_refresh_time", "user_agent", b"user_agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Session: _TypeAlias = Session  # noqa: Y015

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from luman.api.v1 import annotations_pb2 as luman_dot_api_dot_v1_dot_annotations__pb2
 from luman.auth.v1 import auth_pb2 as luman_dot_auth_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n luman/auth/v1/auth_service.proto\x12\rluman.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eluman/api/v1/annotations.proto\x1a\x18luman/auth/v1/auth.proto\"@\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"_\n\x10RegisterResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\x12(\n\x06tokens\x18\x02 \x01(\x0b\x32\x18.luman.auth.v1.TokenPair\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x9a\x01\n\rLoginResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\x12(\n\x06tokens\x18\x02 \x01(\x0b\x32\x18.luman.auth.v1.TokenPair\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"@\n\x14RefreshTokenResponse\x12(\n\x06tokens\x18\x01 \x01(\x0b\x32\x18.luman.auth.v1.TokenPair\"F\n\x0f\x43liLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x12\n\ntoken_name\x18\x03 \x01(\t\"p\n\x10\x43liLoginResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\x12\r\n\x05token\x18\x02 \x01(\t\x12*\n\tcli_token\x18\x03 \x01(\x0b\x32\x17.luman.auth.v1.CliToken\"\x12\n\x10\x43liLogoutRequest\"\x13\n\x11\x43liLogoutResponse\"\x0e\n\x0cGetMeRequest\"2\n\rGetMeResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User2\x90\x05\n\x0b\x41uthService\x12n\n\x08Register\x12\x1e.luman.auth.v1.RegisterRequest\x1a\x1f.luman.auth.v1.RegisterResponse\"!\xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/auth/register:\x01*\x12\x62\n\x05Login\x12\x1b.luman.auth.v1.LoginRequest\x1a\x1c.luman.auth.v1.LoginResponse\"\x1e\xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x10\"\x0b/auth/login:\x01*\x12y\n\x0cRefreshToken\x12\".luman.auth.v1.RefreshTokenRequest\x1a#.luman.auth.v1.RefreshTokenResponse\" \xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x12\"\r/auth/refresh:\x01*\x12o\n\x08\x43liLogin\x12\x1e.luman.auth.v1.CliLoginRequest\x1a\x1f.luman.auth.v1.CliLoginResponse\"\"\xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x14\"\x0f/auth/cli-login:\x01*\x12k\n\tCliLogout\x12\x1f.luman.auth.v1.CliLogoutRequest\x1a .luman.auth.v1.CliLogoutResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/auth/cli-logout:\x01*\x12T\n\x05GetMe\x12\x1b.luman.auth.v1.GetMeRequest\x1a\x1c.luman.auth.v1.GetMeResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/auth/meb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n luman/auth/v1/auth_service.proto\x12\rluman.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eluman/api/v1/annotations.proto\x1a\x18luman/auth/v1/auth.proto\"@\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"_\n\x10RegisterResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\x12(\n\x06tokens\x18\x02 \x01(\x0b\x32\x18.luman.auth.v1.TokenPair\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x9a\x01\n\rLoginResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\x12(\n\x06tokens\x18\x02 \x01(\x0b\x32\x18.luman.auth.v1.TokenPair\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"@\n\x14RefreshTokenResponse\x12(\n\x06tokens\x18\x01 \x01(\x0b\x32\x18.luman.auth.v1.TokenPair\"F\n\x0f\x43liLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x12\n\ntoken_name\x18\x03 \x01(\t\"p\n\x10\x43liLoginResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\x12\r\n\x05token\x18\x02 \x01(\t\x12*\n\tcli_token\x18\x03 \x01(\x0b\x32\x17.luman.auth.v1.CliToken\"\x12\n\x10\x43liLogoutRequest\"\x13\n\x11\x43liLogoutResponse\"\x0e\n\x0cGetMeRequest\"2\n\rGetMeResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.luman.auth.v1.User\"\xa0\x01\n\x15\x43reateCliTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x31\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x0c\n\nexpiration\"S\n\x16\x43reateCliTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\tcli_token\x18\x02 \x01(\x0b\x32\x17.luman.auth.v1.CliToken\"=\n\x14ListCliTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x15ListCliTokensResponse\x12+\n\ncli_tokens\x18\x01 \x03(\x0b\x32\x17.luman.auth.v1.CliToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x15RevokeCliTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x18\n\x16RevokeCliTokenResponse\"\x1b\n\x19RevokeAllCliTokensRequest\"3\n\x1aRevokeAllCliTokensResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"\x10\n\x0eGetJwksRequest\":\n\x0fGetJwksResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.luman.auth.v1.JsonWebKey\"\x86\x01\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03use\x18\x02 \x01(\t\x12\x0b\n\x03\x61lg\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x10\n\x03\x63rv\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x01x\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x01y\x18\x07 \x01(\tH\x02\x88\x01\x01\x42\x06\n\x04_crvB\x04\n\x02_xB\x04\n\x02_y\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.luman.auth.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14RevokeSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15RevokeSessionResponse\".\n\x10LogoutAllRequest\x12\x1a\n\x12include_cli_tokens\x18\x01 \x01(\x08\"S\n\x11LogoutAllResponse\x12\x1d\n\x15revoked_session_count\x18\x01 \x01(\x05\x12\x1f\n\x17revoked_cli_token_count\x18\x02 \x01(\x05\x32\xab\r\n\x0b\x41uthService\x12n\n\x08Register\x12\x1e.luman.auth.v1.RegisterRequest\x1a\x1f.luman.auth.v1.RegisterResponse\"!\xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/auth/register:\x01*\x12\x62\n\x05Login\x12\x1b.luman.auth.v1.LoginRequest\x1a\x1c.luman.auth.v1.LoginResponse\"\x1e\xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x10\"\x0b/auth/login:\x01*\x12y\n\x0cRefreshToken\x12\".luman.auth.v1.RefreshTokenRequest\x1a#.luman.auth.v1.RefreshTokenResponse\" \xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x12\"\r/auth/refresh:\x01*\x12o\n\x08\x43liLogin\x12\x1e.luman.auth.v1.CliLoginRequest\x1a\x1f.luman.auth.v1.CliLoginResponse\"\"\xca\xda\x18\x04\x08\x01\x10\x02\x82\xd3\xe4\x93\x02\x14\"\x0f/auth/cli-login:\x01*\x12q\n\tCliLogout\x12\x1f.luman.auth.v1.CliLogoutRequest\x1a .luman.auth.v1.CliLogoutResponse\"!\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x15\"\x10/auth/cli-logout:\x01*\x12Z\n\x05GetMe\x12\x1b.luman.auth.v1.GetMeRequest\x1a\x1c.luman.auth.v1.GetMeResponse\"\x16\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\n\x12\x08/auth/me\x12\x80\x01\n\x0e\x43reateCliToken\x12$.luman.auth.v1.CreateCliTokenRequest\x1a%.luman.auth.v1.CreateCliTokenResponse\"!\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x15\"\x10/auth/cli-tokens:\x01*\x12z\n\rListCliTokens\x12#.luman.auth.v1.ListCliTokensRequest\x1a$.luman.auth.v1.ListCliTokensResponse\"\x1e\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/auth/cli-tokens\x12\x92\x01\n\x0eRevokeCliToken\x12$.luman.auth.v1.RevokeCliTokenRequest\x1a%.luman.auth.v1.RevokeCliTokenResponse\"3\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\'\"\"/auth/cli-tokens/{token_id}:revoke:\x01*\x12\x96\x01\n\x12RevokeAllCliTokens\x12(.luman.auth.v1.RevokeAllCliTokensRequest\x1a).luman.auth.v1.RevokeAllCliTokensResponse\"+\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x1f\"\x1a/auth/cli-tokens:revokeAll:\x01*\x12n\n\x07GetJwks\x12\x1d.luman.auth.v1.GetJwksRequest\x1a\x1e.luman.auth.v1.GetJwksResponse\"$\xca\xda\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.json\x12u\n\x0cListSessions\x12\".luman.auth.v1.ListSessionsRequest\x1a#.luman.auth.v1.ListSessionsResponse\"\x1c\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/auth/sessions\x12\x85\x01\n\rRevokeSession\x12#.luman.auth.v1.RevokeSessionRequest\x1a$.luman.auth.v1.RevokeSessionResponse\")\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x1d*\x1b/auth/sessions/{session_id}\x12q\n\tLogoutAll\x12\x1f.luman.auth.v1.LogoutAllRequest\x1a .luman.auth.v1.LogoutAllResponse\"!\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x15\"\x10/auth/logout-all:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,33 +45,83 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['CliLogin']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['CliLogin']._serialized_options = b'\312\332\030\004\010\001\020\002\202\323\344\223\002\024\"\017/auth/cli-login:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['CliLogout']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['CliLogout']._serialized_options = b'\202\323\344\223\002\025\"\020/auth/cli-logout:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['CliLogout']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\025\"\020/auth/cli-logout:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['GetMe']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['GetMe']._serialized_options = b'\202\323\344\223\002\n\022\010/auth/me'
-  _globals['_REGISTERREQUEST']._serialized_start=172
-  _globals['_REGISTERREQUEST']._serialized_end=236
-  _globals['_REGISTERRESPONSE']._serialized_start=238
-  _globals['_REGISTERRESPONSE']._serialized_end=333
-  _globals['_LOGINREQUEST']._serialized_start=335
-  _globals['_LOGINREQUEST']._serialized_end=382
-  _globals['_LOGINRESPONSE']._serialized_start=385
-  _globals['_LOGINRESPONSE']._serialized_end=539
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=541
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=585
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=587
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=651
-  _globals['_CLILOGINREQUEST']._serialized_start=653
-  _globals['_CLILOGINREQUEST']._serialized_end=723
-  _globals['_CLILOGINRESPONSE']._serialized_start=725
-  _globals['_CLILOGINRESPONSE']._serialized_end=837
-  _globals['_CLILOGOUTREQUEST']._serialized_start=839
-  _globals['_CLILOGOUTREQUEST']._serialized_end=857
-  _globals['_CLILOGOUTRESPONSE']._serialized_start=859
-  _globals['_CLILOGOUTRESPONSE']._serialized_end=878
-  _globals['_GETMEREQUEST']._serialized_start=880
-  _globals['_GETMEREQUEST']._serialized_end=894
-  _globals['_GETMERESPONSE']._serialized_start=896
-  _globals['_GETMERESPONSE']._serialized_end=946
-  _globals['_AUTHSERVICE']._serialized_start=949
-  _globals['_AUTHSERVICE']._serialized_end=1605
+  _globals['_AUTHSERVICE'].methods_by_name['GetMe']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\n\022\010/auth/me'
+  _globals['_AUTHSERVICE'].methods_by_name['CreateCliToken']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['CreateCliToken']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\025\"\020/auth/cli-tokens:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['ListCliTokens']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ListCliTokens']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\022\022\020/auth/cli-tokens'
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeCliToken']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeCliToken']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\'\"\"/auth/cli-tokens/{token_id}:revoke:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeAllCliTokens']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeAllCliTokens']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\037\"\032/auth/cli-tokens:revokeAll:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\312\332\030\002\010\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
+  _globals['_AUTHSERVICE'].methods_by_name['ListSessions']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ListSessions']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\020\022\016/auth/sessions'
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeSession']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeSession']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\035*\033/auth/sessions/{session_id}'
+  _globals['_AUTHSERVICE'].methods_by_name['LogoutAll']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['LogoutAll']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\025\"\020/auth/logout-all:\001*'
+  _globals['_REGISTERREQUEST']._serialized_start=204
+  _globals['_REGISTERREQUEST']._serialized_end=268
+  _globals['_REGISTERRESPONSE']._serialized_start=270
+  _globals['_REGISTERRESPONSE']._serialized_end=365
+  _globals['_LOGINREQUEST']._serialized_start=367
+  _globals['_LOGINREQUEST']._serialized_end=414
+  _globals['_LOGINRESPONSE']._serialized_start=417
+  _globals['_LOGINRESPONSE']._serialized_end=571
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=573
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=617
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=619
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=683
+  _globals['_CLILOGINREQUEST']._serialized_start=685
+  _globals['_CLILOGINREQUEST']._serialized_end=755
+  _globals['_CLILOGINRESPONSE']._serialized_start=757
+  _globals['_CLILOGINRESPONSE']._serialized_end=869
+  _globals['_CLILOGOUTREQUEST']._serialized_start=871
+  _globals['_CLILOGOUTREQUEST']._serialized_end=889
+  _globals['_CLILOGOUTRESPONSE']._serialized_start=891
+  _globals['_CLILOGOUTRESPONSE']._serialized_end=910
+  _globals['_GETMEREQUEST']._serialized_start=912
+  _globals['_GETMEREQUEST']._serialized_end=926
+  _globals['_GETMERESPONSE']._serialized_start=928
+  _globals['_GETMERESPONSE']._serialized_end=978
+  _globals['_CREATECLITOKENREQUEST']._serialized_start=981
+  _globals['_CREATECLITOKENREQUEST']._serialized_end=1141
+  _globals['_CREATECLITOKENRESPONSE']._serialized_start=1143
+  _globals['_CREATECLITOKENRESPONSE']._serialized_end=1226
+  _globals['_LISTCLITOKENSREQUEST']._serialized_start=1228
+  _globals['_LISTCLITOKENSREQUEST']._serialized_end=1289
+  _globals['_LISTCLITOKENSRESPONSE']._serialized_start=1291
+  _globals['_LISTCLITOKENSRESPONSE']._serialized_end=1384
+  _globals['_REVOKECLITOKENREQUEST']._serialized_start=1386
+  _globals['_REVOKECLITOKENREQUEST']._serialized_end=1427
+  _globals['_REVOKECLITOKENRESPONSE']._serialized_start=1429
+  _globals['_REVOKECLITOKENRESPONSE']._serialized_end=1453
+  _globals['_REVOKEALLCLITOKENSREQUEST']._serialized_start=1455
+  _globals['_REVOKEALLCLITOKENSREQUEST']._serialized_end=1482
+  _globals['_REVOKEALLCLITOKENSRESPONSE']._serialized_start=1484
+  _globals['_REVOKEALLCLITOKENSRESPONSE']._serialized_end=1535
+  _globals['_GETJWKSREQUEST']._serialized_start=1537
+  _globals['_GETJWKSREQUEST']._serialized_end=1553
+  _globals['_GETJWKSRESPONSE']._serialized_start=1555
+  _globals['_GETJWKSRESPONSE']._serialized_end=1613
+  _globals['_JSONWEBKEY']._serialized_start=1616
+  _globals['_JSONWEBKEY']._serialized_end=1750
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1752
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1812
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1814
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1903
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=1905
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=1947
+  _globals['_REVOKESESSIONRESPONSE']._serialized_start=1949
+  _globals['_REVOKESESSIONRESPONSE']._serialized_end=1972
+  _globals['_LOGOUTALLREQUEST']._serialized_start=1974
+  _globals['_LOGOUTALLREQUEST']._serialized_end=2020
+  _globals['_LOGOUTALLRESPONSE']._serialized_start=2022
+  _globals['_LOGOUTALLRESPONSE']._serialized_end=2105
+  _globals['_AUTHSERVICE']._serialized_start=2108
+  _globals['_AUTHSERVICE']._serialized_end=3815
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from luman.auth.v1 import auth_pb2 as _auth_pb2
 import builtins as _builtins
 import sys
@@ -226,7 +229,7 @@ class CliLoginResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     CLI_TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """token is the secret, "lmn_" followed by 43 base64url characters; store it safely."""
+    """token is the secret in the format of CreateCliTokenResponse.token; store it safely."""
     @_builtins.property
     def user(self) -> _auth_pb2.User:
         """user is the signed-in user."""
@@ -324,3 +327,450 @@ class GetMeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMeResponse: _TypeAlias = GetMeResponse  # noqa: Y015
+
+@_typing.final
+class CreateCliTokenRequest(_message.Message):
+    """CreateCliTokenRequest names and scopes a new CLI token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name labels the token, such as "ci" or a host name; 1 to 100 characters. Required."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes are what the token may do: "read", "write" (luman.api.v1.Scope, lower case).
+        Empty means read and write. None may be missing from the calling credential.
+        """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is the moment the token expires; in the future, within the cap."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """ttl is how long from now the token lives; positive, within the cap."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "expire_time", b"expire_time", "name", b"name", "scopes", b"scopes", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_expiration: _TypeAlias = _typing.Literal["expire_time", "ttl"]  # noqa: Y015
+    _WhichOneofArgType_expiration: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_expiration) -> _WhichOneofReturnType_expiration | None: ...
+
+Global___CreateCliTokenRequest: _TypeAlias = CreateCliTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateCliTokenResponse(_message.Message):
+    """CreateCliTokenResponse holds the new token. Its secret is shown only here."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CLI_TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """token is the secret: "lmn_", 43 base62 characters (256 random bits) and a 6-character
+    base62 CRC32 checksum of those 43 characters (see the README). Store it safely.
+    """
+    @_builtins.property
+    def cli_token(self) -> _auth_pb2.CliToken:
+        """cli_token describes the new token."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        cli_token: _auth_pb2.CliToken | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cli_token", b"cli_token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cli_token", b"cli_token", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCliTokenResponse: _TypeAlias = CreateCliTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListCliTokensRequest(_message.Message):
+    """ListCliTokensRequest asks for one page of the caller's CLI tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """page_size is the maximum to return; 0 means 50, values above 500 are lowered to 500."""
+    page_token: _builtins.str
+    """page_token is next_page_token from the previous call; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCliTokensRequest: _TypeAlias = ListCliTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListCliTokensResponse(_message.Message):
+    """ListCliTokensResponse holds one page of CLI tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLI_TOKENS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last page."""
+    @_builtins.property
+    def cli_tokens(self) -> _containers.RepeatedCompositeFieldContainer[_auth_pb2.CliToken]:
+        """cli_tokens are the caller's tokens that are not revoked, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        cli_tokens: _abc.Iterable[_auth_pb2.CliToken] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cli_tokens", b"cli_tokens", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCliTokensResponse: _TypeAlias = ListCliTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeCliTokenRequest(_message.Message):
+    """RevokeCliTokenRequest names the token to revoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """token_id is the token's id (CliToken.id). Required."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCliTokenRequest: _TypeAlias = RevokeCliTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeCliTokenResponse(_message.Message):
+    """RevokeCliTokenResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCliTokenResponse: _TypeAlias = RevokeCliTokenResponse  # noqa: Y015
+
+@_typing.final
+class RevokeAllCliTokensRequest(_message.Message):
+    """RevokeAllCliTokensRequest is empty: every CLI token of the caller is revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAllCliTokensRequest: _TypeAlias = RevokeAllCliTokensRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAllCliTokensResponse(_message.Message):
+    """RevokeAllCliTokensResponse says how many tokens were revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_COUNT_FIELD_NUMBER: _builtins.int
+    revoked_count: _builtins.int
+    """revoked_count is the number of tokens this call revoked."""
+    def __init__(
+        self,
+        *,
+        revoked_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_count", b"revoked_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAllCliTokensResponse: _TypeAlias = RevokeAllCliTokensResponse  # noqa: Y015
+
+@_typing.final
+class GetJwksRequest(_message.Message):
+    """GetJwksRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJwksRequest: _TypeAlias = GetJwksRequest  # noqa: Y015
+
+@_typing.final
+class GetJwksResponse(_message.Message):
+    """GetJwksResponse is a JSON Web Key Set (RFC 7517 section 5)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___JsonWebKey]:
+        """keys are the public keys, newest first."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___JsonWebKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+
+@_typing.final
+class JsonWebKey(_message.Message):
+    """JsonWebKey is one public signing key (RFC 7517; RFC 8037 for OKP, RFC 7518 for EC). Members
+    that do not apply to the key type are absent, not empty.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KTY_FIELD_NUMBER: _builtins.int
+    USE_FIELD_NUMBER: _builtins.int
+    ALG_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    CRV_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    kty: _builtins.str
+    """kty is the key type: "OKP" (Ed25519) or "EC" (P-256)."""
+    use: _builtins.str
+    """use is always "sig": the key verifies signatures."""
+    alg: _builtins.str
+    """alg is the JWS algorithm the key signs with: "EdDSA" or "ES256"."""
+    kid: _builtins.str
+    """kid is the key id, its RFC 7638 thumbprint; access tokens name it in their header."""
+    crv: _builtins.str
+    """crv is the curve: "Ed25519" or "P-256"."""
+    x: _builtins.str
+    """x is the public key (OKP) or its x coordinate (EC), base64url without padding."""
+    y: _builtins.str
+    """y is the y coordinate, base64url without padding; EC keys only."""
+    def __init__(
+        self,
+        *,
+        kty: _builtins.str = ...,
+        use: _builtins.str = ...,
+        alg: _builtins.str = ...,
+        kid: _builtins.str = ...,
+        crv: _builtins.str | None = ...,
+        x: _builtins.str | None = ...,
+        y: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_crv", b"_crv", "_x", b"_x", "_y", b"_y", "crv", b"crv", "x", b"x", "y", b"y"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_crv", b"_crv", "_x", b"_x", "_y", b"_y", "alg", b"alg", "crv", b"crv", "kid", b"kid", "kty", b"kty", "use", b"use", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__crv: _TypeAlias = _typing.Literal["crv"]  # noqa: Y015
+    _WhichOneofArgType__crv: _TypeAlias = _typing.Literal["_crv", b"_crv"]  # noqa: Y015
+    _WhichOneofReturnType__x: _TypeAlias = _typing.Literal["x"]  # noqa: Y015
+    _WhichOneofArgType__x: _TypeAlias = _typing.Literal["_x", b"_x"]  # noqa: Y015
+    _WhichOneofReturnType__y: _TypeAlias = _typing.Literal["y"]  # noqa: Y015
+    _WhichOneofArgType__y: _TypeAlias = _typing.Literal["_y", b"_y"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__crv) -> _WhichOneofReturnType__crv | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__x) -> _WhichOneofReturnType__x | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__y) -> _WhichOneofReturnType__y | None: ...
+
+Global___JsonWebKey: _TypeAlias = JsonWebKey  # noqa: Y015
+
+@_typing.final
+class ListSessionsRequest(_message.Message):
+    """ListSessionsRequest asks for one page of the caller's sessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """page_size is the maximum to return; 0 means 50, values above 500 are lowered to 500."""
+    page_token: _builtins.str
+    """page_token is next_page_token from the previous call; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSessionsResponse(_message.Message):
+    """ListSessionsResponse holds one page of sessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last one."""
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[_auth_pb2.Session]:
+        """sessions are the caller's open sessions, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[_auth_pb2.Session] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
+
+@_typing.final
+class RevokeSessionRequest(_message.Message):
+    """RevokeSessionRequest names the session to revoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id is the session's UUID, from ListSessions. Required."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSessionRequest: _TypeAlias = RevokeSessionRequest  # noqa: Y015
+
+@_typing.final
+class RevokeSessionResponse(_message.Message):
+    """RevokeSessionResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSessionResponse: _TypeAlias = RevokeSessionResponse  # noqa: Y015
+
+@_typing.final
+class LogoutAllRequest(_message.Message):
+    """LogoutAllRequest says whether CLI tokens are revoked too."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_CLI_TOKENS_FIELD_NUMBER: _builtins.int
+    include_cli_tokens: _builtins.bool
+    """include_cli_tokens revokes every CLI token of the caller as well."""
+    def __init__(
+        self,
+        *,
+        include_cli_tokens: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_cli_tokens", b"include_cli_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogoutAllRequest: _TypeAlias = LogoutAllRequest  # noqa: Y015
+
+@_typing.final
+class LogoutAllResponse(_message.Message):
+    """LogoutAllResponse says what was revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_SESSION_COUNT_FIELD_NUMBER: _builtins.int
+    REVOKED_CLI_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    revoked_session_count: _builtins.int
+    """revoked_session_count is how many open sessions were revoked."""
+    revoked_cli_token_count: _builtins.int
+    """revoked_cli_token_count is how many CLI tokens were revoked; 0 without include_cli_tokens."""
+    def __init__(
+        self,
+        *,
+        revoked_session_count: _builtins.int = ...,
+        revoked_cli_token_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_cli_token_count", b"revoked_cli_token_count", "revoked_session_count", b"revoked_session_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogoutAllResponse: _TypeAlias = LogoutAllResponse  # noqa: Y015

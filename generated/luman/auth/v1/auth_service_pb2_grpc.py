@@ -65,6 +65,46 @@ class AuthServiceStub:
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.SerializeToString,
                 response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetMeResponse.FromString,
                 _registered_method=True)
+        self.CreateCliToken = channel.unary_unary(
+                '/luman.auth.v1.AuthService/CreateCliToken',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateCliTokenRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateCliTokenResponse.FromString,
+                _registered_method=True)
+        self.ListCliTokens = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ListCliTokens',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListCliTokensRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListCliTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeCliToken = channel.unary_unary(
+                '/luman.auth.v1.AuthService/RevokeCliToken',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeCliTokenRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeCliTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeAllCliTokens = channel.unary_unary(
+                '/luman.auth.v1.AuthService/RevokeAllCliTokens',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeAllCliTokensRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeAllCliTokensResponse.FromString,
+                _registered_method=True)
+        self.GetJwks = channel.unary_unary(
+                '/luman.auth.v1.AuthService/GetJwks',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ListSessions',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.RevokeSession = channel.unary_unary(
+                '/luman.auth.v1.AuthService/RevokeSession',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeSessionRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeSessionResponse.FromString,
+                _registered_method=True)
+        self.LogoutAll = channel.unary_unary(
+                '/luman.auth.v1.AuthService/LogoutAll',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -100,7 +140,8 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CliLogin(self, request, context):
-        """CliLogin exchanges an email and password for a long-lived, revocable CLI token.
+        """CliLogin exchanges an email and password for a long-lived, revocable CLI token with the
+        read and write scopes (expiring at MAX_TOKEN_LIFETIME when the server sets one).
 
         Errors: INVALID_ARGUMENT, UNAUTHENTICATED (wrong email or password, indistinguishably).
         """
@@ -109,7 +150,8 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CliLogout(self, request, context):
-        """CliLogout revokes the CLI token that authenticated the call.
+        """CliLogout revokes the CLI token that authenticated the call. It needs only the read
+        scope, so that a read-only token can always sign itself out.
 
         Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
         """
@@ -120,7 +162,104 @@ class AuthServiceServicer:
     def GetMe(self, request, context):
         """GetMe returns the calling user; it accepts an access token or a CLI token.
 
-        Errors: UNAUTHENTICATED.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCliToken(self, request, context):
+        """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
+        response only. The token's scopes default to read and write and can never go beyond those
+        of the credential making the call; its expiry is capped by the server's
+        MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+
+        Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
+        beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+        for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCliTokens(self, request, context):
+        """ListCliTokens lists the caller's CLI tokens that are not revoked (expired ones included),
+        oldest first. Secrets and hashes are never returned.
+
+        Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCliToken(self, request, context):
+        """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+
+        Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
+        of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
+        UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAllCliTokens(self, request, context):
+        """RevokeAllCliTokens revokes every CLI token of the caller, the calling one included.
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJwks(self, request, context):
+        """GetJwks returns the public keys that verify access tokens, as a JSON Web Key Set
+        (RFC 7517): a service that trusts Luman verifies tokens offline with it, matching a
+        token's `kid` header to a key. Over HTTP it is GET /.well-known/jwks.json, exactly
+        {"keys":[...]}, with Cache-Control max-age and an ETag (If-None-Match gives 304). The set
+        holds the active key, a key about to start signing (published ahead, so caches have it
+        first) and superseded keys until every token they signed has expired. Empty when the
+        server signs with HS256 (JWT_ALGORITHM=HS256). Public; counted per client address in the
+        default rate-limit policy, since verifiers cache the set.
+
+        Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """ListSessions lists the caller's open sessions, oldest first: one per sign-in (Register or
+        Login) that is neither revoked nor expired, with the client address and user agent it
+        signed in from and when it last refreshed. CLI tokens are not sessions (ListCliTokens).
+
+        Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSession(self, request, context):
+        """RevokeSession signs one of the caller's sessions out: its refresh tokens are refused at
+        once, its access tokens from their next call.
+
+        Errors: INVALID_ARGUMENT (session_id not a UUID), NOT_FOUND (SESSION_NOT_FOUND: no such
+        session of the caller's, someone else's alike), FAILED_PRECONDITION
+        (SESSION_ALREADY_REVOKED), UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogoutAll(self, request, context):
+        """LogoutAll signs the caller out everywhere: every session is revoked, and every access
+        and refresh token issued before the call is refused from its next use (through the
+        user's not-before time), the calling one included. CLI tokens keep working unless
+        include_cli_tokens is set. A sign-in after the call works.
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +297,46 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetMe,
                     request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.FromString,
                     response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetMeResponse.SerializeToString,
+            ),
+            'CreateCliToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCliToken,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateCliTokenRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateCliTokenResponse.SerializeToString,
+            ),
+            'ListCliTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCliTokens,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListCliTokensRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListCliTokensResponse.SerializeToString,
+            ),
+            'RevokeCliToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCliToken,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeCliTokenRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeCliTokenResponse.SerializeToString,
+            ),
+            'RevokeAllCliTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAllCliTokens,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeAllCliTokensRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeAllCliTokensResponse.SerializeToString,
+            ),
+            'GetJwks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJwks,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListSessionsRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'RevokeSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSession,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeSessionRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeSessionResponse.SerializeToString,
+            ),
+            'LogoutAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogoutAll,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -323,6 +502,222 @@ class AuthService:
             '/luman.auth.v1.AuthService/GetMe',
             luman_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.SerializeToString,
             luman_dot_auth_dot_v1_dot_auth__service__pb2.GetMeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCliToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/CreateCliToken',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateCliTokenRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateCliTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCliTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ListCliTokens',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListCliTokensRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListCliTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCliToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/RevokeCliToken',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeCliTokenRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeCliTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAllCliTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/RevokeAllCliTokens',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeAllCliTokensRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeAllCliTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJwks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/GetJwks',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ListSessions',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListSessionsRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/RevokeSession',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeSessionRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RevokeSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogoutAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/LogoutAll',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.FromString,
             options,
             channel_credentials,
             insecure,

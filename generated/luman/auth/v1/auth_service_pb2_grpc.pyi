@@ -50,19 +50,86 @@ class AuthServiceStub:
     Errors: INVALID_ARGUMENT, UNAUTHENTICATED (invalid, expired, revoked or reused token).
     """
     CliLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CliLoginRequest, _auth_service_pb2.CliLoginResponse]
-    """CliLogin exchanges an email and password for a long-lived, revocable CLI token.
+    """CliLogin exchanges an email and password for a long-lived, revocable CLI token with the
+    read and write scopes (expiring at MAX_TOKEN_LIFETIME when the server sets one).
 
     Errors: INVALID_ARGUMENT, UNAUTHENTICATED (wrong email or password, indistinguishably).
     """
     CliLogout: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CliLogoutRequest, _auth_service_pb2.CliLogoutResponse]
-    """CliLogout revokes the CLI token that authenticated the call.
+    """CliLogout revokes the CLI token that authenticated the call. It needs only the read
+    scope, so that a read-only token can always sign itself out.
 
     Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
     """
     GetMe: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetMeRequest, _auth_service_pb2.GetMeResponse]
     """GetMe returns the calling user; it accepts an access token or a CLI token.
 
-    Errors: UNAUTHENTICATED.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without read).
+    """
+    CreateCliToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateCliTokenRequest, _auth_service_pb2.CreateCliTokenResponse]
+    """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
+    response only. The token's scopes default to read and write and can never go beyond those
+    of the credential making the call; its expiry is capped by the server's
+    MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+
+    Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
+    beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+    for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
+    """
+    ListCliTokens: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListCliTokensRequest, _auth_service_pb2.ListCliTokensResponse]
+    """ListCliTokens lists the caller's CLI tokens that are not revoked (expired ones included),
+    oldest first. Secrets and hashes are never returned.
+
+    Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    RevokeCliToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeCliTokenRequest, _auth_service_pb2.RevokeCliTokenResponse]
+    """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+
+    Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
+    of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
+    UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    RevokeAllCliTokens: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeAllCliTokensRequest, _auth_service_pb2.RevokeAllCliTokensResponse]
+    """RevokeAllCliTokens revokes every CLI token of the caller, the calling one included.
+
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetJwksRequest, _auth_service_pb2.GetJwksResponse]
+    """GetJwks returns the public keys that verify access tokens, as a JSON Web Key Set
+    (RFC 7517): a service that trusts Luman verifies tokens offline with it, matching a
+    token's `kid` header to a key. Over HTTP it is GET /.well-known/jwks.json, exactly
+    {"keys":[...]}, with Cache-Control max-age and an ETag (If-None-Match gives 304). The set
+    holds the active key, a key about to start signing (published ahead, so caches have it
+    first) and superseded keys until every token they signed has expired. Empty when the
+    server signs with HS256 (JWT_ALGORITHM=HS256). Public; counted per client address in the
+    default rate-limit policy, since verifiers cache the set.
+
+    Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+    """
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListSessionsRequest, _auth_service_pb2.ListSessionsResponse]
+    """ListSessions lists the caller's open sessions, oldest first: one per sign-in (Register or
+    Login) that is neither revoked nor expired, with the client address and user agent it
+    signed in from and when it last refreshed. CLI tokens are not sessions (ListCliTokens).
+
+    Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    RevokeSession: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeSessionRequest, _auth_service_pb2.RevokeSessionResponse]
+    """RevokeSession signs one of the caller's sessions out: its refresh tokens are refused at
+    once, its access tokens from their next call.
+
+    Errors: INVALID_ARGUMENT (session_id not a UUID), NOT_FOUND (SESSION_NOT_FOUND: no such
+    session of the caller's, someone else's alike), FAILED_PRECONDITION
+    (SESSION_ALREADY_REVOKED), UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    LogoutAll: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.LogoutAllRequest, _auth_service_pb2.LogoutAllResponse]
+    """LogoutAll signs the caller out everywhere: every session is revoked, and every access
+    and refresh token issued before the call is refused from its next use (through the
+    user's not-before time), the calling one included. CLI tokens keep working unless
+    include_cli_tokens is set. A sign-in after the call works.
+
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
 
 @_typing.type_check_only
@@ -87,19 +154,86 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Errors: INVALID_ARGUMENT, UNAUTHENTICATED (invalid, expired, revoked or reused token).
     """
     CliLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CliLoginRequest, _auth_service_pb2.CliLoginResponse]  # type: ignore[assignment]
-    """CliLogin exchanges an email and password for a long-lived, revocable CLI token.
+    """CliLogin exchanges an email and password for a long-lived, revocable CLI token with the
+    read and write scopes (expiring at MAX_TOKEN_LIFETIME when the server sets one).
 
     Errors: INVALID_ARGUMENT, UNAUTHENTICATED (wrong email or password, indistinguishably).
     """
     CliLogout: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CliLogoutRequest, _auth_service_pb2.CliLogoutResponse]  # type: ignore[assignment]
-    """CliLogout revokes the CLI token that authenticated the call.
+    """CliLogout revokes the CLI token that authenticated the call. It needs only the read
+    scope, so that a read-only token can always sign itself out.
 
     Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
     """
     GetMe: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetMeRequest, _auth_service_pb2.GetMeResponse]  # type: ignore[assignment]
     """GetMe returns the calling user; it accepts an access token or a CLI token.
 
-    Errors: UNAUTHENTICATED.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without read).
+    """
+    CreateCliToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateCliTokenRequest, _auth_service_pb2.CreateCliTokenResponse]  # type: ignore[assignment]
+    """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
+    response only. The token's scopes default to read and write and can never go beyond those
+    of the credential making the call; its expiry is capped by the server's
+    MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+
+    Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
+    beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+    for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
+    """
+    ListCliTokens: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListCliTokensRequest, _auth_service_pb2.ListCliTokensResponse]  # type: ignore[assignment]
+    """ListCliTokens lists the caller's CLI tokens that are not revoked (expired ones included),
+    oldest first. Secrets and hashes are never returned.
+
+    Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    RevokeCliToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeCliTokenRequest, _auth_service_pb2.RevokeCliTokenResponse]  # type: ignore[assignment]
+    """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+
+    Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
+    of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
+    UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    RevokeAllCliTokens: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeAllCliTokensRequest, _auth_service_pb2.RevokeAllCliTokensResponse]  # type: ignore[assignment]
+    """RevokeAllCliTokens revokes every CLI token of the caller, the calling one included.
+
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    GetJwks: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetJwksRequest, _auth_service_pb2.GetJwksResponse]  # type: ignore[assignment]
+    """GetJwks returns the public keys that verify access tokens, as a JSON Web Key Set
+    (RFC 7517): a service that trusts Luman verifies tokens offline with it, matching a
+    token's `kid` header to a key. Over HTTP it is GET /.well-known/jwks.json, exactly
+    {"keys":[...]}, with Cache-Control max-age and an ETag (If-None-Match gives 304). The set
+    holds the active key, a key about to start signing (published ahead, so caches have it
+    first) and superseded keys until every token they signed has expired. Empty when the
+    server signs with HS256 (JWT_ALGORITHM=HS256). Public; counted per client address in the
+    default rate-limit policy, since verifiers cache the set.
+
+    Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+    """
+    ListSessions: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListSessionsRequest, _auth_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """ListSessions lists the caller's open sessions, oldest first: one per sign-in (Register or
+    Login) that is neither revoked nor expired, with the client address and user agent it
+    signed in from and when it last refreshed. CLI tokens are not sessions (ListCliTokens).
+
+    Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    RevokeSession: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeSessionRequest, _auth_service_pb2.RevokeSessionResponse]  # type: ignore[assignment]
+    """RevokeSession signs one of the caller's sessions out: its refresh tokens are refused at
+    once, its access tokens from their next call.
+
+    Errors: INVALID_ARGUMENT (session_id not a UUID), NOT_FOUND (SESSION_NOT_FOUND: no such
+    session of the caller's, someone else's alike), FAILED_PRECONDITION
+    (SESSION_ALREADY_REVOKED), UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    LogoutAll: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LogoutAllRequest, _auth_service_pb2.LogoutAllResponse]  # type: ignore[assignment]
+    """LogoutAll signs the caller out everywhere: every session is revoked, and every access
+    and refresh token issued before the call is refused from its next use (through the
+    user's not-before time), the calling one included. CLI tokens keep working unless
+    include_cli_tokens is set. A sign-in after the call works.
+
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -145,7 +279,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CliLoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CliLoginResponse, _abc.Awaitable[_auth_service_pb2.CliLoginResponse]]:
-        """CliLogin exchanges an email and password for a long-lived, revocable CLI token.
+        """CliLogin exchanges an email and password for a long-lived, revocable CLI token with the
+        read and write scopes (expiring at MAX_TOKEN_LIFETIME when the server sets one).
 
         Errors: INVALID_ARGUMENT, UNAUTHENTICATED (wrong email or password, indistinguishably).
         """
@@ -156,7 +291,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CliLogoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CliLogoutResponse, _abc.Awaitable[_auth_service_pb2.CliLogoutResponse]]:
-        """CliLogout revokes the CLI token that authenticated the call.
+        """CliLogout revokes the CLI token that authenticated the call. It needs only the read
+        scope, so that a read-only token can always sign itself out.
 
         Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
         """
@@ -169,7 +305,120 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.GetMeResponse, _abc.Awaitable[_auth_service_pb2.GetMeResponse]]:
         """GetMe returns the calling user; it accepts an access token or a CLI token.
 
-        Errors: UNAUTHENTICATED.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without read).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateCliToken(
+        self,
+        request: _auth_service_pb2.CreateCliTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.CreateCliTokenResponse, _abc.Awaitable[_auth_service_pb2.CreateCliTokenResponse]]:
+        """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
+        response only. The token's scopes default to read and write and can never go beyond those
+        of the credential making the call; its expiry is capped by the server's
+        MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+
+        Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
+        beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+        for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCliTokens(
+        self,
+        request: _auth_service_pb2.ListCliTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListCliTokensResponse, _abc.Awaitable[_auth_service_pb2.ListCliTokensResponse]]:
+        """ListCliTokens lists the caller's CLI tokens that are not revoked (expired ones included),
+        oldest first. Secrets and hashes are never returned.
+
+        Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeCliToken(
+        self,
+        request: _auth_service_pb2.RevokeCliTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RevokeCliTokenResponse, _abc.Awaitable[_auth_service_pb2.RevokeCliTokenResponse]]:
+        """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+
+        Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
+        of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
+        UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAllCliTokens(
+        self,
+        request: _auth_service_pb2.RevokeAllCliTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RevokeAllCliTokensResponse, _abc.Awaitable[_auth_service_pb2.RevokeAllCliTokensResponse]]:
+        """RevokeAllCliTokens revokes every CLI token of the caller, the calling one included.
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def GetJwks(
+        self,
+        request: _auth_service_pb2.GetJwksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.GetJwksResponse, _abc.Awaitable[_auth_service_pb2.GetJwksResponse]]:
+        """GetJwks returns the public keys that verify access tokens, as a JSON Web Key Set
+        (RFC 7517): a service that trusts Luman verifies tokens offline with it, matching a
+        token's `kid` header to a key. Over HTTP it is GET /.well-known/jwks.json, exactly
+        {"keys":[...]}, with Cache-Control max-age and an ETag (If-None-Match gives 304). The set
+        holds the active key, a key about to start signing (published ahead, so caches have it
+        first) and superseded keys until every token they signed has expired. Empty when the
+        server signs with HS256 (JWT_ALGORITHM=HS256). Public; counted per client address in the
+        default rate-limit policy, since verifiers cache the set.
+
+        Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _auth_service_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListSessionsResponse, _abc.Awaitable[_auth_service_pb2.ListSessionsResponse]]:
+        """ListSessions lists the caller's open sessions, oldest first: one per sign-in (Register or
+        Login) that is neither revoked nor expired, with the client address and user agent it
+        signed in from and when it last refreshed. CLI tokens are not sessions (ListCliTokens).
+
+        Errors: INVALID_ARGUMENT (negative page_size, bad page_token), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeSession(
+        self,
+        request: _auth_service_pb2.RevokeSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RevokeSessionResponse, _abc.Awaitable[_auth_service_pb2.RevokeSessionResponse]]:
+        """RevokeSession signs one of the caller's sessions out: its refresh tokens are refused at
+        once, its access tokens from their next call.
+
+        Errors: INVALID_ARGUMENT (session_id not a UUID), NOT_FOUND (SESSION_NOT_FOUND: no such
+        session of the caller's, someone else's alike), FAILED_PRECONDITION
+        (SESSION_ALREADY_REVOKED), UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def LogoutAll(
+        self,
+        request: _auth_service_pb2.LogoutAllRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.LogoutAllResponse, _abc.Awaitable[_auth_service_pb2.LogoutAllResponse]]:
+        """LogoutAll signs the caller out everywhere: every session is revoked, and every access
+        and refresh token issued before the call is refused from its next use (through the
+        user's not-before time), the calling one included. CLI tokens keep working unless
+        include_cli_tokens is set. A sign-in after the call works.
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

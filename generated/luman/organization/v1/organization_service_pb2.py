@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from luman.api.v1 import annotations_pb2 as luman_dot_api_dot_v1_dot_annotations__pb2
 from luman.organization.v1 import organization_pb2 as luman_dot_organization_dot_v1_dot_organization__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0luman/organization/v1/organization_service.proto\x12\x15luman.organization.v1\x1a\x1cgoogle/api/annotations.proto\x1a(luman/organization/v1/organization.proto\"A\n\x18ListOrganizationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x19ListOrganizationsResponse\x12:\n\rorganizations\x18\x01 \x03(\x0b\x32#.luman.organization.v1.Organization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\"W\n\x1a\x43reateOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"S\n\x16GetOrganizationRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"T\n\x17GetOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"v\n\x12ListMembersRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0corganization\"^\n\x13ListMembersResponse\x12.\n\x07members\x18\x01 \x03(\x0b\x32\x1d.luman.organization.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x10\x41\x64\x64MemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x03 \x01(\tH\x01\x12\x0f\n\x05\x65mail\x18\x04 \x01(\tH\x01\x12\x35\n\x04role\x18\x05 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganizationB\x06\n\x04user\"B\n\x11\x41\x64\x64MemberResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"a\n\x13RemoveMemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x16\n\x14RemoveMemberResponse\"\x9c\x01\n\x17UpdateMemberRoleRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x35\n\x04role\x18\x04 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganization\"I\n\x18UpdateMemberRoleResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member2\xad\x08\n\x13OrganizationService\x12\x8e\x01\n\x11ListOrganizations\x12/.luman.organization.v1.ListOrganizationsRequest\x1a\x30.luman.organization.v1.ListOrganizationsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/organizations\x12\x94\x01\n\x12\x43reateOrganization\x12\x30.luman.organization.v1.CreateOrganizationRequest\x1a\x31.luman.organization.v1.CreateOrganizationResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/organizations:\x01*\x12\x8f\x01\n\x0fGetOrganization\x12-.luman.organization.v1.GetOrganizationRequest\x1a..luman.organization.v1.GetOrganizationResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/organizations/{slug}\x12\x8b\x01\n\x0bListMembers\x12).luman.organization.v1.ListMembersRequest\x1a*.luman.organization.v1.ListMembersResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/organizations/{slug}/members\x12\x88\x01\n\tAddMember\x12\'.luman.organization.v1.AddMemberRequest\x1a(.luman.organization.v1.AddMemberResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/organizations/{slug}/members:\x01*\x12\x98\x01\n\x0cRemoveMember\x12*.luman.organization.v1.RemoveMemberRequest\x1a+.luman.organization.v1.RemoveMemberResponse\"/\x82\xd3\xe4\x93\x02)*\'/organizations/{slug}/members/{user_id}\x12\xa7\x01\n\x10UpdateMemberRole\x12..luman.organization.v1.UpdateMemberRoleRequest\x1a/.luman.organization.v1.UpdateMemberRoleResponse\"2\x82\xd3\xe4\x93\x02,2\'/organizations/{slug}/members/{user_id}:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0luman/organization/v1/organization_service.proto\x12\x15luman.organization.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1eluman/api/v1/annotations.proto\x1a(luman/organization/v1/organization.proto\"A\n\x18ListOrganizationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x19ListOrganizationsResponse\x12:\n\rorganizations\x18\x01 \x03(\x0b\x32#.luman.organization.v1.Organization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\"W\n\x1a\x43reateOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"S\n\x16GetOrganizationRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"T\n\x17GetOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"v\n\x12ListMembersRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0corganization\"^\n\x13ListMembersResponse\x12.\n\x07members\x18\x01 \x03(\x0b\x32\x1d.luman.organization.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x10\x41\x64\x64MemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x03 \x01(\tH\x01\x12\x0f\n\x05\x65mail\x18\x04 \x01(\tH\x01\x12\x35\n\x04role\x18\x05 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganizationB\x06\n\x04user\"B\n\x11\x41\x64\x64MemberResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"a\n\x13RemoveMemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x16\n\x14RemoveMemberResponse\"\x9c\x01\n\x17UpdateMemberRoleRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x35\n\x04role\x18\x04 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganization\"I\n\x18UpdateMemberRoleResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member2\xd7\x08\n\x13OrganizationService\x12\x94\x01\n\x11ListOrganizations\x12/.luman.organization.v1.ListOrganizationsRequest\x1a\x30.luman.organization.v1.ListOrganizationsResponse\"\x1c\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/organizations\x12\x9a\x01\n\x12\x43reateOrganization\x12\x30.luman.organization.v1.CreateOrganizationRequest\x1a\x31.luman.organization.v1.CreateOrganizationResponse\"\x1f\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/organizations:\x01*\x12\x95\x01\n\x0fGetOrganization\x12-.luman.organization.v1.GetOrganizationRequest\x1a..luman.organization.v1.GetOrganizationResponse\"#\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/organizations/{slug}\x12\x91\x01\n\x0bListMembers\x12).luman.organization.v1.ListMembersRequest\x1a*.luman.organization.v1.ListMembersResponse\"+\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/organizations/{slug}/members\x12\x8e\x01\n\tAddMember\x12\'.luman.organization.v1.AddMemberRequest\x1a(.luman.organization.v1.AddMemberResponse\".\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\"\"\x1d/organizations/{slug}/members:\x01*\x12\x9e\x01\n\x0cRemoveMember\x12*.luman.organization.v1.RemoveMemberRequest\x1a+.luman.organization.v1.RemoveMemberResponse\"5\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02)*\'/organizations/{slug}/members/{user_id}\x12\xad\x01\n\x10UpdateMemberRole\x12..luman.organization.v1.UpdateMemberRoleRequest\x1a/.luman.organization.v1.UpdateMemberRoleResponse\"8\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02,2\'/organizations/{slug}/members/{user_id}:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,47 +35,47 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'luman.organization.v1.organ
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListOrganizations']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListOrganizations']._serialized_options = b'\202\323\344\223\002\020\022\016/organizations'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListOrganizations']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\020\022\016/organizations'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateOrganization']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateOrganization']._serialized_options = b'\202\323\344\223\002\023\"\016/organizations:\001*'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateOrganization']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\023\"\016/organizations:\001*'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['GetOrganization']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['GetOrganization']._serialized_options = b'\202\323\344\223\002\027\022\025/organizations/{slug}'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['GetOrganization']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\027\022\025/organizations/{slug}'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListMembers']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListMembers']._serialized_options = b'\202\323\344\223\002\037\022\035/organizations/{slug}/members'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListMembers']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002\037\022\035/organizations/{slug}/members'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['AddMember']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['AddMember']._serialized_options = b'\202\323\344\223\002\"\"\035/organizations/{slug}/members:\001*'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['AddMember']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\"\"\035/organizations/{slug}/members:\001*'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['RemoveMember']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['RemoveMember']._serialized_options = b'\202\323\344\223\002)*\'/organizations/{slug}/members/{user_id}'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['RemoveMember']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002)*\'/organizations/{slug}/members/{user_id}'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateMemberRole']._loaded_options = None
-  _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateMemberRole']._serialized_options = b'\202\323\344\223\002,2\'/organizations/{slug}/members/{user_id}:\001*'
-  _globals['_LISTORGANIZATIONSREQUEST']._serialized_start=147
-  _globals['_LISTORGANIZATIONSREQUEST']._serialized_end=212
-  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_start=214
-  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_end=326
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=328
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=383
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=385
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=472
-  _globals['_GETORGANIZATIONREQUEST']._serialized_start=474
-  _globals['_GETORGANIZATIONREQUEST']._serialized_end=557
-  _globals['_GETORGANIZATIONRESPONSE']._serialized_start=559
-  _globals['_GETORGANIZATIONRESPONSE']._serialized_end=643
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=645
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=763
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=765
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=859
-  _globals['_ADDMEMBERREQUEST']._serialized_start=862
-  _globals['_ADDMEMBERREQUEST']._serialized_end=1038
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=1040
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=1106
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1108
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1205
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1207
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1229
-  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_start=1232
-  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_end=1388
-  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_start=1390
-  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_end=1463
-  _globals['_ORGANIZATIONSERVICE']._serialized_start=1466
-  _globals['_ORGANIZATIONSERVICE']._serialized_end=2535
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateMemberRole']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002,2\'/organizations/{slug}/members/{user_id}:\001*'
+  _globals['_LISTORGANIZATIONSREQUEST']._serialized_start=179
+  _globals['_LISTORGANIZATIONSREQUEST']._serialized_end=244
+  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_start=246
+  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_end=358
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=360
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=415
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=417
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=504
+  _globals['_GETORGANIZATIONREQUEST']._serialized_start=506
+  _globals['_GETORGANIZATIONREQUEST']._serialized_end=589
+  _globals['_GETORGANIZATIONRESPONSE']._serialized_start=591
+  _globals['_GETORGANIZATIONRESPONSE']._serialized_end=675
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=677
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=795
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=797
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=891
+  _globals['_ADDMEMBERREQUEST']._serialized_start=894
+  _globals['_ADDMEMBERREQUEST']._serialized_end=1070
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=1072
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=1138
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1140
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1237
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1239
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1261
+  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_start=1264
+  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_end=1420
+  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_start=1422
+  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_end=1495
+  _globals['_ORGANIZATIONSERVICE']._serialized_start=1498
+  _globals['_ORGANIZATIONSERVICE']._serialized_end=2609
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,9 @@ class OrganizationServiceStub:
     """OrganizationService manages organizations and their members.
 
     Every organization-scoped RPC answers NOT_FOUND to a caller who is not a member, so that
-    the existence of an organization is never revealed to outsiders.
+    the existence of an organization is never revealed to outsiders. Each RPC declares the token
+    scope it needs (read or write); a token without it gets PERMISSION_DENIED, reason
+    INSUFFICIENT_SCOPE, whatever the caller's role.
     """
 
     def __init__(self, channel):
@@ -79,7 +81,9 @@ class OrganizationServiceServicer:
     """OrganizationService manages organizations and their members.
 
     Every organization-scoped RPC answers NOT_FOUND to a caller who is not a member, so that
-    the existence of an organization is never revealed to outsiders.
+    the existence of an organization is never revealed to outsiders. Each RPC declares the token
+    scope it needs (read or write); a token without it gets PERMISSION_DENIED, reason
+    INSUFFICIENT_SCOPE, whatever the caller's role.
     """
 
     def ListOrganizations(self, request, context):
@@ -202,7 +206,9 @@ class OrganizationService:
     """OrganizationService manages organizations and their members.
 
     Every organization-scoped RPC answers NOT_FOUND to a caller who is not a member, so that
-    the existence of an organization is never revealed to outsiders.
+    the existence of an organization is never revealed to outsiders. Each RPC declares the token
+    scope it needs (read or write); a token without it gets PERMISSION_DENIED, reason
+    INSUFFICIENT_SCOPE, whatever the caller's role.
     """
 
     @staticmethod

@@ -30,7 +30,9 @@ class OrganizationServiceStub:
     """OrganizationService manages organizations and their members.
 
     Every organization-scoped RPC answers NOT_FOUND to a caller who is not a member, so that
-    the existence of an organization is never revealed to outsiders.
+    the existence of an organization is never revealed to outsiders. Each RPC declares the token
+    scope it needs (read or write); a token without it gets PERMISSION_DENIED, reason
+    INSUFFICIENT_SCOPE, whatever the caller's role.
     """
 
     @_typing.overload
@@ -85,7 +87,9 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     """OrganizationService manages organizations and their members.
 
     Every organization-scoped RPC answers NOT_FOUND to a caller who is not a member, so that
-    the existence of an organization is never revealed to outsiders.
+    the existence of an organization is never revealed to outsiders. Each RPC declares the token
+    scope it needs (read or write); a token without it gets PERMISSION_DENIED, reason
+    INSUFFICIENT_SCOPE, whatever the caller's role.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -136,7 +140,9 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrganizationService manages organizations and their members.
 
     Every organization-scoped RPC answers NOT_FOUND to a caller who is not a member, so that
-    the existence of an organization is never revealed to outsiders.
+    the existence of an organization is never revealed to outsiders. Each RPC declares the token
+    scope it needs (read or write); a token without it gets PERMISSION_DENIED, reason
+    INSUFFICIENT_SCOPE, whatever the caller's role.
     """
 
     @_abc_1.abstractmethod

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from luman.auth.v1 import auth_pb2
+from luman.client import token_format
 from luman.server.auth.service import TokenPair
 from luman.server.auth.token_checks import UserRecord
 from luman.server.convert import timestamp, write_timestamp
@@ -37,4 +38,10 @@ def cli_token_to_proto(token: CliToken) -> auth_pb2.CliToken:
     )
     if token.last_use_time is not None:
         message.last_use_time.CopyFrom(timestamp(token.last_use_time))
+    # Never the secret or its hash: a listing identifies a token by name and hint only.
+    message.scopes.extend(sorted(token.scopes.split()))
+    if token.expire_time is not None:
+        write_timestamp(message.expire_time, token.expire_time)
+    message.last_use_ip = token.last_use_ip or ""
+    message.hint = token.hint or token_format.PREFIX
     return message

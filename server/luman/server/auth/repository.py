@@ -36,8 +36,7 @@ class AuthRepository:
             raise
         return user
 
-    def add_login_session(self, user_id: uuid.UUID, now: dt.datetime) -> LoginSession:
-        login = LoginSession(id=uuid.uuid4(), user_id=user_id, create_time=now)
+    def add_login_session(self, login: LoginSession) -> LoginSession:
         self._session.add(login)
         self._session.flush()
         return login
@@ -56,16 +55,16 @@ class AuthRepository:
     def refresh_token(self, jti: uuid.UUID) -> RefreshToken | None:
         return self._session.get(RefreshToken, jti)
 
-    def use_refresh_token(self, jti: uuid.UUID, now: dt.datetime) -> bool:
-        """Mark the token used; False when it was already used. One conditional UPDATE, so two
-        concurrent refreshes with the same token cannot both win."""
-        result = self._session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.jti == jti, RefreshToken.use_time.is_(None))
-            .values(use_time=now)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    def lock_refresh_token(self, jti: uuid.UUID) -> RefreshToken | None:
+        """The refresh token's row, locked until the transaction ends (PostgreSQL; SQLite's
+        write transactions hold the database lock already), as last committed: concurrent
+        refreshes of one token take turns, and each sees what the one before it did."""
+        return self._session.scalars(
+            select(RefreshToken)
+            .where(RefreshToken.jti == jti)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one_or_none()
 
     def revoke_login_session(self, session_id: uuid.UUID, now: dt.datetime) -> None:
         self._session.execute(
@@ -79,14 +78,6 @@ class AuthRepository:
         self._session.add(token)
         self._session.flush()
         return token
-
-    def touch_cli_token(self, token_id: uuid.UUID, now: dt.datetime) -> None:
-        self._session.execute(
-            update(CliToken)
-            .where(CliToken.id == token_id)
-            .values(last_use_time=now)
-            .execution_options(synchronize_session=False)
-        )
 
     def revoke_cli_token(self, token_id: uuid.UUID, now: dt.datetime) -> bool:
         result = self._session.execute(

@@ -19,6 +19,9 @@ import datetime as dt
 import hmac
 import uuid
 
+from luman.client.token_format import is_legacy_token, verify_checksum
+from luman.interceptors.call_context import optional_call
+from luman.interceptors.client_address import Caller
 from luman.interceptors.errors import (
     FailedPreconditionError,
     OverloadedError,
@@ -26,23 +29,27 @@ from luman.interceptors.errors import (
 )
 from luman.interceptors.principal import Credential, Principal
 from luman.server.auth import token_checks
+from luman.server.auth.cli_token_repository import CliTokenRepository
+from luman.server.auth.cli_tokens import DEFAULT_SCOPES, CliTokens, parse_scopes
 from luman.server.auth.passwords import PasswordHasher, WaitingCall
 from luman.server.auth.repository import AuthRepository
+from luman.server.auth.sessions import SessionService
 from luman.server.auth.token_cache import DEFAULT_MAX_ENTRIES, TokenCache, token_key
 from luman.server.auth.token_checks import UserRecord
 from luman.server.auth.tokens import (
     IssuedToken,
     TokenCodec,
     looks_like_cli_token,
-    new_cli_token,
 )
 from luman.server.clock import Clock
-from luman.server.db.models import CliToken, User
+from luman.server.db.models import CliToken, LoginSession, RefreshToken, User
 from luman.server.db.session import Sessions
 
 # last_use_time is kept to the minute: writing it on every call would turn each
 # authenticated read into a write.
 LAST_USE_RESOLUTION = dt.timedelta(minutes=1)
+# A sign-in whose caller the server could not see (a call from inside the process).
+NO_CALLER = Caller("", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +71,13 @@ class CliSignIn:
     token: CliToken
 
 
+def _client_ip() -> str | None:
+    """The address of the call being served (None outside a call), for last_use_ip."""
+    record = optional_call()
+    # 45: the longest IPv6 text form, capped as the request log caps it.
+    return None if record is None else record.caller.ip[:45]
+
+
 def _invalid_credentials() -> UnauthenticatedError:
     # One answer for a wrong password and an unknown email.
     return UnauthenticatedError("INVALID_CREDENTIALS", "invalid email or password")
@@ -74,6 +88,11 @@ class AuthService:
     token_cache_ttl: seconds a verified token is believed without a database check; 0 turns
         the verified-token cache off (TOKEN_CACHE_TTL).
     token_cache_max_entries: the most tokens (and users) remembered (TOKEN_CACHE_MAX_ENTRIES).
+    max_token_lifetime: the longest a CLI token may live, in seconds; 0: no cap
+        (MAX_TOKEN_LIFETIME).
+    refresh_reuse_grace_seconds: how long a just-rotated refresh token gets the same new pair
+        again instead of revoking its sign-in; 0 turns the grace off
+        (REFRESH_REUSE_GRACE_SECONDS).
     """
 
     def __init__(
@@ -85,17 +104,30 @@ class AuthService:
         *,
         token_cache_ttl: float = 0.0,
         token_cache_max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_token_lifetime: float = 0.0,
+        refresh_reuse_grace_seconds: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._hasher = hasher
         self._codec = codec
         self._clock = clock
+        self._refresh_grace = dt.timedelta(seconds=refresh_reuse_grace_seconds)
         self.token_cache = TokenCache(token_cache_ttl, clock, token_cache_max_entries)
+        # ListSessions, RevokeSession, LogoutAll: they share this cache (auth/sessions.py).
+        self.session_service = SessionService(sessions, clock, self.token_cache)
+        # Personal (CLI) token management: CreateCliToken, ListCliTokens, Revoke*.
+        self.cli_tokens = CliTokens(sessions, clock, self.token_cache, max_token_lifetime)
 
     def register(
-        self, email: str, password: str, name: str, call: WaitingCall | None = None
+        self,
+        email: str,
+        password: str,
+        name: str,
+        call: WaitingCall | None = None,
+        caller: Caller = NO_CALLER,
     ) -> SignIn:
-        """`call` bounds how long the sign-in waits for a hash slot (passwords.py)."""
+        """`call` bounds how long the sign-in waits for a hash slot (passwords.py); `caller`
+        is recorded on the sign-in for ListSessions."""
         password_hash = self._hasher.hash(password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
@@ -109,23 +141,41 @@ class AuthService:
                     create_time=now,
                 )
             )
-            tokens = self._start_login_session(repo, user.id, now)
+            tokens = self._start_login_session(repo, user, now, caller)
         return SignIn(user, tokens)
 
-    def login(self, email: str, password: str, call: WaitingCall | None = None) -> SignIn:
+    def login(
+        self,
+        email: str,
+        password: str,
+        call: WaitingCall | None = None,
+        caller: Caller = NO_CALLER,
+    ) -> SignIn:
         user = self._check_credentials(email, password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
-            tokens = self._start_login_session(AuthRepository(session), user.id, now)
+            tokens = self._start_login_session(AuthRepository(session), user, now, caller)
         return SignIn(user, tokens)
 
     def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate a refresh token. Refreshes of one token are serialised by a lock on its row
+        (PostgreSQL: SELECT … FOR UPDATE; SQLite: the write transaction's BEGIN IMMEDIATE), so
+        exactly one rotates it and the others see it used.
+
+        A used token presented again within REFRESH_REUSE_GRACE_SECONDS of its rotation, while
+        the token it was exchanged for is still unused, gets that same pair again: two
+        processes of one client refreshing at once both carry on. The pair is signed again
+        from the jtis and issue time kept on the rows (tokens are never stored); HS256 and
+        EdDSA sign identical claims identically, ES256 gives a different signature over the
+        same claims, jti and expiry. Any other reuse means the token was copied: the whole
+        sign-in is revoked.
+        """
         claims = self._codec.verify("refresh", refresh_token)
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = AuthRepository(session)
             login = repo.login_session(claims.session_id)
-            stored = repo.refresh_token(claims.jti)
+            stored = repo.lock_refresh_token(claims.jti)
             if (
                 login is None
                 or stored is None
@@ -133,15 +183,23 @@ class AuthService:
                 or login.user_id != claims.user_id
             ):
                 raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-            if login.revoke_time is not None:
+            user = repo.user(login.user_id)
+            if user is None:
+                raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
+            if login.revoke_time is not None or _before_not_before(user, claims.issue_time):
                 raise UnauthenticatedError("TOKEN_REVOKED", "refresh token has been revoked")
-            reused = not repo.use_refresh_token(claims.jti, now)
-            if reused:
-                # Rotation: a used token coming back means it was copied. Revoke the whole
-                # sign-in (commit happens when the block exits), then refuse.
-                repo.revoke_login_session(login.id, now)
+            if stored.use_time is None:
+                tokens = self._rotate(repo, login, stored, user, now)
+                reused = False
             else:
-                tokens = self._issue_pair(repo, login.user_id, login.id, now)
+                graced = self._grace_pair(repo, login, stored, now)
+                reused = graced is None
+                if graced is None:
+                    # Rotation: a used token coming back means it was copied. Revoke the whole
+                    # sign-in (commit happens when the block exits), then refuse.
+                    repo.revoke_login_session(login.id, now)
+                else:
+                    tokens = graced
         if reused:
             # Committed: the sign-in's access tokens fail on their very next call here.
             self.token_cache.forget(credential_id=claims.session_id)
@@ -155,18 +213,17 @@ class AuthService:
         self, email: str, password: str, token_name: str, call: WaitingCall | None = None
     ) -> CliSignIn:
         user = self._check_credentials(email, password, call)
-        secret, token_hash = new_cli_token()
         now = self._clock()
+        # The CLI's own token: read and write, as long-lived as MAX_TOKEN_LIFETIME allows.
+        secret, row = self.cli_tokens.new(
+            user.id,
+            token_name or "cli",
+            DEFAULT_SCOPES,
+            self.cli_tokens.default_expire_time(now),
+            now,
+        )
         with self._sessions.write.begin() as session:
-            token = AuthRepository(session).add_cli_token(
-                CliToken(
-                    id=uuid.uuid4(),
-                    user_id=user.id,
-                    name=token_name or "cli",
-                    token_hash=token_hash,
-                    create_time=now,
-                )
-            )
+            token = AuthRepository(session).add_cli_token(row)
         return CliSignIn(user, secret, token)
 
     def cli_logout(self, principal: Principal) -> None:
@@ -191,6 +248,10 @@ class AuthService:
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
         return user
 
+    def jwks(self) -> list[dict[str, str]]:
+        """The public JWKs that verify access tokens (key_ring.py); empty with HS256."""
+        return self._codec.published_keys()
+
     def verify_token(self, token: str) -> Principal:
         """Turn a bearer token (access JWT or CLI token) into a Principal.
 
@@ -206,21 +267,29 @@ class AuthService:
             return principal
         generation = self.token_cache.generation()
         if looks_like_cli_token(token):
-            return self._verify_cli_token(key, generation)
+            return self._verify_cli_token(token, key, generation)
         claims = self._codec.verify("access", token)
         with self._sessions.engine.connect() as conn:
             check = token_checks.login_session_check(conn, claims.session_id)
         if check is None or check.user.id != claims.user_id:
             raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
-        if check.revoke_time is not None:
+        if check.revoke_time is not None or (
+            check.tokens_not_before is not None and claims.issue_time < check.tokens_not_before
+        ):
+            # Its sign-in was revoked, or LogoutAll came after it was issued.
             raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
         principal = Principal(claims.user_id, Credential.ACCESS_TOKEN, claims.session_id)
         self.token_cache.put(
-            key, principal, check.user, expire_time=claims.expire_time, generation=generation
+            key, principal, check.user, expire_time=claims.believed_until, generation=generation
         )
         return principal
 
-    def _verify_cli_token(self, key: bytes, generation: int) -> Principal:
+    def _verify_cli_token(self, token: str, key: bytes, generation: int) -> Principal:
+        # A mistyped or made-up token (bad checksum, or neither format's shape) is refused
+        # before any database work; only the legacy format, which has no checksum, is looked
+        # up on its shape alone.
+        if not (verify_checksum(token) or is_legacy_token(token)):
+            raise UnauthenticatedError("TOKEN_INVALID", "invalid token")
         token_hash = key.hex()  # the stored form: SHA-256 hex of the secret
         with self._sessions.engine.connect() as conn:
             stored = token_checks.cli_token_check(conn, token_hash)
@@ -230,32 +299,40 @@ class AuthService:
         if stored.revoke_time is not None:
             raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
         now = self._clock()
-        last_use_time = stored.last_use_time
+        if stored.expire_time is not None and now >= stored.expire_time:
+            raise UnauthenticatedError("TOKEN_EXPIRED", "token has expired")
+        last_use_time, last_use_ip = stored.last_use_time, stored.last_use_ip
         if last_use_time is None or now - last_use_time >= LAST_USE_RESOLUTION:
+            last_use_time, last_use_ip = now, _client_ip()
             with self._sessions.write.begin() as session:
-                AuthRepository(session).touch_cli_token(stored.id, now)
-            last_use_time = now
-        principal = Principal(stored.user.id, Credential.CLI_TOKEN, stored.id)
+                CliTokenRepository(session).touch(stored.id, now, last_use_ip)
+        principal = Principal(
+            stored.user.id, Credential.CLI_TOKEN, stored.id, parse_scopes(stored.scopes)
+        )
         self.token_cache.put(
             key,
             principal,
             stored.user,
-            expire_time=None,
+            # Never believed past its expiry: the call after it gets the full check.
+            expire_time=stored.expire_time,
             generation=generation,
             last_use_time=last_use_time,
+            last_use_ip=last_use_ip,
         )
         return principal
 
     def _record_cli_use(
         self, key: bytes, token_id: uuid.UUID, last_use_time: dt.datetime | None
     ) -> None:
-        """A cached CLI token still records its last use to the minute, whatever the TTL."""
+        """A cached CLI token still records its last use (time and client address) to the
+        minute, whatever the TTL: at most one write a minute per token, not one per call."""
         now = self._clock()
         if last_use_time is not None and now - last_use_time < LAST_USE_RESOLUTION:
             return
-        if self.token_cache.claim_use(key, now, LAST_USE_RESOLUTION):
+        ip = _client_ip()
+        if self.token_cache.claim_use(key, now, LAST_USE_RESOLUTION, ip):
             with self._sessions.write.begin() as session:
-                AuthRepository(session).touch_cli_token(token_id, now)
+                CliTokenRepository(session).touch(token_id, now, ip)
 
     def _check_credentials(self, email: str, password: str, call: WaitingCall | None) -> User:
         # A sign-in the hasher would refuse is refused before it costs a query.
@@ -279,15 +356,93 @@ class AuthService:
         return user
 
     def _start_login_session(
-        self, repo: AuthRepository, user_id: uuid.UUID, now: dt.datetime
+        self, repo: AuthRepository, user: User, now: dt.datetime, caller: Caller
     ) -> TokenPair:
-        login = repo.add_login_session(user_id, now)
-        return self._issue_pair(repo, user_id, login.id, now)
+        issue_time = _issue_time(user, now)
+        access_jti, refresh_jti = uuid.uuid4(), uuid.uuid4()
+        session_id = uuid.uuid4()
+        tokens = self._sign_pair(user.id, session_id, access_jti, refresh_jti, issue_time)
+        repo.add_login_session(
+            LoginSession(
+                id=session_id,
+                user_id=user.id,
+                create_time=now,
+                client_ip=caller.ip[:45],
+                user_agent=caller.user_agent[:256],
+                expire_time=tokens.refresh.expire_time,
+            )
+        )
+        repo.add_refresh_token(refresh_jti, session_id, issue_time, tokens.refresh.expire_time)
+        return tokens
 
-    def _issue_pair(
-        self, repo: AuthRepository, user_id: uuid.UUID, session_id: uuid.UUID, now: dt.datetime
+    def _rotate(
+        self,
+        repo: AuthRepository,
+        login: LoginSession,
+        stored: RefreshToken,
+        user: User,
+        now: dt.datetime,
     ) -> TokenPair:
-        access = self._codec.issue("access", user_id, session_id)
-        refresh = self._codec.issue("refresh", user_id, session_id)
-        repo.add_refresh_token(refresh.jti, session_id, now, refresh.expire_time)
+        issue_time = _issue_time(user, now)
+        access_jti, refresh_jti = uuid.uuid4(), uuid.uuid4()
+        tokens = self._sign_pair(login.user_id, login.id, access_jti, refresh_jti, issue_time)
+        stored.use_time = now
+        stored.successor_jti = refresh_jti
+        stored.successor_access_jti = access_jti
+        repo.add_refresh_token(refresh_jti, login.id, issue_time, tokens.refresh.expire_time)
+        login.last_refresh_time = now
+        login.expire_time = tokens.refresh.expire_time
+        return tokens
+
+    def _grace_pair(
+        self, repo: AuthRepository, login: LoginSession, stored: RefreshToken, now: dt.datetime
+    ) -> TokenPair | None:
+        """The pair `stored` was exchanged for, signed again, if it may have it; else None."""
+        if (
+            stored.use_time is None
+            or stored.successor_jti is None
+            or stored.successor_access_jti is None
+            or now - stored.use_time >= self._refresh_grace  # a zero grace: never
+        ):
+            return None
+        successor = repo.refresh_token(stored.successor_jti)
+        # Only the token just rotated: once its successor is used, it is two steps behind.
+        if successor is None or successor.use_time is not None or successor.session_id != login.id:
+            return None
+        # The successor row's create_time is the pair's issue time (iat).
+        return self._sign_pair(
+            login.user_id,
+            login.id,
+            stored.successor_access_jti,
+            successor.jti,
+            successor.create_time,
+        )
+
+    def _sign_pair(
+        self,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID,
+        access_jti: uuid.UUID,
+        refresh_jti: uuid.UUID,
+        issue_time: dt.datetime,
+    ) -> TokenPair:
+        access = self._codec.issue(
+            "access", user_id, session_id, jti=access_jti, issue_time=issue_time
+        )
+        refresh = self._codec.issue(
+            "refresh", user_id, session_id, jti=refresh_jti, issue_time=issue_time
+        )
         return TokenPair(access, refresh)
+
+
+def _issue_time(user: User, now: dt.datetime) -> dt.datetime:
+    """When a new pair counts as issued: now, or the user's not-before time if that is still
+    ahead (LogoutAll earlier in this same second, auth/sessions.py). iat has whole seconds, so
+    a token issued in the second of a LogoutAll must carry the next second to be told apart
+    from the ones it revoked."""
+    not_before = user.tokens_not_before
+    return now if not_before is None or now >= not_before else not_before
+
+
+def _before_not_before(user: User, issue_time: dt.datetime) -> bool:
+    return user.tokens_not_before is not None and issue_time < user.tokens_not_before

@@ -48,8 +48,10 @@ def token_key(token: str) -> bytes:
 class CachedToken:
     principal: Principal
     user: UserRecord
-    # CLI tokens only: the last use recorded in the database (kept to the minute).
+    # CLI tokens only: the last use recorded in the database (kept to the minute), and the
+    # client address recorded with it.
     last_use_time: dt.datetime | None
+    last_use_ip: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -129,6 +131,7 @@ class TokenCache:
         expire_time: dt.datetime | None,
         generation: int,
         last_use_time: dt.datetime | None = None,
+        last_use_ip: str | None = None,
     ) -> None:
         """Remember a successful verification that began at `generation`.
 
@@ -149,7 +152,7 @@ class TokenCache:
                 return
             if key in self._entries:
                 self._remove(key)
-            entry = _Entry(CachedToken(principal, user, last_use_time), recheck_time)
+            entry = _Entry(CachedToken(principal, user, last_use_time, last_use_ip), recheck_time)
             self._entries[key] = entry
             self._latest_check[principal.user_id] = entry
             self._by_credential.setdefault(principal.credential_id, set()).add(key)
@@ -172,9 +175,12 @@ class TokenCache:
             for key in keys:
                 self._remove(key)
 
-    def claim_use(self, key: bytes, now: dt.datetime, resolution: dt.timedelta) -> bool:
+    def claim_use(
+        self, key: bytes, now: dt.datetime, resolution: dt.timedelta, ip: str | None = None
+    ) -> bool:
         """True for the one caller that should record a CLI token's use now (its last recorded
-        use is at least `resolution` old); the entry then holds `now` as the last use."""
+        use is at least `resolution` old); the entry then holds `now` and `ip` as the last use.
+        The address rides along with the time, so recording it costs no write of its own."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -182,7 +188,7 @@ class TokenCache:
             last_use_time = entry.cached.last_use_time
             if last_use_time is not None and now - last_use_time < resolution:
                 return False
-            entry.cached = dataclasses.replace(entry.cached, last_use_time=now)
+            entry.cached = dataclasses.replace(entry.cached, last_use_time=now, last_use_ip=ip)
             return True
 
     def _remove(self, key: bytes) -> None:

@@ -24,7 +24,7 @@ _cli_tokens = CliToken.__table__.c
 _USER_COLUMNS = (_users.id, _users.email, _users.name, _users.create_time)
 
 _LOGIN_SESSION_CHECK = (
-    select(_sessions.revoke_time, *_USER_COLUMNS)
+    select(_sessions.revoke_time, _users.tokens_not_before, *_USER_COLUMNS)
     .select_from(LoginSession.__table__.join(User.__table__, _users.id == _sessions.user_id))
     .where(_sessions.id == bindparam("session_id"))
 )
@@ -34,6 +34,9 @@ _CLI_TOKEN_CHECK = (
         _cli_tokens.token_hash,
         _cli_tokens.revoke_time,
         _cli_tokens.last_use_time,
+        _cli_tokens.last_use_ip,
+        _cli_tokens.expire_time,
+        _cli_tokens.scopes,
         *_USER_COLUMNS,
     )
     .select_from(CliToken.__table__.join(User.__table__, _users.id == _cli_tokens.user_id))
@@ -54,9 +57,11 @@ class UserRecord:
 
 @dataclasses.dataclass(frozen=True)
 class LoginSessionCheck:
-    """What an access-token check needs: the session's revocation and its user."""
+    """What an access-token check needs: the session's revocation, the user's LogoutAll
+    not-before time and the user."""
 
     revoke_time: dt.datetime | None
+    tokens_not_before: dt.datetime | None
     user: UserRecord
 
 
@@ -68,17 +73,22 @@ class CliTokenCheck:
     token_hash: str
     revoke_time: dt.datetime | None
     last_use_time: dt.datetime | None
+    last_use_ip: str | None
+    expire_time: dt.datetime | None
+    scopes: str  # space-separated
     user: UserRecord
 
 
 def login_session_check(conn: Connection, session_id: uuid.UUID) -> LoginSessionCheck | None:
     row = conn.execute(_LOGIN_SESSION_CHECK, {"session_id": session_id}).first()
-    return None if row is None else LoginSessionCheck(row[0], _user(row, 1))
+    return None if row is None else LoginSessionCheck(row[0], row[1], _user(row, 2))
 
 
 def cli_token_check(conn: Connection, token_hash: str) -> CliTokenCheck | None:
     row = conn.execute(_CLI_TOKEN_CHECK, {"token_hash": token_hash}).first()
-    return None if row is None else CliTokenCheck(row[0], row[1], row[2], row[3], _user(row, 4))
+    if row is None:
+        return None
+    return CliTokenCheck(*row[:7], user=_user(row, 7))
 
 
 def user_record(conn: Connection, user_id: uuid.UUID) -> UserRecord | None:

@@ -1,25 +1,31 @@
-"""Access and refresh JWTs, and CLI token secrets.
+"""Access and refresh JWTs, and telling CLI tokens from them.
 
-JWTs: HS256 with separate secrets for access and refresh tokens. Verification pins the
-algorithm, requires every registered claim we issue, checks issuer and audience, checks the
-`typ` claim ourselves (PyJWT does not), and checks expiry against the injected clock.
-CLI tokens: "lmn_" + 256 random bits; only their SHA-256 is stored.
+JWTs: access tokens are signed with the active signing key (EdDSA or ES256, key_ring.py) and
+carry its `kid`; with JWT_ALGORITHM=HS256 they are signed with JWT_SECRET as in the seed.
+Refresh tokens stay HS256 with JWT_REFRESH_SECRET: only this server ever verifies them, so
+publishing a key for them would buy nothing, and HMAC is the cheaper check. Verification pins
+the algorithm (the key's own, looked up by the token's kid: a token cannot pick it), requires
+every registered claim we issue, checks issuer and audience, checks the `typ` claim ourselves
+(PyJWT does not), and checks expiry against the injected clock.
+CLI tokens: their format and checksum live in luman.client.token_format, their management in
+cli_tokens.py; only the prefix is needed here, to tell them from JWTs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import secrets
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
 
 from luman.interceptors.errors import UnauthenticatedError
 from luman.server.clock import Clock
 from luman.server.config import Settings
+
+if TYPE_CHECKING:
+    from luman.server.auth.key_ring import KeyRing
 
 ALGORITHM = "HS256"
 CLI_TOKEN_PREFIX = "lmn_"  # noqa: S105 - a prefix, not a secret
@@ -35,6 +41,17 @@ class Claims:
     session_id: uuid.UUID
     jti: uuid.UUID
     expire_time: dt.datetime
+    # iat: LogoutAll refuses tokens issued before the user's not-before time (auth/sessions.py).
+    issue_time: dt.datetime
+    # When the key that signed the token retires (key_ring.py); None: not scheduled, or HS256.
+    key_retire_time: dt.datetime | None = None
+
+    @property
+    def believed_until(self) -> dt.datetime:
+        """How long a cache may believe this check: until expiry or the key's retirement."""
+        if self.key_retire_time is not None and self.key_retire_time < self.expire_time:
+            return self.key_retire_time
+        return self.expire_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +62,12 @@ class IssuedToken:
 
 
 class TokenCodec:
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    """Args:
+    keys: the signing keys for access tokens; None: access tokens use HS256 and JWT_SECRET.
+    """
+
+    def __init__(self, settings: Settings, clock: Clock, keys: KeyRing | None = None) -> None:
+        self._keys = keys
         self._secrets: dict[TokenType, str] = {
             "access": settings.jwt_secret,
             "refresh": settings.jwt_refresh_secret,
@@ -58,10 +80,20 @@ class TokenCodec:
         self._audience = settings.jwt_audience
         self._clock = clock
 
-    def issue(self, kind: TokenType, user_id: uuid.UUID, session_id: uuid.UUID) -> IssuedToken:
-        now = self._clock()
+    def issue(
+        self,
+        kind: TokenType,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID,
+        *,
+        jti: uuid.UUID | None = None,
+        issue_time: dt.datetime | None = None,
+    ) -> IssuedToken:
+        """Sign a new token; `jti` and `issue_time` (default: fresh, the clock) let the refresh
+        grace issue the same claims again (auth/service.py)."""
+        now = self._clock() if issue_time is None else issue_time
         expire_time = now + self._lifetimes[kind]
-        jti = uuid.uuid4()
+        jti = uuid.uuid4() if jti is None else jti
         claims = {
             "sub": str(user_id),
             "sid": str(session_id),
@@ -72,7 +104,14 @@ class TokenCodec:
             "iat": int(now.timestamp()),
             "exp": int(expire_time.timestamp()),
         }
-        token = jwt.encode(claims, self._secrets[kind], algorithm=ALGORITHM)
+        if kind == "access" and self._keys is not None:
+            key = self._keys.signing_key()
+            assert key.private_key is not None  # signing_key() returns decrypted keys only
+            token = jwt.encode(
+                claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
+            )
+        else:
+            token = jwt.encode(claims, self._secrets[kind], algorithm=ALGORITHM)
         return IssuedToken(token, jti, dt.datetime.fromtimestamp(claims["exp"], dt.UTC))  # type: ignore[arg-type]
 
     def verify(self, kind: TokenType, token: str) -> Claims:
@@ -82,10 +121,11 @@ class TokenCodec:
             UnauthenticatedError: TOKEN_EXPIRED, or TOKEN_INVALID for every other failure.
         """
         try:
+            secret, algorithm, key_retire_time = self._verification_key(kind, token)
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._secrets[kind],
-                algorithms=[ALGORITHM],
+                secret,
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 # Expiry is checked below against the injected clock, not PyJWT's.
@@ -109,10 +149,32 @@ class TokenCodec:
                 session_id=uuid.UUID(claims["sid"]),
                 jti=uuid.UUID(claims["jti"]),
                 expire_time=dt.datetime.fromtimestamp(exp, dt.UTC),
+                issue_time=dt.datetime.fromtimestamp(iat, dt.UTC),
+                key_retire_time=key_retire_time,
             )
         except (TypeError, ValueError, AttributeError, OverflowError, OSError):
             # OverflowError/OSError: a validly signed exp no datetime can hold (1e20).
             raise _invalid() from None
+
+    def published_keys(self) -> list[dict[str, str]]:
+        """The JWKS members (RFC 7517): every key that may verify an access token."""
+        return [] if self._keys is None else self._keys.published()
+
+    def _verification_key(self, kind: TokenType, token: str) -> tuple[Any, str, dt.datetime | None]:
+        """The key `token` must verify under, its algorithm (chosen by us: for a signed access
+        token, the key its kid names; an unknown or retired kid is TOKEN_INVALID) and when that
+        key retires.
+
+        Raises:
+            jwt.PyJWTError: no usable kid.
+        """
+        if kind == "refresh" or self._keys is None:
+            return self._secrets[kind], ALGORITHM, None
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = self._keys.verification_key(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise jwt.InvalidKeyError("unknown kid")
+        return key.public_key, key.algorithm, key.retire_time
 
 
 def _is_number(value: object) -> bool:
@@ -121,16 +183,6 @@ def _is_number(value: object) -> bool:
 
 def _invalid() -> UnauthenticatedError:
     return UnauthenticatedError("TOKEN_INVALID", "invalid token")
-
-
-def new_cli_token() -> tuple[str, str]:
-    """Return (secret, sha256 hex of the secret)."""
-    secret = CLI_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    return secret, hash_cli_token(secret)
-
-
-def hash_cli_token(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def looks_like_cli_token(token: str) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     TypeDecorator,
     Uuid,
@@ -62,6 +63,9 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100))
     password_hash: Mapped[str] = mapped_column(String(60))
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # LogoutAll: access and refresh tokens issued (iat) before this are refused. A whole
+    # second, because iat is one (auth/sessions.py explains the rounding).
+    tokens_not_before: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
 class LoginSession(Base):
@@ -76,6 +80,12 @@ class LoginSession(Base):
     )
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     revoke_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # What ListSessions shows: the sign-in's client (capped like the request log's), when it
+    # last rotated its refresh token, and when its newest refresh token expires.
+    client_ip: Mapped[str] = mapped_column(String(45), default="", server_default="")
+    user_agent: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    last_refresh_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class RefreshToken(Base):
@@ -90,12 +100,24 @@ class RefreshToken(Base):
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # Set when the token is used: the jtis of the pair it was exchanged for. Within
+    # REFRESH_REUSE_GRACE_SECONDS of use_time the same pair is signed again from these (and
+    # the successor row's create_time), so no token is ever stored.
+    successor_jti: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    successor_access_jti: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
 
 class CliToken(Base):
-    """A long-lived CLI token, stored only as the SHA-256 of its secret."""
+    """A personal (CLI) token, stored only as the SHA-256 of its secret.
+
+    `scopes` is space-separated ("read write"); `last_use_time` and `last_use_ip` are written
+    at most once a minute per token (auth/service.py)."""
 
     __tablename__ = "cli_tokens"
+    __table_args__ = (
+        # ListCliTokens: a user's tokens in page order (create time, id).
+        Index("ix_cli_tokens_user_id_create_time_id", "user_id", "create_time", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(
@@ -106,6 +128,10 @@ class CliToken(Base):
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     last_use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     revoke_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    scopes: Mapped[str] = mapped_column(String(200), server_default="read write")
+    expire_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_use_ip: Mapped[str | None] = mapped_column(String(45))
+    hint: Mapped[str] = mapped_column(String(16), server_default="")
 
 
 class Organization(Base):
@@ -175,3 +201,25 @@ class RequestLog(Base):
     user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     client_ip: Mapped[str] = mapped_column(String(45))
     user_agent: Mapped[str] = mapped_column(String(256))
+
+
+class SigningKey(Base):
+    """A key that signs access tokens (auth/key_ring.py), newest generation last.
+
+    `generation` is unique: two replicas creating the first key, or rotating, at the same
+    moment cannot both succeed; the loser re-reads. A key signs from `activate_time` until the
+    next generation's activate_time, and verifies until `retire_time` (set when its successor
+    is created). The private key is stored only encrypted (auth/signing_keys.py)."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, unique=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    # The public JWK as JSON, exactly as the JWKS publishes it.
+    public_jwk: Mapped[str] = mapped_column(String(1000))
+    # AES-GCM nonce followed by the ciphertext of the PKCS#8 private key.
+    private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    activate_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    retire_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

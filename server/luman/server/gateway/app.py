@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 import grpc
 
 from luman.interceptors import metadata_keys
+from luman.server.gateway import caching
 from luman.server.gateway import status as statuses
 from luman.server.gateway.in_process import InProcessCalls, Metadata, grpc_peer
 from luman.server.gateway.policy import (
@@ -48,7 +49,10 @@ OPENAPI_PATH = "/openapi.json"
 HEALTH_PATHS = ("/healthz", "/readyz", OPENAPI_PATH)
 MAX_USER_AGENT = 512
 # Rate-limit metadata of the server, passed on as HTTP headers under their usual names.
-_FORWARDED_METADATA = {name: name.encode() for name in metadata_keys.RATE_LIMIT_HEADERS}
+# And Cache-Control, from a method whose answer may be cached (caching.py).
+_FORWARDED_METADATA = {
+    name: name.encode() for name in (*metadata_keys.RATE_LIMIT_HEADERS, metadata_keys.CACHE_CONTROL)
+}
 
 
 class _ClientGoneError(Exception):
@@ -155,9 +159,14 @@ class GatewayApp:
         result = await self._calls.call(match.route, message, metadata, peer)
         headers = _forwarded_headers(result.metadata)
         if result.response is not None:
-            await self._respond(
-                request, send, 200, response_json(match.route, result.response), headers
-            )
+            body = response_json(match.route, result.response)
+            if caching.is_cacheable(request.method, headers):
+                tag = caching.etag(body)
+                headers.append((b"etag", tag.encode()))
+                if caching.not_modified(request.headers.get("if-none-match", []), tag):
+                    await self._send(request, send, 304, b"", headers, cors=True)
+                    return
+            await self._respond(request, send, 200, body, headers)
             return
         error = statuses.from_rpc_error(result.code, result.message, result.metadata)
         if error.retry_after_seconds is not None and not any(
@@ -251,14 +260,15 @@ class GatewayApp:
         *,
         cors: bool,
     ) -> None:
-        headers = [*headers, *SECURITY_HEADERS, VARY_ORIGIN]
+        headers = [*headers, *caching.security_headers(SECURITY_HEADERS, headers), VARY_ORIGIN]
         if cors:
             headers += self._cors.response_headers(request.header("origin"))
         if self._addresses.is_https(
             request.scheme, request.peer, request.header("x-forwarded-proto")
         ):
             headers.append(HSTS)
-        headers.append((b"content-length", str(len(body)).encode()))
+        if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 8.6)
+            headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

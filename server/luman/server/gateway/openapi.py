@@ -19,8 +19,15 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+)
 
+from luman.api.v1 import annotations_pb2 as api_annotations_pb2
+from luman.server import methods
 from luman.server.gateway.routes import Route, RouteTable
 
 OPENAPI_VERSION = "3.1.0"
@@ -128,8 +135,16 @@ proto names too), fields without presence always present, enums as names, Timest
 3339. Unknown fields are rejected with 400.
 
 Authenticate with `Authorization: Bearer <token>`: an access token from /auth/login or
-/auth/register, or a CLI token from /auth/cli-login.
+/auth/register, or a CLI token from /auth/cli-login or /auth/cli-tokens. Each operation lists
+the token scope it needs (`read` or `write`) in its security requirement; a CLI token without
+it gets 403 with reason INSUFFICIENT_SCOPE. Access tokens carry every scope.
 """
+
+
+def _scope_of(method: MethodDescriptor) -> str | None:
+    """The token scope the contract declares for `method` (None: none declared)."""
+    scope = method.GetOptions().Extensions[api_annotations_pb2.access].scope
+    return methods.scope_name(scope) if scope else None
 
 
 def build_document(
@@ -210,6 +225,11 @@ class _Builder:
             operation["description"] = comment
         if route.public:
             operation["security"] = []
+        else:
+            # OpenAPI 3.1: a bearer requirement may list the roles it needs; ours are scopes.
+            scope = _scope_of(method)
+            if scope is not None:
+                operation["security"] = [{BEARER: [scope]}]
         parameters = self._path_parameters(route) + self._query_parameters(route)
         if parameters:
             operation["parameters"] = parameters

@@ -1,0 +1,350 @@
+"""The keys that sign and verify access tokens: stored in `signing_keys`, held in memory.
+
+A key's state, against the injected clock:
+- next: its activate_time is ahead. Published in the JWKS, not signing yet.
+- active: the newest generation whose activate_time has passed. Signs new access tokens.
+- verifying: superseded, before its retire_time. Verifies the tokens it signed; published.
+- retired: from its retire_time on. Neither published nor trusted.
+
+Replicas agree on the active key because it is a pure function of the table and the clock, and
+the table can only grow one generation at a time (the unique `generation`): two processes that
+create the first key, or rotate, at the same moment cannot both commit; the one that loses
+re-reads and uses the winner's key.
+
+Each process keeps the non-retired keys in memory (private halves decrypted once) and reloads
+them every RELOAD_INTERVAL, and at once (at most every UNKNOWN_KID_RELOAD_INTERVAL, so that
+tokens with made-up kids cannot turn into a query each) when a token names a kid it does not
+know: a token signed by another replica right after a rotation verifies immediately.
+
+Rotation publishes first: by default the new key starts signing PUBLISH_AHEAD after
+`luman-server keys rotate` (the JWKS max-age plus one reload interval), so a verifier that
+cached the JWKS for its max-age already holds the new key when the first token signed with it
+arrives. `--now` starts signing at once (a verifier with a cached JWKS then has to refetch on
+the unknown kid, as RFC 7517 verifiers usually do).
+
+The superseded key retires at: when it stopped signing + one reload interval (a replica may
+sign with it that long before it reloads) + the access-token lifetime + the clock skew tokens
+are allowed. Every token it can have signed has expired by then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from luman.server.auth.signing_keys import (
+    ALGORITHMS,
+    Algorithm,
+    KeyCipher,
+    PrivateKey,
+    PublicKey,
+    SigningKeyError,
+    generate,
+    public_key_of,
+)
+from luman.server.clock import Clock
+from luman.server.config import Settings
+from luman.server.db.models import SigningKey
+from luman.server.db.session import Sessions
+
+logger = logging.getLogger(__name__)
+
+RELOAD_INTERVAL = dt.timedelta(seconds=60)
+UNKNOWN_KID_RELOAD_INTERVAL = dt.timedelta(seconds=1)
+# Cache-Control max-age of the JWKS (GetJwks and GET /.well-known/jwks.json).
+JWKS_MAX_AGE_SECONDS = 300
+PUBLISH_AHEAD = dt.timedelta(seconds=JWKS_MAX_AGE_SECONDS) + RELOAD_INTERVAL
+# The leeway access-token verification gives `iat` (tokens.py).
+CLOCK_SKEW = dt.timedelta(seconds=60)
+# A concurrent start or rotation lost the race: re-read. More than a couple means trouble.
+_ATTEMPTS = 3
+
+KeyState = Literal["next", "active", "verifying", "retired"]
+
+
+class RotationPendingError(SigningKeyError):
+    """A rotation is already scheduled; `keys rotate --now` activates it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedKey:
+    kid: str
+    generation: int
+    algorithm: Algorithm
+    public_jwk: dict[str, str]
+    public_key: PublicKey
+    private_key: PrivateKey | None  # None: listed only (keys list), never decrypted
+    create_time: dt.datetime
+    activate_time: dt.datetime
+    retire_time: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    keys: tuple[LoadedKey, ...]  # by generation
+    by_kid: dict[str, LoadedKey]
+
+
+def state_of(key: LoadedKey, keys: Sequence[LoadedKey], now: dt.datetime) -> KeyState:
+    if key.activate_time > now:
+        return "next"
+    if key.retire_time is not None and now >= key.retire_time:
+        return "retired"
+    newest = max((k.generation for k in keys if k.activate_time <= now), default=None)
+    return "active" if key.generation == newest else "verifying"
+
+
+class KeyRing:
+    """The signing keys of one process.
+
+    Args:
+        algorithm: what a new key uses (JWT_ALGORITHM).
+        access_lifetime: JWT_EXPIRES_IN: how long a superseded key must keep verifying.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        cipher: KeyCipher,
+        algorithm: Algorithm,
+        access_lifetime: dt.timedelta,
+        clock: Clock,
+    ) -> None:
+        self._sessions = sessions
+        self._cipher = cipher
+        self._algorithm = algorithm
+        self._retire_margin = RELOAD_INTERVAL + access_lifetime + CLOCK_SKEW
+        self._clock = clock
+        self._snapshot = _Snapshot((), {})
+        self._load_time: dt.datetime | None = None
+        self._unknown_kid_time: dt.datetime | None = None
+        self._reload_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sessions: Sessions, clock: Clock) -> KeyRing:
+        """Raises:
+        SigningKeyError: JWT_ALGORITHM is HS256 (no signing keys) or the secret is empty.
+        """
+        algorithm = settings.jwt_algorithm
+        if algorithm not in ALGORITHMS:
+            raise SigningKeyError(
+                f"JWT_ALGORITHM={algorithm} signs with JWT_SECRET: there are no signing keys"
+            )
+        return cls(
+            sessions,
+            KeyCipher(settings.signing_key_secret),
+            algorithm,  # checked against ALGORITHMS above
+            dt.timedelta(seconds=settings.jwt_expires_in),
+            clock,
+        )
+
+    def start(self) -> None:
+        """Make sure a key of the configured algorithm exists (creating the first one, or
+        scheduling a rotation when JWT_ALGORITHM changed), then load the keys.
+
+        Raises:
+            SigningKeyError: SIGNING_KEY_SECRET does not decrypt the stored keys.
+        """
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._sessions.write.begin() as session:
+                    rows = _rows(session)
+                    latest = rows[-1] if rows else None
+                    if latest is not None:
+                        # A wrong secret fails here, at start, not on every call.
+                        self._private_key(latest)
+                        if latest.algorithm == self._algorithm:
+                            break
+                        logger.warning(
+                            "JWT_ALGORITHM is %s, the newest signing key is %s: rotating",
+                            self._algorithm,
+                            latest.algorithm,
+                        )
+                    now = self._clock()
+                    self._add(session, rows, now if latest is None else now + PUBLISH_AHEAD, now)
+                break
+            except IntegrityError:
+                # Another process created the key first: read theirs.
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        self._load(strict=True)
+
+    def signing_key(self) -> LoadedKey:
+        """The active key (with its private half).
+
+        Raises:
+            SigningKeyError: no key is active (the table was emptied under a running server).
+        """
+        self._reload_if_due()
+        snapshot, now = self._snapshot, self._clock()
+        for key in reversed(snapshot.keys):
+            if key.activate_time <= now and key.private_key is not None:
+                return key
+        raise SigningKeyError("no active signing key: run `luman-server keys rotate --now`")
+
+    def verification_key(self, kid: str) -> LoadedKey | None:
+        """The non-retired key named `kid`, or None. An unknown kid reloads the keys first,
+        at most once per UNKNOWN_KID_RELOAD_INTERVAL."""
+        self._reload_if_due()
+        key = self._snapshot.by_kid.get(kid)
+        if key is None:
+            now = self._clock()
+            last = self._unknown_kid_time
+            if last is None or now - last >= UNKNOWN_KID_RELOAD_INTERVAL:
+                self._unknown_kid_time = now
+                self._reload()
+                key = self._snapshot.by_kid.get(kid)
+        if key is None or state_of(key, self._snapshot.keys, self._clock()) == "retired":
+            return None
+        return key
+
+    def published(self) -> list[dict[str, str]]:
+        """The public JWKs of every key that is next, active or verifying, newest first."""
+        self._reload_if_due()
+        snapshot, now = self._snapshot, self._clock()
+        return [
+            dict(key.public_jwk)
+            for key in reversed(snapshot.keys)
+            if state_of(key, snapshot.keys, now) != "retired"
+        ]
+
+    def reload(self) -> None:
+        """Read the keys again now (after a rotation made by this process, and in tests)."""
+        self._load(strict=False)
+
+    def rotate(self, *, immediately: bool = False) -> LoadedKey:
+        """Create the next key, signing from now + PUBLISH_AHEAD (or now), and schedule the
+        current one's retirement. With `immediately` and a rotation already scheduled, that
+        key starts signing now instead.
+
+        Raises:
+            RotationPendingError: a rotation is scheduled and `immediately` is false.
+            SigningKeyError: the secret does not decrypt the current key, or another rotation
+                committed at the same moment.
+        """
+        try:
+            with self._sessions.write.begin() as session:
+                rows = _rows(session)
+                now = self._clock()
+                latest = rows[-1] if rows else None
+                if latest is not None:
+                    self._private_key(latest)  # never mix keys under two secrets
+                if latest is not None and latest.activate_time > now:
+                    if not immediately:
+                        raise RotationPendingError(
+                            f"key {latest.kid} is already scheduled to start signing at "
+                            f"{_iso(latest.activate_time)}; `keys rotate --now` starts it now"
+                        )
+                    latest.activate_time = now
+                    if len(rows) > 1:
+                        rows[-2].retire_time = now + self._retire_margin
+                    kid = latest.kid
+                else:
+                    kid = self._add(session, rows, now if immediately else now + PUBLISH_AHEAD, now)
+        except IntegrityError:
+            raise SigningKeyError(
+                "another rotation committed at the same moment: see `luman-server keys list`"
+            ) from None
+        self._load(strict=True)
+        return self._snapshot.by_kid[kid]
+
+    def all_keys(self) -> list[tuple[LoadedKey, KeyState]]:
+        """Every key in the table, retired ones too, oldest first, with its state now."""
+        with self._sessions.read.begin() as session:
+            keys = [self._loaded(row, decrypt=False) for row in _rows(session)]
+        now = self._clock()
+        return [(key, state_of(key, keys, now)) for key in keys]
+
+    def _add(
+        self, session: Session, rows: Sequence[SigningKey], activate: dt.datetime, now: dt.datetime
+    ) -> str:
+        new = generate(self._algorithm)
+        if rows:
+            rows[-1].retire_time = activate + self._retire_margin
+        session.add(
+            SigningKey(
+                kid=new.kid,
+                generation=rows[-1].generation + 1 if rows else 1,
+                algorithm=new.algorithm,
+                public_jwk=json.dumps(new.public_jwk, separators=(",", ":")),
+                private_key_encrypted=self._cipher.encrypt(new),
+                create_time=now,
+                activate_time=activate,
+            )
+        )
+        session.flush()  # a lost race fails here, inside the transaction
+        return new.kid
+
+    def _reload_if_due(self) -> None:
+        last = self._load_time
+        if last is not None and self._clock() - last < RELOAD_INTERVAL:
+            return
+        # One thread reloads; the others go on with the keys they have.
+        if self._reload_lock.acquire(blocking=False):
+            try:
+                self._load(strict=False)
+            finally:
+                self._reload_lock.release()
+
+    def _reload(self) -> None:
+        with self._reload_lock:
+            self._load(strict=False)
+
+    def _load(self, *, strict: bool) -> None:
+        """Replace the in-memory keys with the table's non-retired ones.
+
+        strict: raise (at start, after a rotation); otherwise log and keep the old keys, so a
+        database outage or a bad row never stops verification with the keys already held.
+        """
+        now = self._clock()
+        self._load_time = now
+        try:
+            with self._sessions.read.begin() as session:
+                rows = _rows(session)
+                keys = tuple(
+                    self._loaded(row, decrypt=True)
+                    for row in rows
+                    if row.retire_time is None or now < row.retire_time
+                )
+        except (SQLAlchemyError, SigningKeyError) as exc:
+            if strict:
+                raise
+            logger.warning("signing keys not reloaded (%s): keeping the loaded ones", exc)
+            return
+        self._snapshot = _Snapshot(keys, {key.kid: key for key in keys})
+
+    def _loaded(self, row: SigningKey, *, decrypt: bool) -> LoadedKey:
+        jwk: dict[str, Any] = json.loads(row.public_jwk)
+        if row.algorithm not in ALGORITHMS:
+            raise SigningKeyError(f"signing key {row.kid} has unknown algorithm {row.algorithm}")
+        return LoadedKey(
+            kid=row.kid,
+            generation=row.generation,
+            algorithm=row.algorithm,  # checked above
+            public_jwk=jwk,
+            public_key=public_key_of(jwk),
+            private_key=self._private_key(row) if decrypt else None,
+            create_time=row.create_time,
+            activate_time=row.activate_time,
+            retire_time=row.retire_time,
+        )
+
+    def _private_key(self, row: SigningKey) -> PrivateKey:
+        return self._cipher.decrypt(row.kid, row.algorithm, row.private_key_encrypted)
+
+
+def _rows(session: Session) -> list[SigningKey]:
+    return list(session.scalars(select(SigningKey).order_by(SigningKey.generation)))
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
