@@ -7,16 +7,18 @@ Order of a full run:
 2. The first backend's GetMe response becomes the bare server's response, and the baseline
    (bare grpcio, thread pool) is measured at every stream count. A second bare server then
    stays up (idle between its runs) for the paired series.
-3. GetMe (access token), GetMe (CLI token), ListMembers: at every stream count, paired: each
-   run follows a bare run at the same streams (PAIRED_SCENARIOS). Then GetMe and ListMembers
-   through the HTTP gateway (h2load --h1) at TARGET_STREAMS clients, each run following a
-   gRPC run of the same call on the same server (HTTP_SCENARIOS).
+3. GetMe (EdDSA access token), GetMe (read-only CLI token), ListMembers: at every stream
+   count, paired: each run follows a bare run at the same streams (PAIRED_SCENARIOS). Then
+   GetMe and ListMembers through the HTTP gateway (h2load --h1) at TARGET_STREAMS clients,
+   each run following a gRPC run of the same call on the same server (HTTP_SCENARIOS).
 4. Login against raw bcrypt; GetMe at 16 streams while logins run.
 5. Request log on/off: the same server with the request log off (no interceptor, no writer),
    started beside the product, which stays up; each of its GetMe runs follows a product run
    at the same streams (paired, like the bare server's pairs). Then, after a graceful stop
    (which flushes the request log): request_logs growth, statuses, the writer's counters.
 6. The baseline again: a drifting machine shows up as a wide min-max.
+7. One full access-token check per JWT_ALGORITHM, in the harness's process
+   (bench/token_verification.py).
 
 Every series: one nghttp probe (grpc-status must be 0), one unmeasured warm-up run, then
 `runs` measured runs, each verified by DATA bytes. A failed check ends the series as FAILED.
@@ -43,7 +45,7 @@ from typing import Any
 
 import grpc
 
-from bench import h2load, trailers
+from bench import h2load, token_verification, trailers
 from bench.databases import (
     DEFAULT_POSTGRES_URL,
     LOGIN_SESSIONS,
@@ -57,6 +59,7 @@ from bench.databases import (
 from bench.h2load import Call, GrpcCall, Load, Run, Verdict, load_for
 from bench.processes import CpuPlan, ServerProcess, harness_env, python_server, settle
 from bench.stats import Spread
+from bench.token_verification import VerificationCost
 from bench.workload import GET_ME, OWNER_EMAIL, PASSWORD, Workload, prepare
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.server.config import Settings
@@ -64,8 +67,8 @@ from luman.server.config import Settings
 logger = logging.getLogger("bench")
 
 SCENARIOS: dict[str, str] = {
-    "getme_access": "GetMe, access token",
-    "getme_cli": "GetMe, CLI token",
+    "getme_access": "GetMe, EdDSA access token",
+    "getme_cli": "GetMe, read-only CLI token",
     "list_members": "ListMembers, 50 members",
     "getme_http": "GET /auth/me (HTTP), access token",
     "list_members_http": "GET /organizations/{slug}/members (HTTP), 50 members",
@@ -260,6 +263,7 @@ class Results:
     baseline: dict[int, Series] = dataclasses.field(default_factory=dict)
     backends: list[BackendResult] = dataclasses.field(default_factory=list)
     bare_peak_rss_bytes: int | None = None
+    verification: list[VerificationCost] = dataclasses.field(default_factory=list)
 
 
 def product_env(options: Options, database_url: str, data_dir: Path) -> dict[str, str]:
@@ -314,6 +318,9 @@ class Bench:
         self._paired = None
         if self.results.response_bytes:
             self._baseline_pass()  # the second pass: see the module docstring
+        if options.wants("getme_access"):
+            logger.info("access-token verification: one full check per algorithm, in process")
+            self.results.verification = token_verification.measure(self.workdir)
         self.results.finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
         return self.results
 

@@ -1,9 +1,9 @@
 """The data and calls the scenarios use, created through the running server's own API.
 
-One owner who registers, signs in (access token) and makes a CLI token; an organization the
-owner creates, with 49 more registered users added as members (50 in all). Each call is made
-once with a real client first (gRPC, or HTTP for the gateway's calls): its response is what
-every h2load request must return.
+One owner who registers (an EdDSA access token) and makes a read-only personal token (the CLI
+token path); an organization the owner creates, with 49 more registered users added as members
+(50 in all). Each call is made once with a real client first (gRPC, or HTTP for the gateway's
+calls): its response is what every h2load request must return.
 """
 
 from __future__ import annotations
@@ -64,12 +64,10 @@ def prepare(port: int, http_port: int = 0) -> Workload:
             timeout=t,
         )
         access = bearer(owner.tokens.access_token)
-        cli = auth.CliLogin(
-            auth_service_pb2.CliLoginRequest(
-                email=OWNER_EMAIL,
-                password=PASSWORD,
-                token_name="bench",  # noqa: S106 - the token's label, not a secret
-            ),
+        # A personal token scoped to what GetMe needs: the token auth checks its scopes too.
+        cli = auth.CreateCliToken(
+            auth_service_pb2.CreateCliTokenRequest(name="bench", scopes=["read"]),
+            metadata=access,
             timeout=t,
         )
         created = orgs.CreateOrganization(
