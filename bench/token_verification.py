@@ -38,12 +38,14 @@ class VerificationCost:
     token_bytes: int
 
 
-def measure(workdir: Path) -> list[VerificationCost]:
+def measure(
+    workdir: Path, *, checks: int = CHECKS_PER_ROUND, rounds: int = ROUNDS
+) -> list[VerificationCost]:
     """The cost of one full check for each of ALGORITHMS."""
-    return [_measure(algorithm, workdir) for algorithm in ALGORITHMS]
+    return [_measure(algorithm, workdir, checks, rounds) for algorithm in ALGORITHMS]
 
 
-def _measure(algorithm: str, workdir: Path) -> VerificationCost:
+def _measure(algorithm: str, workdir: Path, checks: int, rounds: int) -> VerificationCost:
     path = workdir / f"verification-{algorithm}.db"
     settings = Settings.from_env(
         {
@@ -71,11 +73,11 @@ def _measure(algorithm: str, workdir: Path) -> VerificationCost:
         token = codec.issue("access", uuid.uuid4(), uuid.uuid4()).token
         codec.verify("access", token)  # loads what the first check loads
         best = float("inf")
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             started = time.perf_counter()
-            for _ in range(CHECKS_PER_ROUND):
+            for _ in range(checks):
                 codec.verify("access", token)
-            best = min(best, (time.perf_counter() - started) / CHECKS_PER_ROUND)
+            best = min(best, (time.perf_counter() - started) / checks)
         return VerificationCost(algorithm, best * 1e6, len(token))
     finally:
         engine.dispose()

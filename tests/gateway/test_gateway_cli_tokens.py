@@ -86,8 +86,9 @@ def test_openapi_lists_the_scope_each_operation_needs(http: httpx.Client) -> Non
             access = method.GetOptions().Extensions[annotations_pb2.access]
             if operation is None or access.public:
                 continue
-            assert operation["security"] == [{"bearerAuth": [methods.scope_name(access.scope)]}], (
-                method.full_name
-            )
+            scopes = [] if access.no_scope else [methods.scope_name(access.scope)]
+            assert operation["security"] == [{"bearerAuth": scopes}], method.full_name
     assert operations["AuthService_CreateCliToken"]["security"] == [{"bearerAuth": ["write"]}]
     assert operations["OrganizationService_ListMembers"]["security"] == [{"bearerAuth": ["read"]}]
+    # Any valid token signs itself out: a bearer requirement without scopes.
+    assert operations["AuthService_CliLogout"]["security"] == [{"bearerAuth": []}]

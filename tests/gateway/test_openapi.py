@@ -95,6 +95,7 @@ def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, An
         "AuthService_RefreshToken",
         "AuthService_CliLogin",
         "AuthService_GetJwks",
+        "AuthService_CreateServiceToken",
         "Health_Live",
         "Health_Ready",
     }

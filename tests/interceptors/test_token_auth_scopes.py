@@ -31,7 +31,7 @@ def _verify(token: str) -> Principal:
     return Principal(uuid.uuid4(), Credential.CLI_TOKEN, uuid.uuid4(), TOKENS[token])
 
 
-def _served(required: dict[str, str], public: tuple[str, ...] = ()) -> Any:
+def _served(required: dict[str, str | None], public: tuple[str, ...] = ()) -> Any:
     stages = [
         RequestLoggingInterceptor(None, CallerResolver()),
         ErrorMappingInterceptor(),
@@ -68,4 +68,31 @@ def test_a_public_method_ignores_scopes() -> None:
         response = client.Execute(
             DummyRequest(input="ran"), metadata=(("authorization", "Bearer read-only"),)
         )
+    assert response.output == "ran"
+
+
+def test_a_method_declared_without_scope_takes_any_valid_token() -> None:
+    with _served({EXECUTE: None}) as client:
+        response = client.Execute(
+            DummyRequest(input="ran"), metadata=(("authorization", "Bearer read-only"),)
+        )
+        assert response.output == "ran"
+        # Still authenticated: no token, no call.
+        with pytest.raises(grpc.RpcError) as caught:
+            client.Execute(DummyRequest(input="ran"))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_method_missing_from_the_scope_table_fails_closed() -> None:
+    # A service nobody listed: restricted tokens need write, rather than passing unchecked.
+    with _served({}) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.Execute(
+                DummyRequest(input="ran"), metadata=(("authorization", "Bearer read-only"),)
+            )
+        response = client.Execute(
+            DummyRequest(input="ran"), metadata=(("authorization", "Bearer read-write"),)
+        )
+    error = rich_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "INSUFFICIENT_SCOPE")
     assert response.output == "ran"

@@ -67,12 +67,12 @@ def test_waiting_sign_ins_must_leave_other_calls_room(tmp_path: Path) -> None:
 
 
 def test_production_requires_both_secrets(tmp_path: Path) -> None:
+    # HS256: JWT_SECRET signs access tokens (tests/server/test_jwt_secret_config.py: EdDSA).
+    hs256 = {"LUMAN_DATA_DIR": str(tmp_path), "LUMAN_ENV": "production", "JWT_ALGORITHM": "HS256"}
     with pytest.raises(ConfigError, match=r"^JWT_SECRET is required"):
-        Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), "LUMAN_ENV": "production"})
+        Settings.from_env(hs256)
     with pytest.raises(ConfigError, match=r"^JWT_REFRESH_SECRET is required"):
-        Settings.from_env(
-            {"LUMAN_DATA_DIR": str(tmp_path), "LUMAN_ENV": "production", "JWT_SECRET": SECRET_A}
-        )
+        Settings.from_env(hs256 | {"JWT_SECRET": SECRET_A})
     assert not (tmp_path / "dev-secrets.json").exists()
 
 

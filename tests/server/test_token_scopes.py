@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from luman.api.v1 import annotations_pb2
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.interceptors.principal import SERVICE_ONLY_SCOPES
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
 from luman.server.app import App, build_server
@@ -46,10 +47,22 @@ def test_every_rpc_declares_its_scope_or_is_public(method: MethodDescriptor) -> 
         # A public RPC needs no credentials, so a scope on it would promise a check that
         # never happens.
         assert access.scope == annotations_pb2.SCOPE_UNSPECIFIED, method.full_name
+        assert not access.no_scope, method.full_name
     else:
-        assert access.scope != annotations_pb2.SCOPE_UNSPECIFIED, (
-            f"{method.full_name} is not public and declares no (luman.api.v1.access).scope"
+        # Exactly one: a scope, or an explicit "any valid credential".
+        assert (access.scope != annotations_pb2.SCOPE_UNSPECIFIED) != access.no_scope, (
+            f"{method.full_name} is not public and declares neither or both of "
+            "(luman.api.v1.access).scope and no_scope"
         )
+
+
+def test_signing_out_needs_no_scope() -> None:
+    # Any token, whatever its scopes, can always sign itself out.
+    cli_logout = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name[
+        "CliLogout"
+    ]
+    assert _access(cli_logout).no_scope
+    assert methods.policies()["/luman.auth.v1.AuthService/CliLogout"].scope is None
 
 
 def test_the_read_and_write_scopes_exist() -> None:
@@ -96,7 +109,10 @@ def _token(auth: auth_service_pb2_grpc.AuthServiceStub, access: str, scope: str)
     return token
 
 
-SCOPED = [(m, s) for m in ALL_METHODS if not _access(m).public for s in sorted(methods.ALL_SCOPES)]
+# The scopes a personal token can carry (introspect is for service accounts only: their table
+# is in tests/server/test_service_accounts.py).
+PERSONAL_SCOPES = sorted(methods.ALL_SCOPES - SERVICE_ONLY_SCOPES)
+SCOPED = [(m, s) for m in ALL_METHODS if not _access(m).public for s in PERSONAL_SCOPES]
 
 
 @pytest.mark.parametrize(("method", "scope"), SCOPED, ids=[f"{m.name}-{s}" for m, s in SCOPED])
@@ -111,7 +127,7 @@ def test_every_rpc_enforces_its_declared_scope(
     access = register(auth).tokens.access_token
     needed = methods.scope_name(_access(method).scope)
     outcome = _call(channel, method, _token(auth, access, scope))
-    if needed == scope:
+    if needed == scope or _access(method).no_scope:
         # Let through: whatever happens next (bad empty request, NOT_FOUND, success) is not
         # a scope refusal.
         assert outcome is None or outcome.reason != "INSUFFICIENT_SCOPE", outcome
@@ -126,11 +142,19 @@ def test_access_tokens_from_a_sign_in_carry_every_scope(
     channel: grpc.Channel, auth: auth_service_pb2_grpc.AuthServiceStub
 ) -> None:
     access = register(auth).tokens.access_token
-    for method in ALL_METHODS:
+    # LogoutAll revokes the very access token making these calls: it goes last.
+    for method in sorted(ALL_METHODS, key=lambda m: m.name == "LogoutAll"):
         if _access(method).public or method.name in {"RevokeAllCliTokens"}:
             continue
+        if methods.scope_name(_access(method).scope) in SERVICE_ONLY_SCOPES:
+            continue  # every user scope, never a service-only one (test_service_accounts.py)
         outcome = _call(channel, method, access)
+        # Let through: neither refused for a scope nor for the token itself.
         assert outcome is None or outcome.reason != "INSUFFICIENT_SCOPE", method.full_name
+        assert outcome is None or outcome.code != grpc.StatusCode.UNAUTHENTICATED, (
+            method.full_name,
+            outcome,
+        )
 
 
 def test_a_read_only_token_gets_insufficient_scope_on_a_write(

@@ -196,6 +196,10 @@ def login(
 def logout(ctx: click.Context, everywhere: bool, include_cli_tokens: bool) -> None:
     """Revoke the saved CLI token on the server, then delete it locally.
 
+    Tokens created with it (`luman token create`, for CI say) keep working: revoke them with
+    `luman token revoke ID`, or revoke a leaked login token from another login with `luman token
+    revoke ID`, which takes everything created with it along.
+
     The local copy is deleted even when the backend cannot be reached (exit code 4), in
     which case the token stays valid on the server: find it later with `luman token list`
     (from another login) and revoke it with `luman token revoke ID`.

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from luman.cli import auth, organizations, sessions, tokens
+from luman.cli import auth, organizations, service_accounts, sessions, tokens
 from luman.cli.context import State
 from luman.cli.failures import failure_for
 from luman.client import DEFAULT_TIMEOUT, ClientError, InvalidAddress, parse_address
@@ -90,6 +90,8 @@ def cli(
       luman token create ci --expires 30d --read-only
       luman sessions
       luman logout --all
+      luman org service-account create acme billing --scope introspect
+      luman service-token --secret-file /run/secrets/luman
       luman --json org list | jq '.[].slug'
 
     \b
@@ -120,5 +122,9 @@ def main() -> None:
 for _command in (auth.register, auth.login, auth.logout, auth.whoami, auth.health):
     cli.add_command(_command)
 cli.add_command(organizations.org)
+organizations.org.add_command(service_accounts.list_service_accounts)
+organizations.org.add_command(service_accounts.service_account)
+cli.add_command(service_accounts.service_token)
+cli.add_command(service_accounts.introspect)
 cli.add_command(tokens.token)
 cli.add_command(sessions.sessions)

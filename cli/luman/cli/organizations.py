@@ -35,6 +35,7 @@ def org() -> None:
       luman org create "Acme Corp"
       luman org add acme grace@example.com --role admin
       luman org members acme
+      luman org service-accounts acme
     """
 
 

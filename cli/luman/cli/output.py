@@ -14,7 +14,18 @@ from typing import Any
 
 import click
 
-from luman.client import CliToken, CreatedCliToken, Member, Organization, Session, User
+from luman.client import (
+    CliToken,
+    CreatedCliToken,
+    CreatedServiceAccount,
+    Introspection,
+    Member,
+    Organization,
+    ServiceAccount,
+    ServiceToken,
+    Session,
+    User,
+)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -207,3 +218,70 @@ def cli_tokens(values: Sequence[CliToken], *, as_json: bool, current_id: str = "
     )
     if any(t.id == current_id for t in values):
         click.echo("* this login's token", err=True)
+
+
+def service_account_created(value: CreatedServiceAccount, *, as_json: bool) -> None:
+    # The one place the secret is printed: to stdout, so `--json | jq -r .secret` can store it.
+    account = value.service_account
+    if as_json:
+        emit_json({"secret": value.secret, "service_account": account})
+        return
+    fields(
+        [
+            ("Secret", value.secret),
+            ("Name", account.name),
+            ("ID", account.id),
+            ("Scopes", " ".join(account.scopes)),
+        ]
+    )
+    click.echo("This is the only time the secret is shown: store it now.", err=True)
+
+
+def service_accounts(values: Sequence[ServiceAccount], slug: str, *, as_json: bool) -> None:
+    if as_json:
+        emit_json(list(values))
+        return
+    if not values:
+        click.echo(
+            f"{slug} has no service accounts. Create one: "
+            f"luman org service-account create {slug} NAME --scope introspect"
+        )
+        return
+    table(
+        ("ID", "NAME", "SECRET", "SCOPES", "CREATED"),
+        ((a.id, a.name, a.secret_hint, ",".join(a.scopes), _when(a.create_time)) for a in values),
+    )
+
+
+def service_token(value: ServiceToken, *, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "access_token": value.access_token,
+                "expire_time": value.expire_time,
+                "scopes": value.scopes,
+            }
+        )
+        return
+    # The bare token on stdout, for TOKEN=$(luman service-token ...).
+    click.echo(value.access_token)
+    click.echo(f"Expires {_when(value.expire_time)}.", err=True)
+
+
+def introspection(value: Introspection, *, as_json: bool) -> None:
+    if as_json:
+        emit_json(value)
+    elif not value.active:
+        click.echo("Not active.")
+    else:
+        fields(
+            [
+                ("Active", "yes"),
+                ("Kind", value.token_kind.replace("_", " ")),
+                ("Subject", value.subject),
+                ("Scopes", " ".join(value.scopes) or "-"),
+                ("Organization", value.organization_id or "-"),
+                ("Issued", _when(value.issue_time)),
+                ("Expires", _when(value.expire_time) if value.expire_time else "never"),
+            ]
+        )

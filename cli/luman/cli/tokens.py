@@ -65,7 +65,9 @@ def create(ctx: click.Context, name: str, expires: dt.timedelta | None, read_onl
     """Create a token named NAME and print it (shown only this once).
 
     The token gets read and write (or only read with --read-only), never more than the
-    login it is created with.
+    login it is created with. It is that login's child: it expires no later than the
+    login's token, and revoking that token (`luman token revoke ID`) revokes it too;
+    `luman logout` does not.
 
     \b
     Examples:
@@ -105,6 +107,8 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def revoke(ctx: click.Context, token_id: str | None, revoke_all: bool) -> None:
     """Revoke the token with id ID (see `luman token list`), or every token with --all.
+
+    Tokens created with the revoked token (and with those, in turn) are revoked too.
 
     \b
     Examples:

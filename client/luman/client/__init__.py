@@ -68,6 +68,12 @@ from luman.client.models import (
     TokenPair,
     User,
 )
+from luman.client.service_accounts import (
+    CreatedServiceAccount,
+    Introspection,
+    ServiceAccount,
+    ServiceToken,
+)
 from luman.client.sessions import LogoutAllResult, Session
 
 __all__ = [
@@ -82,8 +88,10 @@ __all__ = [
     "Client",
     "ClientError",
     "CreatedCliToken",
+    "CreatedServiceAccount",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Introspection",
     "InvalidAddress",
     "InvalidArgument",
     "LogoutAllResult",
@@ -98,6 +106,8 @@ __all__ = [
     "RateLimited",
     "Role",
     "ServerError",
+    "ServiceAccount",
+    "ServiceToken",
     "Session",
     "SignIn",
     "TokenPair",

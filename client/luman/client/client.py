@@ -34,6 +34,12 @@ from luman.client.models import (
     User,
     role_to_proto,
 )
+from luman.client.service_accounts import (
+    CreatedServiceAccount,
+    Introspection,
+    ServiceAccount,
+    ServiceToken,
+)
 from luman.client.sessions import LogoutAllResult, Session
 from luman.organization.v1 import (
     organization_pb2,
@@ -187,7 +193,7 @@ class AuthAPI:
         return CliLogin.from_proto(response)
 
     def cli_logout(self) -> None:
-        """Revoke the CLI token this client sends."""
+        """Revoke the CLI token this client sends (only it: tokens created with it stay)."""
         self._client.call(self._stub.CliLogout, auth_service_pb2.CliLogoutRequest())
 
     def get_me(self) -> User:
@@ -247,7 +253,9 @@ class AuthAPI:
         Args:
             scopes: "read", "write"; empty means both. Never more than the calling token has.
             ttl: lifetime from now; or `expire_time`, an aware datetime. Neither: no expiry
-                (or the server's MAX_TOKEN_LIFETIME).
+                (or the server's MAX_TOKEN_LIFETIME). Called with a personal token, the new
+                token expires no later than it (InvalidArgument otherwise) and is revoked
+                with it.
         """
         request = auth_service_pb2.CreateCliTokenRequest(name=name, scopes=list(scopes))
         if ttl is not None:
@@ -276,7 +284,7 @@ class AuthAPI:
             token = page.next_page_token
 
     def revoke_cli_token(self, token_id: str | uuid.UUID) -> None:
-        """Revoke one of the caller's tokens.
+        """Revoke one of the caller's tokens, and every token created with it.
 
         Raises:
             NotFound: TOKEN_NOT_FOUND (no such token of the caller's).
@@ -293,6 +301,32 @@ class AuthAPI:
             self._stub.RevokeAllCliTokens, auth_service_pb2.RevokeAllCliTokensRequest()
         )
         return int(response.revoked_count)
+
+    def create_service_token(self, secret: str) -> ServiceToken:
+        """Exchange a service account's secret ("lms_...") for a short-lived access token; no
+        token is needed on the client for this call.
+
+        Raises:
+            Unauthenticated: INVALID_CREDENTIALS (unknown, deleted or mistyped secret).
+        """
+        response = self._client.call(
+            self._stub.CreateServiceToken,
+            auth_service_pb2.CreateServiceTokenRequest(secret=secret),
+            authenticated=False,
+        )
+        return ServiceToken.from_proto(response)
+
+    def introspect_token(self, token: str) -> Introspection:
+        """Whether `token` is active now and what it is. The client's token must be a service
+        account's access token with the introspect scope.
+
+        Raises:
+            PermissionDenied: INSUFFICIENT_SCOPE (the client's token lacks introspect).
+        """
+        response = self._client.call(
+            self._stub.IntrospectToken, auth_service_pb2.IntrospectTokenRequest(token=token)
+        )
+        return Introspection.from_proto(response)
 
 
 class _SelectsOrganization(Protocol):
@@ -449,6 +483,71 @@ class OrganizationsAPI:
             ),
         )
         return Member.from_proto(response.member)
+
+    def create_service_account(
+        self, organization: OrganizationRef, name: str, scopes: Sequence[str]
+    ) -> CreatedServiceAccount:
+        """Create a service account (owners and admins); its secret is in the result only."""
+        response = self._client.call(
+            self._stub.CreateServiceAccount,
+            _select(
+                organization_service_pb2.CreateServiceAccountRequest(
+                    name=name, scopes=list(scopes)
+                ),
+                organization,
+            ),
+        )
+        return CreatedServiceAccount(
+            response.secret, ServiceAccount.from_proto(response.service_account)
+        )
+
+    def list_service_accounts(
+        self, organization: OrganizationRef, page_size: int = 0, page_token: str = ""
+    ) -> Page[ServiceAccount]:
+        """One page of the organization's service accounts, oldest first."""
+        response = self._client.call(
+            self._stub.ListServiceAccounts,
+            _select(
+                organization_service_pb2.ListServiceAccountsRequest(
+                    page_size=page_size, page_token=page_token
+                ),
+                organization,
+            ),
+        )
+        return Page(
+            [ServiceAccount.from_proto(a) for a in response.service_accounts],
+            response.next_page_token,
+        )
+
+    def iter_service_accounts(
+        self, organization: OrganizationRef, page_size: int = MAX_PAGE_SIZE
+    ) -> Iterator[ServiceAccount]:
+        """Every service account of the organization, fetching pages as it goes."""
+        token = ""
+        while True:
+            page = self.list_service_accounts(organization, page_size, token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def delete_service_account(
+        self, organization: OrganizationRef, service_account_id: str | uuid.UUID
+    ) -> None:
+        """Delete a service account: its secret and tokens stop working.
+
+        Raises:
+            NotFound: SERVICE_ACCOUNT_NOT_FOUND.
+        """
+        self._client.call(
+            self._stub.DeleteServiceAccount,
+            _select(
+                organization_service_pb2.DeleteServiceAccountRequest(
+                    service_account_id=str(service_account_id)
+                ),
+                organization,
+            ),
+        )
 
     def _user_id(self, organization: OrganizationRef, user: UserRef) -> str:
         # RemoveMember and UpdateMemberRole take only a user id; an email is resolved among

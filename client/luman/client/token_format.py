@@ -12,6 +12,9 @@ A secret scanner finds candidates with `lmn_[0-9A-Za-z]{49}` and confirms them w
 checksum without asking the server; the server refuses a token whose checksum is wrong before
 any database work. Tokens issued before this format ("lmn_" and 43 base64url characters, 47
 characters in all, no checksum) still work and are recognised by `is_legacy_token`.
+
+Service account secrets follow the same rules with their own prefix, SERVICE_PREFIX "lms_":
+a scanner looks for `lms_[0-9A-Za-z]{49}` and checks the same checksum.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import secrets
 import zlib
 
 PREFIX = "lmn_"
+SERVICE_PREFIX = "lms_"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RANDOM_LENGTH = 43
 CHECKSUM_LENGTH = 6
@@ -39,20 +43,21 @@ def checksum(random_part: str) -> str:
     return "".join(reversed(digits))
 
 
-def new_token() -> str:
+def new_token(prefix: str = PREFIX) -> str:
     """A fresh token: prefix, 256 random bits in base62, checksum."""
     random_part = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH))
-    return PREFIX + random_part + checksum(random_part)
+    return prefix + random_part + checksum(random_part)
 
 
-def verify_checksum(token: str) -> bool:
-    """True when `token` has this format and its checksum matches: offline, no server call.
+def verify_checksum(token: str, prefix: str = PREFIX) -> bool:
+    """True when `token` has this format with `prefix` and its checksum matches: offline, no
+    server call.
 
     False for anything else, including tokens in the legacy format (which carry no checksum).
     """
-    if len(token) != TOKEN_LENGTH or not token.startswith(PREFIX):
+    if len(token) != len(prefix) + RANDOM_LENGTH + CHECKSUM_LENGTH or not token.startswith(prefix):
         return False
-    body = token[len(PREFIX) :]
+    body = token[len(prefix) :]
     if not _ALPHABET_SET.issuperset(body):
         return False
     random_part, check = body[:RANDOM_LENGTH], body[RANDOM_LENGTH:]
@@ -68,6 +73,6 @@ def is_legacy_token(token: str) -> bool:
     )
 
 
-def hint(token: str) -> str:
+def hint(token: str, prefix: str = PREFIX) -> str:
     """What a listing shows of a token: the prefix and its last 4 characters."""
-    return f"{PREFIX}...{token[-4:]}"
+    return f"{prefix}...{token[-4:]}"

@@ -7,29 +7,66 @@ import enum
 import uuid
 
 from luman.interceptors.call_context import optional_call
+from luman.interceptors.errors import PermissionDeniedError
+
+# Scopes only a service account's credential can carry: never implied by a sign-in's "every
+# scope", never granted to a personal token (the issue: only service credentials introspect).
+SERVICE_ONLY_SCOPES = frozenset({"introspect"})
 
 
 class Credential(enum.Enum):
     ACCESS_TOKEN = "access_token"  # noqa: S105 - a label, not a secret
     CLI_TOKEN = "cli_token"  # noqa: S105 - a label, not a secret
+    SERVICE_TOKEN = "service_token"  # noqa: S105 - a label, not a secret
+
+
+class UserRequiredError(PermissionDeniedError):
+    """A service account called an RPC that acts for a user (GetMe, memberships, tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "USER_REQUIRED", "this method acts for a user; a service account cannot call it"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Principal:
-    """Who is calling: the user and the credential that proved it.
+    """Who is calling: a user or a service account, and the credential that proved it.
 
-    `credential_id` is the login session id for an access token and the token id for a CLI token.
-    `scopes` limits what the credential may do on top of the user's own permissions; None means
-    every scope (an access token from a sign-in).
+    `subject_id` is the user id, or the service account id for a service token.
+    `credential_id` is the login session id for an access token, the token id for a CLI token
+    and the service account id for a service token.
+    `scopes` limits what the credential may do on top of the caller's own permissions; None
+    means every user scope (an access token from a sign-in), never SERVICE_ONLY_SCOPES.
+    `organization_id` is the service account's organization; None for a user.
     """
 
-    user_id: uuid.UUID
+    subject_id: uuid.UUID
     credential: Credential
     credential_id: uuid.UUID
     scopes: frozenset[str] | None = None
+    organization_id: uuid.UUID | None = None
+
+    @property
+    def is_service(self) -> bool:
+        return self.credential is Credential.SERVICE_TOKEN
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        """The calling user. A service account has none: code acting for a user fails closed
+        with PERMISSION_DENIED USER_REQUIRED instead of mistaking it for a user.
+
+        Raises:
+            UserRequiredError: the caller is a service account.
+        """
+        if self.credential is Credential.SERVICE_TOKEN:
+            raise UserRequiredError()
+        return self.subject_id
 
     def has_scope(self, scope: str) -> bool:
-        return self.scopes is None or scope in self.scopes
+        if self.scopes is None:
+            return scope not in SERVICE_ONLY_SCOPES
+        return scope in self.scopes
 
 
 def optional_principal() -> Principal | None:

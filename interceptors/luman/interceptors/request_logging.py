@@ -141,7 +141,8 @@ class RequestLoggingInterceptor(MethodInterceptor):
             method_name,
             status,
             duration_ms,
-            None if principal is None else principal.user_id,
+            # The user, or the service account, that called (ids never collide: UUID4).
+            None if principal is None else principal.subject_id,
             caller.ip,
             caller.user_agent,
         )

@@ -9,7 +9,14 @@ there only leaves the call anonymous.
 Scopes: a non-public RPC names the scope it needs in the contract (`(luman.api.v1.access)`);
 a valid token without it is refused here with PERMISSION_DENIED, reason INSUFFICIENT_SCOPE and
 the scope in the ErrorInfo metadata. This only narrows: the servicer still applies the caller's
-own permissions on every call.
+own permissions on every call. A method may need no scope (declared `no_scope`, any valid token);
+a non-public method the scope table does not know at all (a service nobody listed) needs
+UNKNOWN_METHOD_SCOPE: the check fails closed, never open. Infrastructure (health, reflection)
+never looks at credentials.
+
+Service accounts: a service token is accepted only by RPCs the contract opens to service
+accounts (`service_accounts: true`); every other non-public RPC acts for a user and refuses it
+with PERMISSION_DENIED, reason USER_REQUIRED (Principal.user_id refuses it too, as a backstop).
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.call_context import CallRecord
 from luman.interceptors.errors import PermissionDeniedError, UnauthenticatedError
 from luman.interceptors.malformed import MalformedRequest
-from luman.interceptors.principal import Principal
+from luman.interceptors.principal import Principal, UserRequiredError
 
 Verifier = Callable[[str], Principal]
+
+# What a non-public method missing from the scope table needs: a restricted token is refused
+# rather than let through (a sign-in's access token, with every scope, still passes).
+UNKNOWN_METHOD_SCOPE = "write"
 
 
 class InsufficientScopeError(PermissionDeniedError):
@@ -71,8 +82,9 @@ class TokenAuthInterceptor(MethodInterceptor):
         verify: turns a token into a Principal or raises UnauthenticatedError.
         public_methods: full method names ("/pkg.Service/Method") that need no token.
         is_infrastructure: methods that never look at credentials (health, reflection).
-        required_scopes: full method name -> the scope a token needs to call it; a method
-            missing here needs none.
+        required_scopes: full method name -> the scope a token needs to call it, None for
+            none; a non-public method missing here needs UNKNOWN_METHOD_SCOPE.
+        service_methods: full method names a service account's token may call.
     """
 
     def __init__(
@@ -80,34 +92,43 @@ class TokenAuthInterceptor(MethodInterceptor):
         verify: Verifier,
         public_methods: Collection[str],
         is_infrastructure: Callable[[str], bool] = lambda _: False,
-        required_scopes: Mapping[str, str] | None = None,
+        required_scopes: Mapping[str, str | None] | None = None,
+        service_methods: Collection[str] = (),
     ) -> None:
         self._verify = verify
         self._public = frozenset(public_methods)
         self._is_infrastructure = is_infrastructure
         self._scopes = dict(required_scopes or {})
+        self._service_methods = frozenset(service_methods)
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         if self._is_infrastructure(method.name):
             return behavior
         public = method.name in self._public
-        scope = None if public else self._scopes.get(method.name)
+        scope = None if public else self._scopes.get(method.name, UNKNOWN_METHOD_SCOPE)
+        # A public RPC serves anyone; it never acts for the principal.
+        services = public or method.name in self._service_methods
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                self._authenticate(call_context.current_call(), request, public, scope)
+                self._authenticate(call_context.current_call(), request, public, scope, services)
                 yield from behavior(request, context)
 
             return streamed
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            self._authenticate(call_context.current_call(), request, public, scope)
+            self._authenticate(call_context.current_call(), request, public, scope, services)
             return behavior(request, context)
 
         return authenticated
 
     def _authenticate(
-        self, record: CallRecord, request: Any, public: bool, scope: str | None
+        self,
+        record: CallRecord,
+        request: Any,
+        public: bool,
+        scope: str | None,
+        services: bool,
     ) -> None:
         if isinstance(request, MalformedRequest):
             return  # refused innermost; a request that cannot be read is not worth a token check
@@ -121,5 +142,7 @@ class TokenAuthInterceptor(MethodInterceptor):
             if not public:
                 raise
             return
+        if record.principal.is_service and not services:
+            raise UserRequiredError()
         if scope is not None and not record.principal.has_scope(scope):
             raise InsufficientScopeError(scope)

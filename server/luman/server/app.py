@@ -218,6 +218,7 @@ def build_server(
                 public,
                 methods.is_infrastructure,
                 methods.required_scopes(policies),
+                methods.service_methods(policies),
             ),
             # Calls with a valid token, per user.
             per_user_limit,
@@ -236,7 +237,7 @@ def build_server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     auth_servicer = AuthServicer(auth)
-    organization_servicer = OrganizationServicer(organizations)
+    organization_servicer = OrganizationServicer(organizations, auth.service_accounts)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
         organization_servicer, server

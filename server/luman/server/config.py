@@ -154,14 +154,20 @@ class Settings:
 
     def with_secrets(self) -> Settings:
         """Check the JWT secrets; outside production, fill missing ones from the data folder."""
-        for name, value in (
-            ("JWT_SECRET", self.jwt_secret),
-            ("JWT_REFRESH_SECRET", self.jwt_refresh_secret),
+        # JWT_SECRET signs access tokens under HS256 only; with EdDSA or ES256 nothing reads
+        # it (refresh tokens use JWT_REFRESH_SECRET), so production does not ask for it.
+        jwt_secret_needed = self.jwt_algorithm == "HS256"
+        for name, value, needed in (
+            ("JWT_SECRET", self.jwt_secret, jwt_secret_needed),
+            ("JWT_REFRESH_SECRET", self.jwt_refresh_secret, True),
         ):
             if value and len(value.encode()) < MIN_SECRET_BYTES and self.production:
                 raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes in production")
-            if not value and self.production:
-                raise ConfigError(f"{name} is required when LUMAN_ENV=production")
+            if not value and needed and self.production:
+                raise ConfigError(
+                    f"{name} is required when LUMAN_ENV=production"
+                    + (" and JWT_ALGORITHM=HS256" if name == "JWT_SECRET" else "")
+                )
         if self.jwt_secret and self.jwt_secret == self.jwt_refresh_secret:
             raise ConfigError("JWT_REFRESH_SECRET must differ from JWT_SECRET")
         # HS256 signs with JWT_SECRET: there are no signing keys to encrypt.
@@ -174,7 +180,7 @@ class Settings:
                     f"SIGNING_KEY_SECRET must be at least {MIN_SECRET_BYTES} bytes in production"
                 )
         if (
-            self.jwt_secret
+            (self.jwt_secret or not jwt_secret_needed)
             and self.jwt_refresh_secret
             and (self.signing_key_secret or not signing_key_secret_needed)
         ):

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from luman.server.auth.key_ring import KeyRing, KeyState, LoadedKey
-from luman.server.auth.signing_keys import SigningKeyError
+from luman.server.auth.signing_keys import ALGORITHMS, Algorithm, SigningKeyError
 from luman.server.clock import Clock, system_clock
 from luman.server.config import ConfigError, Settings
 from luman.server.db.session import make_engine, make_sessions
@@ -65,6 +65,11 @@ def list_keys(obj: dict[str, Clock] | None, as_json: bool) -> None:
 
     States: next (published, starts signing at SIGNS FROM), active (signs new tokens),
     verifying (superseded; verifies its tokens until RETIRES), retired (neither).
+
+    RETIRES is when the next key started signing + 1 minute (key reload) + JWT_EXPIRES_IN +
+    1 minute (clock skew), with the JWT_EXPIRES_IN of the environment this command runs in.
+    Each server works out the same sum with its own JWT_EXPIRES_IN: run this with the
+    servers' settings to see what they do.
 
     \b
     Examples:
@@ -121,25 +126,34 @@ def _key_json(key: LoadedKey, state: KeyState) -> dict[str, str | None]:
     help="Start signing with the new key at once (or the already scheduled one), instead of "
     "after the JWKS max-age.",
 )
+@click.option(
+    "--algorithm",
+    type=click.Choice(ALGORITHMS),
+    default=None,
+    help="The new key's algorithm. Default: the current key's (not this shell's JWT_ALGORITHM).",
+)
 @click.pass_obj
-def rotate(obj: dict[str, Clock] | None, immediately: bool) -> None:
-    """Make a new key of JWT_ALGORITHM the one that signs access tokens.
+def rotate(obj: dict[str, Clock] | None, immediately: bool, algorithm: Algorithm | None) -> None:
+    """Make a new key, of the current key's algorithm, the one that signs access tokens.
 
     The new key is published in the JWKS at once and starts signing 6 minutes later (the
     JWKS max-age, 5 minutes, plus the 1-minute key reload of every server), so verifiers that
     cached the set already hold it. The old key keeps verifying until every token it signed
-    has expired (JWT_EXPIRES_IN + 2 minutes after it stops signing), then retires. Running
-    servers pick the change up within a minute.
+    has expired, then retires: each server retires it JWT_EXPIRES_IN + 2 minutes after it
+    stops signing, by the server's own JWT_EXPIRES_IN, whatever this shell's is (the time
+    printed uses this shell's). Running servers pick the change up within a minute. A server
+    whose JWT_ALGORITHM differs from the new key's rotates back to its own when it restarts.
 
     \b
     Examples:
       luman-server keys rotate
-      luman-server keys rotate --now     # no publication delay
+      luman-server keys rotate --now             # no publication delay
+      luman-server keys rotate --algorithm ES256
     """
     clock = (obj or {}).get("clock", system_clock)
     ring, engine = _key_ring(_settings(), clock)
     try:
-        new = ring.rotate(immediately=immediately)
+        new = ring.rotate(immediately=immediately, algorithm=algorithm)
         rows = ring.all_keys()
     except SigningKeyError as exc:
         raise click.ClickException(str(exc)) from None

@@ -32,7 +32,8 @@ ALL_SCOPES: frozenset[str] = frozenset(
     if value.number != annotations_pb2.SCOPE_UNSPECIFIED
 )
 # A non-public RPC that declares no scope (a mistake the contract tests catch) needs write:
-# failing closed for restricted tokens rather than open.
+# failing closed for restricted tokens rather than open. The token check applies the same to a
+# method it finds in no contract (interceptors/token_auth.py).
 UNDECLARED_SCOPE = "write"
 
 
@@ -46,8 +47,11 @@ class MethodPolicy:
     full_name: str
     public: bool
     rate_limit: annotations_pb2.RateLimitPolicy.ValueType
-    # The token scope the RPC needs; None for a public RPC, which needs no credentials.
+    # The token scope the RPC needs; None for a public RPC, which needs no credentials, and for
+    # one declared `no_scope` (any valid credential).
     scope: str | None = None
+    # A service account's token may call it (the others act for a user).
+    service_accounts: bool = False
 
 
 def method_path(service: ServiceDescriptor, method_name: str) -> str:
@@ -63,8 +67,14 @@ def policies(services: tuple[ServiceDescriptor, ...] = SERVICES) -> dict[str, Me
             path = method_path(service, method.name)
             scope = None
             if not access.public:
-                scope = scope_name(access.scope) if access.scope else UNDECLARED_SCOPE
-            table[path] = MethodPolicy(path, access.public, rate_limit, scope)
+                # Both declared (a mistake the contract tests catch): the scope, the stricter.
+                if access.scope:
+                    scope = scope_name(access.scope)
+                elif not access.no_scope:
+                    scope = UNDECLARED_SCOPE
+            table[path] = MethodPolicy(
+                path, access.public, rate_limit, scope, access.service_accounts
+            )
     return table
 
 
@@ -76,6 +86,14 @@ def public_methods(table: dict[str, MethodPolicy]) -> frozenset[str]:
     return frozenset(name for name, policy in table.items() if policy.public)
 
 
-def required_scopes(table: dict[str, MethodPolicy]) -> dict[str, str]:
-    """Full method name -> the scope a token needs to call it (non-public RPCs)."""
-    return {name: policy.scope for name, policy in table.items() if policy.scope is not None}
+def required_scopes(table: dict[str, MethodPolicy]) -> dict[str, str | None]:
+    """Full method name -> the scope a token needs to call it, None for none (`no_scope`):
+    every non-public RPC, so that the token check can refuse what is missing here."""
+    return {name: policy.scope for name, policy in table.items() if not policy.public}
+
+
+def service_methods(table: dict[str, MethodPolicy]) -> frozenset[str]:
+    """Non-public RPCs a service account's token may call (`service_accounts: true`)."""
+    return frozenset(
+        name for name, policy in table.items() if policy.service_accounts and not policy.public
+    )

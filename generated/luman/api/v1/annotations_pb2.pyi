@@ -55,6 +55,10 @@ class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType
     """SCOPE_READ allows RPCs that only read (GetMe, the lists, GetOrganization)."""
     SCOPE_WRITE: _Scope.ValueType  # 2
     """SCOPE_WRITE allows RPCs that change something (create, add, remove, revoke)."""
+    SCOPE_INTROSPECT: _Scope.ValueType  # 3
+    """SCOPE_INTROSPECT allows IntrospectToken. Service accounts only: no user credential (an
+    access token from a sign-in, a personal token) ever carries it.
+    """
 
 class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
     """Scope names what a credential may do. A token's scopes are the lower-case value names
@@ -67,6 +71,10 @@ SCOPE_READ: Scope.ValueType  # 1
 """SCOPE_READ allows RPCs that only read (GetMe, the lists, GetOrganization)."""
 SCOPE_WRITE: Scope.ValueType  # 2
 """SCOPE_WRITE allows RPCs that change something (create, add, remove, revoke)."""
+SCOPE_INTROSPECT: Scope.ValueType  # 3
+"""SCOPE_INTROSPECT allows IntrospectToken. Service accounts only: no user credential (an
+access token from a sign-in, a personal token) ever carries it.
+"""
 Global___Scope: _TypeAlias = Scope  # noqa: Y015
 
 @_typing.final
@@ -78,13 +86,26 @@ class MethodAccess(_message.Message):
     PUBLIC_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    NO_SCOPE_FIELD_NUMBER: _builtins.int
     public: _builtins.bool
     """public is true when the RPC needs no credentials."""
     rate_limit: Global___RateLimitPolicy.ValueType
     """rate_limit is the rate-limit policy the RPC is counted in."""
     scope: Global___Scope.ValueType
     """scope is the scope a credential must carry to call the RPC, on top of the caller's own
-    permissions. Required on every RPC that is not public; a public RPC declares none.
+    permissions. Every RPC that is not public declares either a scope or no_scope; a public
+    RPC declares neither.
+    """
+    service_accounts: _builtins.bool
+    """service_accounts is true when a service account's access token may call the RPC. Every
+    other non-public RPC acts for a user and refuses a service account with PERMISSION_DENIED,
+    reason USER_REQUIRED.
+    """
+    no_scope: _builtins.bool
+    """no_scope is true when any valid credential may call the RPC, whatever its scopes: the
+    RPC needs authentication but no scope (CliLogout: a token can always sign itself out).
+    A non-public RPC that declares neither scope nor no_scope needs write.
     """
     def __init__(
         self,
@@ -92,10 +113,12 @@ class MethodAccess(_message.Message):
         public: _builtins.bool = ...,
         rate_limit: Global___RateLimitPolicy.ValueType = ...,
         scope: Global___Scope.ValueType = ...,
+        service_accounts: _builtins.bool = ...,
+        no_scope: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public", b"public", "rate_limit", b"rate_limit", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_scope", b"no_scope", "public", b"public", "rate_limit", b"rate_limit", "scope", b"scope", "service_accounts", b"service_accounts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TokenKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TokenKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOKEN_KIND_UNSPECIFIED: _TokenKind.ValueType  # 0
+    """TOKEN_KIND_UNSPECIFIED: the token is not active."""
+    TOKEN_KIND_ACCESS_TOKEN: _TokenKind.ValueType  # 1
+    """TOKEN_KIND_ACCESS_TOKEN is a user's access token (from Register, Login, RefreshToken)."""
+    TOKEN_KIND_REFRESH_TOKEN: _TokenKind.ValueType  # 2
+    """TOKEN_KIND_REFRESH_TOKEN is a user's refresh token not yet exchanged."""
+    TOKEN_KIND_PERSONAL_TOKEN: _TokenKind.ValueType  # 3
+    """TOKEN_KIND_PERSONAL_TOKEN is a personal (CLI) token, "lmn_..."."""
+    TOKEN_KIND_SERVICE_ACCESS_TOKEN: _TokenKind.ValueType  # 4
+    """TOKEN_KIND_SERVICE_ACCESS_TOKEN is a service account's access token (CreateServiceToken)."""
+    TOKEN_KIND_SERVICE_SECRET: _TokenKind.ValueType  # 5
+    """TOKEN_KIND_SERVICE_SECRET is a service account's secret, "lms_..."."""
+
+class TokenKind(_TokenKind, metaclass=_TokenKindEnumTypeWrapper):
+    """TokenKind says what an active token is."""
+
+TOKEN_KIND_UNSPECIFIED: TokenKind.ValueType  # 0
+"""TOKEN_KIND_UNSPECIFIED: the token is not active."""
+TOKEN_KIND_ACCESS_TOKEN: TokenKind.ValueType  # 1
+"""TOKEN_KIND_ACCESS_TOKEN is a user's access token (from Register, Login, RefreshToken)."""
+TOKEN_KIND_REFRESH_TOKEN: TokenKind.ValueType  # 2
+"""TOKEN_KIND_REFRESH_TOKEN is a user's refresh token not yet exchanged."""
+TOKEN_KIND_PERSONAL_TOKEN: TokenKind.ValueType  # 3
+"""TOKEN_KIND_PERSONAL_TOKEN is a personal (CLI) token, "lmn_..."."""
+TOKEN_KIND_SERVICE_ACCESS_TOKEN: TokenKind.ValueType  # 4
+"""TOKEN_KIND_SERVICE_ACCESS_TOKEN is a service account's access token (CreateServiceToken)."""
+TOKEN_KIND_SERVICE_SECRET: TokenKind.ValueType  # 5
+"""TOKEN_KIND_SERVICE_SECRET is a service account's secret, "lms_..."."""
+Global___TokenKind: _TypeAlias = TokenKind  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):

@@ -348,11 +348,15 @@ class CreateCliTokenRequest(_message.Message):
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """expire_time is the moment the token expires; in the future, within the cap."""
+        """expire_time is the moment the token expires; in the future, within the cap, and no
+        later than the calling personal token's expiry.
+        """
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """ttl is how long from now the token lives; positive, within the cap."""
+        """ttl is how long from now the token lives; positive, within the cap, and ending no later
+        than the calling personal token's expiry.
+        """
 
     def __init__(
         self,
@@ -774,3 +778,152 @@ class LogoutAllResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogoutAllResponse: _TypeAlias = LogoutAllResponse  # noqa: Y015
+
+@_typing.final
+class CreateServiceTokenRequest(_message.Message):
+    """CreateServiceTokenRequest holds a service account's secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """secret is the service account's secret from CreateServiceAccount. Required."""
+    def __init__(
+        self,
+        *,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServiceTokenRequest: _TypeAlias = CreateServiceTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateServiceTokenResponse(_message.Message):
+    """CreateServiceTokenResponse holds the service account's new access token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TOKEN_TYPE_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    """access_token authenticates the service's calls: "authorization: Bearer <access_token>"."""
+    token_type: _builtins.str
+    """token_type is always "Bearer"."""
+    @_builtins.property
+    def access_token_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """access_token_expire_time is when the token stops working (JWT_EXPIRES_IN from now)."""
+
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes are the token's scopes, the service account's."""
+
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+        access_token_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        token_type: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_token_expire_time", b"access_token_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "access_token_expire_time", b"access_token_expire_time", "scopes", b"scopes", "token_type", b"token_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServiceTokenResponse: _TypeAlias = CreateServiceTokenResponse  # noqa: Y015
+
+@_typing.final
+class IntrospectTokenRequest(_message.Message):
+    """IntrospectTokenRequest holds the token to look at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """token is any Luman token, as it would be sent. Required, at most 4096 characters."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectTokenRequest: _TypeAlias = IntrospectTokenRequest  # noqa: Y015
+
+@_typing.final
+class IntrospectTokenResponse(_message.Message):
+    """IntrospectTokenResponse describes the token. When it is not active every field but
+    `active` is absent, whatever the reason: the answer is the same bytes for every inactive
+    token.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    TOKEN_KIND_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ISSUE_TIME_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """active is true when the token would be accepted now."""
+    token_kind: _auth_pb2.TokenKind.ValueType
+    """token_kind is what the token is."""
+    subject: _builtins.str
+    """subject is the user id (user tokens) or the service account id (service tokens)."""
+    organization_id: _builtins.str
+    """organization_id is the service account's organization; empty for user tokens, which
+    are not bound to an organization (the user's memberships decide, on every call).
+    """
+    kid: _builtins.str
+    """kid is the id of the key that signed the token (JWTs signed with a published key);
+    empty otherwise.
+    """
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes are what the token may do. A user's access token has read and write (every user
+        scope); a refresh token has none (it can only be exchanged).
+        """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the token expires; absent for a token that does not expire (a
+        personal token without expiry, a service secret).
+        """
+
+    @_builtins.property
+    def issue_time(self) -> _timestamp_pb2.Timestamp:
+        """issue_time is when the token was issued (iat for JWTs, the create time otherwise)."""
+
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        token_kind: _auth_pb2.TokenKind.ValueType = ...,
+        subject: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        organization_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        issue_time: _timestamp_pb2.Timestamp | None = ...,
+        kid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "issue_time", b"issue_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "expire_time", b"expire_time", "issue_time", b"issue_time", "kid", b"kid", "organization_id", b"organization_id", "scopes", b"scopes", "subject", b"subject", "token_kind", b"token_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectTokenResponse: _TypeAlias = IntrospectTokenResponse  # noqa: Y015

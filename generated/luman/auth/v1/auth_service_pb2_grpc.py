@@ -105,6 +105,16 @@ class AuthServiceStub:
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.SerializeToString,
                 response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.FromString,
                 _registered_method=True)
+        self.CreateServiceToken = channel.unary_unary(
+                '/luman.auth.v1.AuthService/CreateServiceToken',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenResponse.FromString,
+                _registered_method=True)
+        self.IntrospectToken = channel.unary_unary(
+                '/luman.auth.v1.AuthService/IntrospectToken',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -150,8 +160,10 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CliLogout(self, request, context):
-        """CliLogout revokes the CLI token that authenticated the call. It needs only the read
-        scope, so that a read-only token can always sign itself out.
+        """CliLogout revokes the CLI token that authenticated the call, and only it: tokens created
+        with it keep working until they expire (no later than it would have) or are revoked;
+        RevokeCliToken revokes a token with everything created with it. It needs no scope, only a
+        valid token, so that any token (read only, write only) can always sign itself out.
 
         Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
         """
@@ -172,10 +184,13 @@ class AuthServiceServicer:
         """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
         response only. The token's scopes default to read and write and can never go beyond those
         of the credential making the call; its expiry is capped by the server's
-        MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+        MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap). Created with a
+        personal token, the new token is that token's child: it expires no later than it (at its
+        expiry when none is asked for) and is revoked with it. Created with a sign-in's access
+        token, it has no parent.
 
-        Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
-        beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+        Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past, beyond
+        the cap or later than the calling token's), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
         for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -194,7 +209,9 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeCliToken(self, request, context):
-        """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+        """RevokeCliToken revokes one of the caller's CLI tokens by id, and every token created with
+        it, directly or through others (CreateCliToken): revoking a leaked token revokes what it
+        minted. The next call with any of them fails.
 
         Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
         of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
@@ -260,6 +277,40 @@ class AuthServiceServicer:
         include_cli_tokens is set. A sign-in after the call works.
 
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateServiceToken(self, request, context):
+        """Service accounts (see OrganizationService.CreateServiceAccount).
+
+        CreateServiceToken exchanges a service account's secret ("lms_...", shown once by
+        CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
+        tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
+        organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
+        ask again for a new one, there is no refresh token. Public, in the strict sign-in
+        rate-limit policy.
+
+        Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
+        unknown, deleted or mistyped secret, indistinguishably).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IntrospectToken(self, request, context):
+        """IntrospectToken says whether a token is active now, and if so what it is (RFC 7662
+        semantics, JSON over POST /auth/introspect). It takes any Luman token: a user's access or
+        refresh token, a personal (CLI) token, a service account's access token or its secret.
+        Unlike offline verification with the JWKS, it sees revocations at once: it reads the
+        database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
+        get the same answer, `active: false` and nothing else. Only a service account whose
+        token carries the introspect scope may call it.
+
+        Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+        (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
+        is).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,6 +388,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.LogoutAll,
                     request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.FromString,
                     response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.SerializeToString,
+            ),
+            'CreateServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServiceToken,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenResponse.SerializeToString,
+            ),
+            'IntrospectToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntrospectToken,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -718,6 +779,60 @@ class AuthService:
             '/luman.auth.v1.AuthService/LogoutAll',
             luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.SerializeToString,
             luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/CreateServiceToken',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IntrospectToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/IntrospectToken',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,8 +56,10 @@ class AuthServiceStub:
     Errors: INVALID_ARGUMENT, UNAUTHENTICATED (wrong email or password, indistinguishably).
     """
     CliLogout: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CliLogoutRequest, _auth_service_pb2.CliLogoutResponse]
-    """CliLogout revokes the CLI token that authenticated the call. It needs only the read
-    scope, so that a read-only token can always sign itself out.
+    """CliLogout revokes the CLI token that authenticated the call, and only it: tokens created
+    with it keep working until they expire (no later than it would have) or are revoked;
+    RevokeCliToken revokes a token with everything created with it. It needs no scope, only a
+    valid token, so that any token (read only, write only) can always sign itself out.
 
     Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
     """
@@ -70,10 +72,13 @@ class AuthServiceStub:
     """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
     response only. The token's scopes default to read and write and can never go beyond those
     of the credential making the call; its expiry is capped by the server's
-    MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+    MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap). Created with a
+    personal token, the new token is that token's child: it expires no later than it (at its
+    expiry when none is asked for) and is revoked with it. Created with a sign-in's access
+    token, it has no parent.
 
-    Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
-    beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+    Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past, beyond
+    the cap or later than the calling token's), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
     for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
     """
     ListCliTokens: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListCliTokensRequest, _auth_service_pb2.ListCliTokensResponse]
@@ -84,7 +89,9 @@ class AuthServiceStub:
     PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
     RevokeCliToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeCliTokenRequest, _auth_service_pb2.RevokeCliTokenResponse]
-    """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+    """RevokeCliToken revokes one of the caller's CLI tokens by id, and every token created with
+    it, directly or through others (CreateCliToken): revoking a leaked token revokes what it
+    minted. The next call with any of them fails.
 
     Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
     of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
@@ -131,6 +138,32 @@ class AuthServiceStub:
 
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
+    CreateServiceToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateServiceTokenRequest, _auth_service_pb2.CreateServiceTokenResponse]
+    """Service accounts (see OrganizationService.CreateServiceAccount).
+
+    CreateServiceToken exchanges a service account's secret ("lms_...", shown once by
+    CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
+    tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
+    organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
+    ask again for a new one, there is no refresh token. Public, in the strict sign-in
+    rate-limit policy.
+
+    Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
+    unknown, deleted or mistyped secret, indistinguishably).
+    """
+    IntrospectToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.IntrospectTokenRequest, _auth_service_pb2.IntrospectTokenResponse]
+    """IntrospectToken says whether a token is active now, and if so what it is (RFC 7662
+    semantics, JSON over POST /auth/introspect). It takes any Luman token: a user's access or
+    refresh token, a personal (CLI) token, a service account's access token or its secret.
+    Unlike offline verification with the JWKS, it sees revocations at once: it reads the
+    database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
+    get the same answer, `active: false` and nothing else. Only a service account whose
+    token carries the introspect scope may call it.
+
+    Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+    (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
+    is).
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -160,8 +193,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Errors: INVALID_ARGUMENT, UNAUTHENTICATED (wrong email or password, indistinguishably).
     """
     CliLogout: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CliLogoutRequest, _auth_service_pb2.CliLogoutResponse]  # type: ignore[assignment]
-    """CliLogout revokes the CLI token that authenticated the call. It needs only the read
-    scope, so that a read-only token can always sign itself out.
+    """CliLogout revokes the CLI token that authenticated the call, and only it: tokens created
+    with it keep working until they expire (no later than it would have) or are revoked;
+    RevokeCliToken revokes a token with everything created with it. It needs no scope, only a
+    valid token, so that any token (read only, write only) can always sign itself out.
 
     Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
     """
@@ -174,10 +209,13 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
     response only. The token's scopes default to read and write and can never go beyond those
     of the credential making the call; its expiry is capped by the server's
-    MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+    MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap). Created with a
+    personal token, the new token is that token's child: it expires no later than it (at its
+    expiry when none is asked for) and is revoked with it. Created with a sign-in's access
+    token, it has no parent.
 
-    Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
-    beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+    Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past, beyond
+    the cap or later than the calling token's), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
     for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
     """
     ListCliTokens: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListCliTokensRequest, _auth_service_pb2.ListCliTokensResponse]  # type: ignore[assignment]
@@ -188,7 +226,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
     RevokeCliToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeCliTokenRequest, _auth_service_pb2.RevokeCliTokenResponse]  # type: ignore[assignment]
-    """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+    """RevokeCliToken revokes one of the caller's CLI tokens by id, and every token created with
+    it, directly or through others (CreateCliToken): revoking a leaked token revokes what it
+    minted. The next call with any of them fails.
 
     Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
     of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
@@ -234,6 +274,32 @@ class AuthServiceAsyncStub(AuthServiceStub):
     include_cli_tokens is set. A sign-in after the call works.
 
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    CreateServiceToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateServiceTokenRequest, _auth_service_pb2.CreateServiceTokenResponse]  # type: ignore[assignment]
+    """Service accounts (see OrganizationService.CreateServiceAccount).
+
+    CreateServiceToken exchanges a service account's secret ("lms_...", shown once by
+    CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
+    tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
+    organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
+    ask again for a new one, there is no refresh token. Public, in the strict sign-in
+    rate-limit policy.
+
+    Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
+    unknown, deleted or mistyped secret, indistinguishably).
+    """
+    IntrospectToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.IntrospectTokenRequest, _auth_service_pb2.IntrospectTokenResponse]  # type: ignore[assignment]
+    """IntrospectToken says whether a token is active now, and if so what it is (RFC 7662
+    semantics, JSON over POST /auth/introspect). It takes any Luman token: a user's access or
+    refresh token, a personal (CLI) token, a service account's access token or its secret.
+    Unlike offline verification with the JWKS, it sees revocations at once: it reads the
+    database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
+    get the same answer, `active: false` and nothing else. Only a service account whose
+    token carries the introspect scope may call it.
+
+    Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+    (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
+    is).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -291,8 +357,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CliLogoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CliLogoutResponse, _abc.Awaitable[_auth_service_pb2.CliLogoutResponse]]:
-        """CliLogout revokes the CLI token that authenticated the call. It needs only the read
-        scope, so that a read-only token can always sign itself out.
+        """CliLogout revokes the CLI token that authenticated the call, and only it: tokens created
+        with it keep working until they expire (no later than it would have) or are revoked;
+        RevokeCliToken revokes a token with everything created with it. It needs no scope, only a
+        valid token, so that any token (read only, write only) can always sign itself out.
 
         Errors: UNAUTHENTICATED, FAILED_PRECONDITION (the call was not made with a CLI token).
         """
@@ -317,10 +385,13 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateCliToken issues a named personal (CLI) token for the caller. The secret is in the
         response only. The token's scopes default to read and write and can never go beyond those
         of the credential making the call; its expiry is capped by the server's
-        MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap).
+        MAX_TOKEN_LIFETIME (when set, a token asked for without one gets the cap). Created with a
+        personal token, the new token is that token's child: it expires no later than it (at its
+        expiry when none is asked for) and is revoked with it. Created with a sign-in's access
+        token, it has no parent.
 
-        Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past or
-        beyond the cap, both expire_time and ttl), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
+        Errors: INVALID_ARGUMENT (name empty or too long, unknown scope, expiry in the past, beyond
+        the cap or later than the calling token's), PERMISSION_DENIED (INSUFFICIENT_SCOPE: asking
         for a scope the calling token lacks, or calling without write), UNAUTHENTICATED.
         """
 
@@ -343,7 +414,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RevokeCliTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.RevokeCliTokenResponse, _abc.Awaitable[_auth_service_pb2.RevokeCliTokenResponse]]:
-        """RevokeCliToken revokes one of the caller's CLI tokens by id; the next call with it fails.
+        """RevokeCliToken revokes one of the caller's CLI tokens by id, and every token created with
+        it, directly or through others (CreateCliToken): revoking a leaked token revokes what it
+        minted. The next call with any of them fails.
 
         Errors: INVALID_ARGUMENT (token_id not a UUID), NOT_FOUND (TOKEN_NOT_FOUND: no such token
         of the caller's, someone else's alike), FAILED_PRECONDITION (TOKEN_ALREADY_REVOKED),
@@ -419,6 +492,44 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         include_cli_tokens is set. A sign-in after the call works.
 
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateServiceToken(
+        self,
+        request: _auth_service_pb2.CreateServiceTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.CreateServiceTokenResponse, _abc.Awaitable[_auth_service_pb2.CreateServiceTokenResponse]]:
+        """Service accounts (see OrganizationService.CreateServiceAccount).
+
+        CreateServiceToken exchanges a service account's secret ("lms_...", shown once by
+        CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
+        tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
+        organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
+        ask again for a new one, there is no refresh token. Public, in the strict sign-in
+        rate-limit policy.
+
+        Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
+        unknown, deleted or mistyped secret, indistinguishably).
+        """
+
+    @_abc_1.abstractmethod
+    def IntrospectToken(
+        self,
+        request: _auth_service_pb2.IntrospectTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.IntrospectTokenResponse, _abc.Awaitable[_auth_service_pb2.IntrospectTokenResponse]]:
+        """IntrospectToken says whether a token is active now, and if so what it is (RFC 7662
+        semantics, JSON over POST /auth/introspect). It takes any Luman token: a user's access or
+        refresh token, a personal (CLI) token, a service account's access token or its secret.
+        Unlike offline verification with the JWKS, it sees revocations at once: it reads the
+        database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
+        get the same answer, `active: false` and nothing else. Only a service account whose
+        token carries the introspect scope may call it.
+
+        Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+        (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
+        is).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

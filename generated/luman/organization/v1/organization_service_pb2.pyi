@@ -416,3 +416,186 @@ class UpdateMemberRoleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateMemberRoleResponse: _TypeAlias = UpdateMemberRoleResponse  # noqa: Y015
+
+@_typing.final
+class CreateServiceAccountRequest(_message.Message):
+    """CreateServiceAccountRequest names and scopes a new service account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug."""
+    name: _builtins.str
+    """name labels the account, such as "billing"; 1 to 100 characters. Required."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes are what its tokens may do, at least one: "introspect" (luman.api.v1.Scope, lower
+        case). "read" and "write" are accepted but open no user RPC: those act for a user.
+        """
+
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        name: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "organization", b"organization", "organization_id", b"organization_id", "scopes", b"scopes", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___CreateServiceAccountRequest: _TypeAlias = CreateServiceAccountRequest  # noqa: Y015
+
+@_typing.final
+class CreateServiceAccountResponse(_message.Message):
+    """CreateServiceAccountResponse holds the new account and its secret, shown only here."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """secret is "lms_", 43 base62 characters (256 random bits) and a 6-character base62 CRC32
+    of those 43 characters. Store it safely; exchange it with AuthService.CreateServiceToken.
+    """
+    @_builtins.property
+    def service_account(self) -> _organization_pb2.ServiceAccount:
+        """service_account describes the new account."""
+
+    def __init__(
+        self,
+        *,
+        service_account: _organization_pb2.ServiceAccount | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service_account", b"service_account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "service_account", b"service_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServiceAccountResponse: _TypeAlias = CreateServiceAccountResponse  # noqa: Y015
+
+@_typing.final
+class ListServiceAccountsRequest(_message.Message):
+    """ListServiceAccountsRequest asks for one page of an organization's service accounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug."""
+    page_size: _builtins.int
+    """page_size is the maximum to return; 0 means 50, values above 500 are lowered to 500."""
+    page_token: _builtins.str
+    """page_token is next_page_token from the previous call; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "page_size", b"page_size", "page_token", b"page_token", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___ListServiceAccountsRequest: _TypeAlias = ListServiceAccountsRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceAccountsResponse(_message.Message):
+    """ListServiceAccountsResponse holds one page of service accounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last page."""
+    @_builtins.property
+    def service_accounts(self) -> _containers.RepeatedCompositeFieldContainer[_organization_pb2.ServiceAccount]:
+        """service_accounts are the page, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        service_accounts: _abc.Iterable[_organization_pb2.ServiceAccount] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "service_accounts", b"service_accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceAccountsResponse: _TypeAlias = ListServiceAccountsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteServiceAccountRequest(_message.Message):
+    """DeleteServiceAccountRequest names the service account to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug."""
+    service_account_id: _builtins.str
+    """service_account_id is the account's UUID. Required."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        service_account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "service_account_id", b"service_account_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___DeleteServiceAccountRequest: _TypeAlias = DeleteServiceAccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteServiceAccountResponse(_message.Message):
+    """DeleteServiceAccountResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServiceAccountResponse: _TypeAlias = DeleteServiceAccountResponse  # noqa: Y015

@@ -75,6 +75,21 @@ class OrganizationServiceStub:
                 request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleRequest.SerializeToString,
                 response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleResponse.FromString,
                 _registered_method=True)
+        self.CreateServiceAccount = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/CreateServiceAccount',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountResponse.FromString,
+                _registered_method=True)
+        self.ListServiceAccounts = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/ListServiceAccounts',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListServiceAccountsRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListServiceAccountsResponse.FromString,
+                _registered_method=True)
+        self.DeleteServiceAccount = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/DeleteServiceAccount',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteServiceAccountRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteServiceAccountResponse.FromString,
+                _registered_method=True)
 
 
 class OrganizationServiceServicer:
@@ -156,6 +171,43 @@ class OrganizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateServiceAccount(self, request, context):
+        """Service accounts: credentials for programs, owned by an organization. Only owners and
+        admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
+
+        CreateServiceAccount creates a service account and its secret ("lms_...", same format
+        as personal tokens: 256 random bits and a CRC-32 checksum). The secret is in the response
+        only; AuthService.CreateServiceToken exchanges it for short-lived access tokens.
+
+        Errors: INVALID_ARGUMENT (name empty or too long, unknown or no scope), NOT_FOUND,
+        PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceAccounts(self, request, context):
+        """ListServiceAccounts lists an organization's service accounts, oldest first. Secrets are
+        never returned.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteServiceAccount(self, request, context):
+        """DeleteServiceAccount deletes a service account: its secret is refused at once, its
+        access tokens from their next call on this server (other replicas: within
+        TOKEN_CACHE_TTL; offline verifiers: until the token expires).
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or SERVICE_ACCOUNT_NOT_FOUND),
+        PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrganizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +245,21 @@ def add_OrganizationServiceServicer_to_server(servicer, server):
                     servicer.UpdateMemberRole,
                     request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleRequest.FromString,
                     response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleResponse.SerializeToString,
+            ),
+            'CreateServiceAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServiceAccount,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountResponse.SerializeToString,
+            ),
+            'ListServiceAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceAccounts,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListServiceAccountsRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListServiceAccountsResponse.SerializeToString,
+            ),
+            'DeleteServiceAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteServiceAccount,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteServiceAccountRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteServiceAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +457,87 @@ class OrganizationService:
             '/luman.organization.v1.OrganizationService/UpdateMemberRole',
             luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleRequest.SerializeToString,
             luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateServiceAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/CreateServiceAccount',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/ListServiceAccounts',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ListServiceAccountsRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ListServiceAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteServiceAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/DeleteServiceAccount',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteServiceAccountRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteServiceAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,31 @@ class OrganizationServiceStub:
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (last
     owner), UNAUTHENTICATED.
     """
+    CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CreateServiceAccountRequest, _organization_service_pb2.CreateServiceAccountResponse]
+    """Service accounts: credentials for programs, owned by an organization. Only owners and
+    admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
+
+    CreateServiceAccount creates a service account and its secret ("lms_...", same format
+    as personal tokens: 256 random bits and a CRC-32 checksum). The secret is in the response
+    only; AuthService.CreateServiceToken exchanges it for short-lived access tokens.
+
+    Errors: INVALID_ARGUMENT (name empty or too long, unknown or no scope), NOT_FOUND,
+    PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    ListServiceAccounts: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ListServiceAccountsRequest, _organization_service_pb2.ListServiceAccountsResponse]
+    """ListServiceAccounts lists an organization's service accounts, oldest first. Secrets are
+    never returned.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    DeleteServiceAccount: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.DeleteServiceAccountRequest, _organization_service_pb2.DeleteServiceAccountResponse]
+    """DeleteServiceAccount deletes a service account: its secret is refused at once, its
+    access tokens from their next call on this server (other replicas: within
+    TOKEN_CACHE_TTL; offline verifiers: until the token expires).
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or SERVICE_ACCOUNT_NOT_FOUND),
+    PERMISSION_DENIED, UNAUTHENTICATED.
+    """
 
 @_typing.type_check_only
 class OrganizationServiceAsyncStub(OrganizationServiceStub):
@@ -134,6 +159,31 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
 
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (last
     owner), UNAUTHENTICATED.
+    """
+    CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CreateServiceAccountRequest, _organization_service_pb2.CreateServiceAccountResponse]  # type: ignore[assignment]
+    """Service accounts: credentials for programs, owned by an organization. Only owners and
+    admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
+
+    CreateServiceAccount creates a service account and its secret ("lms_...", same format
+    as personal tokens: 256 random bits and a CRC-32 checksum). The secret is in the response
+    only; AuthService.CreateServiceToken exchanges it for short-lived access tokens.
+
+    Errors: INVALID_ARGUMENT (name empty or too long, unknown or no scope), NOT_FOUND,
+    PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    ListServiceAccounts: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ListServiceAccountsRequest, _organization_service_pb2.ListServiceAccountsResponse]  # type: ignore[assignment]
+    """ListServiceAccounts lists an organization's service accounts, oldest first. Secrets are
+    never returned.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    DeleteServiceAccount: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.DeleteServiceAccountRequest, _organization_service_pb2.DeleteServiceAccountResponse]  # type: ignore[assignment]
+    """DeleteServiceAccount deletes a service account: its secret is refused at once, its
+    access tokens from their next call on this server (other replicas: within
+    TOKEN_CACHE_TTL; offline verifiers: until the token expires).
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or SERVICE_ACCOUNT_NOT_FOUND),
+    PERMISSION_DENIED, UNAUTHENTICATED.
     """
 
 class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -227,6 +277,49 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (last
         owner), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateServiceAccount(
+        self,
+        request: _organization_service_pb2.CreateServiceAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.CreateServiceAccountResponse, _abc.Awaitable[_organization_service_pb2.CreateServiceAccountResponse]]:
+        """Service accounts: credentials for programs, owned by an organization. Only owners and
+        admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
+
+        CreateServiceAccount creates a service account and its secret ("lms_...", same format
+        as personal tokens: 256 random bits and a CRC-32 checksum). The secret is in the response
+        only; AuthService.CreateServiceToken exchanges it for short-lived access tokens.
+
+        Errors: INVALID_ARGUMENT (name empty or too long, unknown or no scope), NOT_FOUND,
+        PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListServiceAccounts(
+        self,
+        request: _organization_service_pb2.ListServiceAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.ListServiceAccountsResponse, _abc.Awaitable[_organization_service_pb2.ListServiceAccountsResponse]]:
+        """ListServiceAccounts lists an organization's service accounts, oldest first. Secrets are
+        never returned.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteServiceAccount(
+        self,
+        request: _organization_service_pb2.DeleteServiceAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.DeleteServiceAccountResponse, _abc.Awaitable[_organization_service_pb2.DeleteServiceAccountResponse]]:
+        """DeleteServiceAccount deletes a service account: its secret is refused at once, its
+        access tokens from their next call on this server (other replicas: within
+        TOKEN_CACHE_TTL; offline verifiers: until the token expires).
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or SERVICE_ACCOUNT_NOT_FOUND),
+        PERMISSION_DENIED, UNAUTHENTICATED.
         """
 
 def add_OrganizationServiceServicer_to_server(servicer: OrganizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,9 +3,15 @@
 A token's secret is shown once (CreateCliToken, CliLogin) and stored only as its SHA-256
 (format: luman.client.token_format). Its scopes narrow what it may do; they never widen what
 its owner may do, because the servicers check the user's own permissions on every call too,
-and a token can only hand out scopes it carries itself. Revocations call
-`token_cache.forget()` once committed, so the very next call on this replica fails; other
-replicas notice within TOKEN_CACHE_TTL.
+and a token can only hand out scopes it carries itself.
+
+Lineage: a token created with a personal token as the credential records it as its parent,
+never outlives it (its expiry is capped at the parent's) and is revoked with it, along with
+every token created from it in turn: revoking a leaked token kills what it minted. Tokens
+created with a sign-in's access token, and CliLogin's, have no parent.
+
+Revocations call `token_cache.forget()` once committed, so the very next call on this replica
+fails; other replicas notice within TOKEN_CACHE_TTL.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from luman.interceptors.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    UnauthenticatedError,
 )
-from luman.interceptors.principal import Principal
+from luman.interceptors.principal import SERVICE_ONLY_SCOPES, Credential, Principal
 from luman.server.auth.cli_token_repository import CliTokenRepository, PageKey
 from luman.server.auth.token_cache import TokenCache
 from luman.server.clock import Clock
@@ -88,6 +95,7 @@ class CliTokens:
         scopes: frozenset[str],
         expire_time: dt.datetime | None,
         now: dt.datetime,
+        parent_id: uuid.UUID | None = None,
     ) -> tuple[str, CliToken]:
         """A fresh secret and its row (not yet added to a session)."""
         secret = token_format.new_token()
@@ -100,6 +108,7 @@ class CliTokens:
             scopes=format_scopes(scopes),
             expire_time=expire_time,
             hint=token_format.hint(secret),
+            parent_id=parent_id,
         )
         return secret, row
 
@@ -114,9 +123,15 @@ class CliTokens:
         """Issue a token for the caller. `scopes` are known scope names (checked by the
         servicer); empty means DEFAULT_SCOPES.
 
+        With a personal token as the credential, the new token is its child: it expires no
+        later than the parent (at the parent's expiry when none is asked for).
+
         Raises:
             PermissionDeniedError: INSUFFICIENT_SCOPE, a scope the calling credential lacks.
-            InvalidArgumentError: the expiry is in the past or beyond the cap.
+            InvalidArgumentError: the expiry is in the past, beyond the cap, or later than the
+                calling token's.
+            UnauthenticatedError: TOKEN_REVOKED or TOKEN_EXPIRED, the calling token stopped
+                working since its check (a revocation racing this call).
         """
         wanted = scopes or DEFAULT_SCOPES
         missing = sorted(scope for scope in wanted if not principal.has_scope(scope))
@@ -129,8 +144,17 @@ class CliTokens:
             )
         now = self._clock()
         expires = self._expiry(now, expire_time, ttl)
-        secret, row = self.new(principal.user_id, name, wanted, expires, now)
+        asked = "ttl" if ttl is not None else "expire_time" if expire_time is not None else None
+        # A personal token is the new one's parent; a sign-in's access token is no parent.
+        personal = principal.credential is Credential.CLI_TOKEN
+        parent_id = principal.credential_id if personal else None
         with self._sessions.write.begin() as session:
+            if parent_id is not None:
+                parent = CliTokenRepository(session).lock_active(principal.user_id, parent_id)
+                if parent is None:
+                    raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
+                expires = _within_parent(now, expires, parent.expire_time, asked)
+            secret, row = self.new(principal.user_id, name, wanted, expires, now, parent_id)
             session.add(row)
             session.flush()
         return IssuedCliToken(secret, row)
@@ -144,21 +168,41 @@ class CliTokens:
         return CliTokenPage(rows, None)
 
     def revoke(self, principal: Principal, token_id: uuid.UUID) -> None:
-        """Raises:
-        NotFoundError: TOKEN_NOT_FOUND, for an unknown token and someone else's alike.
-        FailedPreconditionError: TOKEN_ALREADY_REVOKED.
+        """Revoke the token and its descendants.
+
+        Raises:
+            NotFoundError: TOKEN_NOT_FOUND, for an unknown token and someone else's alike.
+            FailedPreconditionError: TOKEN_ALREADY_REVOKED.
         """
+        now = self._clock()
         with self._sessions.write.begin() as session:
             repo = CliTokenRepository(session)
             token = repo.owned(principal.user_id, token_id)
             if token is None:
                 raise NotFoundError("TOKEN_NOT_FOUND", "token not found")
-            if token.revoke_time is not None or not repo.revoke(token_id, self._clock()):
+            if token.revoke_time is not None or not repo.revoke(token_id, now):
                 raise FailedPreconditionError(
                     "TOKEN_ALREADY_REVOKED", "the token is already revoked"
                 )
-        # Committed: the token fails on its very next call here, cached or not.
-        self._token_cache.forget(credential_id=token_id)
+            descendants = repo.revoke_descendants(principal.user_id, token_id, now)
+        # Committed: the tokens fail on their very next call here, cached or not.
+        self._forget(token_id, *descendants)
+
+    def sign_out(self, principal: Principal) -> None:
+        """CliLogout: revoke the calling personal token only. Idempotent, as two sign-outs
+        racing each other both succeed.
+
+        Its descendants stay: signing a machine out is not a revocation of a leaked token, and
+        the tokens made with `luman token create` from that login (for CI, say) are made to
+        outlive it, as npm's and GitHub's are. They still expire no later than it would have;
+        RevokeCliToken is what takes a token's descendants with it."""
+        with self._sessions.write.begin() as session:
+            CliTokenRepository(session).revoke(principal.credential_id, self._clock())
+        self._forget(principal.credential_id)
+
+    def _forget(self, *token_ids: uuid.UUID) -> None:
+        for token_id in token_ids:
+            self._token_cache.forget(credential_id=token_id)
 
     def revoke_all(self, principal: Principal) -> int:
         with self._sessions.write.begin() as session:
@@ -192,6 +236,35 @@ class CliTokens:
         return now + lifetime
 
 
+def _within_parent(
+    now: dt.datetime,
+    expires: dt.datetime | None,
+    parent_expires: dt.datetime | None,
+    asked: str | None,
+) -> dt.datetime | None:
+    """The child's expiry given its parent's: never later, so that a short-lived token cannot
+    mint a longer-lived (or never-expiring) one. `asked` names the request field that set
+    `expires`, None when the expiry is the server's default.
+
+    Raises:
+        UnauthenticatedError: TOKEN_EXPIRED, the parent expired since its check.
+        InvalidArgumentError: the asked expiry is later than the parent's.
+    """
+    if parent_expires is None:
+        return expires
+    if parent_expires <= now:
+        raise UnauthenticatedError("TOKEN_EXPIRED", "token has expired")
+    if expires is not None and expires <= parent_expires:
+        return expires
+    if asked is None:
+        return parent_expires
+    raise InvalidArgumentError.field(
+        asked,
+        f"must not be later than {parent_expires:%Y-%m-%dT%H:%M:%SZ}, when the token making "
+        "this call expires: a token cannot outlive the token that creates it",
+    )
+
+
 def _describe(lifetime: dt.timedelta) -> str:
     seconds = int(lifetime.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -201,5 +274,6 @@ def _describe(lifetime: dt.timedelta) -> str:
 
 
 def known_scopes() -> frozenset[str]:
-    """Every scope a token can carry: the luman.api.v1.Scope values."""
-    return ALL_SCOPES
+    """Every scope a personal token can carry: the luman.api.v1.Scope values but those only
+    service accounts may have (introspect)."""
+    return ALL_SCOPES - SERVICE_ONLY_SCOPES

@@ -22,9 +22,19 @@ cached the JWKS for its max-age already holds the new key when the first token s
 arrives. `--now` starts signing at once (a verifier with a cached JWKS then has to refetch on
 the unknown kid, as RFC 7517 verifiers usually do).
 
-The superseded key retires at: when it stopped signing + one reload interval (a replica may
-sign with it that long before it reloads) + the access-token lifetime + the clock skew tokens
-are allowed. Every token it can have signed has expired by then.
+The superseded key retires at: when it stopped signing (its successor's activate_time) + one
+reload interval (a replica may sign with it that long before it reloads) + the access-token
+lifetime + the clock skew tokens are allowed. Every token it can have signed has expired by
+then. Each process works this out when it loads the keys, with its own JWT_EXPIRES_IN: the
+lifetime that matters is the servers', not that of the shell that ran `keys rotate` (a shell on
+the 15-minute default would otherwise retire the keys of servers on 12-hour tokens 11 hours
+early). The table's retire_time is what the rotating process computed: informational only.
+`keys list` shows the retirement computed with its own environment's JWT_EXPIRES_IN.
+
+A rotation keeps the algorithm of the newest key unless told otherwise (`keys rotate
+--algorithm`), for the same reason: a shell without JWT_ALGORITHM must not move an ES256
+deployment to EdDSA. A server whose JWT_ALGORITHM differs from the newest key schedules a
+rotation to its own at start.
 """
 
 from __future__ import annotations
@@ -85,6 +95,7 @@ class LoadedKey:
     private_key: PrivateKey | None  # None: listed only (keys list), never decrypted
     create_time: dt.datetime
     activate_time: dt.datetime
+    # This process's: the successor's activate_time + its retire margin; None while newest.
     retire_time: dt.datetime | None
 
 
@@ -221,13 +232,14 @@ class KeyRing:
         """Read the keys again now (after a rotation made by this process, and in tests)."""
         self._load(strict=False)
 
-    def rotate(self, *, immediately: bool = False) -> LoadedKey:
-        """Create the next key, signing from now + PUBLISH_AHEAD (or now), and schedule the
-        current one's retirement. With `immediately` and a rotation already scheduled, that
-        key starts signing now instead.
+    def rotate(self, *, immediately: bool = False, algorithm: Algorithm | None = None) -> LoadedKey:
+        """Create the next key, signing from now + PUBLISH_AHEAD (or now), of `algorithm`
+        (default: the newest key's, or JWT_ALGORITHM for the first key). With `immediately`
+        and a rotation already scheduled, that key starts signing now instead.
 
         Raises:
-            RotationPendingError: a rotation is scheduled and `immediately` is false.
+            RotationPendingError: a rotation is scheduled and `immediately` is false, or
+                `algorithm` differs from the scheduled key's.
             SigningKeyError: the secret does not decrypt the current key, or another rotation
                 committed at the same moment.
         """
@@ -244,12 +256,23 @@ class KeyRing:
                             f"key {latest.kid} is already scheduled to start signing at "
                             f"{_iso(latest.activate_time)}; `keys rotate --now` starts it now"
                         )
+                    if algorithm is not None and algorithm != latest.algorithm:
+                        raise RotationPendingError(
+                            f"key {latest.kid} ({latest.algorithm}) is already scheduled; "
+                            "`keys rotate --now` starts it, then rotate again"
+                        )
                     latest.activate_time = now
                     if len(rows) > 1:
-                        rows[-2].retire_time = now + self._retire_margin
+                        rows[-2].retire_time = now + self._retire_margin  # informational
                     kid = latest.kid
                 else:
-                    kid = self._add(session, rows, now if immediately else now + PUBLISH_AHEAD, now)
+                    kid = self._add(
+                        session,
+                        rows,
+                        now if immediately else now + PUBLISH_AHEAD,
+                        now,
+                        algorithm or (_known(latest.algorithm) if latest is not None else None),
+                    )
         except IntegrityError:
             raise SigningKeyError(
                 "another rotation committed at the same moment: see `luman-server keys list`"
@@ -260,15 +283,31 @@ class KeyRing:
     def all_keys(self) -> list[tuple[LoadedKey, KeyState]]:
         """Every key in the table, retired ones too, oldest first, with its state now."""
         with self._sessions.read.begin() as session:
-            keys = [self._loaded(row, decrypt=False) for row in _rows(session)]
+            rows = _rows(session)
+            keys = [
+                self._loaded(row, retire, decrypt=False)
+                for row, retire in zip(rows, self._retire_times(rows), strict=True)
+            ]
         now = self._clock()
         return [(key, state_of(key, keys, now)) for key in keys]
 
+    def _retire_times(self, rows: Sequence[SigningKey]) -> list[dt.datetime | None]:
+        """Each key's retirement by this process's margin: its successor's activate_time +
+        RELOAD_INTERVAL + JWT_EXPIRES_IN + CLOCK_SKEW (rows by generation)."""
+        successors = [row.activate_time for row in rows[1:]]
+        return [activate + self._retire_margin for activate in successors] + [None][: len(rows)]
+
     def _add(
-        self, session: Session, rows: Sequence[SigningKey], activate: dt.datetime, now: dt.datetime
+        self,
+        session: Session,
+        rows: Sequence[SigningKey],
+        activate: dt.datetime,
+        now: dt.datetime,
+        algorithm: Algorithm | None = None,
     ) -> str:
-        new = generate(self._algorithm)
+        new = generate(algorithm or self._algorithm)
         if rows:
+            # Informational (`_retire_times` decides): what this process would retire it at.
             rows[-1].retire_time = activate + self._retire_margin
         session.add(
             SigningKey(
@@ -311,9 +350,9 @@ class KeyRing:
             with self._sessions.read.begin() as session:
                 rows = _rows(session)
                 keys = tuple(
-                    self._loaded(row, decrypt=True)
-                    for row in rows
-                    if row.retire_time is None or now < row.retire_time
+                    self._loaded(row, retire, decrypt=True)
+                    for row, retire in zip(rows, self._retire_times(rows), strict=True)
+                    if retire is None or now < retire
                 )
         except (SQLAlchemyError, SigningKeyError) as exc:
             if strict:
@@ -322,7 +361,9 @@ class KeyRing:
             return
         self._snapshot = _Snapshot(keys, {key.kid: key for key in keys})
 
-    def _loaded(self, row: SigningKey, *, decrypt: bool) -> LoadedKey:
+    def _loaded(
+        self, row: SigningKey, retire_time: dt.datetime | None, *, decrypt: bool
+    ) -> LoadedKey:
         jwk: dict[str, Any] = json.loads(row.public_jwk)
         if row.algorithm not in ALGORITHMS:
             raise SigningKeyError(f"signing key {row.kid} has unknown algorithm {row.algorithm}")
@@ -335,7 +376,7 @@ class KeyRing:
             private_key=self._private_key(row) if decrypt else None,
             create_time=row.create_time,
             activate_time=row.activate_time,
-            retire_time=row.retire_time,
+            retire_time=retire_time,
         )
 
     def _private_key(self, row: SigningKey) -> PrivateKey:
@@ -344,6 +385,13 @@ class KeyRing:
 
 def _rows(session: Session) -> list[SigningKey]:
     return list(session.scalars(select(SigningKey).order_by(SigningKey.generation)))
+
+
+def _known(algorithm: str) -> Algorithm:
+    for known in ALGORITHMS:
+        if algorithm == known:
+            return known
+    raise SigningKeyError(f"unknown signing key algorithm {algorithm}")
 
 
 def _iso(moment: dt.datetime) -> str:

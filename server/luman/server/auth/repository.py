@@ -24,6 +24,12 @@ class AuthRepository:
     def user(self, user_id: uuid.UUID) -> User | None:
         return self._session.get(User, user_id)
 
+    def lock_user(self, user_id: uuid.UUID) -> User | None:
+        """The user, its row locked until commit (PostgreSQL: FOR UPDATE; SQLite's write
+        transactions are serial already): a sign-in and a LogoutAll of that user then commit
+        one after the other, never interleaved."""
+        return self._session.get(User, user_id, with_for_update=True, populate_existing=True)
+
     def add_user(self, user: User) -> User:
         self._session.add(user)
         try:
@@ -78,12 +84,3 @@ class AuthRepository:
         self._session.add(token)
         self._session.flush()
         return token
-
-    def revoke_cli_token(self, token_id: uuid.UUID, now: dt.datetime) -> bool:
-        result = self._session.execute(
-            update(CliToken)
-            .where(CliToken.id == token_id, CliToken.revoke_time.is_(None))
-            .values(revoke_time=now)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.interceptors.principal import current_principal
 from luman.server.auth import cli_token_requests, convert, jwks
 from luman.server.auth.service import AuthService
+from luman.server.auth.service_token_servicer import ServiceTokenRpcs
 from luman.server.auth.session_servicer import SessionRpcs, current_caller
 from luman.server.validation import (
     Violations,
@@ -19,7 +20,7 @@ from luman.server.validation import (
 )
 
 
-class AuthServicer(SessionRpcs, auth_service_pb2_grpc.AuthServiceServicer):
+class AuthServicer(SessionRpcs, ServiceTokenRpcs, auth_service_pb2_grpc.AuthServiceServicer):
     def __init__(self, service: AuthService) -> None:
         self._service = service
         self._session_service = service.session_service

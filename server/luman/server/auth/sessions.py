@@ -7,10 +7,22 @@ cache forgets the session's tokens once the revocation has committed.
 
 LogoutAll revokes everything the user signed in with before now:
 - It sets the user's not-before time; the access-token check refuses a token whose iat is
-  earlier, and so does RefreshToken. This also catches a sign-in committed concurrently with
-  LogoutAll, which an UPDATE of the user's sessions cannot see.
+  earlier, and so does RefreshToken.
 - It revokes every open session of the user, so that ListSessions shows none of them.
 - With include_cli_tokens, it revokes the user's CLI tokens too (they carry no iat).
+
+What guarantees it, with replicas whose clocks disagree: the session revocation, not the clocks.
+A sign-in and a LogoutAll of one user commit one after the other: both take the user's row first
+(LogoutAll updates it, Login locks it: AuthRepository.lock_user; SQLite runs one write
+transaction at a time). A sign-in that commits first is one of the sessions LogoutAll revokes,
+whatever iat its replica's clock gave its tokens (the access-token check reads the session). A
+sign-in that commits after reads the new not-before time and issues from it at the earliest
+(service._issue_time), so its tokens work whatever the clock of the replica that ran LogoutAll.
+The not-before time comes from the process clock, and a skewed one does no harm: it only ever
+refuses tokens whose session LogoutAll revoked anyway. The one clock bound: a replica whose
+clock is more than the 60 seconds of iat leeway behind the one that ran LogoutAll issues tokens
+"from the future" that verification refuses until its clock catches up; keep replicas' clocks
+synchronised (NTP) well within that.
 
 iat has whole seconds, so the not-before time is the whole second after LogoutAll: every token
 issued up to LogoutAll, in the same second included, is earlier. A token issued after it, in

@@ -47,7 +47,8 @@ def token_key(token: str) -> bytes:
 @dataclasses.dataclass(frozen=True)
 class CachedToken:
     principal: Principal
-    user: UserRecord
+    # None for a service account's token: it has no user.
+    user: UserRecord | None
     # CLI tokens only: the last use recorded in the database (kept to the minute), and the
     # client address recorded with it.
     last_use_time: dt.datetime | None
@@ -114,7 +115,7 @@ class TokenCache:
         """The user as the latest check of one of their tokens read it, while that check is
         still believed (None: the caller must read the user itself)."""
         entry = self._latest_check.get(user_id)
-        if entry is None or self._clock() >= entry.recheck_time:
+        if entry is None or entry.cached.user is None or self._clock() >= entry.recheck_time:
             return None
         return entry.cached.user
 
@@ -126,7 +127,7 @@ class TokenCache:
         self,
         key: bytes,
         principal: Principal,
-        user: UserRecord,
+        user: UserRecord | None,
         *,
         expire_time: dt.datetime | None,
         generation: int,
@@ -154,17 +155,17 @@ class TokenCache:
                 self._remove(key)
             entry = _Entry(CachedToken(principal, user, last_use_time, last_use_ip), recheck_time)
             self._entries[key] = entry
-            self._latest_check[principal.user_id] = entry
+            self._latest_check[principal.subject_id] = entry
             self._by_credential.setdefault(principal.credential_id, set()).add(key)
-            self._by_user.setdefault(principal.user_id, set()).add(key)
+            self._by_user.setdefault(principal.subject_id, set()).add(key)
             while len(self._entries) > self._max_entries:
                 self._remove(next(iter(self._entries)))
 
     def forget(
         self, *, credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
     ) -> None:
-        """Drop every cached token of a login session or CLI token, or of a user. Call once the
-        change (revocation, user update) has committed."""
+        """Drop every cached token of a login session, CLI token or service account, or of a
+        user. Call once the change (revocation, user update, deletion) has committed."""
         with self._lock:
             self._generation += 1
             keys = set()
@@ -195,11 +196,11 @@ class TokenCache:
         """Holding the lock: drop `key` and its index entries."""
         entry = self._entries.pop(key)
         principal = entry.cached.principal
-        if self._latest_check.get(principal.user_id) is entry:
-            del self._latest_check[principal.user_id]
+        if self._latest_check.get(principal.subject_id) is entry:
+            del self._latest_check[principal.subject_id]
         for index, owner in (
             (self._by_credential, principal.credential_id),
-            (self._by_user, principal.user_id),
+            (self._by_user, principal.subject_id),
         ):
             keys = index.get(owner)
             if keys is not None:

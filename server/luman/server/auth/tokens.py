@@ -156,6 +156,51 @@ class TokenCodec:
             # OverflowError/OSError: a validly signed exp no datetime can hold (1e20).
             raise _invalid() from None
 
+    # Service accounts' access tokens (auth/service_tokens.py) are signed and checked with the
+    # same keys, issuer and audience as users' access tokens; these two are their way in.
+
+    @property
+    def access_lifetime(self) -> dt.timedelta:
+        return self._lifetimes["access"]
+
+    def sign_access(self, claims: dict[str, Any], headers: dict[str, str]) -> str:
+        """Sign `claims` (iss and aud added) as access tokens are signed: the active key, its
+        kid in the header; HS256 with JWT_SECRET under JWT_ALGORITHM=HS256."""
+        claims = {**claims, "iss": self._issuer, "aud": self._audience}
+        if self._keys is not None:
+            key = self._keys.signing_key()
+            assert key.private_key is not None  # signing_key() returns decrypted keys only
+            return jwt.encode(
+                claims,
+                key.private_key,
+                algorithm=key.algorithm,
+                headers={**headers, "kid": key.kid},
+            )
+        return jwt.encode(claims, self._secrets["access"], algorithm=ALGORITHM, headers=headers)
+
+    def decode_access(
+        self, token: str, required: list[str]
+    ) -> tuple[dict[str, Any], dt.datetime | None]:
+        """The claims of a token signed as access tokens are (signature, issuer, audience and
+        the `required` claims checked; expiry is the caller's) and when its key retires.
+
+        Raises:
+            UnauthenticatedError: TOKEN_INVALID.
+        """
+        try:
+            secret, algorithm, key_retire_time = self._verification_key("access", token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                secret,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": required, "verify_exp": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            raise _invalid() from None
+        return claims, key_retire_time
+
     def published_keys(self) -> list[dict[str, str]]:
         """The JWKS members (RFC 7517): every key that may verify an access token."""
         return [] if self._keys is None else self._keys.published()

@@ -132,6 +132,13 @@ class CliToken(Base):
     expire_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     last_use_ip: Mapped[str | None] = mapped_column(String(45))
     hint: Mapped[str] = mapped_column(String(16), server_default="")
+    # The personal token that authenticated CreateCliToken (None: a sign-in's access token,
+    # CliLogin). Revoking a token revokes its descendants (auth/cli_tokens.py); SET NULL only
+    # matters if rows are ever deleted, and a deleted parent's children are already revoked
+    # or expired with it.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("cli_tokens.id", ondelete="SET NULL"), index=True
+    )
 
 
 class Organization(Base):
@@ -223,3 +230,32 @@ class SigningKey(Base):
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     activate_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     retire_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class ServiceAccount(Base):
+    """A credential for a program, owned by an organization (auth/service_accounts.py).
+
+    Its secret is stored only as a SHA-256 (`secret_hash`); `scopes` is space-separated
+    ("introspect"). Deleting the row is deleting the account: its secret and its access tokens
+    are refused from then on (the access-token check reads this row)."""
+
+    __tablename__ = "service_accounts"
+    __table_args__ = (
+        # ListServiceAccounts: an organization's accounts in page order (create time, id).
+        Index(
+            "ix_service_accounts_organization_id_create_time_id",
+            "organization_id",
+            "create_time",
+            "id",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hint: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -136,8 +136,11 @@ proto names too), fields without presence always present, enums as names, Timest
 
 Authenticate with `Authorization: Bearer <token>`: an access token from /auth/login or
 /auth/register, or a CLI token from /auth/cli-login or /auth/cli-tokens. Each operation lists
-the token scope it needs (`read` or `write`) in its security requirement; a CLI token without
-it gets 403 with reason INSUFFICIENT_SCOPE. Access tokens carry every scope.
+the token scope it needs (`read`, `write` or `introspect`) in its security requirement; a token
+without it gets 403 with reason INSUFFICIENT_SCOPE. One that lists none (/auth/cli-logout)
+takes any valid token. Access tokens carry every user scope (`read`, `write`); `introspect`
+belongs to service accounts only, whose access tokens come from /auth/service-token and are
+refused (403 USER_REQUIRED) by every operation that acts for a user.
 """
 
 
@@ -227,9 +230,9 @@ class _Builder:
             operation["security"] = []
         else:
             # OpenAPI 3.1: a bearer requirement may list the roles it needs; ours are scopes.
+            # A `no_scope` RPC (CliLogout) takes any valid token: a bearer without scopes.
             scope = _scope_of(method)
-            if scope is not None:
-                operation["security"] = [{BEARER: [scope]}]
+            operation["security"] = [{BEARER: [scope] if scope is not None else []}]
         parameters = self._path_parameters(route) + self._query_parameters(route)
         if parameters:
             operation["parameters"] = parameters

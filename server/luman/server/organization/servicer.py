@@ -7,15 +7,20 @@ import grpc
 
 from luman.interceptors.principal import current_principal
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
+from luman.server.auth.service_accounts import ServiceAccounts
 from luman.server.organization import convert
 from luman.server.organization.service import OrganizationService
+from luman.server.organization.service_account_servicer import ServiceAccountRpcs
 from luman.server.pagination import clamp_page_size
 from luman.server.validation import Violations, check_name, check_slug, check_uuid
 
 
-class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServicer):
-    def __init__(self, service: OrganizationService) -> None:
+class OrganizationServicer(
+    ServiceAccountRpcs, organization_service_pb2_grpc.OrganizationServiceServicer
+):
+    def __init__(self, service: OrganizationService, service_accounts: ServiceAccounts) -> None:
         self._service = service
+        self._service_accounts = service_accounts
 
     def ListOrganizations(
         self,

@@ -38,10 +38,12 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     from luman.server.config import Settings
+    from luman.server.db.migrate import migration_connection
     from luman.server.db.session import make_engine
 
     engine = make_engine(Settings.from_env().database_url, pool_size=1)
-    with engine.connect() as conn:
+    # SQLite: foreign keys off while tables are rebuilt (see migration_connection).
+    with migration_connection(engine) as conn:
         _run(conn)
     engine.dispose()
 
