@@ -152,6 +152,11 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         # sign up many users from 127.0.0.1; rate-limit tests replace() in real limits.
         rate_limit_max_requests=1_000_000,
         auth_rate_limit_max_requests=1_000_000,
+        introspection_rate_limit_max_requests=1_000_000,
+        service_token_rate_limit_max_requests=1_000_000,
+        # Every organization may introspect here (tests make them with random slugs);
+        # tests/server/test_introspection_trust.py covers the production default, nobody.
+        introspection_organizations=frozenset({"*"}),
     )
 
 

@@ -63,12 +63,21 @@ def test_create_list_exchange_introspect_delete(luman: Luman, tmp_path: Path) ->
     assert result.stdout.count(".") == 2  # header.payload.signature, nothing else
 
     user_token = _json(luman.auth_file.read_text())["token"]
-    result = luman("--json", "introspect", user_token, "--secret-file", str(secret_file))
+    # The token to look at comes from stdin or a file, never the command line (`ps`).
+    args = ("--json", "introspect", "--token-file", "-", "--secret-file", str(secret_file))
+    result = luman(*args, input=user_token + "\n")
     assert result.exit_code == OK, result.output
     found = _json(result.stdout)
     assert (found["active"], found["token_kind"]) == (True, "personal_token")
-    result = luman("introspect", "lmn_unknown", "--secret-file", str(secret_file))
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("lmn_unknown\n")
+    result = luman("introspect", "--token-file", str(token_file), "--secret-file", str(secret_file))
     assert (result.exit_code, result.stdout.strip()) == (ERROR, "Not active.")
+    # The old positional form is gone: a token argument is a usage error, not a lookup.
+    result = luman("introspect", user_token, "--secret-file", str(secret_file))
+    assert result.exit_code == USAGE
+    result = luman("introspect", "--token-file", "-", "--secret-file", "-", input=user_token)
+    assert result.exit_code == USAGE
 
     result = luman("--json", "org", "service-account", "delete", "acme-cli", account_id)
     assert result.exit_code == OK, result.output
@@ -90,6 +99,9 @@ def test_errors_have_their_exit_codes(luman: Luman, tmp_path: Path) -> None:
     empty.write_text("\n")
     result = luman("service-token", "--secret-file", str(empty))
     assert result.exit_code == USAGE
+    result = luman("introspect", "--token-file", str(empty), "--secret-file", str(empty))
+    assert result.exit_code == USAGE
+    assert "--token-file" in result.output
     assert "--help" not in result.stdout
     result = luman("org", "--help")
     assert "service-accounts" in result.stdout

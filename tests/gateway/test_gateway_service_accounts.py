@@ -41,16 +41,16 @@ def test_manage_exchange_and_introspect_over_http(http: httpx.Client) -> None:
     assert introspected.status_code == 200, introspected.text
     assert introspected.json()["active"] is True
     assert introspected.json()["tokenKind"] == "TOKEN_KIND_ACCESS_TOKEN"
-    inactive = http.post("/auth/introspect", json={"token": "lmn_nope"}, headers=bearer(service))
-    # Canonical JSON prints fields without presence even when empty; what matters is that
-    # every inactive token gets this same body.
-    unknown = http.post(
-        "/auth/introspect",
-        json={"token": token_format.new_token()},
-        headers=bearer(service),
-    )
-    assert inactive.json()["active"] is False
-    assert inactive.content == unknown.content
+    # A user token is bound to no organization: the key is absent, not "".
+    assert "organizationId" not in introspected.json()
+    assert introspected.json()["scopes"] == ["read", "write"]
+    # RFC 7662 and issue 15: an inactive token gets `active: false` and no other field, the
+    # same body whatever made it inactive (unknown, malformed, too long).
+    for token in ("lmn_nope", token_format.new_token(), "x" * 5000):
+        inactive = http.post("/auth/introspect", json={"token": token}, headers=bearer(service))
+        assert inactive.status_code == 200, inactive.text
+        assert inactive.json() == {"active": False}
+        assert inactive.content == b'{"active":false}'
 
     # A user cannot introspect; a service cannot act for a user.
     refused = error_of(http.post("/auth/introspect", json={"token": owner}, headers=bearer(owner)))
@@ -81,3 +81,12 @@ def test_bad_input_over_http_names_the_field(http: httpx.Client) -> None:
     assert (error.http_status, list(error.field_violations)) == (400, ["scopes"])
     missing = error_of(http.post("/auth/service-token", json={}))
     assert (missing.http_status, list(missing.field_violations)) == (400, ["secret"])
+
+
+def test_openapi_says_only_active_is_always_present(http: httpx.Client) -> None:
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    introspection = next(
+        schema for name, schema in schemas.items() if name.endswith("IntrospectTokenResponse")
+    )
+    assert introspection["required"] == ["active"]
+    assert "scopes" in introspection["properties"]

@@ -4,8 +4,11 @@ base one step at a time, and up again, on SQLite and PostgreSQL, with rows in ev
 The walk follows Alembic's script directory, so a new revision is covered as soon as it
 exists. Each table is seeded the first time it appears, by inserts built from the schema
 reflected at that revision (rows that point at each other through their foreign keys), so the
-seed works whatever the revision. After each step every table seeded before that still
-exists must hold exactly the rows it held; a table the step removes loses them by design.
+seed works whatever the revision; a table that points at itself (cli_tokens.parent_id, from
+0008) gets one more row pointing at another as soon as the column exists. After each step
+every table that still exists must hold exactly the rows it held, value for value in every
+column the step kept: a copy that drops, nulls or mangles a column fails as surely as one
+that loses rows. A table the step removes loses them by design.
 
 SQLite rebuilds a table to alter it (copy, DROP, rename): with foreign keys on, the DROP ran
 the ON DELETE CASCADE of every table pointing at it, and 0004 -> 0005 emptied refresh_tokens,
@@ -14,6 +17,8 @@ the ON DELETE CASCADE of every table pointing at it, and 0004 -> 0005 emptied re
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -74,16 +79,30 @@ class _Seeder:
     def __init__(self) -> None:
         self._numbers = itertools.count(1)
 
-    def seed_new_tables(self, engine: sa.Engine, counts: dict[str, int]) -> None:
+    def seed(self, engine: sa.Engine) -> None:
+        """Rows in every empty table (those the last step created), then a child in every
+        table that points at itself and has none yet."""
         metadata = sa.MetaData()
         metadata.reflect(bind=engine)
         with engine.begin() as conn:
             for table in metadata.sorted_tables:
-                if table.name == "alembic_version" or table.name in counts:
+                if table.name == "alembic_version":
                     continue
-                rows = [self._row(conn, table, i) for i in range(ROWS_PER_TABLE)]
-                conn.execute(table.insert(), rows)
-                counts[table.name] = ROWS_PER_TABLE
+                if conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0:
+                    rows = [self._row(conn, table, i) for i in range(ROWS_PER_TABLE)]
+                    conn.execute(table.insert(), rows)
+                for column in _self_references(table):
+                    if conn.execute(
+                        sa.select(sa.func.count()).where(column.is_not(None))
+                    ).scalar_one():
+                        continue
+                    (foreign,) = column.foreign_keys
+                    parent = conn.execute(
+                        sa.select(foreign.column).order_by(*table.primary_key.columns).limit(1)
+                    ).scalar_one()
+                    child = self._row(conn, table, 0)
+                    child[column.name] = parent
+                    conn.execute(table.insert(), [child])
 
     def _row(self, conn: sa.Connection, table: sa.Table, i: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -121,55 +140,89 @@ class _Seeder:
         raise AssertionError(f"no seed value for column type {type_!r}")
 
 
-def _row_counts(engine: sa.Engine) -> dict[str, int]:
+def _self_references(table: sa.Table) -> list[sa.Column[Any]]:
+    return [
+        column
+        for column in table.columns
+        if column.nullable and any(fk.column.table is table for fk in column.foreign_keys)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Contents:
+    """One table's rows as stored (the driver's raw values, so that a rebuild's copy is compared
+    with what it copied, not with what a reflected type makes of it)."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+    def on(self, columns: list[str]) -> collections.Counter[tuple[Any, ...]]:
+        """The rows, as a multiset, keeping only `columns`."""
+        at = [self.columns.index(name) for name in columns]
+        return collections.Counter(tuple(row[i] for i in at) for row in self.rows)
+
+
+def _contents(engine: sa.Engine) -> dict[str, _Contents]:
     names = set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+    contents = {}
     with engine.connect() as conn:
-        return {
-            name: conn.execute(sa.select(sa.func.count()).select_from(sa.table(name))).scalar_one()
-            for name in names
-        }
+        for name in sorted(names):
+            # The names come from the inspector, not from input.
+            result = conn.exec_driver_sql(f'SELECT * FROM "{name}"')  # noqa: S608
+            contents[name] = _Contents(tuple(result.keys()), [tuple(row) for row in result])
+    return contents
 
 
-def _check_kept(engine: sa.Engine, expected: dict[str, int], step: str) -> None:
-    """Every seeded table that still exists holds its rows; forget the ones the step removed."""
-    actual = _row_counts(engine)
-    for name in list(expected):
-        if name not in actual:
-            del expected[name]  # the step dropped the table: its rows go by design
-    kept = {name: actual[name] for name in expected}
-    assert kept == expected, f"rows lost by {step}"
+def _check_kept(engine: sa.Engine, before: dict[str, _Contents], step: str) -> None:
+    """Every table that still exists holds the rows it held, with the same values in every
+    column it still has; a table the step removed lost them by design."""
+    after = _contents(engine)
+    for name, held in before.items():
+        if name not in after:
+            continue
+        now = after[name]
+        assert len(now.rows) == len(held.rows), f"{name}: rows lost by {step}"
+        common = [column for column in held.columns if column in now.columns]
+        assert now.on(common) == held.on(common), f"{name}: values changed by {step}"
 
 
 def test_every_step_keeps_every_row(engine: sa.Engine) -> None:
     revisions = migrate.revisions()
     assert len(revisions) >= 2
     seeder = _Seeder()
-    expected: dict[str, int] = {}
     migrate.upgrade(engine, revisions[0])
-    seeder.seed_new_tables(engine, expected)
-    assert {"users", "login_sessions", "refresh_tokens", "memberships"} <= expected.keys()
+    seeder.seed(engine)
+    held = _contents(engine)
+    assert {"users", "login_sessions", "refresh_tokens", "memberships"} <= held.keys()
 
     previous = revisions[0]
     for revision in revisions[1:]:
         migrate.upgrade(engine, revision)
-        _check_kept(engine, expected, f"upgrade {previous} -> {revision}")
-        seeder.seed_new_tables(engine, expected)
+        _check_kept(engine, held, f"upgrade {previous} -> {revision}")
+        seeder.seed(engine)
+        held = _contents(engine)
         previous = revision
     assert migrate.pending(engine) == (revisions[-1], revisions[-1])
+    # A token with a real parent went through the walk up, and goes down and up again.
+    assert any(
+        row[held["cli_tokens"].columns.index("parent_id")] for row in held["cli_tokens"].rows
+    )
 
     for target in [*reversed(revisions[:-1]), "base"]:
         migrate.downgrade(engine, target)
-        _check_kept(engine, expected, f"downgrade {previous} -> {target}")
+        _check_kept(engine, held, f"downgrade {previous} -> {target}")
+        held = _contents(engine)
         previous = target
-    assert expected == {}  # base: every table gone
+    assert held == {}  # base: every table gone
     assert migrate.pending(engine)[0] is None
 
     for revision in revisions:
         migrate.upgrade(engine, revision)
-        _check_kept(engine, expected, f"upgrade {previous} -> {revision}")
-        seeder.seed_new_tables(engine, expected)
+        _check_kept(engine, held, f"upgrade {previous} -> {revision}")
+        seeder.seed(engine)
+        held = _contents(engine)
         previous = revision
-    assert set(expected) == set(_row_counts(engine))  # every table of head has rows
+    assert all(contents.rows for contents in held.values())  # every table of head has rows
 
 
 @pytest.mark.parametrize("blank_url", ["sqlite"], indirect=True)

@@ -238,35 +238,8 @@ def test_a_bad_secret_gets_one_answer(auth: AuthStub, orgs: OrgStub) -> None:
     )
 
 
-def test_a_service_token_is_refused_by_every_rpc_that_acts_for_a_user(
-    auth: AuthStub, orgs: OrgStub
-) -> None:
-    owner = sign_up(auth)
-    organization = create_organization(orgs, owner)
-    secret = create_account(orgs, owner, organization, ("introspect", "read", "write")).secret
-    token = service_token(auth, secret)
-    calls: list[Any] = [
-        lambda: auth.GetMe(GET_ME, metadata=bearer(token)),
-        lambda: auth.ListCliTokens(auth_service_pb2.ListCliTokensRequest(), metadata=bearer(token)),
-        lambda: auth.CreateCliToken(
-            auth_service_pb2.CreateCliTokenRequest(name="x"), metadata=bearer(token)
-        ),
-        lambda: auth.ListSessions(auth_service_pb2.ListSessionsRequest(), metadata=bearer(token)),
-        lambda: orgs.ListOrganizations(
-            organization_service_pb2.ListOrganizationsRequest(), metadata=bearer(token)
-        ),
-        lambda: orgs.ListServiceAccounts(
-            organization_service_pb2.ListServiceAccountsRequest(slug=organization.slug),
-            metadata=bearer(token),
-        ),
-    ]
-    for call in calls:
-        error = error_of(call)
-        assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "USER_REQUIRED")
-    # The one RPC open to it works.
-    auth.IntrospectToken(
-        auth_service_pb2.IntrospectTokenRequest(token=token), metadata=bearer(token)
-    )
+# Which RPCs a service token may call: tests/server/test_service_caller_refusals.py, driven by
+# the contract.
 
 
 def test_deleting_the_account_fails_its_token_on_the_next_call_and_its_secret_at_once(

@@ -109,8 +109,9 @@ def _token(auth: auth_service_pb2_grpc.AuthServiceStub, access: str, scope: str)
     return token
 
 
-# The scopes a personal token can carry (introspect is for service accounts only: their table
-# is in tests/server/test_service_accounts.py).
+# The scopes a personal token can carry (introspect is for service accounts only, and a service
+# account's token is refused by every RPC that acts for a user before its scopes are looked at:
+# tests/server/test_service_caller_refusals.py).
 PERSONAL_SCOPES = sorted(methods.ALL_SCOPES - SERVICE_ONLY_SCOPES)
 SCOPED = [(m, s) for m in ALL_METHODS if not _access(m).public for s in PERSONAL_SCOPES]
 
@@ -147,7 +148,7 @@ def test_access_tokens_from_a_sign_in_carry_every_scope(
         if _access(method).public or method.name in {"RevokeAllCliTokens"}:
             continue
         if methods.scope_name(_access(method).scope) in SERVICE_ONLY_SCOPES:
-            continue  # every user scope, never a service-only one (test_service_accounts.py)
+            continue  # every user scope, never a service-only one (test_introspection.py)
         outcome = _call(channel, method, access)
         # Let through: neither refused for a scope nor for the token itself.
         assert outcome is None or outcome.reason != "INSUFFICIENT_SCOPE", method.full_name

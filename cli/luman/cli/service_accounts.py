@@ -22,11 +22,15 @@ _SECRET_FILE = click.option(
 
 
 def _read_secret(path: Path) -> str:
+    return _read_file(path, "--secret-file")
+
+
+def _read_file(path: Path, option: str) -> str:
     text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    secret = text.strip()
-    if not secret:
-        raise click.BadParameter("the file is empty", param_hint="--secret-file")
-    return secret
+    value = text.strip()
+    if not value:
+        raise click.BadParameter("the file is empty", param_hint=option)
+    return value
 
 
 @click.command("service-accounts")
@@ -126,19 +130,31 @@ def service_token(ctx: click.Context, secret_file: Path) -> None:
 
 
 @click.command()
-@click.argument("token")
+@click.option(
+    "--token-file",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="File holding the token to look at, '-' for stdin. A file, not an argument: it is "
+    "someone else's bearer token, and arguments show in `ps`.",
+)
 @_SECRET_FILE
 @json_option
 @click.pass_context
-def introspect(ctx: click.Context, token: str, secret_file: Path) -> None:
-    """Ask the server whether TOKEN is active now, as the service account whose secret is in
-    the file (it needs the introspect scope). Exit code 1 when the token is not active.
+def introspect(ctx: click.Context, token_file: Path, secret_file: Path) -> None:
+    """Ask the server whether the token in --token-file is active now, as the service account
+    whose secret is in --secret-file (it needs the introspect scope, in an organization the
+    server's INTROSPECTION_ORGANIZATIONS lists). Exit code 1 when the token is not active.
 
     \b
     Examples:
-      luman introspect "$TOKEN" --secret-file /run/secrets/luman
-      luman --json introspect "$TOKEN" --secret-file secret.txt | jq .active
+      printf '%s' "$TOKEN" | luman introspect --token-file - --secret-file /run/secrets/luman
+      luman --json introspect --token-file token.txt --secret-file secret.txt | jq .active
     """
+    if str(token_file) == "-" and str(secret_file) == "-":
+        raise click.BadParameter(
+            "stdin can hold only one of the token and the secret", param_hint="--token-file"
+        )
+    token = _read_file(token_file, "--token-file")
     state = state_of(ctx)
     client = state.client(authenticated=False)
     client.token = client.auth.create_service_token(_read_secret(secret_file)).access_token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 import uuid
 
@@ -39,6 +40,8 @@ class Principal:
     `scopes` limits what the credential may do on top of the caller's own permissions; None
     means every user scope (an access token from a sign-in), never SERVICE_ONLY_SCOPES.
     `organization_id` is the service account's organization; None for a user.
+    `issue_time` is an access token's iat, None for other credentials: what mints a credential
+    re-checks it against the user's LogoutAll not-before time under a lock.
     """
 
     subject_id: uuid.UUID
@@ -46,6 +49,7 @@ class Principal:
     credential_id: uuid.UUID
     scopes: frozenset[str] | None = None
     organization_id: uuid.UUID | None = None
+    issue_time: dt.datetime | None = None
 
     @property
     def is_service(self) -> bool:

@@ -47,7 +47,7 @@ from luman.interceptors.errors import (
     UnauthenticatedError,
 )
 from luman.interceptors.malformed import MalformedRequest
-from luman.interceptors.token_auth import InsufficientScopeError
+from luman.interceptors.token_auth import TokenAuthRefusedError
 
 MonotonicClock = Callable[[], float]
 # A refusal that attempts still in flight may undo (a shed sign-in is given back, a successful
@@ -60,6 +60,10 @@ class Policy(enum.Enum):
 
     AUTH = "auth"  # per client IP, strict: credential endpoints
     DEFAULT = "default"  # per user, or per client IP for calls without a valid token
+    # Per service account, generous: a service may introspect every request it serves.
+    INTROSPECTION = "introspection"
+    # Per client IP, apart from AUTH: services behind one address must not starve sign-ins.
+    SERVICE_TOKEN = "service_token"  # noqa: S105 - a policy name, not a secret
 
 
 class Decision(NamedTuple):
@@ -333,7 +337,7 @@ class ClientRateLimitInterceptor(MethodInterceptor):
                     return
                 try:
                     yield from behavior(request, context)
-                except (UnauthenticatedError, InsufficientScopeError) as exc:
+                except (UnauthenticatedError, TokenAuthRefusedError) as exc:
                     if _refused_by_token_auth(exc, record):
                         _admit(context, limiter.hit(self._key(record.caller.ip)))
                     raise
@@ -347,7 +351,7 @@ class ClientRateLimitInterceptor(MethodInterceptor):
                 return behavior(request, context)
             try:
                 return behavior(request, context)
-            except (UnauthenticatedError, InsufficientScopeError) as exc:
+            except (UnauthenticatedError, TokenAuthRefusedError) as exc:
                 if _refused_by_token_auth(exc, record):
                     _admit(context, limiter.hit(self._key(record.caller.ip)))
                 raise
@@ -411,12 +415,14 @@ class ClientRateLimitInterceptor(MethodInterceptor):
 class UserRateLimitInterceptor(MethodInterceptor):
     """The per-user stage: counts each default-policy call whose token checked out against its
     user, whichever address or credential it comes from (keying on the token instead would
-    let a client mint itself fresh budgets). Runs after token authentication.
+    let a client mint itself fresh budgets), and each introspection-policy call against its
+    service account, in that policy's own limiter. Runs after token authentication.
 
     Args:
         policy_of: method name -> Policy, or None for calls that are never limited.
         limiter: the default policy's limiter (None: not limited).
         public_methods: full method names that need no token (counted per IP instead).
+        introspection: the introspection policy's limiter (None: not limited).
     """
 
     def __init__(
@@ -425,18 +431,16 @@ class UserRateLimitInterceptor(MethodInterceptor):
         policy_of: Callable[[str], Policy | None],
         limiter: RateLimiter | None,
         public_methods: frozenset[str] = frozenset(),
+        introspection: RateLimiter | None = None,
     ) -> None:
         self._policy_of = policy_of
-        self._limiter = limiter
+        self._limiters = {Policy.DEFAULT: limiter, Policy.INTROSPECTION: introspection}
         self._public = public_methods
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
-        limiter = self._limiter
-        if (
-            limiter is None
-            or self._policy_of(method.name) is not Policy.DEFAULT
-            or method.name in self._public
-        ):
+        policy = self._policy_of(method.name)
+        limiter = None if policy is None else self._limiters.get(policy)
+        if limiter is None or method.name in self._public:
             return behavior
 
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
@@ -475,9 +479,10 @@ class _InFlight:
 
 
 def _refused_by_token_auth(exc: Exception, record: CallRecord) -> bool:
-    """Token authentication turned the call down: its token (no principal), or the token's
-    scope (which stops the call before the per-user stage could count it)."""
-    return isinstance(exc, InsufficientScopeError) or record.principal is None
+    """Token authentication turned the call down: its token (no principal), or a valid token
+    it refused (its scope, a service account on a user's method), which stops the call before
+    the per-user stage could count it."""
+    return isinstance(exc, TokenAuthRefusedError) or record.principal is None
 
 
 def _admit(context: grpc.ServicerContext, decision: Decision) -> None:

@@ -40,9 +40,14 @@ Verifier = Callable[[str], Principal]
 UNKNOWN_METHOD_SCOPE = "write"
 
 
-class InsufficientScopeError(PermissionDeniedError):
-    """A valid token without the scope the method declares. Its own class so that the per-IP
-    stage counts these refusals (they never reach the per-user stage)."""
+class TokenAuthRefusedError(PermissionDeniedError):
+    """A valid token that token authentication itself turned down. These refusals never reach
+    the per-user stage, so the per-IP stage counts them (rate_limit.py), as it counts invalid
+    tokens: a client cannot call for free by presenting a credential the method refuses."""
+
+
+class InsufficientScopeError(TokenAuthRefusedError):
+    """A valid token without the scope the method declares."""
 
     def __init__(self, scope: str) -> None:
         super().__init__(
@@ -50,6 +55,12 @@ class InsufficientScopeError(PermissionDeniedError):
             f"this token lacks the {scope!r} scope this method needs",
             {"required_scope": scope},
         )
+
+
+class ServiceCallerRefusedError(TokenAuthRefusedError, UserRequiredError):
+    """A service account's token on a method that acts for a user: USER_REQUIRED, raised by
+    token authentication (the same error raised deeper, by Principal.user_id, comes after the
+    per-user stage counted the call, and is not a TokenAuthRefusedError)."""
 
 
 def bearer_from(values: Sequence[str | bytes]) -> str:
@@ -143,6 +154,6 @@ class TokenAuthInterceptor(MethodInterceptor):
                 raise
             return
         if record.principal.is_service and not services:
-            raise UserRequiredError()
+            raise ServiceCallerRefusedError()
         if scope is not None and not record.principal.has_scope(scope):
             raise InsufficientScopeError(scope)

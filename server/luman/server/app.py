@@ -170,6 +170,7 @@ def build_server(
         token_cache_max_entries=settings.token_cache_max_entries,
         refresh_reuse_grace_seconds=settings.refresh_reuse_grace_seconds,
         max_token_lifetime=settings.max_token_lifetime,
+        introspection_organizations=settings.introspection_organizations,
     )
     organizations = OrganizationService(sessions, clock)
     # Declared in the contracts; token authentication and both rate-limit stages read it.

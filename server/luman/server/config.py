@@ -9,12 +9,14 @@ import logging
 import os
 import re
 import secrets
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,38}[a-z0-9]")  # as validation.check_slug
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MIN_SECRET_BYTES = 32
 
@@ -61,10 +63,19 @@ class Settings:
     rate_limit_max_requests: int = 100
     auth_rate_limit_window_ms: int = 15 * 60 * 1000
     auth_rate_limit_max_requests: int = 5
+    # IntrospectToken, per service account: enough to introspect every request a service serves.
+    introspection_rate_limit_window_ms: int = 60 * 1000
+    introspection_rate_limit_max_requests: int = 6000
+    # CreateServiceToken, per client IP, apart from the sign-ins' bucket.
+    service_token_rate_limit_window_ms: int = 15 * 60 * 1000
+    service_token_rate_limit_max_requests: int = 60
     trusted_proxies: tuple[str, ...] = ()
     # IPv6 clients are counted by network: one subscriber usually holds a whole /64.
     rate_limit_ipv6_prefix: int = 64
     rate_limit_redis_url: str = ""  # empty: counted in process (one replica)
+    # INTROSPECTION_ORGANIZATIONS: the organizations (slugs, ids as str(UUID), or "*" for every
+    # one) whose service accounts may hold the introspect scope; empty: nobody may introspect.
+    introspection_organizations: frozenset[str] = frozenset()
     request_log_enabled: bool = True
     request_log_retention_days: int = 30
     # Entries held in memory while waiting to be written, through a database outage too
@@ -128,9 +139,22 @@ class Settings:
             rate_limit_max_requests=r.integer("RATE_LIMIT_MAX_REQUESTS", 100, 0, 10**9),
             auth_rate_limit_window_ms=r.integer("AUTH_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             auth_rate_limit_max_requests=r.integer("AUTH_RATE_LIMIT_MAX_REQUESTS", 5, 0, 10**9),
+            introspection_rate_limit_window_ms=r.integer(
+                "INTROSPECTION_RATE_LIMIT_WINDOW_MS", 60000, 0, 86400000
+            ),
+            introspection_rate_limit_max_requests=r.integer(
+                "INTROSPECTION_RATE_LIMIT_MAX_REQUESTS", 6000, 0, 10**9
+            ),
+            service_token_rate_limit_window_ms=r.integer(
+                "SERVICE_TOKEN_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000
+            ),
+            service_token_rate_limit_max_requests=r.integer(
+                "SERVICE_TOKEN_RATE_LIMIT_MAX_REQUESTS", 60, 0, 10**9
+            ),
             trusted_proxies=r.networks("TRUSTED_PROXIES"),
             rate_limit_ipv6_prefix=r.integer("RATE_LIMIT_IPV6_PREFIX", 64, 1, 128),
             rate_limit_redis_url=r.redis_url("RATE_LIMIT_REDIS_URL"),
+            introspection_organizations=r.organizations("INTROSPECTION_ORGANIZATIONS"),
             request_log_enabled=r.flag("REQUEST_LOG_ENABLED", True),
             request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
             request_log_max_queue=r.integer("REQUEST_LOG_MAX_QUEUE", 100000, 1000, 10**7),
@@ -315,6 +339,25 @@ class _Reader:
     def items(self, name: str) -> tuple[str, ...]:
         value = self._raw(name)
         return () if value is None else tuple(p.strip() for p in value.split(",") if p.strip())
+
+    def organizations(self, name: str) -> frozenset[str]:
+        """Comma-separated organization slugs or ids, or `*` alone (every organization)."""
+        items = self.items(name)
+        if "*" in items:
+            if len(items) != 1:
+                raise ConfigError(f"{name}: '*' (every organization) stands alone, got {items!r}")
+            return frozenset(items)
+        parsed = set()
+        for item in items:
+            try:
+                parsed.add(str(uuid.UUID(item)))  # one spelling, as str(organization.id)
+            except ValueError:
+                if not _SLUG.fullmatch(item):
+                    raise ConfigError(
+                        f"{name} must list organization slugs or ids, got {item!r}"
+                    ) from None
+                parsed.add(item)
+        return frozenset(parsed)
 
     def redis_url(self, name: str) -> str:
         value = self.text(name, "")

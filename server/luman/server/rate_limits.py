@@ -1,9 +1,11 @@
 """Rate-limit wiring: settings and the `(luman.api.v1.access)` policies -> the two stages.
 
 The per-IP stage runs before token authentication: auth-policy RPCs (Register, Login, CliLogin,
-RefreshToken: the ones that hash passwords) and every call without a valid token count per
-client address before anything touches the database. The per-user stage runs after it and
-counts default-policy calls per verified user (see luman.interceptors.rate_limit).
+RefreshToken: the ones that hash passwords), service-token-policy RPCs (CreateServiceToken, in
+a bucket of its own) and every call without a valid token count per client address before
+anything touches the database. The per-user stage runs after it and counts default-policy calls
+per verified user, and introspection-policy calls (IntrospectToken) per service account in a
+bucket of their own (see luman.interceptors.rate_limit).
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def build_limiters(
     for policy, limit, window_ms in (
         (Policy.AUTH, settings.auth_rate_limit_max_requests, settings.auth_rate_limit_window_ms),
         (Policy.DEFAULT, settings.rate_limit_max_requests, settings.rate_limit_window_ms),
+        (
+            Policy.INTROSPECTION,
+            settings.introspection_rate_limit_max_requests,
+            settings.introspection_rate_limit_window_ms,
+        ),
+        (
+            Policy.SERVICE_TOKEN,
+            settings.service_token_rate_limit_max_requests,
+            settings.service_token_rate_limit_window_ms,
+        ),
     ):
         if limit > 0 and window_ms > 0:
             limiters[policy] = limiter(policy.value, limit, window_ms / 1000)
@@ -91,9 +103,16 @@ def build_rate_limit_stages(
             methods=SIGN_IN_METHODS,
         )
     policy_of = policy_resolver()
+    # Introspection's own budget is for callers whose service token checked out; one without
+    # a valid token is counted per address like any other (the default policy's numbers).
+    per_ip_limiters: dict[Policy, RateLimiter] = {
+        policy: each for policy, each in limiters.items() if policy is not Policy.INTROSPECTION
+    }
+    if Policy.DEFAULT in limiters:
+        per_ip_limiters[Policy.INTROSPECTION] = limiters[Policy.DEFAULT]
     per_ip = ClientRateLimitInterceptor(
         policy_of=policy_of,
-        limiters=limiters,
+        limiters=per_ip_limiters,
         public_methods=public_methods,
         ipv6_prefix=settings.rate_limit_ipv6_prefix,
         accounts=accounts,
@@ -102,15 +121,22 @@ def build_rate_limit_stages(
         policy_of=policy_of,
         limiter=limiters.get(Policy.DEFAULT),
         public_methods=public_methods,
+        introspection=limiters.get(Policy.INTROSPECTION),
     )
     return per_ip, per_user
 
 
+# The contract's policies; UNSPECIFIED and DEFAULT are the default policy.
+_POLICIES = {
+    annotations_pb2.RATE_LIMIT_POLICY_AUTH: Policy.AUTH,
+    annotations_pb2.RATE_LIMIT_POLICY_INTROSPECTION: Policy.INTROSPECTION,
+    annotations_pb2.RATE_LIMIT_POLICY_SERVICE_TOKEN: Policy.SERVICE_TOKEN,
+}
+
+
 def policy_resolver() -> Callable[[str], Policy | None]:
     table = {
-        name: Policy.AUTH
-        if policy.rate_limit == annotations_pb2.RATE_LIMIT_POLICY_AUTH
-        else Policy.DEFAULT
+        name: _POLICIES.get(policy.rate_limit, Policy.DEFAULT)
         for name, policy in methods.policies().items()
     }
 

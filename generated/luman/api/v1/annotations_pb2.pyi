@@ -31,6 +31,15 @@ class _RateLimitPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateL
     """RATE_LIMIT_POLICY_DEFAULT counts per principal (user, or client IP when anonymous)."""
     RATE_LIMIT_POLICY_AUTH: _RateLimitPolicy.ValueType  # 2
     """RATE_LIMIT_POLICY_AUTH counts per client IP with the stricter credential policy."""
+    RATE_LIMIT_POLICY_INTROSPECTION: _RateLimitPolicy.ValueType  # 3
+    """RATE_LIMIT_POLICY_INTROSPECTION counts per calling service account, with a limit high
+    enough for a service that introspects on every request it serves (IntrospectToken).
+    """
+    RATE_LIMIT_POLICY_SERVICE_TOKEN: _RateLimitPolicy.ValueType  # 4
+    """RATE_LIMIT_POLICY_SERVICE_TOKEN counts per client IP in a bucket of its own
+    (CreateServiceToken), so that services sharing an egress address neither lock each other
+    out of the sign-ins nor are locked out by them.
+    """
 
 class RateLimitPolicy(_RateLimitPolicy, metaclass=_RateLimitPolicyEnumTypeWrapper):
     """RateLimitPolicy names the rate-limit bucket an RPC is counted in."""
@@ -41,6 +50,15 @@ RATE_LIMIT_POLICY_DEFAULT: RateLimitPolicy.ValueType  # 1
 """RATE_LIMIT_POLICY_DEFAULT counts per principal (user, or client IP when anonymous)."""
 RATE_LIMIT_POLICY_AUTH: RateLimitPolicy.ValueType  # 2
 """RATE_LIMIT_POLICY_AUTH counts per client IP with the stricter credential policy."""
+RATE_LIMIT_POLICY_INTROSPECTION: RateLimitPolicy.ValueType  # 3
+"""RATE_LIMIT_POLICY_INTROSPECTION counts per calling service account, with a limit high
+enough for a service that introspects on every request it serves (IntrospectToken).
+"""
+RATE_LIMIT_POLICY_SERVICE_TOKEN: RateLimitPolicy.ValueType  # 4
+"""RATE_LIMIT_POLICY_SERVICE_TOKEN counts per client IP in a bucket of its own
+(CreateServiceToken), so that services sharing an egress address neither lock each other
+out of the sign-ins nor are locked out by them.
+"""
 Global___RateLimitPolicy: _TypeAlias = RateLimitPolicy  # noqa: Y015
 
 class _Scope:
@@ -124,7 +142,13 @@ class MethodAccess(_message.Message):
 
 Global___MethodAccess: _TypeAlias = MethodAccess  # noqa: Y015
 
+OMIT_EMPTY_FIELD_NUMBER: _builtins.int
 ACCESS_FIELD_NUMBER: _builtins.int
+omit_empty: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""omit_empty is true on a repeated response field that the HTTP gateway leaves out of the
+JSON when it is empty, instead of writing []: for answers whose contract is that absent
+fields are absent (IntrospectTokenResponse when not active, RFC 7662).
+"""
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___MethodAccess]
 """access declares the RPC's authentication and rate-limit policy. RPCs without it
 require credentials and use the default rate-limit policy.

@@ -847,7 +847,9 @@ class IntrospectTokenRequest(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """token is any Luman token, as it would be sent. Required, at most 4096 characters."""
+    """token is any Luman token, as it would be sent. Required; one longer than 4096 characters
+    is not active.
+    """
     def __init__(
         self,
         *,
@@ -865,7 +867,9 @@ Global___IntrospectTokenRequest: _TypeAlias = IntrospectTokenRequest  # noqa: Y0
 class IntrospectTokenResponse(_message.Message):
     """IntrospectTokenResponse describes the token. When it is not active every field but
     `active` is absent, whatever the reason: the answer is the same bytes for every inactive
-    token.
+    token, and over HTTP the JSON is exactly {"active": false}. The fields have presence
+    (`optional`, and `scopes` is left out of JSON when empty) so that a field a token does not
+    have is absent rather than "" (RFC 7662).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -881,21 +885,23 @@ class IntrospectTokenResponse(_message.Message):
     active: _builtins.bool
     """active is true when the token would be accepted now."""
     token_kind: _auth_pb2.TokenKind.ValueType
-    """token_kind is what the token is."""
+    """token_kind is what the token is; absent when not active."""
     subject: _builtins.str
-    """subject is the user id (user tokens) or the service account id (service tokens)."""
+    """subject is the user id (user tokens) or the service account id (service tokens); absent
+    when not active.
+    """
     organization_id: _builtins.str
-    """organization_id is the service account's organization; empty for user tokens, which
+    """organization_id is the service account's organization; absent for user tokens, which
     are not bound to an organization (the user's memberships decide, on every call).
     """
     kid: _builtins.str
     """kid is the id of the key that signed the token (JWTs signed with a published key);
-    empty otherwise.
+    absent otherwise.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """scopes are what the token may do. A user's access token has read and write (every user
-        scope); a refresh token has none (it can only be exchanged).
+        scope); a refresh token has none (it can only be exchanged). Absent from JSON when empty.
         """
 
     @_builtins.property
@@ -912,18 +918,33 @@ class IntrospectTokenResponse(_message.Message):
         self,
         *,
         active: _builtins.bool = ...,
-        token_kind: _auth_pb2.TokenKind.ValueType = ...,
-        subject: _builtins.str = ...,
+        token_kind: _auth_pb2.TokenKind.ValueType | None = ...,
+        subject: _builtins.str | None = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
-        organization_id: _builtins.str = ...,
+        organization_id: _builtins.str | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         issue_time: _timestamp_pb2.Timestamp | None = ...,
-        kid: _builtins.str = ...,
+        kid: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "issue_time", b"issue_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kid", b"_kid", "_organization_id", b"_organization_id", "_subject", b"_subject", "_token_kind", b"_token_kind", "expire_time", b"expire_time", "issue_time", b"issue_time", "kid", b"kid", "organization_id", b"organization_id", "subject", b"subject", "token_kind", b"token_kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "expire_time", b"expire_time", "issue_time", b"issue_time", "kid", b"kid", "organization_id", b"organization_id", "scopes", b"scopes", "subject", b"subject", "token_kind", b"token_kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kid", b"_kid", "_organization_id", b"_organization_id", "_subject", b"_subject", "_token_kind", b"_token_kind", "active", b"active", "expire_time", b"expire_time", "issue_time", b"issue_time", "kid", b"kid", "organization_id", b"organization_id", "scopes", b"scopes", "subject", b"subject", "token_kind", b"token_kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__kid: _TypeAlias = _typing.Literal["kid"]  # noqa: Y015
+    _WhichOneofArgType__kid: _TypeAlias = _typing.Literal["_kid", b"_kid"]  # noqa: Y015
+    _WhichOneofReturnType__organization_id: _TypeAlias = _typing.Literal["organization_id"]  # noqa: Y015
+    _WhichOneofArgType__organization_id: _TypeAlias = _typing.Literal["_organization_id", b"_organization_id"]  # noqa: Y015
+    _WhichOneofReturnType__subject: _TypeAlias = _typing.Literal["subject"]  # noqa: Y015
+    _WhichOneofArgType__subject: _TypeAlias = _typing.Literal["_subject", b"_subject"]  # noqa: Y015
+    _WhichOneofReturnType__token_kind: _TypeAlias = _typing.Literal["token_kind"]  # noqa: Y015
+    _WhichOneofArgType__token_kind: _TypeAlias = _typing.Literal["_token_kind", b"_token_kind"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kid) -> _WhichOneofReturnType__kid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__organization_id) -> _WhichOneofReturnType__organization_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__subject) -> _WhichOneofReturnType__subject | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__token_kind) -> _WhichOneofReturnType__token_kind | None: ...
 
 Global___IntrospectTokenResponse: _TypeAlias = IntrospectTokenResponse  # noqa: Y015

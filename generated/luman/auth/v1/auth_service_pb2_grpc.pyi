@@ -145,8 +145,8 @@ class AuthServiceStub:
     CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
     tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
     organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
-    ask again for a new one, there is no refresh token. Public, in the strict sign-in
-    rate-limit policy.
+    ask again for a new one, there is no refresh token. Public, in its own rate-limit policy
+    (per client IP, SERVICE_TOKEN_RATE_LIMIT_*), apart from the sign-ins'.
 
     Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
     unknown, deleted or mistyped secret, indistinguishably).
@@ -157,12 +157,14 @@ class AuthServiceStub:
     refresh token, a personal (CLI) token, a service account's access token or its secret.
     Unlike offline verification with the JWKS, it sees revocations at once: it reads the
     database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
-    get the same answer, `active: false` and nothing else. Only a service account whose
-    token carries the introspect scope may call it.
+    get the same answer, `active: false` and nothing else; so do tokens longer than 4096
+    characters. Only a service account whose token carries the introspect scope may call it,
+    and only while its organization is in the server's INTROSPECTION_ORGANIZATIONS. Counted
+    per service account in its own rate-limit policy (INTROSPECTION_RATE_LIMIT_*).
 
-    Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+    Errors: INVALID_ARGUMENT (token empty), UNAUTHENTICATED, PERMISSION_DENIED
     (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
-    is).
+    is; INTROSPECTION_NOT_ALLOWED: the caller's organization is not, or no longer, listed).
     """
 
 @_typing.type_check_only
@@ -282,8 +284,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
     tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
     organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
-    ask again for a new one, there is no refresh token. Public, in the strict sign-in
-    rate-limit policy.
+    ask again for a new one, there is no refresh token. Public, in its own rate-limit policy
+    (per client IP, SERVICE_TOKEN_RATE_LIMIT_*), apart from the sign-ins'.
 
     Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
     unknown, deleted or mistyped secret, indistinguishably).
@@ -294,12 +296,14 @@ class AuthServiceAsyncStub(AuthServiceStub):
     refresh token, a personal (CLI) token, a service account's access token or its secret.
     Unlike offline verification with the JWKS, it sees revocations at once: it reads the
     database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
-    get the same answer, `active: false` and nothing else. Only a service account whose
-    token carries the introspect scope may call it.
+    get the same answer, `active: false` and nothing else; so do tokens longer than 4096
+    characters. Only a service account whose token carries the introspect scope may call it,
+    and only while its organization is in the server's INTROSPECTION_ORGANIZATIONS. Counted
+    per service account in its own rate-limit policy (INTROSPECTION_RATE_LIMIT_*).
 
-    Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+    Errors: INVALID_ARGUMENT (token empty), UNAUTHENTICATED, PERMISSION_DENIED
     (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
-    is).
+    is; INTROSPECTION_NOT_ALLOWED: the caller's organization is not, or no longer, listed).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -506,8 +510,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         CreateServiceAccount) for a short-lived access token: a JWT signed like users' access
         tokens (kid, JWKS), with `typ` "service", `sub` the service account id, `org_id` its
         organization and `scope` its scopes (space-separated). It lives JWT_EXPIRES_IN seconds;
-        ask again for a new one, there is no refresh token. Public, in the strict sign-in
-        rate-limit policy.
+        ask again for a new one, there is no refresh token. Public, in its own rate-limit policy
+        (per client IP, SERVICE_TOKEN_RATE_LIMIT_*), apart from the sign-ins'.
 
         Errors: INVALID_ARGUMENT (secret empty or too long), UNAUTHENTICATED (INVALID_CREDENTIALS:
         unknown, deleted or mistyped secret, indistinguishably).
@@ -524,12 +528,14 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         refresh token, a personal (CLI) token, a service account's access token or its secret.
         Unlike offline verification with the JWKS, it sees revocations at once: it reads the
         database on every call. Unknown, expired, revoked, used (refresh) and malformed tokens all
-        get the same answer, `active: false` and nothing else. Only a service account whose
-        token carries the introspect scope may call it.
+        get the same answer, `active: false` and nothing else; so do tokens longer than 4096
+        characters. Only a service account whose token carries the introspect scope may call it,
+        and only while its organization is in the server's INTROSPECTION_ORGANIZATIONS. Counted
+        per service account in its own rate-limit policy (INTROSPECTION_RATE_LIMIT_*).
 
-        Errors: INVALID_ARGUMENT (token empty or too long), UNAUTHENTICATED, PERMISSION_DENIED
+        Errors: INVALID_ARGUMENT (token empty), UNAUTHENTICATED, PERMISSION_DENIED
         (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
-        is).
+        is; INTROSPECTION_NOT_ALLOWED: the caller's organization is not, or no longer, listed).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

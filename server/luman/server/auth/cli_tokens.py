@@ -30,8 +30,12 @@ from luman.interceptors.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from luman.interceptors.principal import SERVICE_ONLY_SCOPES, Credential, Principal
+from luman.interceptors.principal import SERVICE_ONLY_SCOPES, Principal
 from luman.server.auth.cli_token_repository import CliTokenRepository, PageKey
+from luman.server.auth.credential_locks import (
+    lock_calling_credential,
+    lock_user_against_mints,
+)
 from luman.server.auth.token_cache import TokenCache
 from luman.server.clock import Clock
 from luman.server.db.models import CliToken
@@ -145,14 +149,13 @@ class CliTokens:
         now = self._clock()
         expires = self._expiry(now, expire_time, ttl)
         asked = "ttl" if ttl is not None else "expire_time" if expire_time is not None else None
-        # A personal token is the new one's parent; a sign-in's access token is no parent.
-        personal = principal.credential is Credential.CLI_TOKEN
-        parent_id = principal.credential_id if personal else None
         with self._sessions.write.begin() as session:
-            if parent_id is not None:
-                parent = CliTokenRepository(session).lock_active(principal.user_id, parent_id)
-                if parent is None:
-                    raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
+            # The caller as of now, locked (credential_locks.py): a credential revoked on
+            # another replica, still in this one's cache, mints nothing. A personal token is
+            # the new one's parent; a sign-in's access token is no parent.
+            parent = lock_calling_credential(session, principal)
+            parent_id = None if parent is None else parent.id
+            if parent is not None:
                 expires = _within_parent(now, expires, parent.expire_time, asked)
             secret, row = self.new(principal.user_id, name, wanted, expires, now, parent_id)
             session.add(row)
@@ -206,6 +209,8 @@ class CliTokens:
 
     def revoke_all(self, principal: Principal) -> int:
         with self._sessions.write.begin() as session:
+            # Ordered against CreateCliToken: a token minted meanwhile is revoked too.
+            lock_user_against_mints(session, principal.user_id)
             count = CliTokenRepository(session).revoke_all(principal.user_id, self._clock())
         # By user: one call drops every cached token of theirs (access tokens are then simply
         # checked again once).

@@ -32,6 +32,7 @@ from luman.server.auth import token_checks
 from luman.server.auth.cli_token_repository import CliTokenRepository
 from luman.server.auth.cli_tokens import DEFAULT_SCOPES, CliTokens, parse_scopes
 from luman.server.auth.introspection import Introspector
+from luman.server.auth.introspection_policy import IntrospectionPolicy
 from luman.server.auth.passwords import PasswordHasher, WaitingCall
 from luman.server.auth.repository import AuthRepository
 from luman.server.auth.service_accounts import ServiceAccounts
@@ -109,6 +110,7 @@ class AuthService:
         token_cache_max_entries: int = DEFAULT_MAX_ENTRIES,
         max_token_lifetime: float = 0.0,
         refresh_reuse_grace_seconds: float = 0.0,
+        introspection_organizations: frozenset[str] = frozenset(),
     ) -> None:
         self._sessions = sessions
         self._hasher = hasher
@@ -122,7 +124,11 @@ class AuthService:
         self.cli_tokens = CliTokens(sessions, clock, self.token_cache, max_token_lifetime)
         # Service accounts (their management, secret exchange and tokens) and IntrospectToken.
         self.service_accounts = ServiceAccounts(
-            sessions, clock, self.token_cache, ServiceTokenCodec(codec, clock)
+            sessions,
+            clock,
+            self.token_cache,
+            ServiceTokenCodec(codec, clock),
+            IntrospectionPolicy(sessions, introspection_organizations),
         )
         self.introspector = Introspector(sessions, codec, self.service_accounts, clock)
 
@@ -248,7 +254,8 @@ class AuthService:
                 "NOT_A_CLI_TOKEN",
                 "CliLogout revokes the CLI token on the call; this call used an access token",
             )
-        # The tokens created with it go too (cli_tokens.py, lineage).
+        # Only the calling token: the tokens created with it outlive a sign-out (cli_tokens.py,
+        # sign_out); RevokeCliToken is what takes a token's descendants with it.
         self.cli_tokens.sign_out(principal)
 
     def get_me(self, principal: Principal) -> UserRecord:
@@ -301,7 +308,9 @@ class AuthService:
         ):
             # Its sign-in was revoked, or LogoutAll came after it was issued.
             raise UnauthenticatedError("TOKEN_REVOKED", "token has been revoked")
-        principal = Principal(claims.user_id, Credential.ACCESS_TOKEN, claims.session_id)
+        principal = Principal(
+            claims.user_id, Credential.ACCESS_TOKEN, claims.session_id, issue_time=claims.issue_time
+        )
         self.token_cache.put(
             key, principal, check.user, expire_time=claims.believed_until, generation=generation
         )

@@ -26,6 +26,8 @@ from sqlalchemy import Connection, and_, bindparam, delete, or_, select
 from luman.client import token_format
 from luman.interceptors.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
 from luman.interceptors.principal import Credential, Principal
+from luman.server.auth.credential_locks import lock_calling_credential
+from luman.server.auth.introspection_policy import IntrospectionPolicy
 from luman.server.auth.service_tokens import ServiceClaims, ServiceTokenCodec
 from luman.server.auth.token_cache import TokenCache
 from luman.server.auth.tokens import IssuedToken
@@ -107,11 +109,14 @@ class ServiceAccounts:
         clock: Clock,
         token_cache: TokenCache,
         codec: ServiceTokenCodec,
+        introspection: IntrospectionPolicy | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._token_cache = token_cache
         self.codec = codec
+        # Who may hold `introspect` (INTROSPECTION_ORGANIZATIONS); None: nobody.
+        self.introspection = introspection or IntrospectionPolicy(sessions, frozenset())
 
     # Management (OrganizationService RPCs).
 
@@ -119,8 +124,17 @@ class ServiceAccounts:
         self, principal: Principal, ref: OrganizationRef, name: str, scopes: frozenset[str]
     ) -> CreatedServiceAccount:
         secret = token_format.new_token(token_format.SERVICE_PREFIX)
+        now = self._clock()
         with self._sessions.write.begin() as session:
+            # The caller as of now, locked (credential_locks.py): a credential revoked on
+            # another replica, still in this one's cache, mints no organization secret.
+            personal = lock_calling_credential(session, principal)
+            expire_time = None if personal is None else personal.expire_time
+            if expire_time is not None and expire_time <= now:
+                raise UnauthenticatedError("TOKEN_EXPIRED", "token has expired")
             organization = self._managed(OrganizationRepository(session), principal, ref)
+            # After the membership check: an outsider still learns nothing.
+            self.introspection.check_create(organization, scopes)
             account = ServiceAccount(
                 id=uuid.uuid4(),
                 organization_id=organization.id,
@@ -128,7 +142,7 @@ class ServiceAccounts:
                 scopes=" ".join(sorted(scopes)),
                 secret_hash=hash_secret(secret),
                 secret_hint=token_format.hint(secret, token_format.SERVICE_PREFIX),
-                create_time=self._clock(),
+                create_time=now,
             )
             session.add(account)
             session.flush()

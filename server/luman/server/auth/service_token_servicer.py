@@ -9,9 +9,10 @@ from __future__ import annotations
 import grpc
 
 from luman.auth.v1 import auth_service_pb2
+from luman.interceptors.principal import current_principal
 from luman.server.auth.service import AuthService
 from luman.server.convert import write_timestamp
-from luman.server.validation import Violations, check_token
+from luman.server.validation import MAX_TOKEN_LENGTH, Violations, check_token
 
 
 class ServiceTokenRpcs:
@@ -35,21 +36,33 @@ class ServiceTokenRpcs:
     def IntrospectToken(  # noqa: N802 - grpc names the methods
         self, request: auth_service_pb2.IntrospectTokenRequest, context: grpc.ServicerContext
     ) -> auth_service_pb2.IntrospectTokenResponse:
-        v = Violations()
-        check_token(v, "token", request.token)
-        v.raise_if_any()
+        # The operator's list, as it is now: it may have changed since the account was made.
+        self._service.service_accounts.introspection.check_caller(
+            current_principal().organization_id
+        )
+        if not request.token:
+            v = Violations()
+            v.add("token", "is required")
+            v.raise_if_any()
+        # RFC 7662: a malformed token is one more inactive token, a too-long one included; no
+        # Luman token is that long, so it is answered without being read.
+        if len(request.token) > MAX_TOKEN_LENGTH:
+            return auth_service_pb2.IntrospectTokenResponse()
         found = self._service.introspector.introspect(request.token)
         if found is None:
             # Not active, for whatever reason: `active: false` and nothing else.
             return auth_service_pb2.IntrospectTokenResponse()
+        # Fields with presence (optional): what a token lacks is absent, not "" (JSON too).
         response = auth_service_pb2.IntrospectTokenResponse(
             active=True,
             token_kind=found.kind,
             subject=str(found.subject),
             scopes=sorted(found.scopes),
-            organization_id="" if found.organization_id is None else str(found.organization_id),
-            kid=found.kid or "",
         )
+        if found.organization_id is not None:
+            response.organization_id = str(found.organization_id)
+        if found.kid:
+            response.kid = found.kid
         write_timestamp(response.issue_time, found.issue_time)
         if found.expire_time is not None:
             write_timestamp(response.expire_time, found.expire_time)

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from luman.interceptors.errors import FailedPreconditionError, NotFoundError
 from luman.interceptors.principal import Credential, Principal
+from luman.server.auth.credential_locks import lock_user_against_mints
 from luman.server.auth.token_cache import TokenCache
 from luman.server.clock import Clock
 from luman.server.db.models import CliToken, LoginSession, User
@@ -141,6 +142,9 @@ class SessionService:
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = SessionRepository(session)
+            # The user's row even when the not-before time stays (two LogoutAlls in a second):
+            # a token being minted meanwhile is then among those revoked (credential_locks.py).
+            lock_user_against_mints(session, principal.user_id)
             repo.set_tokens_not_before(principal.user_id, not_before_after(now))
             revoked_sessions = repo.revoke_sessions(principal.user_id, now)
             revoked_cli_tokens = (

@@ -6,7 +6,8 @@ transcode.py actually sends and accepts:
 
 - property names are json names (lowerCamelCase);
 - response schemas list as `required` every field without presence, because responses always
-  include those (at their default values); message fields and oneof members are optional;
+  include those (at their default values); message fields, oneof members, `optional` fields
+  and repeated fields marked `(luman.api.v1.omit_empty)` are optional;
 - request bodies are inline schemas of the request message minus the fields the path sets, with
   `additionalProperties: false` (unknown fields are a 400) and at most one member per oneof;
 - enums are their value names; Timestamps are `date-time` strings; int64 values are strings;
@@ -29,6 +30,7 @@ from google.protobuf.descriptor import (
 from luman.api.v1 import annotations_pb2 as api_annotations_pb2
 from luman.server import methods
 from luman.server.gateway.routes import Route, RouteTable
+from luman.server.gateway.transcode import omits_empty
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -363,8 +365,8 @@ class _Builder:
         required: list[str] = []
         for field in descriptor.fields:
             properties[field.json_name] = self._described(field)
-            # transcode.py always prints fields without presence.
-            if not field.has_presence:
+            # transcode.py always prints fields without presence (but omit_empty ones).
+            if not field.has_presence and not omits_empty(field):
                 required.append(field.json_name)
         schema: dict[str, Any] = {"type": "object", "properties": properties}
         if required:

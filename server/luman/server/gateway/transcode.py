@@ -10,7 +10,9 @@ JSON mapping (protobuf's canonical proto3 JSON, google.protobuf.json_format):
   expects). Requests accept the json name or the proto name.
 - Responses always contain the fields that have no presence, at their default values ("",
   0, false, [], the zero enum name), so a client can rely on every key being there; message
-  fields and oneof members appear only when set. openapi.py marks exactly those as required.
+  fields, oneof members and `optional` fields appear only when set, and so does a repeated
+  field marked `(luman.api.v1.omit_empty)` (left out when empty). openapi.py marks exactly
+  the always-written ones as required.
 - Enums are written as names; int64 values as strings; Timestamps as RFC 3339 strings.
 - Strict input: an unknown field, a field given twice (by either name), a field the URL path
   already sets, a non-object body, duplicate JSON keys, NaN/Infinity, or a value of the wrong
@@ -29,6 +31,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from luman.api.v1 import annotations_pb2
 from luman.server.gateway.routes import Route, RouteMatch
 from luman.server.gateway.status import bad_request
 
@@ -156,7 +159,11 @@ class _MessagePlan(NamedTuple):
 def _message_json(message: Message) -> Any:
     plan = _plan(message.DESCRIPTOR)
     if plan is None:
-        return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+        printed = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+        for name in omitted_when_empty(message.DESCRIPTOR):
+            if printed.get(name) == []:
+                del printed[name]
+        return printed
     document: dict[str, Any] = {}
     for field, value in message.ListFields():
         name, write, repeated = plan.fields[field.number]
@@ -190,13 +197,25 @@ def _plan(descriptor: Descriptor) -> _MessagePlan | None:
             write = _writer(field)
             fields[field.number] = _FieldPlan(field.json_name, write, field.is_repeated)
             if field.is_repeated:
-                defaults.append((field.json_name, True, None))
+                if not omits_empty(field):
+                    defaults.append((field.json_name, True, None))
             elif not field.has_presence:
                 value = field.default_value
                 defaults.append((field.json_name, False, value if write is None else write(value)))
     except _LeftToJsonFormatError:
         return None
     return _MessagePlan(fields, tuple(defaults))
+
+
+def omits_empty(field: FieldDescriptor) -> bool:
+    """Whether a response leaves this repeated field out when empty (luman.api.v1.omit_empty)."""
+    return field.is_repeated and field.GetOptions().Extensions[annotations_pb2.omit_empty]
+
+
+@functools.cache
+def omitted_when_empty(descriptor: Descriptor) -> frozenset[str]:
+    """The JSON names of the message's omit_empty fields."""
+    return frozenset(field.json_name for field in descriptor.fields if omits_empty(field))
 
 
 def _writer(field: FieldDescriptor) -> _Write | None:
