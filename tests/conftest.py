@@ -11,6 +11,7 @@ A test marked `shape_check` runs once, on SQLite: see `pytest_generate_tests` be
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -180,6 +181,22 @@ def app(
 ) -> Iterator[App]:
     """The real server, full interceptor chain, on a free loopback port."""
     server = build_server(settings, sessions, clock=clock, hasher=hasher)
+    server.start()
+    yield server
+    server.stop(None)
+
+
+@pytest.fixture
+def limited_app(
+    settings: Settings, sessions: Sessions, clock: FakeClock, hasher: PasswordHasher
+) -> Iterator[App]:
+    """The server with the default policy at 3 calls per window."""
+    server = build_server(
+        dataclasses.replace(settings, rate_limit_max_requests=3),
+        sessions,
+        clock=clock,
+        hasher=hasher,
+    )
     server.start()
     yield server
     server.stop(None)

@@ -5,9 +5,6 @@ rate limited per client address like any other refused credential."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from google.protobuf import message_factory
@@ -16,12 +13,9 @@ from google.protobuf.descriptor import MethodDescriptor
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
-from luman.server.app import App, build_server
-from luman.server.auth.passwords import PasswordHasher
-from luman.server.config import Settings
-from luman.server.db.session import Sessions
+from luman.server.app import App
 from tests.server.organization_support import create_organization, sign_up
-from tests.support import FakeClock, RichError, bearer, rich_error
+from tests.support import RichError, bearer, rich_error
 
 POLICIES = methods.policies()
 ALL_METHODS = [method for service in methods.SERVICES for method in service.methods]
@@ -103,22 +97,6 @@ def test_a_service_token_passes_token_authentication_where_the_contract_allows_i
     # Whatever follows (an empty request's INVALID_ARGUMENT, say) is not a refusal of the caller.
     assert error is None or (error.code, error.reason) != USER_REQUIRED, method.full_name
     assert error is None or error.code != grpc.StatusCode.UNAUTHENTICATED, (method, error)
-
-
-@pytest.fixture
-def limited_app(
-    settings: Settings, sessions: Sessions, clock: FakeClock, hasher: PasswordHasher
-) -> Iterator[App]:
-    """The server with the default policy at 3 calls per window."""
-    server = build_server(
-        dataclasses.replace(settings, rate_limit_max_requests=3),
-        sessions,
-        clock=clock,
-        hasher=hasher,
-    )
-    server.start()
-    yield server
-    server.stop(None)
 
 
 def test_user_required_refusals_are_rate_limited_per_address(limited_app: App) -> None:

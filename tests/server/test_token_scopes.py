@@ -5,7 +5,6 @@ here; so does one whose declared scope the server does not enforce."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -19,12 +18,9 @@ from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.interceptors.principal import SERVICE_ONLY_SCOPES
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
-from luman.server.app import App, build_server
-from luman.server.auth.passwords import PasswordHasher
-from luman.server.config import Settings
-from luman.server.db.session import Sessions
+from luman.server.app import App
 from tests.server.organization_support import MEMBER
-from tests.support import FakeClock, bearer, register, rich_error, unique_email
+from tests.support import bearer, register, rich_error, unique_email
 
 ALL_METHODS: list[MethodDescriptor] = [
     method for service in methods.SERVICES for method in service.methods
@@ -220,22 +216,6 @@ def test_a_write_token_never_grants_more_than_its_owner_may(
             grpc.StatusCode.PERMISSION_DENIED,
             "PERMISSION_DENIED",
         )
-
-
-@pytest.fixture
-def limited_app(
-    settings: Settings, sessions: Sessions, clock: FakeClock, hasher: PasswordHasher
-) -> Iterator[App]:
-    """The server with the default policy at 3 calls per window."""
-    server = build_server(
-        dataclasses.replace(settings, rate_limit_max_requests=3),
-        sessions,
-        clock=clock,
-        hasher=hasher,
-    )
-    server.start()
-    yield server
-    server.stop(None)
 
 
 def test_scope_refusals_are_rate_limited_per_address(limited_app: App) -> None:

@@ -42,10 +42,11 @@ from sqlalchemy.orm import Session
 
 from luman.interceptors.errors import FailedPreconditionError, NotFoundError
 from luman.interceptors.principal import Credential, Principal
+from luman.server.auth.cli_token_repository import CliTokenRepository
 from luman.server.auth.credential_locks import lock_user_against_mints
 from luman.server.auth.token_cache import TokenCache
 from luman.server.clock import Clock
-from luman.server.db.models import CliToken, LoginSession, User
+from luman.server.db.models import LoginSession, User
 from luman.server.db.session import Sessions
 
 PageKey = tuple[dt.datetime, uuid.UUID]
@@ -148,7 +149,9 @@ class SessionService:
             repo.set_tokens_not_before(principal.user_id, not_before_after(now))
             revoked_sessions = repo.revoke_sessions(principal.user_id, now)
             revoked_cli_tokens = (
-                repo.revoke_cli_tokens(principal.user_id, now) if include_cli_tokens else 0
+                CliTokenRepository(session).revoke_all(principal.user_id, now)
+                if include_cli_tokens
+                else 0
             )
         # Committed: every cached token of the user is checked in full on its next call.
         self._token_cache.forget(user_id=principal.user_id)
@@ -204,15 +207,6 @@ class SessionRepository:
                 LoginSession.revoke_time.is_(None),
                 LoginSession.expire_time > now,
             )
-            .values(revoke_time=now)
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
-
-    def revoke_cli_tokens(self, user_id: uuid.UUID, now: dt.datetime) -> int:
-        result = self._session.execute(
-            update(CliToken)
-            .where(CliToken.user_id == user_id, CliToken.revoke_time.is_(None))
             .values(revoke_time=now)
             .execution_options(synchronize_session=False)
         )

@@ -120,19 +120,8 @@ class TokenCodec:
         Raises:
             UnauthenticatedError: TOKEN_EXPIRED, or TOKEN_INVALID for every other failure.
         """
-        try:
-            secret, algorithm, key_retire_time = self._verification_key(kind, token)
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                secret,
-                algorithms=[algorithm],
-                audience=self._audience,
-                issuer=self._issuer,
-                # Expiry is checked below against the injected clock, not PyJWT's.
-                options={"require": _REQUIRED, "verify_exp": False, "verify_iat": False},
-            )
-        except jwt.PyJWTError:
-            raise _invalid() from None
+        # Expiry is checked below against the injected clock, not PyJWT's.
+        claims, key_retire_time = self._decode(kind, token, _REQUIRED)
         if claims.get("typ") != kind:
             raise _invalid()
         exp, iat = claims["exp"], claims["iat"]
@@ -187,8 +176,15 @@ class TokenCodec:
         Raises:
             UnauthenticatedError: TOKEN_INVALID.
         """
+        return self._decode("access", token, required)
+
+    def _decode(
+        self, kind: TokenType, token: str, required: list[str]
+    ) -> tuple[dict[str, Any], dt.datetime | None]:
+        """Signature (by the key `kind` tokens are signed with), issuer, audience and the
+        `required` claims; expiry and issue time are the caller's, against its clock."""
         try:
-            secret, algorithm, key_retire_time = self._verification_key("access", token)
+            secret, algorithm, key_retire_time = self._verification_key(kind, token)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 secret,
