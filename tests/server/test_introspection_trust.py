@@ -1,5 +1,6 @@
 """Who may introspect (INTROSPECTION_ORGANIZATIONS) through the real stack: nobody by default,
-listed organizations by slug or id, refused at creation elsewhere and re-checked on every call."""
+listed organizations by id (never by slug), refused at creation elsewhere and re-checked on
+every call."""
 
 from __future__ import annotations
 
@@ -93,16 +94,19 @@ def test_by_default_nobody_may_hold_introspect(serve: Serve) -> None:
         assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ORGANIZATION_NOT_FOUND")
 
 
-def test_listed_organizations_by_slug_or_id_and_no_other(serve: Serve) -> None:
+def test_listed_organizations_by_id_and_no_other(serve: Serve) -> None:
     with serve(frozenset()) as stubs:
-        owner = sign_up(stubs.auth, "owner")
-        by_slug, by_id, other = (create_organization(stubs.orgs, owner) for _ in range(3))
-    with serve(frozenset({by_slug.slug, by_id.id})) as stubs:
-        for organization in (by_slug, by_id):
-            secret = _create(stubs, owner, organization, "introspect").secret
-            found = _introspect(stubs, secret, owner.token)
-            assert (found.active, found.subject) == (True, owner.id)
+        owner, attacker = sign_up(stubs.auth, "owner"), sign_up(stubs.auth, "attacker")
+        listed, other = (create_organization(stubs.orgs, owner) for _ in range(2))
+    with serve(frozenset({listed.id})) as stubs:
+        secret = _create(stubs, owner, listed, "introspect").secret
+        found = _introspect(stubs, secret, owner.token)
+        assert (found.active, found.subject) == (True, owner.id)
         error = error_of(lambda: _create(stubs, owner, other, "introspect"))
+        assert (error.code, error.reason) == DENIED
+        # A slug is anyone's to type: one equal to the listed id grants nothing.
+        lookalike = create_organization(stubs.orgs, attacker, slug=listed.id)
+        error = error_of(lambda: _create(stubs, attacker, lookalike, "introspect"))
         assert (error.code, error.reason) == DENIED
 
 
@@ -118,7 +122,7 @@ def test_introspect_re_checks_the_callers_organization_on_every_call(serve: Serv
         with serve(listed) as stubs:
             error = error_of(lambda: _introspect(stubs, secret, owner.token))
             assert (error.code, error.reason) == DENIED
-    with serve(frozenset({organization.slug})) as stubs:
+    with serve(frozenset({organization.id})) as stubs:
         assert _introspect(stubs, secret, owner.token).active
 
 
@@ -126,14 +130,16 @@ def test_introspect_re_checks_the_callers_organization_on_every_call(serve: Serv
     ("value", "expected"),
     [
         ("", frozenset()),
-        (" acme , 0b4f7a6e-8e1f-4e43-9d3c-2a5f0d6b7c8e ", None),
+        (" 5d1c4a8e-0f3b-4c2a-9e7d-6b8a1f2c3d4e , 0b4f7a6e-8e1f-4e43-9d3c-2a5f0d6b7c8e ", None),
         ("*", frozenset({"*"})),
     ],
 )
 def test_the_setting_is_read_and_normalised(value: str, expected: frozenset[str] | None) -> None:
     settings = Settings.from_env({"INTROSPECTION_ORGANIZATIONS": value})
     if expected is None:
-        expected = frozenset({"acme", "0b4f7a6e-8e1f-4e43-9d3c-2a5f0d6b7c8e"})
+        expected = frozenset(
+            {"5d1c4a8e-0f3b-4c2a-9e7d-6b8a1f2c3d4e", "0b4f7a6e-8e1f-4e43-9d3c-2a5f0d6b7c8e"}
+        )
     assert settings.introspection_organizations == expected
     upper = Settings.from_env(
         {"INTROSPECTION_ORGANIZATIONS": "0B4F7A6E-8E1F-4E43-9D3C-2A5F0D6B7C8E"}
@@ -141,7 +147,9 @@ def test_the_setting_is_read_and_normalised(value: str, expected: frozenset[str]
     assert upper.introspection_organizations == {"0b4f7a6e-8e1f-4e43-9d3c-2a5f0d6b7c8e"}
 
 
-@pytest.mark.parametrize("value", ["Acme", "a", "acme,-bad-", "*,acme", "acme;beta"])
+@pytest.mark.parametrize(
+    "value", ["acme", "Acme", "a", "acme,-bad-", "*,0b4f7a6e-8e1f-4e43-9d3c-2a5f0d6b7c8e", "x;y"]
+)
 def test_a_bad_setting_names_the_variable(value: str) -> None:
     with pytest.raises(ConfigError, match="INTROSPECTION_ORGANIZATIONS"):
         Settings.from_env({"INTROSPECTION_ORGANIZATIONS": value})

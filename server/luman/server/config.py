@@ -16,7 +16,6 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
-_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,38}[a-z0-9]")  # as validation.check_slug
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MIN_SECRET_BYTES = 32
 
@@ -341,7 +340,9 @@ class _Reader:
         return () if value is None else tuple(p.strip() for p in value.split(",") if p.strip())
 
     def organizations(self, name: str) -> frozenset[str]:
-        """Comma-separated organization slugs or ids, or `*` alone (every organization)."""
+        """Comma-separated organization ids, or `*` alone (every organization). Not slugs:
+        anyone can create an organization with a slug that is not taken yet, or whose slug is
+        another organization's id (auth/introspection_policy.py)."""
         items = self.items(name)
         if "*" in items:
             if len(items) != 1:
@@ -352,11 +353,10 @@ class _Reader:
             try:
                 parsed.add(str(uuid.UUID(item)))  # one spelling, as str(organization.id)
             except ValueError:
-                if not _SLUG.fullmatch(item):
-                    raise ConfigError(
-                        f"{name} must list organization slugs or ids, got {item!r}"
-                    ) from None
-                parsed.add(item)
+                raise ConfigError(
+                    f"{name} must list organization ids (UUIDs; `luman org list --json` shows "
+                    f"them), not slugs, which anyone can claim: got {item!r}"
+                ) from None
         return frozenset(parsed)
 
     def redis_url(self, name: str) -> str:

@@ -179,6 +179,9 @@ class CliTokens:
         """
         now = self._clock()
         with self._sessions.write.begin() as session:
+            # The user's row first, as mints and the other revocations take it
+            # (credential_locks.py): one lock order, so no two of them can deadlock.
+            lock_user_against_mints(session, principal.user_id)
             repo = CliTokenRepository(session)
             token = repo.owned(principal.user_id, token_id)
             if token is None:

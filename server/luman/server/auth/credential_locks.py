@@ -61,12 +61,11 @@ def lock_calling_credential(session: Session, principal: Principal) -> CliToken 
         if token is None:
             raise revoked()
         return token
-    if (
-        principal.issue_time is not None
-        and not_before is not None
-        and principal.issue_time < not_before
+    if principal.issue_time is None or (
+        not_before is not None and principal.issue_time < not_before
     ):
-        # LogoutAll came after it was issued (as verify_token checks, but as of now).
+        # LogoutAll came after it was issued (as verify_token checks, but as of now). An
+        # access token's principal always carries its issue time: one without fails closed.
         raise revoked()
     open_session = session.scalars(
         select(LoginSession.id)

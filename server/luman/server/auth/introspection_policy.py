@@ -8,26 +8,24 @@ operator lists may hold it. The list is checked twice:
 
 - when a service account with `introspect` is created (PERMISSION_DENIED,
   INTROSPECTION_NOT_ALLOWED elsewhere), so nobody gets a credential that could never work;
-- on every IntrospectToken call, against the caller's organization as it is now, because the
-  operator may take an organization off the list (and restart) after its accounts exist, and
-  a listed slug may be renamed away.
+- on every IntrospectToken call, because the operator may take an organization off the list
+  (and restart) after its accounts exist.
+
+The list holds organization ids, never slugs: a slug is whatever its creator typed, so anyone
+could claim a listed slug that does not exist yet, or make an organization whose slug is a
+listed organization's id (a UUID is a valid slug), and introspect.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import bindparam, select
-
 from luman.interceptors.errors import PermissionDeniedError
 from luman.server.db.models import Organization
-from luman.server.db.session import Sessions
 
 INTROSPECT_SCOPE = "introspect"
 # Every organization: only for a deployment whose organizations are all the operator's own.
 EVERY_ORGANIZATION = "*"  # as config.py reads it
-_orgs = Organization.__table__.c
-_SLUG_BY_ID = select(_orgs.slug).where(_orgs.id == bindparam("organization_id"))
 
 
 def not_allowed() -> PermissionDeniedError:
@@ -39,21 +37,22 @@ def not_allowed() -> PermissionDeniedError:
 
 class IntrospectionPolicy:
     """Args:
-    organizations: slugs and ids (str(UUID)) from INTROSPECTION_ORGANIZATIONS, or {'*'}.
+    organizations: ids (str(UUID)) from INTROSPECTION_ORGANIZATIONS, or {'*'}.
     """
 
-    def __init__(self, sessions: Sessions, organizations: frozenset[str]) -> None:
-        self._sessions = sessions
+    def __init__(self, organizations: frozenset[str]) -> None:
         self._organizations = organizations
 
-    def allows(self, organization_id: uuid.UUID, slug: str) -> bool:
+    def allows(self, organization_id: uuid.UUID | None) -> bool:
         listed = self._organizations
-        return EVERY_ORGANIZATION in listed or slug in listed or str(organization_id) in listed
+        return organization_id is not None and (
+            EVERY_ORGANIZATION in listed or str(organization_id) in listed
+        )
 
     def check_create(self, organization: Organization, scopes: frozenset[str]) -> None:
         """Raises PermissionDeniedError (INTROSPECTION_NOT_ALLOWED) for `introspect` outside
         the list; the caller has already shown it manages the organization."""
-        if INTROSPECT_SCOPE in scopes and not self.allows(organization.id, organization.slug):
+        if INTROSPECT_SCOPE in scopes and not self.allows(organization.id):
             raise not_allowed()
 
     def check_caller(self, organization_id: uuid.UUID | None) -> None:
@@ -62,12 +61,5 @@ class IntrospectionPolicy:
         Raises:
             PermissionDeniedError: INTROSPECTION_NOT_ALLOWED.
         """
-        if organization_id is None or not self._organizations:
-            raise not_allowed()
-        if EVERY_ORGANIZATION in self._organizations or str(organization_id) in self._organizations:
-            return
-        # Listed by slug: the slug it has now (one indexed read).
-        with self._sessions.engine.connect() as conn:
-            slug = conn.execute(_SLUG_BY_ID, {"organization_id": organization_id}).scalar()
-        if slug is None or not self.allows(organization_id, slug):
+        if not self.allows(organization_id):
             raise not_allowed()

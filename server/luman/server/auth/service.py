@@ -128,7 +128,7 @@ class AuthService:
             clock,
             self.token_cache,
             ServiceTokenCodec(codec, clock),
-            IntrospectionPolicy(sessions, introspection_organizations),
+            IntrospectionPolicy(introspection_organizations),
         )
         self.introspector = Introspector(sessions, codec, self.service_accounts, clock)
 

@@ -116,7 +116,7 @@ class ServiceAccounts:
         self._token_cache = token_cache
         self.codec = codec
         # Who may hold `introspect` (INTROSPECTION_ORGANIZATIONS); None: nobody.
-        self.introspection = introspection or IntrospectionPolicy(sessions, frozenset())
+        self.introspection = introspection or IntrospectionPolicy(frozenset())
 
     # Management (OrganizationService RPCs).
 
