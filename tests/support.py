@@ -71,6 +71,26 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def get_me(
+    auth: auth_service_pb2_grpc.AuthServiceStub, token: str
+) -> auth_service_pb2.GetMeResponse:
+    response: auth_service_pb2.GetMeResponse = auth.GetMe(
+        auth_service_pb2.GetMeRequest(), metadata=bearer(token)
+    )
+    return response
+
+
+def refused_reason(auth: auth_service_pb2_grpc.AuthServiceStub, token: str) -> str:
+    """The ErrorInfo reason of a GetMe with `token` that must fail as UNAUTHENTICATED."""
+    try:
+        get_me(auth, token)
+    except grpc.RpcError as exc:
+        error = rich_error(exc)
+        assert error.code == grpc.StatusCode.UNAUTHENTICATED, error
+        return error.reason
+    raise AssertionError("GetMe succeeded")
+
+
 def unique_email(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.auth.v1 import auth_service_pb2_grpc
 from luman.server.app import App
 from tests.cli.conftest import Luman
-from tests.support import PASSWORD, bearer, register, rich_error, unique_email
+from tests.support import PASSWORD, refused_reason, register, unique_email
 
 OK, ERROR, USAGE, UNAUTHENTICATED = 0, 1, 2, 3
 
@@ -27,12 +27,6 @@ def auth(app: App) -> Iterator[auth_service_pb2_grpc.AuthServiceStub]:
 def _login(luman: Luman, email: str) -> None:
     result = luman("login", "--email", email, "--password-stdin", input=PASSWORD + "\n")
     assert result.exit_code == OK, result.output
-
-
-def _refused(auth: auth_service_pb2_grpc.AuthServiceStub, token: str) -> str:
-    with pytest.raises(grpc.RpcError) as caught:
-        auth.GetMe(auth_service_pb2.GetMeRequest(), metadata=bearer(token))
-    return rich_error(caught.value).reason
 
 
 def test_sessions_list_and_revoke(
@@ -56,7 +50,7 @@ def test_sessions_list_and_revoke(
     result = luman("sessions", "revoke", listed["id"])
     assert result.exit_code == OK, result.output
     assert f"Revoked session {listed['id']}." in result.stdout
-    assert _refused(auth, web.access_token) == "TOKEN_REVOKED"
+    assert refused_reason(auth, web.access_token) == "TOKEN_REVOKED"
     assert "No open sessions." in luman("sessions").stdout
 
     again = luman("--json", "sessions", "revoke", listed["id"])
@@ -83,7 +77,7 @@ def test_logout_all_keeps_other_cli_tokens_unless_asked(
     assert data["logout_all"] == {"revoked_sessions": 1, "revoked_cli_tokens": 0}
     assert data["revoked"] is True
     assert not luman.auth_file.exists()
-    assert _refused(auth, web.access_token) == "TOKEN_REVOKED"
+    assert refused_reason(auth, web.access_token) == "TOKEN_REVOKED"
     assert other_machine("whoami").exit_code == OK
 
     result = other_machine("logout", "--all", "--include-cli-tokens")

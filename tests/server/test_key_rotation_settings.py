@@ -22,11 +22,9 @@ from tests.server.test_signing_keys import (
     Replica,
     StartReplica,
     _env,
-    _get_me,
     _kid,
-    _refused,
 )
-from tests.support import FakeClock, register
+from tests.support import FakeClock, get_me, refused_reason, register
 
 TWELVE_HOURS = 12 * 3600
 start_replica = test_signing_keys.start_replica  # the fixture: replicas on one database
@@ -71,7 +69,7 @@ def test_servers_retire_a_key_by_their_own_token_lifetime_not_the_shells(
 
     # Hours after the shell's 15-minute margin, the token the old key signed still works.
     server.clock.advance(seconds=TWELVE_HOURS - 3600)
-    assert _get_me(server.auth, token).user.id
+    assert get_me(server.auth, token).user.id
     assert old_kid in [key["kid"] for key in server.keys.published()]
 
     # `keys list` with the servers' settings shows what they do.
@@ -82,7 +80,7 @@ def test_servers_retire_a_key_by_their_own_token_lifetime_not_the_shells(
 
     server.clock.advance(seconds=(retire - server.clock()).total_seconds())
     assert old_kid not in [key["kid"] for key in server.keys.published()]
-    assert _refused(server.auth, token) in ("TOKEN_EXPIRED", "TOKEN_INVALID")
+    assert refused_reason(server.auth, token) in ("TOKEN_EXPIRED", "TOKEN_INVALID")
 
 
 def test_each_replica_retires_by_its_own_margin(

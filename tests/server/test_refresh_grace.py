@@ -21,7 +21,7 @@ from luman.server.app import build_server
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.config import ConfigError, Settings
 from luman.server.db.session import Sessions
-from tests.support import FakeClock, bearer, register, rich_error
+from tests.support import FakeClock, bearer, get_me, register, rich_error
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
 GRACE = 10  # the default, which the test settings keep
@@ -40,13 +40,6 @@ def _refused(call: Callable[[], object]) -> str:
     return error.reason
 
 
-def _get_me(auth: Stub, access_token: str) -> auth_service_pb2.GetMeResponse:
-    response: auth_service_pb2.GetMeResponse = auth.GetMe(
-        auth_service_pb2.GetMeRequest(), metadata=bearer(access_token)
-    )
-    return response
-
-
 def test_settings_has_the_default_grace(settings: Settings) -> None:
     assert settings.refresh_reuse_grace_seconds == GRACE
 
@@ -63,10 +56,10 @@ def test_refresh_again_within_the_grace_returns_the_same_pair(auth: Stub, clock:
     assert again == renewed
     assert again.access_token != first.access_token
     # The sign-in lives on: the pair works, and its refresh token rotates normally.
-    _get_me(auth, again.access_token)
-    _get_me(auth, first.access_token)
+    get_me(auth, again.access_token)
+    get_me(auth, first.access_token)
     newest = _refresh(auth, again.refresh_token)
-    _get_me(auth, newest.access_token)
+    get_me(auth, newest.access_token)
 
 
 def test_parallel_refreshes_of_one_token_all_get_one_pair_and_keep_the_session(
@@ -85,9 +78,9 @@ def test_parallel_refreshes_of_one_token_all_get_one_pair_and_keep_the_session(
         pairs = list(pool.map(lambda _: refresh(), range(5)))
 
     assert len({(p.access_token, p.refresh_token) for p in pairs}) == 1
-    _get_me(auth, tokens.access_token)
-    _get_me(auth, pairs[0].access_token)
-    _get_me(auth, _refresh(auth, pairs[0].refresh_token).access_token)
+    get_me(auth, tokens.access_token)
+    get_me(auth, pairs[0].access_token)
+    get_me(auth, _refresh(auth, pairs[0].refresh_token).access_token)
 
 
 def test_reuse_after_the_grace_revokes_the_whole_sign_in(auth: Stub, clock: FakeClock) -> None:
@@ -98,7 +91,7 @@ def test_reuse_after_the_grace_revokes_the_whole_sign_in(auth: Stub, clock: Fake
     assert _refused(lambda: _refresh(auth, first.refresh_token)) == "REFRESH_TOKEN_REUSED"
     assert _refused(lambda: _refresh(auth, renewed.refresh_token)) == "TOKEN_REVOKED"
     for access in (first.access_token, renewed.access_token):
-        assert _refused(functools.partial(_get_me, auth, access)) == "TOKEN_REVOKED"
+        assert _refused(functools.partial(get_me, auth, access)) == "TOKEN_REVOKED"
 
 
 def test_no_grace_once_the_new_refresh_token_has_been_used(auth: Stub) -> None:
@@ -108,7 +101,7 @@ def test_no_grace_once_the_new_refresh_token_has_been_used(auth: Stub) -> None:
 
     # Within the grace in time, but `first` is two rotations behind: it was copied.
     assert _refused(lambda: _refresh(auth, first.refresh_token)) == "REFRESH_TOKEN_REUSED"
-    assert _refused(lambda: _get_me(auth, third.access_token)) == "TOKEN_REVOKED"
+    assert _refused(lambda: get_me(auth, third.access_token)) == "TOKEN_REVOKED"
 
 
 def test_the_grace_pair_is_not_handed_out_after_the_sign_in_is_revoked(
@@ -143,7 +136,7 @@ def test_grace_zero_turns_it_off(start_server: Callable[..., Stub]) -> None:
     first = register(auth).tokens
     renewed = _refresh(auth, first.refresh_token)
     assert _refused(lambda: _refresh(auth, first.refresh_token)) == "REFRESH_TOKEN_REUSED"
-    assert _refused(lambda: _get_me(auth, renewed.access_token)) == "TOKEN_REVOKED"
+    assert _refused(lambda: get_me(auth, renewed.access_token)) == "TOKEN_REVOKED"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,16 @@ import pytest
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.server.app import App
-from tests.support import PASSWORD, FakeClock, RichError, bearer, register, rich_error, unique_email
+from tests.support import (
+    PASSWORD,
+    FakeClock,
+    RichError,
+    bearer,
+    get_me,
+    register,
+    rich_error,
+    unique_email,
+)
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
 USER_AGENT = "sessions-test/1.0"
@@ -39,13 +48,6 @@ def _login(auth: Stub, email: str) -> auth_service_pb2.LoginResponse:
 def _cli_token(auth: Stub, email: str) -> str:
     response = auth.CliLogin(auth_service_pb2.CliLoginRequest(email=email, password=PASSWORD))
     return str(response.token)
-
-
-def _get_me(auth: Stub, token: str) -> auth_service_pb2.GetMeResponse:
-    response: auth_service_pb2.GetMeResponse = auth.GetMe(
-        auth_service_pb2.GetMeRequest(), metadata=bearer(token)
-    )
-    return response
 
 
 def _list(auth: Stub, token: str, **request: object) -> auth_service_pb2.ListSessionsResponse:
@@ -177,17 +179,17 @@ def test_revoke_session_ends_its_refresh_and_access_tokens_at_once(auth: Stub) -
     email = unique_email()
     keep = register(auth, email=email).tokens
     gone = _login(auth, email).tokens
-    _get_me(auth, gone.access_token)  # now in the verified-token cache
+    get_me(auth, gone.access_token)  # now in the verified-token cache
     session_id = _session_id(auth, gone.access_token)
 
     _revoke(auth, keep.access_token, session_id)
 
-    _revoked(lambda: _get_me(auth, gone.access_token))
+    _revoked(lambda: get_me(auth, gone.access_token))
     _revoked(lambda: _refresh(auth, gone.refresh_token))
     assert [s.id for s in _list(auth, keep.access_token).sessions] == [
         _session_id(auth, keep.access_token)
     ]
-    _get_me(auth, keep.access_token)
+    get_me(auth, keep.access_token)
     _refresh(auth, keep.refresh_token)
 
     again = _error(lambda: _revoke(auth, keep.access_token, session_id))
@@ -200,7 +202,7 @@ def test_revoke_session_ends_its_refresh_and_access_tokens_at_once(auth: Stub) -
 def test_revoking_the_current_session_ends_the_calling_token(auth: Stub) -> None:
     tokens = register(auth).tokens
     _revoke(auth, tokens.access_token, _session_id(auth, tokens.access_token))
-    _revoked(lambda: _get_me(auth, tokens.access_token))
+    _revoked(lambda: get_me(auth, tokens.access_token))
 
 
 def test_another_users_session_is_not_found_like_an_unknown_one(auth: Stub) -> None:
@@ -217,7 +219,7 @@ def test_another_users_session_is_not_found_like_an_unknown_one(auth: Stub) -> N
         unknown.reason,
         unknown.message,
     )
-    _get_me(auth, victim.access_token)
+    get_me(auth, victim.access_token)
     _refresh(auth, victim.refresh_token)
 
 
@@ -242,25 +244,25 @@ def test_logout_all_refuses_every_earlier_token_at_once_and_keeps_cli_tokens(
     second = _login(auth, email).tokens
     cli = _cli_token(auth, email)
     for token in (first.access_token, second.access_token, cli):
-        _get_me(auth, token)  # cached
+        get_me(auth, token)  # cached
 
     result = _logout_all(auth, first.access_token)
 
     assert (result.revoked_session_count, result.revoked_cli_token_count) == (2, 0)
     for access in (first.access_token, second.access_token):
-        _revoked(functools.partial(_get_me, auth, access))
+        _revoked(functools.partial(get_me, auth, access))
     for refresh in (first.refresh_token, second.refresh_token):
         _revoked(functools.partial(_refresh, auth, refresh))
-    _get_me(auth, cli)
+    get_me(auth, cli)
     assert list(_list(auth, cli).sessions) == []
 
     # No clock movement: a sign-in in the very same instant works, and keeps working.
     again = _login(auth, email).tokens
-    _get_me(auth, again.access_token)
+    get_me(auth, again.access_token)
     renewed = _refresh(auth, again.refresh_token).tokens
-    _get_me(auth, renewed.access_token)
+    get_me(auth, renewed.access_token)
     clock.advance(minutes=1)
-    _get_me(auth, renewed.access_token)
+    get_me(auth, renewed.access_token)
     assert len(_list(auth, renewed.access_token).sessions) == 1
 
 
@@ -275,10 +277,10 @@ def test_logout_all_within_a_second_tells_earlier_and_later_tokens_apart(
     clock.advance(seconds=0.3)
     after = _login(auth, email).tokens
 
-    _revoked(lambda: _get_me(auth, before.access_token))
-    _get_me(auth, after.access_token)
+    _revoked(lambda: get_me(auth, before.access_token))
+    get_me(auth, after.access_token)
     clock.advance(seconds=1)
-    _get_me(auth, _refresh(auth, after.refresh_token).tokens.access_token)
+    get_me(auth, _refresh(auth, after.refresh_token).tokens.access_token)
 
 
 def test_logout_all_with_cli_tokens_revokes_them_too(auth: Stub) -> None:
@@ -286,20 +288,20 @@ def test_logout_all_with_cli_tokens_revokes_them_too(auth: Stub) -> None:
     tokens = register(auth, email=email).tokens
     cli_tokens = [_cli_token(auth, email) for _ in range(2)]
     for token in cli_tokens:
-        _get_me(auth, token)  # cached
+        get_me(auth, token)  # cached
 
     result = _logout_all(auth, cli_tokens[0], include_cli_tokens=True)
 
     assert (result.revoked_session_count, result.revoked_cli_token_count) == (1, 2)
     for token in (*cli_tokens, tokens.access_token):
-        _revoked(functools.partial(_get_me, auth, token))
-    _get_me(auth, _cli_token(auth, email))  # a new CLI login works
+        _revoked(functools.partial(get_me, auth, token))
+    get_me(auth, _cli_token(auth, email))  # a new CLI login works
 
 
 def test_logout_all_leaves_other_users_alone(auth: Stub) -> None:
     other = register(auth).tokens
     _logout_all(auth, register(auth).tokens.access_token)
-    _get_me(auth, other.access_token)
+    get_me(auth, other.access_token)
     _refresh(auth, other.refresh_token)
 
 

@@ -36,7 +36,7 @@ from luman.server.config import ConfigError, Settings
 from luman.server.db.models import SigningKey
 from luman.server.db.session import Sessions, make_engine, make_sessions
 from luman.server.main import cli
-from tests.support import FakeClock, bearer, register, rich_error
+from tests.support import FakeClock, get_me, refused_reason, register
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
 
@@ -74,21 +74,6 @@ def start_replica(settings: Settings, hasher: PasswordHasher) -> Iterator[StartR
             return Replica(app, Stub(channel), clock)
 
         yield start
-
-
-def _get_me(auth: Stub, token: str) -> auth_service_pb2.GetMeResponse:
-    response: auth_service_pb2.GetMeResponse = auth.GetMe(
-        auth_service_pb2.GetMeRequest(), metadata=bearer(token)
-    )
-    return response
-
-
-def _refused(auth: Stub, token: str) -> str:
-    with pytest.raises(grpc.RpcError) as caught:
-        _get_me(auth, token)
-    error = rich_error(caught.value)
-    assert error.code == grpc.StatusCode.UNAUTHENTICATED
-    return error.reason
 
 
 def _kid(token: str) -> str:
@@ -184,8 +169,8 @@ def test_rotation_end_to_end(app: App, auth: Stub, clock: FakeClock) -> None:
     assert _kid(fresh) == new.kid
     assert [state for _, state in app.keys.all_keys()] == ["verifying", "active"]
     # Tokens of the old key stay valid until they expire.
-    _get_me(auth, old_token)
-    _get_me(auth, long_lived)
+    get_me(auth, old_token)
+    get_me(auth, long_lived)
     assert _jwks_kids(auth) == [new.kid, old.kid]
 
     retire_time = app.keys.all_keys()[0][0].retire_time
@@ -193,12 +178,12 @@ def test_rotation_end_to_end(app: App, auth: Stub, clock: FakeClock) -> None:
     # Retire = stopped signing + one reload interval + access-token lifetime + 60 s skew.
     assert retire_time == clock() + RELOAD_INTERVAL + dt.timedelta(minutes=15, seconds=60)
     clock.advance(seconds=(retire_time - clock()).total_seconds() - 1)
-    _get_me(auth, long_lived)
+    get_me(auth, long_lived)
     clock.advance(seconds=1)
-    assert _refused(auth, long_lived) == "TOKEN_INVALID"
+    assert refused_reason(auth, long_lived) == "TOKEN_INVALID"
     assert _jwks_kids(auth) == [new.kid]
     assert [state for _, state in app.keys.all_keys()] == ["retired", "active"]
-    _get_me(auth, register(auth).tokens.access_token)
+    get_me(auth, register(auth).tokens.access_token)
 
 
 def test_rotate_now_signs_at_once_and_activates_a_scheduled_key(
@@ -235,7 +220,7 @@ def test_a_token_signed_after_a_rotation_verifies_at_once_on_another_replica(
     ).tokens.access_token
     assert _kid(token) == new.kid
     # Replica two has not reloaded (its clock has not moved): the unknown kid makes it look.
-    assert _get_me(two.auth, token).user.id == user.user.id
+    assert get_me(two.auth, token).user.id == user.user.id
     # It keeps signing with its key until its next reload (one minute), then switches.
     assert _kid(register(two.auth).tokens.access_token) == new.kid
     assert two.keys.signing_key().kid == new.kid
@@ -263,7 +248,7 @@ def test_an_unknown_kid_reloads_the_keys_at_most_once_a_second(
         assert len(reads) == 2
         # A known kid costs no query.
         assert app.keys.verification_key(key.kid) is not None
-        _get_me(auth, token)
+        get_me(auth, token)
         assert len(reads) == 2
     finally:
         sa.event.remove(sessions.engine, "before_cursor_execute", count)
@@ -289,7 +274,7 @@ def test_es256_configuration_signs_with_a_p256_key(
     )
     assert key.HasField("x")
     assert key.HasField("y")
-    assert _get_me(replica.auth, token).user.email
+    assert get_me(replica.auth, token).user.email
     assert [row.algorithm for row in _rows(sessions)] == ["ES256"]
 
 
@@ -304,7 +289,7 @@ def test_changing_jwt_algorithm_schedules_a_rotation_to_it(
     # Published ahead, as `keys rotate` does: tokens already out keep working everywhere.
     assert _jwks_kids(second.auth) == [rows[1].kid, rows[0].kid]
     assert _kid(register(second.auth).tokens.access_token) == rows[0].kid
-    _get_me(second.auth, token)
+    get_me(second.auth, token)
     second.clock.advance(seconds=PUBLISH_AHEAD.total_seconds())
     assert jwt.get_unverified_header(register(second.auth).tokens.access_token)["alg"] == "ES256"
 
@@ -323,7 +308,7 @@ def test_hs256_configuration_signs_with_jwt_secret_and_publishes_nothing(
         audience=settings.jwt_audience,
         options={"verify_exp": False, "verify_iat": False},
     )
-    assert _get_me(replica.auth, token).user.email
+    assert get_me(replica.auth, token).user.email
     assert list(replica.auth.GetJwks(auth_service_pb2.GetJwksRequest()).keys) == []
     assert _rows(sessions) == []
 

@@ -27,7 +27,16 @@ from luman.server.auth.token_checks import UserRecord
 from luman.server.config import Settings
 from luman.server.db.models import CliToken, LoginSession, User
 from luman.server.db.session import Sessions
-from tests.support import PASSWORD, FakeClock, bearer, register, rich_error, unique_email
+from tests.support import (
+    PASSWORD,
+    FakeClock,
+    bearer,
+    get_me,
+    refused_reason,
+    register,
+    rich_error,
+    unique_email,
+)
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
 
@@ -73,22 +82,6 @@ def start_replica(
         yield start
 
 
-def _get_me(auth: Stub, token: str) -> auth_service_pb2.GetMeResponse:
-    response: auth_service_pb2.GetMeResponse = auth.GetMe(
-        auth_service_pb2.GetMeRequest(), metadata=bearer(token)
-    )
-    return response
-
-
-def _refused(auth: Stub, token: str) -> str:
-    """The ErrorInfo reason of a GetMe that must fail as UNAUTHENTICATED."""
-    with pytest.raises(grpc.RpcError) as caught:
-        _get_me(auth, token)
-    error = rich_error(caught.value)
-    assert error.code == grpc.StatusCode.UNAUTHENTICATED
-    return error.reason
-
-
 def _revoke_everything_in_the_database(sessions: Sessions, when: dt.datetime) -> None:
     """Revoke every sign-in and CLI token behind the server's back, as another replica would."""
     with sessions.write.begin() as session:
@@ -116,13 +109,13 @@ def test_cache_hit_still_refuses_an_expired_access_token(
     replica = start_replica(jwt_expires_in=60, token_cache_ttl=3600)
     signed_up = register(replica.auth)
     token = signed_up.tokens.access_token
-    assert _get_me(replica.auth, token).user == signed_up.user
+    assert get_me(replica.auth, token).user == signed_up.user
     _revoke_everything_in_the_database(sessions, clock())
 
     clock.advance(seconds=59)
-    assert _get_me(replica.auth, token).user == signed_up.user  # from the cache
+    assert get_me(replica.auth, token).user == signed_up.user  # from the cache
     clock.advance(seconds=1)
-    assert _refused(replica.auth, token) == "TOKEN_EXPIRED"
+    assert refused_reason(replica.auth, token) == "TOKEN_EXPIRED"
     assert len(replica.cache) == 0
 
 
@@ -133,14 +126,14 @@ def test_cli_logout_refuses_the_cached_token_on_the_very_next_call(
     email = unique_email()
     register(replica.auth, email=email)
     token, other = _cli_token(replica.auth, email), _cli_token(replica.auth, email)
-    _get_me(replica.auth, token)
-    _get_me(replica.auth, other)
+    get_me(replica.auth, token)
+    get_me(replica.auth, other)
     assert len(replica.cache) == 2
 
     replica.auth.CliLogout(auth_service_pb2.CliLogoutRequest(), metadata=bearer(token))
 
-    assert _refused(replica.auth, token) == "TOKEN_REVOKED"
-    assert _get_me(replica.auth, other).user.email == email  # only that token
+    assert refused_reason(replica.auth, token) == "TOKEN_REVOKED"
+    assert get_me(replica.auth, other).user.email == email  # only that token
     assert len(replica.cache) == 1
 
 
@@ -155,7 +148,7 @@ def test_refresh_token_reuse_refuses_the_sessions_cached_access_tokens_at_once(
         auth_service_pb2.RefreshTokenRequest(refresh_token=first.refresh_token)
     ).tokens
     for token in (first.access_token, second.access_token, other.tokens.access_token):
-        _get_me(replica.auth, token)
+        get_me(replica.auth, token)
     assert len(replica.cache) == 3
 
     clock.advance(seconds=10)  # past REFRESH_REUSE_GRACE_SECONDS
@@ -166,9 +159,9 @@ def test_refresh_token_reuse_refuses_the_sessions_cached_access_tokens_at_once(
     assert rich_error(caught.value).reason == "REFRESH_TOKEN_REUSED"
 
     # No clock movement: both access tokens of the revoked sign-in fail on their next call.
-    assert _refused(replica.auth, first.access_token) == "TOKEN_REVOKED"
-    assert _refused(replica.auth, second.access_token) == "TOKEN_REVOKED"
-    assert _get_me(replica.auth, other.tokens.access_token).user.email == email
+    assert refused_reason(replica.auth, first.access_token) == "TOKEN_REVOKED"
+    assert refused_reason(replica.auth, second.access_token) == "TOKEN_REVOKED"
+    assert get_me(replica.auth, other.tokens.access_token).user.email == email
     assert len(replica.cache) == 1
 
 
@@ -180,15 +173,15 @@ def test_another_replica_notices_a_revocation_within_the_ttl(
     email = unique_email()
     register(here.auth, email=email)
     token = _cli_token(here.auth, email)
-    _get_me(there.auth, token)  # cached there
+    get_me(there.auth, token)  # cached there
 
     here.auth.CliLogout(auth_service_pb2.CliLogoutRequest(), metadata=bearer(token))
 
-    assert _refused(here.auth, token) == "TOKEN_REVOKED"
+    assert refused_reason(here.auth, token) == "TOKEN_REVOKED"
     clock.advance(seconds=29)
-    assert _get_me(there.auth, token).user.email == email  # the documented window
+    assert get_me(there.auth, token).user.email == email  # the documented window
     clock.advance(seconds=1)
-    assert _refused(there.auth, token) == "TOKEN_REVOKED"
+    assert refused_reason(there.auth, token) == "TOKEN_REVOKED"
 
 
 def test_cache_holds_at_most_max_entries_and_evicted_tokens_still_work(
@@ -199,11 +192,11 @@ def test_cache_holds_at_most_max_entries_and_evicted_tokens_still_work(
     register(replica.auth, email=email)
     tokens = [_cli_token(replica.auth, email) for _ in range(6)]
     for token in tokens:
-        _get_me(replica.auth, token)
+        get_me(replica.auth, token)
         assert len(replica.cache) <= 3
     assert len(replica.cache) == 3
     for token in tokens:  # the evicted ones are checked in full again
-        assert _get_me(replica.auth, token).user.email == email
+        assert get_me(replica.auth, token).user.email == email
     assert len(replica.cache) == 3
 
 
@@ -215,14 +208,14 @@ def test_disabled_cache_checks_the_database_on_every_call(
     signed_up = register(replica.auth, email=email)
     cli = _cli_token(replica.auth, email)
     for token in (signed_up.tokens.access_token, cli):
-        assert _get_me(replica.auth, token).user == signed_up.user
+        assert get_me(replica.auth, token).user == signed_up.user
     assert not replica.cache.enabled
     assert len(replica.cache) == 0
 
     _revoke_everything_in_the_database(sessions, clock())
 
-    assert _refused(replica.auth, signed_up.tokens.access_token) == "TOKEN_REVOKED"
-    assert _refused(replica.auth, cli) == "TOKEN_REVOKED"
+    assert refused_reason(replica.auth, signed_up.tokens.access_token) == "TOKEN_REVOKED"
+    assert refused_reason(replica.auth, cli) == "TOKEN_REVOKED"
 
 
 def test_cached_cli_token_still_records_its_last_use_to_the_minute(
@@ -233,17 +226,17 @@ def test_cached_cli_token_still_records_its_last_use_to_the_minute(
     register(replica.auth, email=email)
     token = _cli_token(replica.auth, email)
     start = clock()
-    _get_me(replica.auth, token)
+    get_me(replica.auth, token)
     assert _last_use(sessions) == start
 
     clock.advance(seconds=59)
-    _get_me(replica.auth, token)
+    get_me(replica.auth, token)
     assert _last_use(sessions) == start  # not rewritten on every call
 
     clock.advance(seconds=1)
-    _get_me(replica.auth, token)
+    get_me(replica.auth, token)
     assert _last_use(sessions) == start + dt.timedelta(minutes=1)
-    _get_me(replica.auth, token)
+    get_me(replica.auth, token)
     assert _last_use(sessions) == start + dt.timedelta(minutes=1)
 
 
@@ -254,7 +247,7 @@ def test_get_me_is_answered_for_a_token_checked_before_the_cache_filled(
     replica = start_replica(token_cache_ttl=0)
     signed_up = register(replica.auth)
     for _ in range(2):
-        assert _get_me(replica.auth, signed_up.tokens.access_token).user == signed_up.user
+        assert get_me(replica.auth, signed_up.tokens.access_token).user == signed_up.user
 
 
 def test_get_me_answers_from_the_user_the_token_check_read_until_the_recheck(
@@ -264,14 +257,14 @@ def test_get_me_answers_from_the_user_the_token_check_read_until_the_recheck(
     replica = start_replica(token_cache_ttl=30)
     signed_up = register(replica.auth, name="Before")
     token = signed_up.tokens.access_token
-    assert _get_me(replica.auth, token).user.name == "Before"
+    assert get_me(replica.auth, token).user.name == "Before"
     with sessions.write.begin() as session:
         session.execute(sa.update(User).values(name="After"))
 
     clock.advance(seconds=29)
-    assert _get_me(replica.auth, token).user.name == "Before"  # from the cache
+    assert get_me(replica.auth, token).user.name == "Before"  # from the cache
     clock.advance(seconds=1)
-    assert _get_me(replica.auth, token).user.name == "After"
+    assert get_me(replica.auth, token).user.name == "After"
 
 
 # --- TokenCache on its own ---------------------------------------------------------------------

@@ -27,16 +27,17 @@ from luman.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
 from luman.server.app import App
 from luman.server.auth.key_ring import LoadedKey
 from luman.server.config import Settings
-from tests.support import PASSWORD, FakeClock, RichError, bearer, register, rich_error, unique_email
+from tests.support import (
+    PASSWORD,
+    FakeClock,
+    RichError,
+    get_me,
+    register,
+    rich_error,
+    unique_email,
+)
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
-
-
-def _get_me(auth: Stub, token: str) -> auth_service_pb2.GetMeResponse:
-    response: auth_service_pb2.GetMeResponse = auth.GetMe(
-        auth_service_pb2.GetMeRequest(), metadata=bearer(token)
-    )
-    return response
 
 
 def _refresh(auth: Stub, token: str) -> auth_pb2.TokenPair:
@@ -120,11 +121,11 @@ def test_issued_tokens_carry_the_documented_claims(
 def test_access_token_works_until_15_minutes_then_is_expired(auth: Stub, clock: FakeClock) -> None:
     token = register(auth).tokens.access_token
     clock.advance(minutes=14, seconds=59)
-    _get_me(auth, token)
+    get_me(auth, token)
     clock.advance(seconds=1)
-    _unauthenticated(_error(_get_me, auth, token), "TOKEN_EXPIRED")
+    _unauthenticated(_error(get_me, auth, token), "TOKEN_EXPIRED")
     clock.advance(days=1)
-    _unauthenticated(_error(_get_me, auth, token), "TOKEN_EXPIRED")
+    _unauthenticated(_error(get_me, auth, token), "TOKEN_EXPIRED")
 
 
 def test_tampered_signature_is_rejected(auth: Stub) -> None:
@@ -133,7 +134,7 @@ def test_tampered_signature_is_rejected(auth: Stub) -> None:
     middle = len(signature) // 2
     flipped = "A" if signature[middle] != "A" else "B"
     forged = f"{head}.{payload}.{signature[:middle]}{flipped}{signature[middle + 1 :]}"
-    _unauthenticated(_error(_get_me, auth, forged))
+    _unauthenticated(_error(get_me, auth, forged))
 
 
 def test_tampered_payload_is_rejected(auth: Stub) -> None:
@@ -143,11 +144,11 @@ def test_tampered_payload_is_rejected(auth: Stub) -> None:
     claims = _claims(token) | {"sub": victim}
     raw = json.dumps(claims, separators=(",", ":")).encode()
     forged_payload = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-    _unauthenticated(_error(_get_me, auth, f"{head}.{forged_payload}.{signature}"))
+    _unauthenticated(_error(get_me, auth, f"{head}.{forged_payload}.{signature}"))
 
 
 def test_refresh_token_is_not_accepted_as_bearer(auth: Stub) -> None:
-    _unauthenticated(_error(_get_me, auth, register(auth).tokens.refresh_token))
+    _unauthenticated(_error(get_me, auth, register(auth).tokens.refresh_token))
 
 
 def test_access_token_is_not_accepted_by_refresh_token(auth: Stub) -> None:
@@ -207,15 +208,15 @@ def test_forged_access_token_is_rejected(
     auth: Stub, access_key: LoadedKey, changes: dict[str, Any]
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
-    _get_me(auth, _forge_access(base, access_key, {}))  # the unchanged forgery is accepted
-    _unauthenticated(_error(_get_me, auth, _forge_access(base, access_key, changes)))
+    get_me(auth, _forge_access(base, access_key, {}))  # the unchanged forgery is accepted
+    _unauthenticated(_error(get_me, auth, _forge_access(base, access_key, changes)))
 
 
 def test_access_token_signed_with_the_refresh_secret_is_rejected(
     auth: Stub, settings: Settings
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
-    _unauthenticated(_error(_get_me, auth, _forge(base, settings.jwt_refresh_secret, {})))
+    _unauthenticated(_error(get_me, auth, _forge(base, settings.jwt_refresh_secret, {})))
 
 
 def test_access_token_with_another_algorithm_is_rejected(
@@ -223,13 +224,13 @@ def test_access_token_with_another_algorithm_is_rejected(
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
     forged = _forge(base, settings.jwt_secret + "x" * 32, {}, algorithm="HS512")
-    _unauthenticated(_error(_get_me, auth, forged))
-    _unauthenticated(_error(_get_me, auth, _none_alg(base)))
+    _unauthenticated(_error(get_me, auth, forged))
+    _unauthenticated(_error(get_me, auth, _none_alg(base)))
     # The seed's HS256 with JWT_SECRET, with and without the active kid: the kid's key
     # decides the algorithm, not the token.
-    _unauthenticated(_error(_get_me, auth, _forge(base, settings.jwt_secret, {})))
+    _unauthenticated(_error(get_me, auth, _forge(base, settings.jwt_secret, {})))
     forged = _forge(base, settings.jwt_secret, {}, kid=access_key.kid)
-    _unauthenticated(_error(_get_me, auth, forged))
+    _unauthenticated(_error(get_me, auth, forged))
 
 
 def test_access_token_hmac_signed_with_the_public_key_is_rejected(
@@ -247,7 +248,7 @@ def test_access_token_hmac_signed_with_the_public_key_is_rejected(
     for secret in (raw, pem, access_key.public_jwk["x"].encode()):
         # Built by hand: PyJWT itself refuses asymmetric keys as HMAC secrets.
         forged = _compact(header, base, functools.partial(hmac.digest, secret, digest="sha256"))
-        _unauthenticated(_error(_get_me, auth, forged))
+        _unauthenticated(_error(get_me, auth, forged))
 
 
 def test_access_token_signed_by_another_key_or_with_an_unknown_kid_is_rejected(
@@ -255,18 +256,18 @@ def test_access_token_signed_by_another_key_or_with_an_unknown_kid_is_rejected(
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
     stranger = Ed25519PrivateKey.generate()
-    _unauthenticated(_error(_get_me, auth, _forge(base, stranger, {}, "EdDSA", access_key.kid)))
-    _unauthenticated(_error(_get_me, auth, _forge(base, stranger, {}, "EdDSA", "no-such-kid")))
+    _unauthenticated(_error(get_me, auth, _forge(base, stranger, {}, "EdDSA", access_key.kid)))
+    _unauthenticated(_error(get_me, auth, _forge(base, stranger, {}, "EdDSA", "no-such-kid")))
     clock.advance(seconds=2)  # past the unknown-kid reload interval: a second look, same answer
-    _unauthenticated(_error(_get_me, auth, _forge(base, stranger, {}, "EdDSA", "no-such-kid")))
+    _unauthenticated(_error(get_me, auth, _forge(base, stranger, {}, "EdDSA", "no-such-kid")))
     private_key = access_key.private_key
     assert isinstance(private_key, Ed25519PrivateKey)
     for kid in ("", 7, None, [access_key.kid]):
         header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
-        _unauthenticated(_error(_get_me, auth, _compact(header, base, private_key.sign)))
+        _unauthenticated(_error(get_me, auth, _compact(header, base, private_key.sign)))
     # The same construction with the right kid is accepted: the rejections are the kid's.
     header = {"alg": "EdDSA", "typ": "JWT", "kid": access_key.kid}
-    _get_me(auth, _compact(header, base, private_key.sign))
+    get_me(auth, _compact(header, base, private_key.sign))
 
 
 def _compact(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
@@ -286,7 +287,7 @@ def test_access_token_with_expired_exp_is_expired_even_if_forged_correctly(
 ) -> None:
     base = _claims(register(auth).tokens.access_token)
     forged = _forge_access(base, access_key, {"exp": int(clock().timestamp())})
-    _unauthenticated(_error(_get_me, auth, forged), "TOKEN_EXPIRED")
+    _unauthenticated(_error(get_me, auth, forged), "TOKEN_EXPIRED")
 
 
 REFRESH_FORGERIES: dict[str, dict[str, Any]] = {
@@ -309,7 +310,7 @@ def test_forged_refresh_token_is_rejected(
     base = _claims(tokens.refresh_token)
     _unauthenticated(_error(_refresh, auth, _forge(base, settings.jwt_refresh_secret, changes)))
     # None of these forgeries spent or revoked the real token.
-    _get_me(auth, _refresh(auth, tokens.refresh_token).access_token)
+    get_me(auth, _refresh(auth, tokens.refresh_token).access_token)
 
 
 def test_refresh_token_signed_with_the_access_secret_is_rejected(
@@ -337,9 +338,9 @@ def test_refresh_returns_a_new_pair_that_works(auth: Stub, clock: FakeClock) -> 
     assert second.access_token != first.tokens.access_token
     assert second.access_token_expire_time.ToDatetime(dt.UTC) == clock() + dt.timedelta(minutes=15)
     assert second.refresh_token_expire_time.ToDatetime(dt.UTC) == clock() + dt.timedelta(days=7)
-    assert _get_me(auth, second.access_token).user == first.user
+    assert get_me(auth, second.access_token).user == first.user
     third = _refresh(auth, second.refresh_token)
-    assert _get_me(auth, third.access_token).user == first.user
+    assert get_me(auth, third.access_token).user == first.user
 
 
 def test_reused_refresh_token_revokes_the_whole_sign_in(auth: Stub) -> None:
@@ -354,11 +355,11 @@ def test_reused_refresh_token_revokes_the_whole_sign_in(auth: Stub) -> None:
     # Everything descended from that sign-in is dead, the newest refresh token included ...
     _unauthenticated(_error(_refresh, auth, third.refresh_token), "TOKEN_REVOKED")
     for access in (first.access_token, second.access_token, third.access_token):
-        _unauthenticated(_error(_get_me, auth, access), "TOKEN_REVOKED")
+        _unauthenticated(_error(get_me, auth, access), "TOKEN_REVOKED")
     _unauthenticated(_error(_refresh, auth, second.refresh_token), "TOKEN_REVOKED")
     # ... while the same user's other sign-in is untouched.
-    _get_me(auth, other.access_token)
-    _get_me(auth, _refresh(auth, other.refresh_token).access_token)
+    get_me(auth, other.access_token)
+    get_me(auth, _refresh(auth, other.refresh_token).access_token)
 
 
 def test_refresh_token_presented_twice_in_a_row_is_reuse(auth: Stub, clock: FakeClock) -> None:
@@ -366,7 +367,7 @@ def test_refresh_token_presented_twice_in_a_row_is_reuse(auth: Stub, clock: Fake
     new = _refresh(auth, tokens.refresh_token)
     clock.advance(seconds=10)  # past REFRESH_REUSE_GRACE_SECONDS (test_refresh_grace.py)
     _unauthenticated(_error(_refresh, auth, tokens.refresh_token), "REFRESH_TOKEN_REUSED")
-    _unauthenticated(_error(_get_me, auth, new.access_token), "TOKEN_REVOKED")
+    _unauthenticated(_error(get_me, auth, new.access_token), "TOKEN_REVOKED")
 
 
 def test_refresh_token_expires_after_7_days(auth: Stub, clock: FakeClock) -> None:
@@ -378,7 +379,7 @@ def test_refresh_token_expires_after_7_days(auth: Stub, clock: FakeClock) -> Non
 def test_refresh_token_works_just_before_7_days(auth: Stub, clock: FakeClock) -> None:
     refresh = register(auth).tokens.refresh_token
     clock.advance(days=6, hours=23, minutes=59)
-    _get_me(auth, _refresh(auth, refresh).access_token)
+    get_me(auth, _refresh(auth, refresh).access_token)
 
 
 def test_expired_refresh_token_does_not_count_as_reuse(auth: Stub, clock: FakeClock) -> None:
@@ -389,4 +390,4 @@ def test_expired_refresh_token_does_not_count_as_reuse(auth: Stub, clock: FakeCl
     # The old token is expired, so it is refused before any reuse bookkeeping ...
     _unauthenticated(_error(_refresh, auth, tokens.refresh_token), "TOKEN_EXPIRED")
     # ... and the sign-in lives on through the newer one.
-    _get_me(auth, _refresh(auth, newer.refresh_token).access_token)
+    get_me(auth, _refresh(auth, newer.refresh_token).access_token)
