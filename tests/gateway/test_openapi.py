@@ -96,6 +96,8 @@ def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, An
         "AuthService_CliLogin",
         "AuthService_GetJwks",
         "AuthService_CreateServiceToken",
+        "AuthService_StartDeviceLogin",
+        "AuthService_PollDeviceLogin",
         "Health_Live",
         "Health_Ready",
     }

@@ -64,6 +64,9 @@ class Policy(enum.Enum):
     INTROSPECTION = "introspection"
     # Per client IP, apart from AUTH: services behind one address must not starve sign-ins.
     SERVICE_TOKEN = "service_token"  # noqa: S105 - a policy name, not a secret
+    # Per client IP, each in a bucket of its own: device logins started, and their polls.
+    DEVICE_START = "device_start"
+    DEVICE_POLL = "device_poll"
 
 
 class Decision(NamedTuple):
@@ -446,7 +449,7 @@ class UserRateLimitInterceptor(MethodInterceptor):
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
             principal = call_context.current_call().principal
             if principal is not None:  # else counted per IP (an undecodable request)
-                _admit(context, limiter.hit("user:" + principal.subject_id.hex))
+                _admit(context, limiter.hit("user:" + principal.subject_hex))
             return behavior(request, context)
 
         return limited

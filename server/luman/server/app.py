@@ -23,6 +23,7 @@ from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
+from luman.server.auth.device_logins import CodeAttempts, DeviceLogins
 from luman.server.auth.key_ring import KeyRing
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.auth.service import AuthService
@@ -34,7 +35,7 @@ from luman.server.db.availability import DatabaseAvailability
 from luman.server.db.session import Sessions
 from luman.server.organization.service import OrganizationService
 from luman.server.organization.servicer import OrganizationServicer
-from luman.server.rate_limits import build_rate_limit_stages
+from luman.server.rate_limits import build_code_attempt_limiters, build_rate_limit_stages
 from luman.server.request_logs.writer import RequestLogWriter
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class App:
     database: DatabaseAvailability | None = None
     # The access-token signing keys (auth/key_ring.py); None with JWT_ALGORITHM=HS256.
     keys: KeyRing | None = None
+    # Device logins (RFC 8628); the gateway sets their verification address once it is bound.
+    device_logins: DeviceLogins | None = None
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -173,6 +176,19 @@ def build_server(
         introspection_organizations=settings.introspection_organizations,
     )
     organizations = OrganizationService(sessions, clock)
+    device_logins = DeviceLogins(
+        sessions,
+        clock,
+        auth.cli_tokens,
+        CodeAttempts(
+            *build_code_attempt_limiters(settings, monotonic, wall=lambda: clock().timestamp()),
+            ipv6_prefix=settings.rate_limit_ipv6_prefix,
+        ),
+        client_ids=settings.device_client_ids,
+        lifetime=settings.device_code_lifetime,
+        interval=settings.device_poll_interval,
+        public_url=settings.public_url or f"http://localhost:{settings.http_port}",
+    )
     # Declared in the contracts; token authentication and both rate-limit stages read it.
     policies = methods.policies()
     public = methods.public_methods(policies)
@@ -237,7 +253,7 @@ def build_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    auth_servicer = AuthServicer(auth)
+    auth_servicer = AuthServicer(auth, device_logins)
     organization_servicer = OrganizationServicer(organizations, auth.service_accounts)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
@@ -278,4 +294,5 @@ def build_server(
         own_hasher=own_hasher,
         database=database,
         keys=keys,
+        device_logins=device_logins,
     )

@@ -68,6 +68,22 @@ class Settings:
     # CreateServiceToken, per client IP, apart from the sign-ins' bucket.
     service_token_rate_limit_window_ms: int = 15 * 60 * 1000
     service_token_rate_limit_max_requests: int = 60
+    # Device login (RFC 8628, auth/device_logins.py): the clients allowed to start one, how
+    # long its codes live and the poll interval; StartDeviceLogin and PollDeviceLogin per
+    # client IP; wrong user codes per client IP and for the whole server.
+    device_client_ids: tuple[str, ...] = ("luman-cli",)
+    device_code_lifetime: float = 600.0
+    device_poll_interval: int = 5
+    device_start_rate_limit_window_ms: int = 15 * 60 * 1000
+    device_start_rate_limit_max_requests: int = 30
+    device_poll_rate_limit_window_ms: int = 15 * 60 * 1000
+    device_poll_rate_limit_max_requests: int = 1800
+    device_code_attempts_window_ms: int = 15 * 60 * 1000
+    device_code_attempts_per_ip: int = 10
+    device_code_attempts_global: int = 1000
+    # The address people reach the HTTP gateway at, for the device login's verification_uri;
+    # empty: http://localhost:<HTTP_PORT> (development).
+    public_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
     # IPv6 clients are counted by network: one subscriber usually holds a whole /64.
     rate_limit_ipv6_prefix: int = 64
@@ -150,6 +166,28 @@ class Settings:
             service_token_rate_limit_max_requests=r.integer(
                 "SERVICE_TOKEN_RATE_LIMIT_MAX_REQUESTS", 60, 0, 10**9
             ),
+            device_client_ids=r.items("DEVICE_CLIENT_IDS") or cls.device_client_ids,
+            # At most an hour: a pending login is a code someone may still phish with.
+            device_code_lifetime=r.duration("DEVICE_CODE_LIFETIME", "10m", most=3600),
+            device_poll_interval=r.integer("DEVICE_POLL_INTERVAL", 5, 1, 60),
+            device_start_rate_limit_window_ms=r.integer(
+                "DEVICE_START_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000
+            ),
+            device_start_rate_limit_max_requests=r.integer(
+                "DEVICE_START_RATE_LIMIT_MAX_REQUESTS", 30, 0, 10**9
+            ),
+            device_poll_rate_limit_window_ms=r.integer(
+                "DEVICE_POLL_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000
+            ),
+            device_poll_rate_limit_max_requests=r.integer(
+                "DEVICE_POLL_RATE_LIMIT_MAX_REQUESTS", 1800, 0, 10**9
+            ),
+            device_code_attempts_window_ms=r.integer(
+                "DEVICE_CODE_ATTEMPTS_WINDOW_MS", 900000, 0, 86400000
+            ),
+            device_code_attempts_per_ip=r.integer("DEVICE_CODE_ATTEMPTS_PER_IP", 10, 0, 10**6),
+            device_code_attempts_global=r.integer("DEVICE_CODE_ATTEMPTS_GLOBAL", 1000, 0, 10**9),
+            public_url=_public_url(r.text("PUBLIC_URL", "")),
             trusted_proxies=r.networks("TRUSTED_PROXIES"),
             rate_limit_ipv6_prefix=r.integer("RATE_LIMIT_IPV6_PREFIX", 64, 1, 128),
             rate_limit_redis_url=r.redis_url("RATE_LIMIT_REDIS_URL"),
@@ -255,6 +293,15 @@ def _development_secrets(data_dir: Path) -> dict[str, str]:
 
 
 _JWT_ALGORITHMS = {"eddsa": "EdDSA", "es256": "ES256", "hs256": "HS256"}
+
+
+def _public_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if value and (not value.startswith(("http://", "https://")) or "?" in value or "#" in value):
+        raise ConfigError(
+            f"PUBLIC_URL must be an http:// or https:// address without a query, got {value!r}"
+        )
+    return value
 
 
 def _jwt_algorithm(value: str) -> str:

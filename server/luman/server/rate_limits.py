@@ -50,19 +50,7 @@ def build_limiters(
     In process by default; in Redis when RATE_LIMIT_REDIS_URL is set, so that replicas share
     their counts (Redis keys use wall-clock time: replicas share no monotonic clock).
     """
-    client = None
-    if settings.rate_limit_redis_url:
-        from luman.interceptors import rate_limit_redis
-
-        client = rate_limit_redis.redis_client(settings.rate_limit_redis_url)
-
-    def limiter(name: str, limit: int, window: float) -> RateLimiter:
-        if client is None:
-            return SlidingWindowLimiter(limit, window, monotonic)
-        return rate_limit_redis.RedisSlidingWindowLimiter(
-            client, limit, window, prefix=f"luman:ratelimit:{name}:", clock=wall
-        )
-
+    limiter = limiter_factory(settings, monotonic, wall)
     limiters: dict[Policy, RateLimiter] = {}
     for policy, limit, window_ms in (
         (Policy.AUTH, settings.auth_rate_limit_max_requests, settings.auth_rate_limit_window_ms),
@@ -77,12 +65,62 @@ def build_limiters(
             settings.service_token_rate_limit_max_requests,
             settings.service_token_rate_limit_window_ms,
         ),
+        (
+            Policy.DEVICE_START,
+            settings.device_start_rate_limit_max_requests,
+            settings.device_start_rate_limit_window_ms,
+        ),
+        (
+            Policy.DEVICE_POLL,
+            settings.device_poll_rate_limit_max_requests,
+            settings.device_poll_rate_limit_window_ms,
+        ),
     ):
         if limit > 0 and window_ms > 0:
             limiters[policy] = limiter(policy.value, limit, window_ms / 1000)
     auth = limiters.get(Policy.AUTH)
     accounts = limiter("account", auth.limit, auth.window) if auth is not None else None
     return limiters, accounts
+
+
+def limiter_factory(
+    settings: Settings, monotonic: Callable[[], float], wall: Callable[[], float]
+) -> Callable[[str, int, float], RateLimiter]:
+    """`(name, limit, window seconds) -> RateLimiter`: in process, or in Redis under
+    luman:ratelimit:<name>: when RATE_LIMIT_REDIS_URL is set."""
+    client = None
+    if settings.rate_limit_redis_url:
+        from luman.interceptors import rate_limit_redis
+
+        client = rate_limit_redis.redis_client(settings.rate_limit_redis_url)
+
+    def limiter(name: str, limit: int, window: float) -> RateLimiter:
+        if client is None:
+            return SlidingWindowLimiter(limit, window, monotonic)
+        return rate_limit_redis.RedisSlidingWindowLimiter(
+            client, limit, window, prefix=f"luman:ratelimit:{name}:", clock=wall
+        )
+
+    return limiter
+
+
+def build_code_attempt_limiters(
+    settings: Settings,
+    monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> tuple[RateLimiter | None, RateLimiter | None]:
+    """The limiters of wrong device-login user codes: per client IP, and for the whole server
+    (auth/device_logins.py). None where disabled (0)."""
+    limiter = limiter_factory(settings, monotonic, wall)
+    window = settings.device_code_attempts_window_ms / 1000
+    if window <= 0:
+        return None, None
+    per_ip = settings.device_code_attempts_per_ip
+    total = settings.device_code_attempts_global
+    return (
+        limiter("device_code_ip", per_ip, window) if per_ip > 0 else None,
+        limiter("device_code_global", total, window) if total > 0 else None,
+    )
 
 
 def build_rate_limit_stages(
@@ -131,6 +169,8 @@ _POLICIES = {
     annotations_pb2.RATE_LIMIT_POLICY_AUTH: Policy.AUTH,
     annotations_pb2.RATE_LIMIT_POLICY_INTROSPECTION: Policy.INTROSPECTION,
     annotations_pb2.RATE_LIMIT_POLICY_SERVICE_TOKEN: Policy.SERVICE_TOKEN,
+    annotations_pb2.RATE_LIMIT_POLICY_DEVICE_START: Policy.DEVICE_START,
+    annotations_pb2.RATE_LIMIT_POLICY_DEVICE_POLL: Policy.DEVICE_POLL,
 }
 
 

@@ -40,6 +40,15 @@ class _RateLimitPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateL
     (CreateServiceToken), so that services sharing an egress address neither lock each other
     out of the sign-ins nor are locked out by them.
     """
+    RATE_LIMIT_POLICY_DEVICE_START: _RateLimitPolicy.ValueType  # 5
+    """RATE_LIMIT_POLICY_DEVICE_START counts per client IP in a bucket of its own
+    (StartDeviceLogin, DEVICE_START_RATE_LIMIT_*): each start stores a pending login.
+    """
+    RATE_LIMIT_POLICY_DEVICE_POLL: _RateLimitPolicy.ValueType  # 6
+    """RATE_LIMIT_POLICY_DEVICE_POLL counts per client IP with a limit that lets several
+    terminals behind one address poll at the device-login interval (PollDeviceLogin,
+    DEVICE_POLL_RATE_LIMIT_*). Each device code is also held to its interval (slow_down).
+    """
 
 class RateLimitPolicy(_RateLimitPolicy, metaclass=_RateLimitPolicyEnumTypeWrapper):
     """RateLimitPolicy names the rate-limit bucket an RPC is counted in."""
@@ -58,6 +67,15 @@ RATE_LIMIT_POLICY_SERVICE_TOKEN: RateLimitPolicy.ValueType  # 4
 """RATE_LIMIT_POLICY_SERVICE_TOKEN counts per client IP in a bucket of its own
 (CreateServiceToken), so that services sharing an egress address neither lock each other
 out of the sign-ins nor are locked out by them.
+"""
+RATE_LIMIT_POLICY_DEVICE_START: RateLimitPolicy.ValueType  # 5
+"""RATE_LIMIT_POLICY_DEVICE_START counts per client IP in a bucket of its own
+(StartDeviceLogin, DEVICE_START_RATE_LIMIT_*): each start stores a pending login.
+"""
+RATE_LIMIT_POLICY_DEVICE_POLL: RateLimitPolicy.ValueType  # 6
+"""RATE_LIMIT_POLICY_DEVICE_POLL counts per client IP with a limit that lets several
+terminals behind one address poll at the device-login interval (PollDeviceLogin,
+DEVICE_POLL_RATE_LIMIT_*). Each device code is also held to its interval (slow_down).
 """
 Global___RateLimitPolicy: _TypeAlias = RateLimitPolicy  # noqa: Y015
 

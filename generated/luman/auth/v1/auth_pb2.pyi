@@ -235,3 +235,66 @@ class Session(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class DeviceLogin(_message.Message):
+    """DeviceLogin is a pending device login (AuthService.StartDeviceLogin), as its approver sees
+    it. Everything but create_time and client_ip is what the requesting client said about
+    itself: show it as such.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    HOST_NAME_FIELD_NUMBER: _builtins.int
+    CLIENT_VERSION_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    CLIENT_IP_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    user_code: _builtins.str
+    """user_code is the code, as shown: "XXXX-XXXX"."""
+    client_id: _builtins.str
+    """client_id is the client that started the login ("luman-cli")."""
+    host_name: _builtins.str
+    """host_name is the requesting machine's name."""
+    client_version: _builtins.str
+    """client_version is the requesting client's version."""
+    os: _builtins.str
+    """os is the requesting machine's operating system."""
+    client_ip: _builtins.str
+    """client_ip is the address the login was started from."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes are what the login asks for ("read", "write")."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the login was started."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the codes expire."""
+
+    def __init__(
+        self,
+        *,
+        user_code: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        host_name: _builtins.str = ...,
+        client_version: _builtins.str = ...,
+        os: _builtins.str = ...,
+        client_ip: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_ip", b"client_ip", "client_version", b"client_version", "create_time", b"create_time", "expire_time", b"expire_time", "host_name", b"host_name", "os", b"os", "scopes", b"scopes", "user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceLogin: _TypeAlias = DeviceLogin  # noqa: Y015

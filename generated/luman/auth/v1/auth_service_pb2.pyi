@@ -948,3 +948,307 @@ class IntrospectTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__token_kind) -> _WhichOneofReturnType__token_kind | None: ...
 
 Global___IntrospectTokenResponse: _TypeAlias = IntrospectTokenResponse  # noqa: Y015
+
+@_typing.final
+class StartDeviceLoginRequest(_message.Message):
+    """StartDeviceLoginRequest identifies the client starting a device login. Over HTTP the
+    fields keep the names RFC 8628 gives them (client_id, scope).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    HOST_NAME_FIELD_NUMBER: _builtins.int
+    CLIENT_VERSION_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """client_id is the client's id; it must be in the server's DEVICE_CLIENT_IDS ("luman-cli"
+    by default). Required.
+    """
+    scope: _builtins.str
+    """scope is the space-separated scopes asked for ("read write"); empty means read and
+    write.
+    """
+    host_name: _builtins.str
+    """host_name is the requesting machine's name, shown to the approver and used in the
+    token's name; up to 100 characters.
+    """
+    client_version: _builtins.str
+    """client_version is the client's version, such as the luman CLI's; up to 50 characters."""
+    os: _builtins.str
+    """os is the requesting machine's operating system; up to 50 characters."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        host_name: _builtins.str = ...,
+        client_version: _builtins.str = ...,
+        os: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_version", b"client_version", "host_name", b"host_name", "os", b"os", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartDeviceLoginRequest: _TypeAlias = StartDeviceLoginRequest  # noqa: Y015
+
+@_typing.final
+class StartDeviceLoginResponse(_message.Message):
+    """StartDeviceLoginResponse is RFC 8628's device authorization response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_CODE_FIELD_NUMBER: _builtins.int
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    VERIFICATION_URI_FIELD_NUMBER: _builtins.int
+    VERIFICATION_URI_COMPLETE_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    device_code: _builtins.str
+    """device_code is the secret the client polls with; "lmd_" and 49 base62 characters. Keep it
+    private: it is the login until it is claimed.
+    """
+    user_code: _builtins.str
+    """user_code is what the person enters: 8 letters from an alphabet without look-alikes,
+    shown as "XXXX-XXXX".
+    """
+    verification_uri: _builtins.str
+    """verification_uri is the page where the person enters the code."""
+    verification_uri_complete: _builtins.str
+    """verification_uri_complete is the page with the code filled in."""
+    expires_in: _builtins.int
+    """expires_in is how many seconds the codes stay valid (DEVICE_CODE_LIFETIME)."""
+    interval: _builtins.int
+    """interval is how many seconds the client waits between polls (DEVICE_POLL_INTERVAL)."""
+    def __init__(
+        self,
+        *,
+        device_code: _builtins.str = ...,
+        user_code: _builtins.str = ...,
+        verification_uri: _builtins.str = ...,
+        verification_uri_complete: _builtins.str = ...,
+        expires_in: _builtins.int = ...,
+        interval: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_code", b"device_code", "expires_in", b"expires_in", "interval", b"interval", "user_code", b"user_code", "verification_uri", b"verification_uri", "verification_uri_complete", b"verification_uri_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartDeviceLoginResponse: _TypeAlias = StartDeviceLoginResponse  # noqa: Y015
+
+@_typing.final
+class PollDeviceLoginRequest(_message.Message):
+    """PollDeviceLoginRequest is RFC 8628's device access token request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_CODE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    GRANT_TYPE_FIELD_NUMBER: _builtins.int
+    device_code: _builtins.str
+    """device_code is StartDeviceLoginResponse.device_code. Required."""
+    client_id: _builtins.str
+    """client_id is the client_id the login was started with. Required."""
+    grant_type: _builtins.str
+    """grant_type is optional; when set it must be
+    "urn:ietf:params:oauth:grant-type:device_code" (RFC 8628 section 3.4).
+    """
+    def __init__(
+        self,
+        *,
+        device_code: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        grant_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "device_code", b"device_code", "grant_type", b"grant_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollDeviceLoginRequest: _TypeAlias = PollDeviceLoginRequest  # noqa: Y015
+
+@_typing.final
+class PollDeviceLoginResponse(_message.Message):
+    """PollDeviceLoginResponse holds the approved login's personal token, shown only here. The
+    first four fields are named as an OAuth 2.0 token response names them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_TYPE_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    CLI_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    """access_token is the personal token's secret (CreateCliTokenResponse.token)."""
+    token_type: _builtins.str
+    """token_type is always "Bearer"."""
+    expires_in: _builtins.int
+    """expires_in is how many seconds the token lives; 0 when it does not expire."""
+    scope: _builtins.str
+    """scope is the token's scopes, space-separated."""
+    @_builtins.property
+    def cli_token(self) -> _auth_pb2.CliToken:
+        """cli_token describes the token."""
+
+    @_builtins.property
+    def user(self) -> _auth_pb2.User:
+        """user is the account that approved the login, whose token it is."""
+
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+        token_type: _builtins.str = ...,
+        expires_in: _builtins.int = ...,
+        scope: _builtins.str = ...,
+        cli_token: _auth_pb2.CliToken | None = ...,
+        user: _auth_pb2.User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cli_token", b"cli_token", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "cli_token", b"cli_token", "expires_in", b"expires_in", "scope", b"scope", "token_type", b"token_type", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollDeviceLoginResponse: _TypeAlias = PollDeviceLoginResponse  # noqa: Y015
+
+@_typing.final
+class GetDeviceLoginRequest(_message.Message):
+    """GetDeviceLoginRequest names a device login by its user code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    user_code: _builtins.str
+    """user_code is the code the client showed, with or without its dash, any case. Required."""
+    def __init__(
+        self,
+        *,
+        user_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceLoginRequest: _TypeAlias = GetDeviceLoginRequest  # noqa: Y015
+
+@_typing.final
+class GetDeviceLoginResponse(_message.Message):
+    """GetDeviceLoginResponse describes the pending device login."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_LOGIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device_login(self) -> _auth_pb2.DeviceLogin:
+        """device_login is what is asking."""
+
+    def __init__(
+        self,
+        *,
+        device_login: _auth_pb2.DeviceLogin | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_login", b"device_login"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_login", b"device_login"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceLoginResponse: _TypeAlias = GetDeviceLoginResponse  # noqa: Y015
+
+@_typing.final
+class ApproveDeviceLoginRequest(_message.Message):
+    """ApproveDeviceLoginRequest approves a pending device login."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    user_code: _builtins.str
+    """user_code is the code the client showed. Required."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scopes narrow what the new token may do; empty means the scopes the login asked for.
+        Each must be one the login asked for and one the calling credential has.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_code: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scopes", b"scopes", "user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveDeviceLoginRequest: _TypeAlias = ApproveDeviceLoginRequest  # noqa: Y015
+
+@_typing.final
+class ApproveDeviceLoginResponse(_message.Message):
+    """ApproveDeviceLoginResponse is empty: the client receives the token on its next poll."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveDeviceLoginResponse: _TypeAlias = ApproveDeviceLoginResponse  # noqa: Y015
+
+@_typing.final
+class DenyDeviceLoginRequest(_message.Message):
+    """DenyDeviceLoginRequest denies a pending device login."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    user_code: _builtins.str
+    """user_code is the code the client showed. Required."""
+    def __init__(
+        self,
+        *,
+        user_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyDeviceLoginRequest: _TypeAlias = DenyDeviceLoginRequest  # noqa: Y015
+
+@_typing.final
+class DenyDeviceLoginResponse(_message.Message):
+    """DenyDeviceLoginResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyDeviceLoginResponse: _TypeAlias = DenyDeviceLoginResponse  # noqa: Y015

@@ -115,6 +115,31 @@ class AuthServiceStub:
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenRequest.SerializeToString,
                 response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenResponse.FromString,
                 _registered_method=True)
+        self.StartDeviceLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/StartDeviceLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartDeviceLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartDeviceLoginResponse.FromString,
+                _registered_method=True)
+        self.PollDeviceLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/PollDeviceLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.PollDeviceLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.PollDeviceLoginResponse.FromString,
+                _registered_method=True)
+        self.GetDeviceLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/GetDeviceLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetDeviceLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetDeviceLoginResponse.FromString,
+                _registered_method=True)
+        self.ApproveDeviceLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ApproveDeviceLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ApproveDeviceLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ApproveDeviceLoginResponse.FromString,
+                _registered_method=True)
+        self.DenyDeviceLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/DenyDeviceLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -318,6 +343,79 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartDeviceLogin(self, request, context):
+        """StartDeviceLogin begins a device login for an allowed client (DEVICE_CLIENT_IDS). The
+        answer carries the device code the client polls with (a secret, stored hashed), and the
+        user code and address the person enters in a browser. Over HTTP it is
+        POST /auth/device/code with RFC 8628 section 3.1 and 3.2 field names. Public; counted per
+        client IP in its own rate-limit policy (DEVICE_START_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (client_id not allowed, unknown scope, metadata too long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PollDeviceLogin(self, request, context):
+        """PollDeviceLogin asks whether the person has decided (RFC 8628 section 3.4, over HTTP
+        POST /auth/device/token). Once approved, the first poll gets a new personal token named
+        "<host_name> (luman CLI)" with the approved scopes; every later poll gets
+        INVALID_GRANT (claim once). Poll no faster than the interval: a faster poll gets SLOW_DOWN
+        and the interval grows by 5 seconds for the rest of the login. Public; counted per
+        client IP in its own rate-limit policy (DEVICE_POLL_RATE_LIMIT_*).
+
+        Errors, each with an ErrorInfo reason named after RFC 8628 section 3.5:
+        FAILED_PRECONDITION (AUTHORIZATION_PENDING: not decided yet, poll again after the
+        interval; EXPIRED_TOKEN: the code expired, start again), RESOURCE_EXHAUSTED (SLOW_DOWN,
+        with RetryInfo and metadata "interval" giving the new interval in seconds),
+        PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
+        was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
+        unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceLogin(self, request, context):
+        """GetDeviceLogin shows the signed-in caller what a pending device login is: the client,
+        its host name, version and OS, the address it was started from, when, and the scopes it
+        asks for. A code that does not exist, expired or was already decided gets the same
+        NOT_FOUND: a wrong code never reveals whether it exists. Wrong codes are limited per
+        client IP and for the whole server (DEVICE_CODE_ATTEMPTS_*), so user codes cannot be
+        guessed.
+
+        Errors: INVALID_ARGUMENT (user_code not 8 letters of the code alphabet), NOT_FOUND
+        (DEVICE_CODE_NOT_FOUND), RESOURCE_EXHAUSTED (TOO_MANY_CODE_ATTEMPTS), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveDeviceLogin(self, request, context):
+        """ApproveDeviceLogin lets the pending device login receive a personal token of the caller's
+        with the scopes it asked for, or fewer (scopes). The approval holds only while the
+        credential that made it does: a sign-in or token revoked, or an account deleted, before
+        the client claims its token ends the login with ACCESS_DENIED. Approved with a personal
+        token, the new token is that token's child (CreateCliToken).
+
+        Errors: as GetDeviceLogin, and INVALID_ARGUMENT (a scope the login did not ask for),
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE: a scope the calling credential lacks, or calling
+        without write).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyDeviceLogin(self, request, context):
+        """DenyDeviceLogin refuses the pending device login: its polls get ACCESS_DENIED.
+
+        Errors: as GetDeviceLogin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -400,6 +498,31 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.IntrospectToken,
                     request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenRequest.FromString,
                     response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenResponse.SerializeToString,
+            ),
+            'StartDeviceLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartDeviceLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartDeviceLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartDeviceLoginResponse.SerializeToString,
+            ),
+            'PollDeviceLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.PollDeviceLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.PollDeviceLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.PollDeviceLoginResponse.SerializeToString,
+            ),
+            'GetDeviceLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetDeviceLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.GetDeviceLoginResponse.SerializeToString,
+            ),
+            'ApproveDeviceLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveDeviceLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ApproveDeviceLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ApproveDeviceLoginResponse.SerializeToString,
+            ),
+            'DenyDeviceLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyDeviceLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -835,6 +958,141 @@ class AuthService:
             '/luman.auth.v1.AuthService/IntrospectToken',
             luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenRequest.SerializeToString,
             luman_dot_auth_dot_v1_dot_auth__service__pb2.IntrospectTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartDeviceLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/StartDeviceLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.StartDeviceLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.StartDeviceLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PollDeviceLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/PollDeviceLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.PollDeviceLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.PollDeviceLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/GetDeviceLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.GetDeviceLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.GetDeviceLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveDeviceLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ApproveDeviceLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ApproveDeviceLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ApproveDeviceLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyDeviceLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/DenyDeviceLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginResponse.FromString,
             options,
             channel_credentials,
             insecure,

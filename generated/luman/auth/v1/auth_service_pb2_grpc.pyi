@@ -166,6 +166,59 @@ class AuthServiceStub:
     (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
     is; INTROSPECTION_NOT_ALLOWED: the caller's organization is not, or no longer, listed).
     """
+    StartDeviceLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.StartDeviceLoginRequest, _auth_service_pb2.StartDeviceLoginResponse]
+    """StartDeviceLogin begins a device login for an allowed client (DEVICE_CLIENT_IDS). The
+    answer carries the device code the client polls with (a secret, stored hashed), and the
+    user code and address the person enters in a browser. Over HTTP it is
+    POST /auth/device/code with RFC 8628 section 3.1 and 3.2 field names. Public; counted per
+    client IP in its own rate-limit policy (DEVICE_START_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (client_id not allowed, unknown scope, metadata too long).
+    """
+    PollDeviceLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.PollDeviceLoginRequest, _auth_service_pb2.PollDeviceLoginResponse]
+    """PollDeviceLogin asks whether the person has decided (RFC 8628 section 3.4, over HTTP
+    POST /auth/device/token). Once approved, the first poll gets a new personal token named
+    "<host_name> (luman CLI)" with the approved scopes; every later poll gets
+    INVALID_GRANT (claim once). Poll no faster than the interval: a faster poll gets SLOW_DOWN
+    and the interval grows by 5 seconds for the rest of the login. Public; counted per
+    client IP in its own rate-limit policy (DEVICE_POLL_RATE_LIMIT_*).
+
+    Errors, each with an ErrorInfo reason named after RFC 8628 section 3.5:
+    FAILED_PRECONDITION (AUTHORIZATION_PENDING: not decided yet, poll again after the
+    interval; EXPIRED_TOKEN: the code expired, start again), RESOURCE_EXHAUSTED (SLOW_DOWN,
+    with RetryInfo and metadata "interval" giving the new interval in seconds),
+    PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
+    was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
+    unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+    """
+    GetDeviceLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetDeviceLoginRequest, _auth_service_pb2.GetDeviceLoginResponse]
+    """GetDeviceLogin shows the signed-in caller what a pending device login is: the client,
+    its host name, version and OS, the address it was started from, when, and the scopes it
+    asks for. A code that does not exist, expired or was already decided gets the same
+    NOT_FOUND: a wrong code never reveals whether it exists. Wrong codes are limited per
+    client IP and for the whole server (DEVICE_CODE_ATTEMPTS_*), so user codes cannot be
+    guessed.
+
+    Errors: INVALID_ARGUMENT (user_code not 8 letters of the code alphabet), NOT_FOUND
+    (DEVICE_CODE_NOT_FOUND), RESOURCE_EXHAUSTED (TOO_MANY_CODE_ATTEMPTS), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    ApproveDeviceLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ApproveDeviceLoginRequest, _auth_service_pb2.ApproveDeviceLoginResponse]
+    """ApproveDeviceLogin lets the pending device login receive a personal token of the caller's
+    with the scopes it asked for, or fewer (scopes). The approval holds only while the
+    credential that made it does: a sign-in or token revoked, or an account deleted, before
+    the client claims its token ends the login with ACCESS_DENIED. Approved with a personal
+    token, the new token is that token's child (CreateCliToken).
+
+    Errors: as GetDeviceLogin, and INVALID_ARGUMENT (a scope the login did not ask for),
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE: a scope the calling credential lacks, or calling
+    without write).
+    """
+    DenyDeviceLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DenyDeviceLoginRequest, _auth_service_pb2.DenyDeviceLoginResponse]
+    """DenyDeviceLogin refuses the pending device login: its polls get ACCESS_DENIED.
+
+    Errors: as GetDeviceLogin.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -304,6 +357,59 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Errors: INVALID_ARGUMENT (token empty), UNAUTHENTICATED, PERMISSION_DENIED
     (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
     is; INTROSPECTION_NOT_ALLOWED: the caller's organization is not, or no longer, listed).
+    """
+    StartDeviceLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.StartDeviceLoginRequest, _auth_service_pb2.StartDeviceLoginResponse]  # type: ignore[assignment]
+    """StartDeviceLogin begins a device login for an allowed client (DEVICE_CLIENT_IDS). The
+    answer carries the device code the client polls with (a secret, stored hashed), and the
+    user code and address the person enters in a browser. Over HTTP it is
+    POST /auth/device/code with RFC 8628 section 3.1 and 3.2 field names. Public; counted per
+    client IP in its own rate-limit policy (DEVICE_START_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (client_id not allowed, unknown scope, metadata too long).
+    """
+    PollDeviceLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.PollDeviceLoginRequest, _auth_service_pb2.PollDeviceLoginResponse]  # type: ignore[assignment]
+    """PollDeviceLogin asks whether the person has decided (RFC 8628 section 3.4, over HTTP
+    POST /auth/device/token). Once approved, the first poll gets a new personal token named
+    "<host_name> (luman CLI)" with the approved scopes; every later poll gets
+    INVALID_GRANT (claim once). Poll no faster than the interval: a faster poll gets SLOW_DOWN
+    and the interval grows by 5 seconds for the rest of the login. Public; counted per
+    client IP in its own rate-limit policy (DEVICE_POLL_RATE_LIMIT_*).
+
+    Errors, each with an ErrorInfo reason named after RFC 8628 section 3.5:
+    FAILED_PRECONDITION (AUTHORIZATION_PENDING: not decided yet, poll again after the
+    interval; EXPIRED_TOKEN: the code expired, start again), RESOURCE_EXHAUSTED (SLOW_DOWN,
+    with RetryInfo and metadata "interval" giving the new interval in seconds),
+    PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
+    was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
+    unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+    """
+    GetDeviceLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetDeviceLoginRequest, _auth_service_pb2.GetDeviceLoginResponse]  # type: ignore[assignment]
+    """GetDeviceLogin shows the signed-in caller what a pending device login is: the client,
+    its host name, version and OS, the address it was started from, when, and the scopes it
+    asks for. A code that does not exist, expired or was already decided gets the same
+    NOT_FOUND: a wrong code never reveals whether it exists. Wrong codes are limited per
+    client IP and for the whole server (DEVICE_CODE_ATTEMPTS_*), so user codes cannot be
+    guessed.
+
+    Errors: INVALID_ARGUMENT (user_code not 8 letters of the code alphabet), NOT_FOUND
+    (DEVICE_CODE_NOT_FOUND), RESOURCE_EXHAUSTED (TOO_MANY_CODE_ATTEMPTS), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    ApproveDeviceLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ApproveDeviceLoginRequest, _auth_service_pb2.ApproveDeviceLoginResponse]  # type: ignore[assignment]
+    """ApproveDeviceLogin lets the pending device login receive a personal token of the caller's
+    with the scopes it asked for, or fewer (scopes). The approval holds only while the
+    credential that made it does: a sign-in or token revoked, or an account deleted, before
+    the client claims its token ends the login with ACCESS_DENIED. Approved with a personal
+    token, the new token is that token's child (CreateCliToken).
+
+    Errors: as GetDeviceLogin, and INVALID_ARGUMENT (a scope the login did not ask for),
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE: a scope the calling credential lacks, or calling
+    without write).
+    """
+    DenyDeviceLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DenyDeviceLoginRequest, _auth_service_pb2.DenyDeviceLoginResponse]  # type: ignore[assignment]
+    """DenyDeviceLogin refuses the pending device login: its polls get ACCESS_DENIED.
+
+    Errors: as GetDeviceLogin.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -536,6 +642,89 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (token empty), UNAUTHENTICATED, PERMISSION_DENIED
         (INSUFFICIENT_SCOPE: a caller without the introspect scope, which every user credential
         is; INTROSPECTION_NOT_ALLOWED: the caller's organization is not, or no longer, listed).
+        """
+
+    @_abc_1.abstractmethod
+    def StartDeviceLogin(
+        self,
+        request: _auth_service_pb2.StartDeviceLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.StartDeviceLoginResponse, _abc.Awaitable[_auth_service_pb2.StartDeviceLoginResponse]]:
+        """StartDeviceLogin begins a device login for an allowed client (DEVICE_CLIENT_IDS). The
+        answer carries the device code the client polls with (a secret, stored hashed), and the
+        user code and address the person enters in a browser. Over HTTP it is
+        POST /auth/device/code with RFC 8628 section 3.1 and 3.2 field names. Public; counted per
+        client IP in its own rate-limit policy (DEVICE_START_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (client_id not allowed, unknown scope, metadata too long).
+        """
+
+    @_abc_1.abstractmethod
+    def PollDeviceLogin(
+        self,
+        request: _auth_service_pb2.PollDeviceLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.PollDeviceLoginResponse, _abc.Awaitable[_auth_service_pb2.PollDeviceLoginResponse]]:
+        """PollDeviceLogin asks whether the person has decided (RFC 8628 section 3.4, over HTTP
+        POST /auth/device/token). Once approved, the first poll gets a new personal token named
+        "<host_name> (luman CLI)" with the approved scopes; every later poll gets
+        INVALID_GRANT (claim once). Poll no faster than the interval: a faster poll gets SLOW_DOWN
+        and the interval grows by 5 seconds for the rest of the login. Public; counted per
+        client IP in its own rate-limit policy (DEVICE_POLL_RATE_LIMIT_*).
+
+        Errors, each with an ErrorInfo reason named after RFC 8628 section 3.5:
+        FAILED_PRECONDITION (AUTHORIZATION_PENDING: not decided yet, poll again after the
+        interval; EXPIRED_TOKEN: the code expired, start again), RESOURCE_EXHAUSTED (SLOW_DOWN,
+        with RetryInfo and metadata "interval" giving the new interval in seconds),
+        PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
+        was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
+        unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeviceLogin(
+        self,
+        request: _auth_service_pb2.GetDeviceLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.GetDeviceLoginResponse, _abc.Awaitable[_auth_service_pb2.GetDeviceLoginResponse]]:
+        """GetDeviceLogin shows the signed-in caller what a pending device login is: the client,
+        its host name, version and OS, the address it was started from, when, and the scopes it
+        asks for. A code that does not exist, expired or was already decided gets the same
+        NOT_FOUND: a wrong code never reveals whether it exists. Wrong codes are limited per
+        client IP and for the whole server (DEVICE_CODE_ATTEMPTS_*), so user codes cannot be
+        guessed.
+
+        Errors: INVALID_ARGUMENT (user_code not 8 letters of the code alphabet), NOT_FOUND
+        (DEVICE_CODE_NOT_FOUND), RESOURCE_EXHAUSTED (TOO_MANY_CODE_ATTEMPTS), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveDeviceLogin(
+        self,
+        request: _auth_service_pb2.ApproveDeviceLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ApproveDeviceLoginResponse, _abc.Awaitable[_auth_service_pb2.ApproveDeviceLoginResponse]]:
+        """ApproveDeviceLogin lets the pending device login receive a personal token of the caller's
+        with the scopes it asked for, or fewer (scopes). The approval holds only while the
+        credential that made it does: a sign-in or token revoked, or an account deleted, before
+        the client claims its token ends the login with ACCESS_DENIED. Approved with a personal
+        token, the new token is that token's child (CreateCliToken).
+
+        Errors: as GetDeviceLogin, and INVALID_ARGUMENT (a scope the login did not ask for),
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE: a scope the calling credential lacks, or calling
+        without write).
+        """
+
+    @_abc_1.abstractmethod
+    def DenyDeviceLogin(
+        self,
+        request: _auth_service_pb2.DenyDeviceLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.DenyDeviceLoginResponse, _abc.Awaitable[_auth_service_pb2.DenyDeviceLoginResponse]]:
+        """DenyDeviceLogin refuses the pending device login: its polls get ACCESS_DENIED.
+
+        Errors: as GetDeviceLogin.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,8 @@ import grpc
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.interceptors.principal import current_principal
 from luman.server.auth import cli_token_requests, convert, jwks
+from luman.server.auth.device_login_servicer import DeviceLoginRpcs
+from luman.server.auth.device_logins import DeviceLogins
 from luman.server.auth.service import AuthService
 from luman.server.auth.service_token_servicer import ServiceTokenRpcs
 from luman.server.auth.session_servicer import SessionRpcs, current_caller
@@ -20,10 +22,13 @@ from luman.server.validation import (
 )
 
 
-class AuthServicer(SessionRpcs, ServiceTokenRpcs, auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, service: AuthService) -> None:
+class AuthServicer(
+    SessionRpcs, ServiceTokenRpcs, DeviceLoginRpcs, auth_service_pb2_grpc.AuthServiceServicer
+):
+    def __init__(self, service: AuthService, device_logins: DeviceLogins) -> None:
         self._service = service
         self._session_service = service.session_service
+        self._device_logins = device_logins
 
     def Register(
         self, request: auth_service_pb2.RegisterRequest, context: grpc.ServicerContext

@@ -259,3 +259,46 @@ class ServiceAccount(Base):
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     secret_hint: Mapped[str] = mapped_column(String(16))
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class DeviceLogin(Base):
+    """A device login (RFC 8628, auth/device_logins.py): started by a CLI, decided by a person,
+    claimed once by the CLI's poll.
+
+    The device code is the CLI's secret and is stored only as its SHA-256. The user code is
+    stored as is: it is short, lives for minutes, is useless without a signed-in approver, and
+    GetDeviceLogin looks it up. Rows are kept a day past their expiry, then deleted by the next
+    start."""
+
+    __tablename__ = "device_logins"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    device_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_code: Mapped[str] = mapped_column(String(8), unique=True)
+    client_id: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[str] = mapped_column(String(200))
+    host_name: Mapped[str] = mapped_column(String(100))
+    client_version: Mapped[str] = mapped_column(String(50))
+    os: Mapped[str] = mapped_column(String(50))
+    client_ip: Mapped[str] = mapped_column(String(45))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # The cleanup deletes by expiry.
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    # Seconds between polls; grows by 5 at each slow_down (RFC 8628 section 3.5).
+    interval: Mapped[int] = mapped_column(Integer)
+    last_poll_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # pending, approved, denied, claimed (auth/device_logins.py, State).
+    state: Mapped[str] = mapped_column(String(16))
+    # Who decided, with which credential (the approval holds only while it does), and when.
+    approver_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    approver_credential: Mapped[str | None] = mapped_column(String(16))
+    approver_credential_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    approver_issue_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    decide_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    approved_scopes: Mapped[str | None] = mapped_column(String(200))
+    # The personal token the claim issued.
+    cli_token_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("cli_tokens.id", ondelete="SET NULL")
+    )

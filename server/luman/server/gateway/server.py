@@ -172,7 +172,18 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
     except BindError:
         readiness.close()
         raise
+    if not settings.public_url and app.device_logins is not None:
+        # Development: the device login's page is this gateway, wherever it got bound.
+        app.device_logins.set_public_url(_local_url(settings.host, sock.getsockname()[1]))
     return GatewayServer(gateway_app, sock, readiness)
+
+
+def _local_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - naming the wildcard, not binding it
+        host = "localhost"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
