@@ -80,7 +80,7 @@ class Settings:
     device_poll_rate_limit_max_requests: int = 1800
     device_code_attempts_window_ms: int = 15 * 60 * 1000
     device_code_attempts_per_ip: int = 10
-    device_code_attempts_global: int = 1000
+    device_code_attempts_global: int = 200
     # The address people reach the HTTP gateway at, for the device login's verification_uri;
     # empty: http://localhost:<HTTP_PORT> (development).
     public_url: str = ""
@@ -186,7 +186,7 @@ class Settings:
                 "DEVICE_CODE_ATTEMPTS_WINDOW_MS", 900000, 0, 86400000
             ),
             device_code_attempts_per_ip=r.integer("DEVICE_CODE_ATTEMPTS_PER_IP", 10, 0, 10**6),
-            device_code_attempts_global=r.integer("DEVICE_CODE_ATTEMPTS_GLOBAL", 1000, 0, 10**9),
+            device_code_attempts_global=r.integer("DEVICE_CODE_ATTEMPTS_GLOBAL", 200, 0, 10**9),
             public_url=_public_url(r.text("PUBLIC_URL", "")),
             trusted_proxies=r.networks("TRUSTED_PROXIES"),
             rate_limit_ipv6_prefix=r.integer("RATE_LIMIT_IPV6_PREFIX", 64, 1, 128),

@@ -15,10 +15,10 @@ claims a personal token once.
   approval and claim, and the login ends with ACCESS_DENIED instead of a token.
 - Guessing user codes: a wrong code counts against the caller's address and against the whole
   server (DEVICE_CODE_ATTEMPTS_*); once either budget is spent, code entry is refused until the
-  window moves on. With the defaults (1000 wrong codes per 15 minutes for the server) and even
-  a thousand logins pending at once, a guess finds one with odds 1000 / 2.6e10: about one in
-  300 over a whole year of attempts at the full global rate, and that only approves a
-  stranger's terminal into the guesser's own account. Every code that is not pending (never
+  window moves on. The whole default budget for a year, 200 per 15 minutes, is 7.0 million
+  guesses against 20**8 = 2.6e10 codes: with 10 logins pending at every moment it finds one
+  about once in 365 years, and what it finds is a stranger's terminal approved into the
+  guesser's own account (which that terminal then names). Every code that is not pending (never
   issued, expired, decided) gets the same NOT_FOUND, so an answer never tells whether a code
   exists.
 """
