@@ -32,7 +32,9 @@ def _register(luman: Luman, email: str, name: str = "Grace", *, then_login: bool
 
 
 def _login(luman: Luman, email: str) -> None:
-    result = luman("login", "--email", email, "--password-stdin", input=PASSWORD + "\n")
+    result = luman(
+        "login", "--password", "--email", email, "--password-stdin", input=PASSWORD + "\n"
+    )
     assert result.exit_code == OK, result.output
 
 
@@ -46,7 +48,7 @@ def test_full_flow_register_login_org_members_logout(luman: Luman, clock: FakeCl
     assert not luman.auth_file.exists()  # --no-login
 
     # Interactive login: email and hidden password from the prompts.
-    result = luman("login", input=f"{ada}\n{PASSWORD}\n")
+    result = luman("login", "--password", input=f"{ada}\n{PASSWORD}\n")
     assert result.exit_code == OK, result.output
     assert f"Logged in to {luman.api_url} as {ada}." in result.stdout
     assert PASSWORD not in result.output
@@ -130,6 +132,12 @@ def test_json_output_parses_back(luman: Luman, clock: FakeClock) -> None:
         "name": "Ada",
         "create_time": me["create_time"],
         "api_url": luman.api_url,
+        "cli_token": {
+            "id": me["cli_token"]["id"],
+            "name": me["cli_token"]["name"],
+            "scopes": ["read", "write"],
+            "expire_time": None,
+        },
     }
     created = _json(luman("org", "create", "Acme", "--slug", "acme", "--json").stdout)
     assert (created["slug"], created["name"], created["role"]) == ("acme", "Acme", "owner")
@@ -167,7 +175,9 @@ def test_bad_credentials_exit_3_and_keep_nothing(luman: Luman, wrong: str) -> No
     _register(luman, email)
     login_email = unique_email() if wrong == "email" else email
     password = PASSWORD + "x" if wrong == "password" else PASSWORD
-    result = luman("login", "--email", login_email, "--password-stdin", input=password)
+    result = luman(
+        "login", "--password", "--email", login_email, "--password-stdin", input=password
+    )
     assert result.exit_code == UNAUTHENTICATED
     assert result.stderr == "error: invalid email or password\n"
     assert not luman.auth_file.exists()
@@ -199,7 +209,9 @@ def test_server_down_fails_fast_with_one_line(offline_luman: Luman, luman: Luman
         result = offline_luman(*command)
         assert result.exit_code == UNREACHABLE, command
         assert result.stderr == expected
-    result = offline_luman("login", "--email", email, "--password-stdin", input=PASSWORD)
+    result = offline_luman(
+        "login", "--password", "--email", email, "--password-stdin", input=PASSWORD
+    )
     assert result.exit_code == UNREACHABLE
 
 
@@ -311,7 +323,7 @@ def test_usage_errors_exit_2(offline_luman: Luman) -> None:
     result = luman("whoami", api_url="http://localhost:3000")
     assert result.exit_code == USAGE
     assert "use host:port, grpc://host:port or grpcs://host:port" in result.stderr
-    result = luman("login", "--password-stdin", input=PASSWORD)
+    result = luman("login", "--password", "--password-stdin", input=PASSWORD)
     assert result.exit_code == USAGE
     assert "--password-stdin needs --email" in result.stderr
     assert luman("org", "create", "!!").exit_code == USAGE
@@ -391,11 +403,19 @@ def test_password_to_a_remote_plaintext_backend_warns(luman: Luman, app: App) ->
     _register(luman, email)
     assert (
         "without TLS"
-        not in luman("login", "--email", email, "--password-stdin", input=PASSWORD).stderr
+        not in luman(
+            "login", "--password", "--email", email, "--password-stdin", input=PASSWORD
+        ).stderr
     )
     # 0.0.0.0 reaches the local server on Linux but is not a loopback address.
     result = luman(
-        "login", "--email", email, "--password-stdin", input=PASSWORD, api_url=f"0.0.0.0:{app.port}"
+        "login",
+        "--password",
+        "--email",
+        email,
+        "--password-stdin",
+        input=PASSWORD,
+        api_url=f"0.0.0.0:{app.port}",
     )
     assert result.exit_code == OK, result.output
     assert result.stderr == (

@@ -25,7 +25,9 @@ def auth(app: App) -> Iterator[auth_service_pb2_grpc.AuthServiceStub]:
 
 
 def _login(luman: Luman, email: str) -> None:
-    result = luman("login", "--email", email, "--password-stdin", input=PASSWORD + "\n")
+    result = luman(
+        "login", "--password", "--email", email, "--password-stdin", input=PASSWORD + "\n"
+    )
     assert result.exit_code == OK, result.output
 
 

@@ -1,23 +1,28 @@
-"""`luman register`, `login`, `logout`, `whoami` and `health`."""
+"""`luman register`, `login` (device flow, or --password), `logout`, `whoami` and `health`."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import ipaddress
 import sys
+from typing import IO, Any
 
 import click
 
-from luman.cli import output
+from luman.cli import device_login, output
 from luman.cli.context import State, json_option, state_of
 from luman.cli.failures import CliFailure, ExitCode, describe, exit_code_for
 from luman.client import (
     AuthData,
     AuthFileError,
+    Client,
     ClientError,
+    PermissionDenied,
     Unauthenticated,
     Unavailable,
     auth_file_path,
+    load_auth,
 )
 from luman.client import login as client_login
 from luman.client import logout as client_logout
@@ -137,44 +142,99 @@ def _login(state: State, email: str, password: str, token_name: str | None) -> A
     )
 
 
+class _Cancelled(CliFailure):
+    """Ctrl-C while waiting: "Login cancelled." (no "error:" prefix), exit code 130."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.as_json:
+            super().show(file)
+        else:
+            output.progress(self.message)
+
+
 @click.command()
+@click.option(
+    "--password",
+    "use_password",
+    is_flag=True,
+    help="Log in with email and password instead of the browser (implied by --email and "
+    "--password-stdin).",
+)
 @_EMAIL
 @_PASSWORD_STDIN
 @click.option(
     "--token-name",
     metavar="NAME",
-    help="Label stored with the new CLI token on the server. Default: this host's name.",
+    help="With --password: label stored with the new CLI token on the server. Default: this "
+    "host's name. (A browser login's token is named \"<host> (luman CLI)\" by the server.)",
+)
+@click.option(
+    "--no-browser",
+    is_flag=True,
+    help="Do not open a browser; only print the address and the code.",
 )
 @json_option
 @click.pass_context
 def login(
-    ctx: click.Context, email: str | None, password_stdin: bool, token_name: str | None
+    ctx: click.Context,
+    use_password: bool,
+    email: str | None,
+    password_stdin: bool,
+    token_name: str | None,
+    no_browser: bool,
 ) -> None:
     """Log in and save a long-lived CLI token in ~/.luman/auth.json.
+
+    By default you approve the login in a browser where you are signed in (RFC 8628 device
+    login): the command prints an address and a code, opens the browser when it can, and
+    waits. The token gets read and write and is named "<host> (luman CLI)". Only approve a
+    code you just asked for yourself. Ctrl-C stops waiting (exit code 130).
+
+    With --password (for scripts), it asks for email and password instead.
 
     The file is private to you (mode 0600); LUMAN_CONFIG_DIR moves it. Logging in again
     replaces the saved login and revokes its token.
 
     \b
     Examples:
-      luman login
-      luman --api-url grpcs://luman.example.com login --email ada@example.com
+      luman login                       # approve in the browser
+      luman login --no-browser          # on a server: open the address elsewhere
+      luman --json login | head -n 1    # the code as JSON, at once
+      luman login --password --email ada@example.com
+      luman --api-url grpcs://luman.example.com login
       printf '%s\\n' "$PASSWORD" | luman login --email ada@example.com --password-stdin
     """
     state = state_of(ctx)
-    email, password = _credentials(email, password_stdin, confirm=False)
-    _warn_if_plaintext(state)
-    saved = _login(state, email, password, token_name)
+    if email or password_stdin:
+        use_password = True
+    if not use_password:
+        if token_name is not None:
+            raise click.UsageError(
+                "--token-name works with --password; a browser login's token is named "
+                '"<host> (luman CLI)"'
+            )
+        try:
+            saved = device_login.login(state, no_browser=no_browser)
+        except KeyboardInterrupt:
+            raise _Cancelled(
+                "Login cancelled.", ExitCode.CANCELLED, as_json=state.as_json
+            ) from None
+    else:
+        email, password = _credentials(email, password_stdin, confirm=False)
+        _warn_if_plaintext(state)
+        saved = _login(state, email, password, token_name)
+    data: dict[str, object] = {
+        "user": {"id": saved.user_id, "email": saved.email, "name": saved.name},
+        "api_url": saved.api_url,
+        "token_id": saved.token_id,
+        "token_name": saved.token_name,
+        "auth_file": str(auth_file_path()),
+    }
+    if not use_password:
+        data["scopes"] = list(saved.scopes)
+        data["expire_time"] = saved.expire_time or None
     output.message(
-        f"Logged in to {saved.api_url} as {saved.email}.",
-        as_json=state.as_json,
-        data={
-            "user": {"id": saved.user_id, "email": saved.email, "name": saved.name},
-            "api_url": saved.api_url,
-            "token_id": saved.token_id,
-            "token_name": saved.token_name,
-            "auth_file": str(auth_file_path()),
-        },
+        f"Logged in to {saved.api_url} as {saved.email}.", as_json=state.as_json, data=data
     )
 
 
@@ -283,17 +343,54 @@ def logout(ctx: click.Context, everywhere: bool, include_cli_tokens: bool) -> No
 @json_option
 @click.pass_context
 def whoami(ctx: click.Context) -> None:
-    """Show the logged-in user, as the backend sees the saved token.
+    """Show the logged-in user and the saved token's name, scopes and expiry, as the backend
+    sees them.
 
     Exit code 3 when not logged in or the token was revoked.
 
     \b
     Example:
       luman whoami
+      luman --json whoami | jq .token.scopes
     """
     state = state_of(ctx)
-    user = state.client().auth.get_me()
-    output.user(user, as_json=state.as_json, api_url=str(state.address))
+    client = state.client()
+    user = client.auth.get_me()
+    output.user(user, as_json=state.as_json, api_url=str(state.address), token=_saved_token(client))
+
+
+def _saved_token(client: Client) -> dict[str, object] | None:
+    """The saved token as the server lists it (ListCliTokens), else as the file says."""
+    saved = load_auth()
+    if saved is None:
+        return None
+    found: dict[str, object] = {
+        "id": saved.token_id or None,
+        "name": saved.token_name or None,
+        "scopes": list(saved.scopes),
+        "expire_time": _parse_time(saved.expire_time),
+    }
+    if not saved.token_id:
+        return found
+    try:
+        for token in client.auth.iter_cli_tokens():
+            if token.id == saved.token_id:
+                return {
+                    "id": token.id,
+                    "name": token.name,
+                    "scopes": list(token.scopes),
+                    "expire_time": token.expire_time,
+                }
+    except PermissionDenied:
+        pass  # a token without read: what the file says is all there is
+    return found
+
+
+def _parse_time(value: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 @click.command()

@@ -5,6 +5,7 @@
 2  usage error (click's own code: a bad option or argument)
 3  not logged in, or the credentials or saved token were rejected
 4  the backend cannot be reached or did not answer in time
+130  cancelled with Ctrl-C (`luman login` while it waits for the browser; 128 + SIGINT)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     UNAUTHENTICATED = 3
     UNREACHABLE = 4
+    CANCELLED = 130
 
 
 class CliFailure(click.ClickException):

@@ -85,7 +85,8 @@ def cli(
     \b
     Examples:
       luman register
-      luman login --email ada@example.com
+      luman login                      # approve in the browser
+      luman login --password --email ada@example.com
       luman org create "Acme Corp" --slug acme
       luman token create ci --expires 30d --read-only
       luman sessions
@@ -108,6 +109,7 @@ def cli(
       2  usage error
       3  not logged in, wrong email or password, or token rejected
       4  backend unreachable or not answering
+      130  cancelled with Ctrl-C (luman login)
     """
     state = State(api_url, as_json, timeout, ca_cert)
     ctx.obj = state

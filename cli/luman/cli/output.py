@@ -5,11 +5,15 @@ Results go to stdout and errors to stderr, so `luman ... --json | jq` sees only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import click
@@ -18,6 +22,7 @@ from luman.client import (
     CliToken,
     CreatedCliToken,
     CreatedServiceAccount,
+    DeviceAuthorization,
     Introspection,
     Member,
     Organization,
@@ -95,18 +100,96 @@ def error(message: str, *, as_json: bool, exit_code: int, **details: Any) -> Non
         click.echo(f"error: {message}", err=True)
 
 
-def user(value: User, *, as_json: bool, api_url: str) -> None:
+def user(
+    value: User, *, as_json: bool, api_url: str, token: Mapping[str, Any] | None = None
+) -> None:
+    """The user; with `token` ({"id", "name", "scopes", "expire_time"}), the saved token too."""
     if as_json:
-        emit_json({**to_jsonable(value), "api_url": api_url})
+        # "cli_token", not "token": the metadata, never the secret.
+        extra = {"cli_token": to_jsonable(token)} if token is not None else {}
+        emit_json({**to_jsonable(value), "api_url": api_url, **extra})
         return
-    fields(
-        [
-            ("Email", value.email),
-            ("Name", value.name),
-            ("User ID", value.id),
-            ("Backend", api_url),
+    pairs = [
+        ("Email", value.email),
+        ("Name", value.name),
+        ("User ID", value.id),
+        ("Backend", api_url),
+    ]
+    if token is not None:
+        expires = token.get("expire_time")
+        pairs += [
+            ("Token", token.get("name") or "-"),
+            ("Scopes", " ".join(token.get("scopes") or ()) or "-"),
+            ("Expires", _when(expires) if isinstance(expires, dt.datetime) else "never"),
         ]
-    )
+    fields(pairs)
+
+
+def device_code(value: DeviceAuthorization, *, as_json: bool) -> None:
+    """A started device login: with --json one line on stdout, at once (a script or a test
+    reads it while the CLI waits); else the instructions for people, on stderr (stdout keeps
+    only the result)."""
+    if as_json:
+        line = {
+            "verification_uri": value.verification_uri,
+            "verification_uri_complete": value.verification_uri_complete,
+            "user_code": value.user_code,
+            "expires_in": value.expires_in,
+            "interval": value.interval,
+        }
+        click.echo(json.dumps(line, ensure_ascii=False))  # click.echo flushes
+        return
+    minutes = max(1, round(value.expires_in / 60))
+    code = click.style(value.user_code, bold=True)
+    for line_text in (
+        "To log in, open this page in a browser where you are signed in to Luman:",
+        "",
+        f"    {value.verification_uri}",
+        "",
+        "and enter this code:",
+        "",
+        f"    {code}",
+        "",
+        "Or open this address, which has the code filled in:",
+        f"    {value.verification_uri_complete}",
+        "",
+        "Only approve if you just ran `luman login` yourself.",
+        f"The code expires in {minutes} minute{'s' if minutes != 1 else ''}.",
+        "",
+    ):
+        click.echo(line_text, err=True)
+
+
+def progress(text: str) -> None:
+    """A note for people while a command works: stderr, so stdout stays clean."""
+    click.echo(text, err=True)
+
+
+@contextlib.contextmanager
+def spinner(text: str, *, as_json: bool = False) -> Iterator[None]:
+    """Animate `text` on stderr while the block runs, only when stderr is a terminal (and
+    not with --json, whose errors go to stderr as JSON)."""
+    if as_json or not sys.stderr.isatty():
+        yield
+        return
+    stop = threading.Event()
+
+    def spin() -> None:
+        for frame in itertools.cycle("|/-\\"):
+            sys.stderr.write(f"\r{frame} {text}")
+            sys.stderr.flush()
+            if stop.wait(0.1):
+                break
+        sys.stderr.write("\r\033[K")  # clear the line
+        sys.stderr.flush()
+
+    thread = threading.Thread(target=spin, name="luman-spinner", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(1.0)
 
 
 def organization(value: Organization, *, as_json: bool) -> None:

@@ -25,6 +25,7 @@ from luman.client.api import (
     logout,
     remove_member,
     resolve_address,
+    save_device_login,
     saved_client,
     update_member_role,
 )
@@ -40,19 +41,30 @@ from luman.client.auth_store import (
 )
 from luman.client.channel import open_channel
 from luman.client.client import DEFAULT_TIMEOUT, Client, OrganizationRef, UserRef
+from luman.client.device_login import (
+    CLI_CLIENT_ID,
+    DeviceAuthorization,
+    DeviceLogin,
+    DeviceToken,
+)
 from luman.client.errors import (
+    AccessDenied,
     AlreadyExists,
     AuthFileError,
+    AuthorizationPending,
     ClientError,
     DeadlineExceeded,
+    ExpiredToken,
     FailedPrecondition,
     InvalidAddress,
     InvalidArgument,
+    InvalidGrant,
     NotFound,
     NotLoggedIn,
     PermissionDenied,
     RateLimited,
     ServerError,
+    SlowDown,
     Unauthenticated,
     Unavailable,
 )
@@ -77,12 +89,15 @@ from luman.client.service_accounts import (
 from luman.client.sessions import LogoutAllResult, Session
 
 __all__ = [
+    "CLI_CLIENT_ID",
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT",
+    "AccessDenied",
     "Address",
     "AlreadyExists",
     "AuthData",
     "AuthFileError",
+    "AuthorizationPending",
     "CliLogin",
     "CliToken",
     "Client",
@@ -90,10 +105,15 @@ __all__ = [
     "CreatedCliToken",
     "CreatedServiceAccount",
     "DeadlineExceeded",
+    "DeviceAuthorization",
+    "DeviceLogin",
+    "DeviceToken",
+    "ExpiredToken",
     "FailedPrecondition",
     "Introspection",
     "InvalidAddress",
     "InvalidArgument",
+    "InvalidGrant",
     "LogoutAllResult",
     "LogoutResult",
     "Member",
@@ -110,6 +130,7 @@ __all__ = [
     "ServiceToken",
     "Session",
     "SignIn",
+    "SlowDown",
     "TokenPair",
     "Unauthenticated",
     "Unavailable",
@@ -135,6 +156,7 @@ __all__ = [
     "remove_member",
     "resolve_address",
     "save_auth",
+    "save_device_login",
     "saved_client",
     "update_member_role",
 ]

@@ -25,6 +25,7 @@ from pathlib import Path
 from luman.client.address import DEFAULT_ADDRESS, Address, parse_address
 from luman.client.auth_store import AuthData, load_auth, remove_auth, save_auth
 from luman.client.client import DEFAULT_TIMEOUT, Client, OrganizationRef, UserRef
+from luman.client.device_login import DeviceToken
 from luman.client.errors import AuthFileError, ClientError, NotLoggedIn
 from luman.client.models import Member, Organization, Role, User
 
@@ -126,10 +127,58 @@ def login(
             token_name=result.token_name,
             create_time=result.create_time.isoformat() if result.create_time else "",
         )
-        save_auth(data, directory)
-        if previous is not None and previous.token != data.token:
-            _revoke_quietly(client, previous, address)
+        _save_replacing(client, data, previous, address, directory)
     return data
+
+
+def save_device_login(
+    result: DeviceToken,
+    *,
+    api_url: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    directory: Path | None = None,
+    root_certificates: bytes | None = None,
+) -> AuthData:
+    """Save the token a device login's poll returned (Client.auth.poll_device_login), as
+    `login` saves its own: the previous login for the same backend is replaced and its token
+    revoked (best effort). Returns what was saved.
+
+    Raises:
+        AuthFileError: the file cannot be written (the previous login stays).
+    """
+    address = resolve_address(api_url, directory=directory)
+    try:
+        previous = load_auth(directory)
+    except AuthFileError:
+        previous = None
+    token = result.cli_token
+    data = AuthData(
+        token=result.token,
+        api_url=str(address),
+        user_id=result.user.id,
+        email=result.user.email,
+        name=result.user.name,
+        token_id=token.id,
+        token_name=token.name,
+        create_time=token.create_time.isoformat() if token.create_time else "",
+        scopes=token.scopes or result.scopes,
+        expire_time=token.expire_time.isoformat() if token.expire_time else "",
+    )
+    with Client(address, timeout=timeout, root_certificates=root_certificates) as client:
+        _save_replacing(client, data, previous, address, directory)
+    return data
+
+
+def _save_replacing(
+    client: Client,
+    data: AuthData,
+    previous: AuthData | None,
+    address: Address,
+    directory: Path | None,
+) -> None:
+    save_auth(data, directory)
+    if previous is not None and previous.token != data.token:
+        _revoke_quietly(client, previous, address)
 
 
 def _revoke_quietly(client: Client, previous: AuthData, address: Address) -> None:

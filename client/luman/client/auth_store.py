@@ -39,6 +39,8 @@ class AuthData:
     token_id: str = ""
     token_name: str = ""
     create_time: str = ""  # ISO 8601, when the token was issued
+    scopes: tuple[str, ...] = ()  # as issued; empty when unknown (a password login)
+    expire_time: str = ""  # ISO 8601; "" when it does not expire or is unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,8 @@ class AuthData:
             "token_id": self.token_id,
             "token_name": self.token_name,
             "create_time": self.create_time,
+            "scopes": list(self.scopes),
+            "expire_time": self.expire_time,
         }
 
     @classmethod
@@ -71,6 +75,8 @@ class AuthData:
             token_id=_text(data, "token_id"),
             token_name=_text(data, "token_name"),
             create_time=_text(data, "create_time"),
+            scopes=_words(data, "scopes"),
+            expire_time=_text(data, "expire_time"),
         )
 
 
@@ -79,6 +85,13 @@ def _text(data: Mapping[str, object], key: str, *, required: bool = False, where
     if not isinstance(value, str) or (required and not value):
         raise ValueError(f"'{where}{key}' is missing or not a string")
     return value
+
+
+def _words(data: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"'{key}' is not a list of strings")
+    return tuple(value)
 
 
 def config_dir(environ: Mapping[str, str] | None = None) -> Path:

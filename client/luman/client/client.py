@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.client.address import DEFAULT_ADDRESS, Address, parse_address
 from luman.client.channel import USER_AGENT, open_channel
+from luman.client.device_login import DeviceAuthorization, DeviceLogin, DeviceToken
 from luman.client.errors import InvalidArgument, NotFound, NotLoggedIn, from_rpc_error
 from luman.client.models import (
     CliLogin,
@@ -195,6 +196,87 @@ class AuthAPI:
     def cli_logout(self) -> None:
         """Revoke the CLI token this client sends (only it: tokens created with it stay)."""
         self._client.call(self._stub.CliLogout, auth_service_pb2.CliLogoutRequest())
+
+    def start_device_login(
+        self,
+        client_id: str,
+        *,
+        scopes: Sequence[str] = (),
+        host_name: str = "",
+        client_version: str = "",
+        os: str = "",
+    ) -> DeviceAuthorization:
+        """Start a device login (RFC 8628); needs no token. `scopes` empty means read and write;
+        `host_name`, `client_version` and `os` are shown to the approver.
+
+        Raises:
+            InvalidArgument: client_id not allowed, unknown scope, metadata too long.
+        """
+        response = self._client.call(
+            self._stub.StartDeviceLogin,
+            auth_service_pb2.StartDeviceLoginRequest(
+                client_id=client_id,
+                scope=" ".join(scopes),
+                host_name=host_name,
+                client_version=client_version,
+                os=os,
+            ),
+            authenticated=False,
+        )
+        return DeviceAuthorization.from_proto(response)
+
+    def poll_device_login(self, device_code: str, client_id: str) -> DeviceToken:
+        """Poll a device login once; needs no token. Returns the token once it is approved
+        (only the first poll after approval gets it).
+
+        Raises:
+            AuthorizationPending: not decided yet; poll again after the interval.
+            SlowDown: polled too fast; `.interval` is the new interval.
+            AccessDenied: denied, or the approval was withdrawn.
+            ExpiredToken: the code expired; start again.
+            InvalidGrant: unknown, another client's or already claimed device code.
+        """
+        response = self._client.call(
+            self._stub.PollDeviceLogin,
+            auth_service_pb2.PollDeviceLoginRequest(device_code=device_code, client_id=client_id),
+            authenticated=False,
+        )
+        return DeviceToken.from_proto(response)
+
+    def get_device_login(self, user_code: str) -> DeviceLogin:
+        """What the pending device login with this code is, for its approver.
+
+        Raises:
+            NotFound: DEVICE_CODE_NOT_FOUND (never issued, expired or already decided).
+            RateLimited: TOO_MANY_CODE_ATTEMPTS.
+        """
+        response = self._client.call(
+            self._stub.GetDeviceLogin, auth_service_pb2.GetDeviceLoginRequest(user_code=user_code)
+        )
+        return DeviceLogin.from_proto(response.device_login)
+
+    def approve_device_login(self, user_code: str, *, scopes: Sequence[str] = ()) -> None:
+        """Approve the pending device login; `scopes` narrow what it asked for (empty: all).
+
+        Raises:
+            NotFound, RateLimited: as get_device_login.
+            InvalidArgument: a scope the login did not ask for.
+            PermissionDenied: INSUFFICIENT_SCOPE.
+        """
+        self._client.call(
+            self._stub.ApproveDeviceLogin,
+            auth_service_pb2.ApproveDeviceLoginRequest(user_code=user_code, scopes=list(scopes)),
+        )
+
+    def deny_device_login(self, user_code: str) -> None:
+        """Deny the pending device login: its polls get AccessDenied.
+
+        Raises:
+            NotFound, RateLimited: as get_device_login.
+        """
+        self._client.call(
+            self._stub.DenyDeviceLogin, auth_service_pb2.DenyDeviceLoginRequest(user_code=user_code)
+        )
 
     def get_me(self) -> User:
         """The user the token belongs to."""

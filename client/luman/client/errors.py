@@ -2,13 +2,18 @@
 
     ClientError(message, code, reason, domain, metadata)
     ├── Unauthenticated            UNAUTHENTICATED (wrong password, bad, expired or revoked token)
-    │   └── NotLoggedIn            no token to send (raised locally, nothing is contacted)
+    │   ├── NotLoggedIn            no token to send (raised locally, nothing is contacted)
+    │   └── InvalidGrant           device login: INVALID_GRANT (unknown or claimed device code)
     ├── PermissionDenied           PERMISSION_DENIED
+    │   └── AccessDenied           device login: ACCESS_DENIED (denied, or approval withdrawn)
     ├── NotFound                   NOT_FOUND
     ├── AlreadyExists              ALREADY_EXISTS
     ├── InvalidArgument            INVALID_ARGUMENT; .field_violations {field: description}
     ├── FailedPrecondition         FAILED_PRECONDITION
+    │   ├── AuthorizationPending   device login: AUTHORIZATION_PENDING (poll again)
+    │   └── ExpiredToken           device login: EXPIRED_TOKEN (start again)
     ├── RateLimited                RESOURCE_EXHAUSTED; .retry_after seconds (or None)
+    │   └── SlowDown               device login: SLOW_DOWN; .interval, the new poll interval
     ├── Unavailable                UNAVAILABLE: the backend cannot be reached
     │   └── DeadlineExceeded       DEADLINE_EXCEEDED: no answer within the call's deadline
     ├── ServerError                INTERNAL, UNKNOWN and every other status
@@ -17,6 +22,8 @@
 
 `reason` and `domain` come from the google.rpc.ErrorInfo detail the server attaches
 ("ORGANIZATION_NOT_FOUND", "luman.organization.v1"); branch on them, not on message text.
+The device-login poll's RFC 8628 answers get their own subclasses (chosen by status and
+reason), so a caller tells them apart with `except`.
 """
 
 from __future__ import annotations
@@ -143,6 +150,48 @@ class InvalidAddress(ClientError, ValueError):
     """A backend address that cannot be parsed."""
 
 
+class AuthorizationPending(FailedPrecondition):
+    """Device login: nobody has decided yet; poll again after the interval."""
+
+
+class ExpiredToken(FailedPrecondition):
+    """Device login: the device code expired; start a new login."""
+
+
+class AccessDenied(PermissionDenied):
+    """Device login: the person denied it, or the approval was withdrawn."""
+
+
+class InvalidGrant(Unauthenticated):
+    """Device login: an unknown, another client's or already claimed device code."""
+
+
+class SlowDown(RateLimited):
+    """Device login: polled too fast. `interval` is the new poll interval in seconds (the
+    metadata "interval", else RetryInfo, else None)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        interval: int | None = None,
+        retry_after: float | None = None,
+        code: grpc.StatusCode | None = grpc.StatusCode.RESOURCE_EXHAUSTED,
+        reason: str = "SLOW_DOWN",
+        domain: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            retry_after=retry_after,
+            code=code,
+            reason=reason,
+            domain=domain,
+            metadata=metadata,
+        )
+        self.interval = interval
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
@@ -151,6 +200,15 @@ _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+# RFC 8628 section 3.5's poll answers, by status and ErrorInfo reason.
+_BY_REASON: dict[tuple[grpc.StatusCode, str], type[ClientError]] = {
+    (grpc.StatusCode.FAILED_PRECONDITION, "AUTHORIZATION_PENDING"): AuthorizationPending,
+    (grpc.StatusCode.FAILED_PRECONDITION, "EXPIRED_TOKEN"): ExpiredToken,
+    (grpc.StatusCode.PERMISSION_DENIED, "ACCESS_DENIED"): AccessDenied,
+    (grpc.StatusCode.UNAUTHENTICATED, "INVALID_GRANT"): InvalidGrant,
 }
 
 
@@ -185,6 +243,16 @@ def from_rpc_error(exc: grpc.RpcError) -> ClientError:
             domain=domain,
             metadata=metadata,
         )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == "SLOW_DOWN":
+        return SlowDown(
+            message,
+            interval=_interval(metadata, retry_after),
+            retry_after=retry_after,
+            code=code,
+            reason=reason,
+            domain=domain,
+            metadata=metadata,
+        )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return RateLimited(
             message,
@@ -194,8 +262,18 @@ def from_rpc_error(exc: grpc.RpcError) -> ClientError:
             domain=domain,
             metadata=metadata,
         )
-    cls = _BY_CODE.get(code, ServerError)
+    cls = _BY_REASON.get((code, reason)) or _BY_CODE.get(code, ServerError)
     return cls(message, code=code, reason=reason, domain=domain, metadata=metadata)
+
+
+def _interval(metadata: Mapping[str, str], retry_after: float | None) -> int | None:
+    with contextlib.suppress(ValueError):
+        seconds = int(metadata.get("interval", ""))
+        if seconds > 0:
+            return seconds
+    if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+        return math.ceil(retry_after)
+    return None
 
 
 def _details(call: grpc.Call) -> list[protobuf_message.Message]:

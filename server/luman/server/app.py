@@ -65,6 +65,8 @@ class App:
     keys: KeyRing | None = None
     # Device logins (RFC 8628); the gateway sets their verification address once it is bound.
     device_logins: DeviceLogins | None = None
+    # The server's clock, for the gateway's device page (how old a code is, cookie lifetimes).
+    clock: Clock = system_clock
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -295,4 +297,5 @@ def build_server(
         database=database,
         keys=keys,
         device_logins=device_logins,
+        clock=clock,
     )

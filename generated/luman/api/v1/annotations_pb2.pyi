@@ -162,6 +162,7 @@ Global___MethodAccess: _TypeAlias = MethodAccess  # noqa: Y015
 
 OMIT_EMPTY_FIELD_NUMBER: _builtins.int
 ACCESS_FIELD_NUMBER: _builtins.int
+OAUTH_ENDPOINT_FIELD_NUMBER: _builtins.int
 omit_empty: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
 """omit_empty is true on a repeated response field that the HTTP gateway leaves out of the
 JSON when it is empty, instead of writing []: for answers whose contract is that absent
@@ -170,4 +171,11 @@ fields are absent (IntrospectTokenResponse when not active, RFC 7662).
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___MethodAccess]
 """access declares the RPC's authentication and rate-limit policy. RPCs without it
 require credentials and use the default rate-limit policy.
+"""
+oauth_endpoint: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.bool]
+"""oauth_endpoint is true on an RPC whose HTTP binding is an OAuth 2.0 endpoint (RFC 8628's
+device authorization and token endpoints), so that standard OAuth clients can use it: the
+HTTP gateway also accepts an application/x-www-form-urlencoded body, as those clients
+send, and answers errors as RFC 6749 section 5.2 does, {"error": ..., "error_description":
+...}, with HTTP 400 for the protocol's own errors instead of a google.rpc.Status.
 """

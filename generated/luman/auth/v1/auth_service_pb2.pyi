@@ -1092,7 +1092,7 @@ class PollDeviceLoginResponse(_message.Message):
     token_type: _builtins.str
     """token_type is always "Bearer"."""
     expires_in: _builtins.int
-    """expires_in is how many seconds the token lives; 0 when it does not expire."""
+    """expires_in is how many seconds the token lives; absent when it does not expire."""
     scope: _builtins.str
     """scope is the token's scopes, space-separated."""
     @_builtins.property
@@ -1108,16 +1108,18 @@ class PollDeviceLoginResponse(_message.Message):
         *,
         access_token: _builtins.str = ...,
         token_type: _builtins.str = ...,
-        expires_in: _builtins.int = ...,
+        expires_in: _builtins.int | None = ...,
         scope: _builtins.str = ...,
         cli_token: _auth_pb2.CliToken | None = ...,
         user: _auth_pb2.User | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cli_token", b"cli_token", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "cli_token", b"cli_token", "expires_in", b"expires_in", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "cli_token", b"cli_token", "expires_in", b"expires_in", "scope", b"scope", "token_type", b"token_type", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "access_token", b"access_token", "cli_token", b"cli_token", "expires_in", b"expires_in", "scope", b"scope", "token_type", b"token_type", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expires_in: _TypeAlias = _typing.Literal["expires_in"]  # noqa: Y015
+    _WhichOneofArgType__expires_in: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expires_in) -> _WhichOneofReturnType__expires_in | None: ...
 
 Global___PollDeviceLoginResponse: _TypeAlias = PollDeviceLoginResponse  # noqa: Y015
 

@@ -370,7 +370,9 @@ class AuthServiceServicer:
         with RetryInfo and metadata "interval" giving the new interval in seconds),
         PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
         was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
-        unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+        unknown or already claimed device code, or another client's), INVALID_ARGUMENT. Over HTTP
+        (oauth_endpoint) these are RFC 6749 errors: HTTP 400 with {"error": "authorization_pending"}
+        and so on (the reason in lower case), a form-encoded body accepted as well as JSON.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -189,7 +189,9 @@ class AuthServiceStub:
     with RetryInfo and metadata "interval" giving the new interval in seconds),
     PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
     was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
-    unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+    unknown or already claimed device code, or another client's), INVALID_ARGUMENT. Over HTTP
+    (oauth_endpoint) these are RFC 6749 errors: HTTP 400 with {"error": "authorization_pending"}
+    and so on (the reason in lower case), a form-encoded body accepted as well as JSON.
     """
     GetDeviceLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetDeviceLoginRequest, _auth_service_pb2.GetDeviceLoginResponse]
     """GetDeviceLogin shows the signed-in caller what a pending device login is: the client,
@@ -381,7 +383,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     with RetryInfo and metadata "interval" giving the new interval in seconds),
     PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
     was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
-    unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+    unknown or already claimed device code, or another client's), INVALID_ARGUMENT. Over HTTP
+    (oauth_endpoint) these are RFC 6749 errors: HTTP 400 with {"error": "authorization_pending"}
+    and so on (the reason in lower case), a form-encoded body accepted as well as JSON.
     """
     GetDeviceLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetDeviceLoginRequest, _auth_service_pb2.GetDeviceLoginResponse]  # type: ignore[assignment]
     """GetDeviceLogin shows the signed-in caller what a pending device login is: the client,
@@ -678,7 +682,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         with RetryInfo and metadata "interval" giving the new interval in seconds),
         PERMISSION_DENIED (ACCESS_DENIED: the person denied it, or the approving account or sign-in
         was deleted or revoked before the token was claimed), UNAUTHENTICATED (INVALID_GRANT:
-        unknown or already claimed device code, or another client's), INVALID_ARGUMENT.
+        unknown or already claimed device code, or another client's), INVALID_ARGUMENT. Over HTTP
+        (oauth_endpoint) these are RFC 6749 errors: HTTP 400 with {"error": "authorization_pending"}
+        and so on (the reason in lower case), a form-encoded body accepted as well as JSON.
         """
 
     @_abc_1.abstractmethod

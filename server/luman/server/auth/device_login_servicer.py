@@ -88,26 +88,25 @@ class DeviceLoginRpcs:
             v.add("device_code", "is required")
         elif len(request.device_code) > MAX_DEVICE_CODE:
             v.add("device_code", f"must be at most {MAX_DEVICE_CODE} characters")
-        if not request.client_id:
-            v.add("client_id", "is required")
+        client_id = _check_text(v, "client_id", request.client_id, MAX_CLIENT_ID, required=True)
         if request.grant_type and request.grant_type != GRANT_TYPE:
             v.add("grant_type", f"must be {GRANT_TYPE!r} when set")
         v.raise_if_any()
-        claimed = self._device_logins.poll(request.device_code, request.client_id)
+        claimed = self._device_logins.poll(request.device_code, client_id)
         token = claimed.token
-        expires_in = 0
-        if token.expire_time is not None:
-            expires_in = max(
-                0, int((token.expire_time - token.create_time) / dt.timedelta(seconds=1))
-            )
-        return auth_service_pb2.PollDeviceLoginResponse(
+        response = auth_service_pb2.PollDeviceLoginResponse(
             access_token=claimed.secret,
             token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
-            expires_in=expires_in,
             scope=token.scopes,
             cli_token=convert.cli_token_to_proto(token),
             user=convert.user_to_proto(claimed.user),
         )
+        if token.expire_time is not None:
+            # Absent for a token that does not expire (RFC 6749 5.1 makes it optional); at
+            # most the largest int32, some 68 years, which only a parent without a cap passes.
+            lifetime = (token.expire_time - token.create_time) // dt.timedelta(seconds=1)
+            response.expires_in = min(max(0, lifetime), 2**31 - 1)
+        return response
 
     def GetDeviceLogin(  # noqa: N802 - grpc names the methods
         self, request: auth_service_pb2.GetDeviceLoginRequest, context: grpc.ServicerContext

@@ -25,13 +25,14 @@ claims a personal token once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
 import hmac
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -49,7 +50,7 @@ from luman.interceptors.errors import (
     UnauthenticatedError,
 )
 from luman.interceptors.principal import Credential, Principal
-from luman.interceptors.rate_limit import RateLimiter
+from luman.interceptors.rate_limit import Decision, RateLimiter
 from luman.server.auth.cli_tokens import (
     CliTokens,
     format_scopes,
@@ -122,7 +123,12 @@ class ClaimedLogin:
 
 
 class CodeAttempts:
-    """Budgets of wrong user codes: per client address and for the whole server."""
+    """Budgets of wrong user codes: per client address and for the whole server.
+
+    An entry is counted before its lookup and un-counted once the code proves right: checking
+    first and counting after would let concurrent guesses all pass the check before any of
+    them is counted, overdrawing the budget by as many as are in flight.
+    """
 
     def __init__(
         self, per_ip: RateLimiter | None, overall: RateLimiter | None, ipv6_prefix: int = 64
@@ -131,22 +137,38 @@ class CodeAttempts:
         self._overall = overall
         self._ipv6_prefix = ipv6_prefix
 
-    def check(self, ip: str) -> None:
-        """Raises:
-        ResourceExhaustedError: TOO_MANY_CODE_ATTEMPTS, a budget is spent.
-        """
-        for limiter, key in self._budgets(ip):
-            decision = limiter.peek(key)
-            if not decision.allowed:
-                raise ResourceExhaustedError(
-                    "TOO_MANY_CODE_ATTEMPTS",
-                    "too many wrong codes; try again later",
-                    max(1.0, decision.retry_after),
-                )
+    @contextlib.contextmanager
+    def entry(self, ip: str) -> Iterator[None]:
+        """Count one code entry from `ip` for the block, which raises NotFoundError for a
+        wrong code; any other outcome (a right code, or the lookup failing) un-counts it.
 
-    def failed(self, ip: str) -> None:
-        for limiter, key in self._budgets(ip):
-            limiter.hit(key)
+        Raises:
+            ResourceExhaustedError: TOO_MANY_CODE_ATTEMPTS, a budget is spent (nothing counted).
+        """
+        taken: list[tuple[RateLimiter, str, Decision]] = []
+        try:
+            for limiter, key in self._budgets(ip):
+                decision = limiter.hit(key)
+                if not decision.allowed:
+                    raise ResourceExhaustedError(
+                        "TOO_MANY_CODE_ATTEMPTS",
+                        "too many wrong codes; try again later",
+                        max(1.0, decision.retry_after),
+                    )
+                taken.append((limiter, key, decision))
+            yield
+        except NotFoundError:
+            raise  # a wrong code: it stays counted
+        except BaseException:
+            self._give_back(taken)
+            raise
+        else:
+            self._give_back(taken)
+
+    @staticmethod
+    def _give_back(taken: Iterable[tuple[RateLimiter, str, Decision]]) -> None:
+        for limiter, key, decision in taken:
+            limiter.cancel(key, decision)
 
     def _budgets(self, ip: str) -> Iterable[tuple[RateLimiter, str]]:
         if self._per_ip is not None:
@@ -212,7 +234,8 @@ class DeviceLogins:
 
     def check_client(self, client_id: str) -> None:
         """Raises:
-        InvalidArgumentError: INVALID_CLIENT, a client not in DEVICE_CLIENT_IDS.
+        InvalidArgumentError: a field violation of client_id, a client not in
+            DEVICE_CLIENT_IDS.
         """
         if client_id not in self._client_ids:
             raise InvalidArgumentError.field("client_id", "is not a client allowed to log in")
@@ -387,12 +410,9 @@ class DeviceLogins:
             NotFoundError: DEVICE_CODE_NOT_FOUND, for any code that is not pending.
             ResourceExhaustedError: TOO_MANY_CODE_ATTEMPTS.
         """
-        ip = _client_ip()
-        self._attempts.check(ip)
-        with self._sessions.read.begin() as session:
+        with self._attempts.entry(_client_ip()), self._sessions.read.begin() as session:
             login = self._pending(session, user_code, lock=False)
             if login is None:
-                self._attempts.failed(ip)
                 raise _not_found()
             session.expunge(login)
         return login
@@ -417,13 +437,10 @@ class DeviceLogins:
         self, principal: Principal, user_code: str, state: State, scopes: frozenset[str]
     ) -> None:
         user_id = principal.user_id  # refuses a service account (USER_REQUIRED)
-        ip = _client_ip()
-        self._attempts.check(ip)
         now = self._clock()
-        with self._sessions.write.begin() as session:
+        with self._attempts.entry(_client_ip()), self._sessions.write.begin() as session:
             login = self._pending(session, user_code, lock=True)
             if login is None:
-                self._attempts.failed(ip)
                 raise _not_found()
             granted = parse_scopes(login.scopes)
             if state is State.APPROVED:

@@ -8,6 +8,7 @@ policy.py     security headers, CORS, client address behind trusted proxies
 openapi.py    OpenAPI 3.1 document from the same descriptors and their comments
 comments.py   proto comments, read from the descriptor set `make proto` writes
 app.py        the ASGI application tying these together (+ /healthz, /readyz, /openapi.json)
+device_page.py the device login's approval page, /device (device_templates.py, static/)
 server.py     uvicorn (httptools, uvloop) on its own thread; build_gateway() wires it up
 """
 

@@ -22,8 +22,9 @@ from urllib.parse import parse_qsl
 import grpc
 
 from luman.interceptors import metadata_keys
-from luman.server.gateway import caching
+from luman.server.gateway import caching, oauth
 from luman.server.gateway import status as statuses
+from luman.server.gateway.device_page import DevicePage, is_page_path
 from luman.server.gateway.in_process import InProcessCalls, Metadata, grpc_peer
 from luman.server.gateway.policy import (
     HSTS,
@@ -92,8 +93,10 @@ class GatewayApp:
         openapi: dict[str, Any],
         readiness: Readiness,
         max_body_bytes: int,
+        device_page: DevicePage | None = None,
     ) -> None:
         self._routes = routes
+        self._device_page = device_page  # /device: the device login's approval page
         self._calls = calls
         self._cors = cors
         self._addresses = addresses
@@ -128,6 +131,9 @@ class GatewayApp:
             path = request.raw_path.decode("utf-8")
         except UnicodeDecodeError:
             raise bad_request("INVALID_PATH", "the path is not UTF-8") from None
+        if self._device_page is not None and is_page_path(path):
+            await self._device_page.handle(request, receive, send, path)
+            return
         if request.method == "OPTIONS":
             await self._options(request, path, send)
             return
@@ -149,7 +155,10 @@ class GatewayApp:
             raise GatewayError(404, grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "no such endpoint")
         body = await self._read_body(request, receive)
         if body.strip() and match.route.body:
-            _check_media_type(request.header("content-type"))
+            if match.route.oauth_endpoint and oauth.is_form(request.header("content-type")):
+                body = oauth.form_to_json(body)
+            else:
+                _check_media_type(request.header("content-type"))
         message = build_request(match, _query_pairs(request.query), body)
         await self._call(request, match, message, send)
 
@@ -169,6 +178,9 @@ class GatewayApp:
             await self._respond(request, send, 200, body, headers)
             return
         error = statuses.from_rpc_error(result.code, result.message, result.metadata)
+        if match.route.oauth_endpoint:
+            reason = statuses.error_reason(result.code, result.metadata)
+            error = oauth.oauth_error(error, result.code, result.message, reason)
         if error.retry_after_seconds is not None and not any(
             name == metadata_keys.RETRY_AFTER.encode() for name, _ in headers
         ):

@@ -34,6 +34,7 @@ from luman.server.gateway.transcode import omits_empty
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 BEARER = "bearerAuth"
 
 _INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -106,6 +107,19 @@ _STATUS_SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
         "required": ["code", "message", "details"],
+    },
+    "luman.gateway.OAuthError": {
+        "type": "object",
+        "description": (
+            "An OAuth 2.0 error (RFC 6749 section 5.2), on the OAuth endpoints: `error` is "
+            "authorization_pending, slow_down, access_denied, expired_token, invalid_grant, "
+            "invalid_request, temporarily_unavailable or server_error."
+        ),
+        "properties": {
+            "error": {"type": "string"},
+            "error_description": {"type": "string"},
+        },
+        "required": ["error", "error_description"],
     },
     "luman.gateway.Health": {
         "type": "object",
@@ -190,7 +204,31 @@ def build_document(
                         **_RATE_LIMIT_HEADERS,
                     },
                     "content": {JSON: {"schema": _ref("google.rpc.Status")}},
-                }
+                },
+                "OAuthError": {
+                    "description": (
+                        "The protocol's answers as RFC 6749 errors (HTTP 400, or 429 and 503 "
+                        "with Retry-After); the gateway's own refusals of a malformed request "
+                        "as a google.rpc.Status."
+                    ),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds to wait before retrying (429, 503).",
+                            "schema": {"type": "integer"},
+                        },
+                        **_RATE_LIMIT_HEADERS,
+                    },
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "anyOf": [
+                                    _ref("luman.gateway.OAuthError"),
+                                    _ref("google.rpc.Status"),
+                                ]
+                            }
+                        }
+                    },
+                },
             },
             "securitySchemes": {
                 BEARER: {
@@ -252,7 +290,10 @@ class _Builder:
                 "headers": _RATE_LIMIT_HEADERS,
                 "content": {JSON: {"schema": schema}},
             },
-            "default": {"$ref": "#/components/responses/Error"},
+            "default": {
+                "$ref": "#/components/responses/"
+                + ("OAuthError" if route.oauth_endpoint else "Error")
+            },
         }
         return operation
 
@@ -324,7 +365,11 @@ class _Builder:
         schema = self._input_object(route.method.input_type, route.bound_fields())
         if not schema["properties"]:
             return None  # an empty message: the body may be omitted (or be `{}`)
-        return {"required": True, "content": {JSON: {"schema": schema}}}
+        content = {JSON: {"schema": schema}}
+        if route.oauth_endpoint:
+            # OAuth clients post forms (gateway/oauth.py): the same fields, as text.
+            content[FORM] = {"schema": schema}
+        return {"required": True, "content": content}
 
     def _input_object(self, descriptor: Descriptor, excluded: frozenset[str]) -> dict[str, Any]:
         properties: dict[str, Any] = {}

@@ -37,6 +37,17 @@ SECURITY_HEADERS: tuple[Header, ...] = (
 )
 HSTS: Header = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
+# The device approval page (device_page.py) is the one HTML the gateway serves: the same
+# headers, with a CSP that lets it load its own stylesheet and post its own forms, nothing else.
+PAGE_CSP = (
+    b"default-src 'none'; style-src 'self'; form-action 'self'; "
+    b"frame-ancestors 'none'; base-uri 'none'"
+)
+PAGE_SECURITY_HEADERS: tuple[Header, ...] = tuple(
+    (name, PAGE_CSP if name == b"content-security-policy" else value)
+    for name, value in SECURITY_HEADERS
+)
+
 # Request headers a browser may send cross-origin; the rest of the API needs nothing else.
 CORS_ALLOW_HEADERS = b"authorization, content-type"
 # Response headers a cross-origin script may read besides the CORS-safelisted ones.

@@ -27,6 +27,7 @@ from google.protobuf.descriptor import (
 )
 from google.protobuf.message import Message
 
+from luman.api.v1 import annotations_pb2 as api_annotations_pb2
 from luman.server import methods
 
 HTTP_METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH")
@@ -190,6 +191,9 @@ class Route:
     public: bool
     request_class: type[Message]
     response_class: type[Message]
+    # An OAuth 2.0 endpoint ((luman.api.v1.oauth_endpoint), oauth.py): form bodies accepted,
+    # errors in RFC 6749's shape.
+    oauth_endpoint: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -331,6 +335,7 @@ def _route(
         public=public,
         request_class=message_factory.GetMessageClass(method.input_type),
         response_class=message_factory.GetMessageClass(method.output_type),
+        oauth_endpoint=method.GetOptions().Extensions[api_annotations_pb2.oauth_endpoint],
     )
 
 

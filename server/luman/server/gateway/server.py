@@ -27,6 +27,7 @@ from luman.server.config import Settings
 from luman.server.db.session import Sessions
 from luman.server.gateway.app import GatewayApp
 from luman.server.gateway.comments import comments_by_name, load_descriptor_set
+from luman.server.gateway.device_page import DevicePage, public_origin
 from luman.server.gateway.in_process import InProcessCalls
 from luman.server.gateway.openapi import build_document
 from luman.server.gateway.policy import ClientAddress, CorsPolicy
@@ -157,15 +158,19 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
         max_concurrent=settings.max_concurrent_rpcs,
     )
     readiness = DatabaseReadiness(sessions)
+    addresses = ClientAddress(parse_trusted_proxies(settings.trusted_proxies))
     gateway_app = GatewayApp(
         routes,
         calls,
         cors=CorsPolicy(settings.cors_origin),
         # Settings.from_env has validated TRUSTED_PROXIES already.
-        addresses=ClientAddress(parse_trusted_proxies(settings.trusted_proxies)),
+        addresses=addresses,
         openapi=document,
         readiness=readiness,
         max_body_bytes=settings.http_max_body_bytes,
+        device_page=DevicePage(
+            calls, routes, addresses, app.clock, public_origin=public_origin(settings.public_url)
+        ),
     )
     try:
         sock = _bind(settings.host, settings.http_port)

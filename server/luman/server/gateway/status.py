@@ -133,6 +133,19 @@ def from_rpc_error(
     return ErrorResponse(HTTP_STATUS_BY_CODE.get(code, 500), _status_json(status), retry_after)
 
 
+def error_reason(
+    code: grpc.StatusCode, trailing_metadata: Sequence[tuple[str, str | bytes]]
+) -> str:
+    """The ErrorInfo reason the server attached to a failed call; "" when there is none."""
+    rich = _rich_status(code, trailing_metadata)
+    for detail in () if rich is None else rich.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
 def _rich_status(
     code: grpc.StatusCode, trailing_metadata: Sequence[tuple[str, str | bytes]]
 ) -> status_pb2.Status | None:
