@@ -449,7 +449,7 @@ class UserRateLimitInterceptor(MethodInterceptor):
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
             principal = call_context.current_call().principal
             if principal is not None:  # else counted per IP (an undecodable request)
-                _admit(context, limiter.hit("user:" + principal.subject_hex))
+                _admit(context, limiter.hit("user:" + principal.subject_id.hex))
             return behavior(request, context)
 
         return limited

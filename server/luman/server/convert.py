@@ -22,6 +22,13 @@ def write_timestamp(target: timestamp_pb2.Timestamp, value: dt.datetime) -> None
     target.nanos = since.microseconds * 1000
 
 
+def write_timestamp_us(target: timestamp_pb2.Timestamp, microseconds: int) -> None:
+    """Set `target` to `microseconds` since the Unix epoch (a time the database computed)."""
+    seconds, micros = divmod(microseconds, 1_000_000)
+    target.seconds = seconds
+    target.nanos = micros * 1000
+
+
 def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     message = timestamp_pb2.Timestamp()
     write_timestamp(message, value)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 from luman.organization.v1 import organization_pb2
-from luman.server.convert import write_timestamp
+from luman.server.convert import write_timestamp, write_timestamp_us
 from luman.server.db.models import Role
 from luman.server.organization.repository import MemberRow, OrganizationRow, PageKey
 from luman.server.organization.service import OrganizationRef, UserRef
@@ -20,6 +20,8 @@ _ROLE_TO_PROTO = {
     Role.MEMBER: organization_pb2.ORGANIZATION_ROLE_MEMBER,
 }
 _ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
+# By stored value, as MemberRow carries the role (a str key also hashes in C, a Role in Python).
+_ROLE_VALUE_TO_PROTO = {k.value: v for k, v in _ROLE_TO_PROTO.items()}
 
 
 def role_from_proto(
@@ -106,7 +108,7 @@ def member_to_proto(
         user_id=row.user_id,
         email=row.email,
         name=row.name,
-        role=_ROLE_TO_PROTO[row.role],
+        role=_ROLE_VALUE_TO_PROTO[row.role],
     )
-    write_timestamp(member.join_time, row.join_time)
+    write_timestamp_us(member.join_time, row.join_time_us)
     return member
