@@ -155,6 +155,11 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         auth_rate_limit_max_requests=1_000_000,
         introspection_rate_limit_max_requests=1_000_000,
         service_token_rate_limit_max_requests=1_000_000,
+        device_start_rate_limit_max_requests=1_000_000,
+        device_poll_rate_limit_max_requests=1_000_000,
+        device_code_attempts_per_ip=1_000_000,
+        device_code_attempts_per_account=1_000_000,
+        device_code_attempts_global=1_000_000,
         # Every organization may introspect here (tests make them with random slugs);
         # tests/server/test_introspection_trust.py covers the production default, nobody.
         introspection_organizations=frozenset({"*"}),

@@ -4,6 +4,7 @@ OAuth clients send them and answer errors as RFC 6749 section 5.2 does."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from typing import Any
@@ -72,12 +73,16 @@ def test_start_answers_with_exactly_the_rfc_fields(
 
 
 def test_start_refuses_bad_fields_as_invalid_request(http: httpx.Client) -> None:
+    # RFC 6749 5.2's codes where the field has one: a client that is not allowed, a scope
+    # that does not exist.
     refused = http.post("/auth/device/code", json={"client_id": "curl"})
-    assert _oauth_error(refused) == (400, "invalid_request")
+    assert _oauth_error(refused) == (401, "invalid_client")
     assert "client_id" in refused.json()["error_description"]
     unknown = http.post("/auth/device/code", json={"client_id": "luman-cli", "scope": "x"})
-    assert _oauth_error(unknown) == (400, "invalid_request")
+    assert _oauth_error(unknown) == (400, "invalid_scope")
     assert "scope" in unknown.json()["error_description"]
+    malformed = http.post("/auth/device/code", json={"client_id": "luman-cli", "os": "\u0007"})
+    assert _oauth_error(malformed) == (400, "invalid_request")
 
 
 def test_oauth_clients_post_forms(http: httpx.Client, clock: FakeClock) -> None:
@@ -96,19 +101,32 @@ def test_oauth_clients_post_forms(http: httpx.Client, clock: FakeClock) -> None:
         data={
             "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
             "device_code": body["device_code"],
+            # RFC 6749 3.1: parameters the server does not know are ignored, and so are
+            # empty ones (a public client sends an empty secret).
+            "client_secret": "",
+            "audience": "https://api.example.com",
             "client_id": "luman-cli",
         },
     )
     assert token.status_code == 200, token.text
     assert token.json()["scope"] == "read"
+    # RFC 6749 2.3.1: the client id as HTTP Basic credentials (form-encoded id, no secret).
+    basic = {"authorization": "Basic " + base64.b64encode(b"luman-cli:").decode()}
+    by_basic = http.post("/auth/device/code", data={"scope": "read"}, headers=basic)
+    assert by_basic.status_code == 200, by_basic.text
+    pending = http.post(
+        "/auth/device/token",
+        data={"device_code": by_basic.json()["device_code"]},
+        headers=basic,
+    )
+    assert _oauth_error(pending) == (400, "authorization_pending")
     # A parameter given twice is refused (RFC 6749 3.2), before any call.
     twice = http.post(
         "/auth/device/code",
         content=b"client_id=luman-cli&client_id=other",
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert error_of(twice).http_status == 400
-    assert error_of(twice).reason == "INVALID_BODY"
+    assert _oauth_error(twice) == (400, "invalid_request")
     # Forms only where the contract marks an OAuth endpoint: the JSON API stays JSON.
     form_login = http.post("/auth/login", data={"email": "a@example.com", "password": "x" * 8})
     assert error_of(form_login).http_status == 415
@@ -117,9 +135,7 @@ def test_oauth_clients_post_forms(http: httpx.Client, clock: FakeClock) -> None:
 def test_verification_uri_is_under_public_url_when_set(
     settings: Settings, sessions: Sessions, clock: FakeClock, hasher: PasswordHasher
 ) -> None:
-    configured = dataclasses.replace(
-        settings, http_port=0, public_url="https://login.example.com/luman"
-    )
+    configured = dataclasses.replace(settings, http_port=0, public_url="https://login.example.com")
     app = build_server(configured, sessions, clock=clock, hasher=hasher)
     app.start()
     gateway = build_gateway(configured, sessions, app)
@@ -129,12 +145,16 @@ def test_verification_uri_is_under_public_url_when_set(
             base_url=f"http://127.0.0.1:{gateway.port}", timeout=10.0, trust_env=False
         ) as http:
             body = _start(http)
+            # People reach the page over TLS (PUBLIC_URL says so), even though no trusted proxy
+            # vouches for it here: the cookies that carry credentials are Secure all the same.
+            page = http.get("/device")
+            assert all("; Secure" in value for value in page.headers.get_list("set-cookie"))
     finally:
         gateway.stop(None)
         app.stop(None)
-    assert body["verification_uri"] == "https://login.example.com/luman/device"
+    assert body["verification_uri"] == "https://login.example.com/device"
     assert body["verification_uri_complete"] == (
-        f"https://login.example.com/luman/device?user_code={body['user_code']}"
+        f"https://login.example.com/device?user_code={body['user_code']}"
     )
 
 

@@ -46,6 +46,12 @@ def test_durations_accept_the_seed_forms(tmp_path: Path, value: str, seconds: fl
         ("RATE_LIMIT_MAX_REQUESTS", "-1"),
         ("LUMAN_ENV", "staging"),
         ("LOG_LEVEL", "loud"),
+        ("PUBLIC_URL", "login.example.com"),
+        ("PUBLIC_URL", "ftp://login.example.com"),
+        # A path prefix would break the device page's /device links and cookie paths.
+        ("PUBLIC_URL", "https://example.com/luman"),
+        ("DEVICE_CODE_LIFETIME", "2h"),
+        ("DEVICE_POLL_INTERVAL", "0"),
     ],
 )
 def test_bad_value_names_the_variable(tmp_path: Path, name: str, value: str) -> None:

@@ -178,13 +178,28 @@ def test_wrong_codes_spend_the_global_budget(make_auth: MakeAuth, clock: FakeClo
         lambda: deny(auth, access, wrong, _from("198.51.100.3")),
     ):
         assert failure(call).error.reason == "DEVICE_CODE_NOT_FOUND"
-    # Every address is refused now, the right code too.
+    # The guessing account is refused from any address now, the right code too.
     refused = failure(lambda: get(auth, access, login.user_code, _from("192.0.2.77")))
     assert (refused.error.code, refused.error.reason) == (
         Code.RESOURCE_EXHAUSTED,
         "TOO_MANY_CODE_ATTEMPTS",
     )
     assert refused.error.retry_delay_seconds == pytest.approx(900)
+    # So is another account on an address that guessed.
+    _, other = personal_token(auth, register(auth).tokens.access_token)
+    refused = failure(lambda: get(auth, access, login.user_code, _from("198.51.100.1")))
+    assert refused.error.reason == "TOO_MANY_CODE_ATTEMPTS"
+    # A person with no wrong code in the window still gets in: spending the server's budget
+    # does not lock everybody out. Their first wrong code, though, is their last.
+    assert get(auth, other, login.user_code, _from("192.0.2.88")).device_login.user_code
+    newcomer = _from("192.0.2.99")
+    _, third = personal_token(auth, register(auth).tokens.access_token)
+    assert failure(lambda: get(auth, third, wrong, newcomer)).error.reason == (
+        "DEVICE_CODE_NOT_FOUND"
+    )
+    assert failure(lambda: get(auth, third, login.user_code, newcomer)).error.reason == (
+        "TOO_MANY_CODE_ATTEMPTS"
+    )
     clock.advance(minutes=14, seconds=59)
     refused = failure(lambda: get(auth, access, login.user_code, _from("192.0.2.77")))
     assert refused.error.retry_delay_seconds == pytest.approx(1)
@@ -192,8 +207,27 @@ def test_wrong_codes_spend_the_global_budget(make_auth: MakeAuth, clock: FakeClo
     assert get(auth, access, login.user_code, _from("192.0.2.77")).device_login.user_code
 
 
+def test_wrong_codes_are_limited_per_account(make_auth: MakeAuth) -> None:
+    auth = make_auth(device_code_attempts_per_account=2, device_code_lifetime=3600.0).auth
+    _, access = personal_token(auth, register(auth).tokens.access_token)
+    login = start(auth)
+    for address in ("198.51.100.1", "198.51.100.2"):
+        got = failure(lambda a=address: get(auth, access, "BBBB-BBBB", _from(a)))  # type: ignore[misc]
+        assert got.error.reason == "DEVICE_CODE_NOT_FOUND"
+    # A third address does not help the same account.
+    refused = failure(lambda: get(auth, access, login.user_code, _from("198.51.100.3")))
+    assert refused.error.reason == "TOO_MANY_CODE_ATTEMPTS"
+    # Another account on that address is not held up.
+    _, other = personal_token(auth, register(auth).tokens.access_token)
+    assert get(auth, other, login.user_code, _from("198.51.100.3")).device_login.user_code
+
+
 def test_zero_disables_a_budget(make_auth: MakeAuth) -> None:
-    auth = make_auth(device_code_attempts_per_ip=0, device_code_attempts_global=0).auth
+    auth = make_auth(
+        device_code_attempts_per_ip=0,
+        device_code_attempts_per_account=0,
+        device_code_attempts_global=0,
+    ).auth
     access = register(auth).tokens.access_token
     for _ in range(12):
         got = failure(lambda: get(auth, access, "BBBB-BBBB"))

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import os
 import platform
+import signal
 import socket
 import sys
 import time
 import webbrowser
 from collections.abc import Callable
 from importlib import metadata
+from urllib.parse import urlsplit
 
 from luman.cli import output
 from luman.cli.context import State
@@ -90,7 +92,7 @@ def login(state: State, *, no_browser: bool) -> AuthData:
         os=_os_name(),
     )
     output.device_code(started, as_json=state.as_json)
-    if _should_open_browser(no_browser) and started.verification_uri_complete:
+    if _should_open_browser(no_browser) and _same_site(started):
         # Best effort: the printed address is the way in when no browser opens.
         try:
             opened = webbrowser.open(started.verification_uri_complete)
@@ -100,11 +102,28 @@ def login(state: State, *, no_browser: bool) -> AuthData:
             output.progress("Opened the page in your browser.")
     with output.spinner("Waiting for approval in the browser…", as_json=state.as_json):
         token = wait_for_token(client, started, as_json=state.as_json)
-    return save_device_login(
-        token,
-        api_url=str(state.address),
-        timeout=state.timeout,
-        root_certificates=state.root_certificates(),
+    # The token exists on the server from here on: a Ctrl-C now would leave it unsaved and
+    # unheld, so the save runs with Ctrl-C ignored (it takes a moment, and revokes only the
+    # previous login's token).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return save_device_login(
+            token,
+            api_url=str(state.address),
+            timeout=state.timeout,
+            root_certificates=state.root_certificates(),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _same_site(started: DeviceAuthorization) -> bool:
+    """Open only an http(s) page on the verification address's own site: a server answering
+    with a file: or custom-scheme link opens nothing."""
+    page, complete = urlsplit(started.verification_uri), urlsplit(started.verification_uri_complete)
+    return complete.scheme in ("http", "https") and (complete.scheme, complete.netloc) == (
+        page.scheme,
+        page.netloc,
     )
 
 
@@ -117,15 +136,16 @@ def wait_for_token(client: Client, started: DeviceAuthorization, *, as_json: boo
     interval = max(1, started.interval)
     deadline = monotonic() + started.expires_in
     wait = interval
+    # A poll whose answer was lost (a timeout, a dropped connection) may have claimed the
+    # token: an INVALID_GRANT after one says so rather than "unknown".
+    lost_answer = False
     while True:
         sleep(wait)
         wait = interval
-        if monotonic() >= deadline:
-            raise _expired(as_json)
         try:
             return client.auth.poll_device_login(started.device_code, CLI_CLIENT_ID)
         except AuthorizationPending:
-            continue
+            pass
         except SlowDown as exc:
             interval = exc.interval or interval + _SLOW_DOWN_STEP
             wait = interval
@@ -133,8 +153,16 @@ def wait_for_token(client: Client, started: DeviceAuthorization, *, as_json: boo
             # The per-address poll limit: wait as long as the server asks, then go on.
             if exc.retry_after is not None:
                 wait = max(interval, math.ceil(exc.retry_after))
+            if monotonic() + wait >= deadline:
+                raise CliFailure(
+                    "the server is refusing polls from this address (rate limited) until "
+                    "after the code expires: try `luman login` again later",
+                    exit_code_for(exc),
+                    as_json=as_json,
+                    details={"code": "RESOURCE_EXHAUSTED", "reason": exc.reason},
+                ) from exc
         except Unavailable:
-            continue
+            lost_answer = True
         except AccessDenied as exc:
             raise CliFailure(
                 "the login was denied in the browser (or its approval was withdrawn)",
@@ -145,13 +173,24 @@ def wait_for_token(client: Client, started: DeviceAuthorization, *, as_json: boo
         except ExpiredToken as exc:
             raise _expired(as_json) from exc
         except InvalidGrant as exc:
+            message = (
+                "a poll's answer was lost, and the server has handed this login's token out "
+                "already: it may be on the server unsaved here. Find it with `luman token list` "
+                "(from another login) and revoke it, then run `luman login` again"
+                if lost_answer
+                else "the server does not know this login any more (claimed elsewhere?): "
+                "run `luman login` again"
+            )
             raise CliFailure(
-                "the server does not know this login any more (claimed elsewhere?): "
-                "run `luman login` again",
+                message,
                 ExitCode.UNAUTHENTICATED,
                 as_json=as_json,
                 details={"code": "UNAUTHENTICATED", "reason": exc.reason},
             ) from exc
+        # Still waiting. The server decides expiry (an approval in the last seconds can still be
+        # claimed once past it), so only a code well past its lifetime stops here.
+        if monotonic() >= deadline + interval:
+            raise _expired(as_json)
 
 
 def _expired(as_json: bool) -> CliFailure:

@@ -125,6 +125,10 @@ def user(
     fields(pairs)
 
 
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())
+
+
 def device_code(value: DeviceAuthorization, *, as_json: bool) -> None:
     """A started device login: with --json one line on stdout, at once (a script or a test
     reads it while the CLI waits); else the instructions for people, on stderr (stdout keeps
@@ -140,18 +144,20 @@ def device_code(value: DeviceAuthorization, *, as_json: bool) -> None:
         click.echo(json.dumps(line, ensure_ascii=False))  # click.echo flushes
         return
     minutes = max(1, round(value.expires_in / 60))
-    code = click.style(value.user_code, bold=True)
+    # What the server sent, shown on a terminal: control characters (escape sequences) out.
+    uri, complete = _printable(value.verification_uri), _printable(value.verification_uri_complete)
+    code = click.style(_printable(value.user_code), bold=True)
     for line_text in (
         "To log in, open this page in a browser where you are signed in to Luman:",
         "",
-        f"    {value.verification_uri}",
+        f"    {uri}",
         "",
         "and enter this code:",
         "",
         f"    {code}",
         "",
         "Or open this address, which has the code filled in:",
-        f"    {value.verification_uri_complete}",
+        f"    {complete}",
         "",
         "Only approve if you just ran `luman login` yourself.",
         f"The code expires in {minutes} minute{'s' if minutes != 1 else ''}.",

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,6 +81,7 @@ class Settings:
     device_poll_rate_limit_max_requests: int = 1800
     device_code_attempts_window_ms: int = 15 * 60 * 1000
     device_code_attempts_per_ip: int = 10
+    device_code_attempts_per_account: int = 10
     device_code_attempts_global: int = 200
     # The address people reach the HTTP gateway at, for the device login's verification_uri;
     # empty: http://localhost:<HTTP_PORT> (development).
@@ -186,6 +188,9 @@ class Settings:
                 "DEVICE_CODE_ATTEMPTS_WINDOW_MS", 900000, 0, 86400000
             ),
             device_code_attempts_per_ip=r.integer("DEVICE_CODE_ATTEMPTS_PER_IP", 10, 0, 10**6),
+            device_code_attempts_per_account=r.integer(
+                "DEVICE_CODE_ATTEMPTS_PER_ACCOUNT", 10, 0, 10**6
+            ),
             device_code_attempts_global=r.integer("DEVICE_CODE_ATTEMPTS_GLOBAL", 200, 0, 10**9),
             public_url=_public_url(r.text("PUBLIC_URL", "")),
             trusted_proxies=r.networks("TRUSTED_PROXIES"),
@@ -296,10 +301,16 @@ _JWT_ALGORITHMS = {"eddsa": "EdDSA", "es256": "ES256", "hs256": "HS256"}
 
 
 def _public_url(value: str) -> str:
+    """An origin, http(s)://host[:port]: the device page's links and cookies live at /device of
+    it, so a path prefix (a proxy serving the gateway under /luman) would break them."""
     value = value.strip().rstrip("/")
-    if value and (not value.startswith(("http://", "https://")) or "?" in value or "#" in value):
+    if not value:
+        return value
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
         raise ConfigError(
-            f"PUBLIC_URL must be an http:// or https:// address without a query, got {value!r}"
+            "PUBLIC_URL must be an http:// or https:// origin (scheme, host and optional port, "
+            f"no path or query), got {value!r}"
         )
     return value
 

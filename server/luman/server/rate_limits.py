@@ -108,19 +108,22 @@ def build_code_attempt_limiters(
     settings: Settings,
     monotonic: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
-) -> tuple[RateLimiter | None, RateLimiter | None]:
-    """The limiters of wrong device-login user codes: per client IP, and for the whole server
-    (auth/device_logins.py). None where disabled (0)."""
+) -> tuple[RateLimiter | None, RateLimiter | None, RateLimiter | None]:
+    """The limiters of wrong device-login user codes: per client IP, per account, and for the
+    whole server (auth/device_logins.py). None where disabled (0)."""
     limiter = limiter_factory(settings, monotonic, wall)
     window = settings.device_code_attempts_window_ms / 1000
     if window <= 0:
-        return None, None
-    per_ip = settings.device_code_attempts_per_ip
-    total = settings.device_code_attempts_global
-    return (
-        limiter("device_code_ip", per_ip, window) if per_ip > 0 else None,
-        limiter("device_code_global", total, window) if total > 0 else None,
+        return None, None, None
+    budgets = (
+        ("device_code_ip", settings.device_code_attempts_per_ip),
+        ("device_code_account", settings.device_code_attempts_per_account),
+        ("device_code_global", settings.device_code_attempts_global),
     )
+    per_ip, per_account, overall = (
+        limiter(name, limit, window) if limit > 0 else None for name, limit in budgets
+    )
+    return per_ip, per_account, overall
 
 
 def build_rate_limit_stages(

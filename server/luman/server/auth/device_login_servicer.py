@@ -112,7 +112,7 @@ class DeviceLoginRpcs:
         self, request: auth_service_pb2.GetDeviceLoginRequest, context: grpc.ServicerContext
     ) -> auth_service_pb2.GetDeviceLoginResponse:
         _check_user_code(request.user_code)
-        login = self._device_logins.get(request.user_code)
+        login = self._device_logins.get(current_principal(), request.user_code)
         return auth_service_pb2.GetDeviceLoginResponse(device_login=device_login_to_proto(login))
 
     def ApproveDeviceLogin(  # noqa: N802 - grpc names the methods

@@ -13,14 +13,18 @@ claims a personal token once.
 - The approval records the approving credential. The claim re-checks it under the same locks
   as any mint (credential_locks.py): a sign-in or token revoked, or an account deleted, between
   approval and claim, and the login ends with ACCESS_DENIED instead of a token.
-- Guessing user codes: a wrong code counts against the caller's address and against the whole
-  server (DEVICE_CODE_ATTEMPTS_*); once either budget is spent, code entry is refused until the
-  window moves on. The whole default budget for a year, 200 per 15 minutes, is 7.0 million
-  guesses against 20**8 = 2.6e10 codes: with 10 logins pending at every moment it finds one
-  about once in 365 years, and what it finds is a stranger's terminal approved into the
-  guesser's own account (which that terminal then names). Every code that is not pending (never
-  issued, expired, decided) gets the same NOT_FOUND, so an answer never tells whether a code
-  exists.
+- Guessing user codes: a wrong code counts against the caller's address, their account and
+  the whole server (DEVICE_CODE_ATTEMPTS_*); once a budget is spent, code entry is refused
+  until the window moves on, except that the server-wide budget stops only callers who have
+  themselves entered a wrong code in the window (CodeAttempts). The whole default budget for a
+  year, 200 per 15 minutes, is 7.0 million guesses against 20**8 = 2.6e10 codes: with 10
+  logins pending at every moment it finds one about once in 365 years, and what it finds is a
+  stranger's terminal approved into the guesser's own account (which that terminal then
+  names). Once it is spent, each further address gets one guess per window. Every code that is
+  not pending (never issued, expired, decided) gets the same NOT_FOUND, so an answer never
+  tells whether a code exists. Without RATE_LIMIT_REDIS_URL each replica keeps its own
+  budgets; with it, they share them, and like every limit they let calls through while Redis
+  is away.
 """
 
 from __future__ import annotations
@@ -123,39 +127,54 @@ class ClaimedLogin:
 
 
 class CodeAttempts:
-    """Budgets of wrong user codes: per client address and for the whole server.
+    """Budgets of wrong user codes: per client address, per account, and for the whole server.
 
     An entry is counted before its lookup and un-counted once the code proves right: checking
     first and counting after would let concurrent guesses all pass the check before any of
     them is counted, overdrawing the budget by as many as are in flight.
+
+    The server-wide budget stops only callers who have entered a wrong code themselves in the
+    window (from their address or account): once it is spent, a guesser gets one guess per
+    address and window, while a person typing their first code still gets in. Otherwise a few
+    addresses and fresh accounts could spend it every window and shut device login off for
+    everybody.
     """
 
     def __init__(
-        self, per_ip: RateLimiter | None, overall: RateLimiter | None, ipv6_prefix: int = 64
+        self,
+        per_ip: RateLimiter | None,
+        per_account: RateLimiter | None,
+        overall: RateLimiter | None,
+        ipv6_prefix: int = 64,
     ) -> None:
         self._per_ip = per_ip
+        self._per_account = per_account
         self._overall = overall
         self._ipv6_prefix = ipv6_prefix
 
     @contextlib.contextmanager
-    def entry(self, ip: str) -> Iterator[None]:
-        """Count one code entry from `ip` for the block, which raises NotFoundError for a
-        wrong code; any other outcome (a right code, or the lookup failing) un-counts it.
+    def entry(self, ip: str, user_id: uuid.UUID) -> Iterator[None]:
+        """Count one code entry by `user_id` from `ip` for the block, which raises
+        NotFoundError for a wrong code; any other outcome (a right code, or the lookup
+        failing) un-counts it.
 
         Raises:
             ResourceExhaustedError: TOO_MANY_CODE_ATTEMPTS, a budget is spent (nothing counted).
         """
         taken: list[tuple[RateLimiter, str, Decision]] = []
         try:
-            for limiter, key in self._budgets(ip):
-                decision = limiter.hit(key)
-                if not decision.allowed:
-                    raise ResourceExhaustedError(
-                        "TOO_MANY_CODE_ATTEMPTS",
-                        "too many wrong codes; try again later",
-                        max(1.0, decision.retry_after),
-                    )
-                taken.append((limiter, key, decision))
+            # No wrong code of this caller's in the window so far (known only when a per-caller
+            # budget is kept; without one, the server-wide budget stops everybody).
+            first = self._per_ip is not None or self._per_account is not None
+            for limiter, key in self._callers(ip, user_id):
+                decision = self._take(limiter, key, taken)
+                first = first and decision.remaining == decision.limit - 1
+            if self._overall is not None:
+                decision = self._overall.hit("all")
+                if decision.allowed:
+                    taken.append((self._overall, "all", decision))
+                elif not first:
+                    raise _too_many(decision)
             yield
         except NotFoundError:
             raise  # a wrong code: it stays counted
@@ -166,15 +185,33 @@ class CodeAttempts:
             self._give_back(taken)
 
     @staticmethod
+    def _take(
+        limiter: RateLimiter, key: str, taken: list[tuple[RateLimiter, str, Decision]]
+    ) -> Decision:
+        decision = limiter.hit(key)
+        if not decision.allowed:
+            raise _too_many(decision)
+        taken.append((limiter, key, decision))
+        return decision
+
+    @staticmethod
     def _give_back(taken: Iterable[tuple[RateLimiter, str, Decision]]) -> None:
         for limiter, key, decision in taken:
             limiter.cancel(key, decision)
 
-    def _budgets(self, ip: str) -> Iterable[tuple[RateLimiter, str]]:
+    def _callers(self, ip: str, user_id: uuid.UUID) -> Iterable[tuple[RateLimiter, str]]:
         if self._per_ip is not None:
             yield self._per_ip, "ip:" + limit_key(ip, self._ipv6_prefix)
-        if self._overall is not None:
-            yield self._overall, "all"
+        if self._per_account is not None:
+            yield self._per_account, "user:" + user_id.hex
+
+
+def _too_many(decision: Decision) -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        "TOO_MANY_CODE_ATTEMPTS",
+        "too many wrong codes; try again later",
+        max(1.0, decision.retry_after),
+    )
 
 
 def _client_ip() -> str:
@@ -320,7 +357,13 @@ class DeviceLogins:
                 or login.state == State.CLAIMED
             ):
                 raise _invalid_grant()
-            if now >= login.expire_time:
+            # An approval made in the code's last seconds must still reach the client, whose
+            # next poll comes up to an interval later: approved, it may be claimed for one
+            # interval past the expiry.
+            expires = login.expire_time
+            if login.state == State.APPROVED:
+                expires += dt.timedelta(seconds=login.interval)
+            if now >= expires:
                 raise FailedPreconditionError(
                     "EXPIRED_TOKEN", "the device code has expired; start the login again"
                 )
@@ -403,14 +446,15 @@ class DeviceLogins:
 
     # The approver's side: look, approve, deny.
 
-    def get(self, user_code: str) -> DeviceLogin:
+    def get(self, principal: Principal, user_code: str) -> DeviceLogin:
         """The pending login with this code, for its approver to look at.
 
         Raises:
             NotFoundError: DEVICE_CODE_NOT_FOUND, for any code that is not pending.
             ResourceExhaustedError: TOO_MANY_CODE_ATTEMPTS.
         """
-        with self._attempts.entry(_client_ip()), self._sessions.read.begin() as session:
+        attempt = self._attempts.entry(_client_ip(), principal.user_id)
+        with attempt, self._sessions.read.begin() as session:
             login = self._pending(session, user_code, lock=False)
             if login is None:
                 raise _not_found()
@@ -438,7 +482,8 @@ class DeviceLogins:
     ) -> None:
         user_id = principal.user_id  # refuses a service account (USER_REQUIRED)
         now = self._clock()
-        with self._attempts.entry(_client_ip()), self._sessions.write.begin() as session:
+        attempt = self._attempts.entry(_client_ip(), user_id)
+        with attempt, self._sessions.write.begin() as session:
             login = self._pending(session, user_code, lock=True)
             if login is None:
                 raise _not_found()

@@ -153,17 +153,34 @@ class GatewayApp:
             if allowed:
                 raise _method_not_allowed(allowed, headers)
             raise GatewayError(404, grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "no such endpoint")
-        body = await self._read_body(request, receive)
-        if body.strip() and match.route.body:
-            if match.route.oauth_endpoint and oauth.is_form(request.header("content-type")):
-                body = oauth.form_to_json(body)
-            else:
+        if match.route.oauth_endpoint:
+            try:
+                message = await self._oauth_request(request, receive, match)
+            except GatewayError as exc:
+                await self._respond_error(request, send, oauth.refusal(exc), headers)
+                return
+        else:
+            body = await self._read_body(request, receive)
+            if body.strip() and match.route.body:
                 _check_media_type(request.header("content-type"))
-        message = build_request(match, _query_pairs(request.query), body)
+            message = build_request(match, _query_pairs(request.query), body)
         await self._call(request, match, message, send)
 
+    async def _oauth_request(self, request: _Request, receive: Receive, match: RouteMatch) -> Any:
+        """The request message of an OAuth endpoint (oauth.py): a form or JSON body, the client
+        id possibly in HTTP Basic credentials."""
+        body = await self._read_body(request, receive)
+        if oauth.is_form(request.header("content-type")):
+            body = oauth.form_to_json(body, match.route.method.input_type)
+        elif body.strip():
+            _check_media_type(request.header("content-type"))
+        client_id = oauth.basic_client_id(request.header("authorization"))
+        if client_id is not None:
+            body = oauth.with_client_id(body, client_id)
+        return build_request(match, _query_pairs(request.query), body)
+
     async def _call(self, request: _Request, match: RouteMatch, message: Any, send: Send) -> None:
-        metadata = self._metadata(request)
+        metadata = self._metadata(request, oauth_endpoint=match.route.oauth_endpoint)
         peer = grpc_peer(self._addresses.client_ip(request.peer, _forwarded_for(request)))
         result = await self._calls.call(match.route, message, metadata, peer)
         headers = _forwarded_headers(result.metadata)
@@ -179,8 +196,8 @@ class GatewayApp:
             return
         error = statuses.from_rpc_error(result.code, result.message, result.metadata)
         if match.route.oauth_endpoint:
-            reason = statuses.error_reason(result.code, result.metadata)
-            error = oauth.oauth_error(error, result.code, result.message, reason)
+            reason, fields = statuses.error_info(result.code, result.metadata)
+            error = oauth.oauth_error(error, result.code, result.message, reason, fields)
         if error.retry_after_seconds is not None and not any(
             name == metadata_keys.RETRY_AFTER.encode() for name, _ in headers
         ):
@@ -189,11 +206,14 @@ class GatewayApp:
             )
         await self._respond_error(request, send, error, headers)
 
-    def _metadata(self, request: _Request) -> Metadata:
+    def _metadata(self, request: _Request, *, oauth_endpoint: bool = False) -> Metadata:
         """The call's metadata, as a gRPC client would send it: credentials and user agent.
         (The client's address is the call's peer.)"""
         metadata: list[tuple[str, str | bytes]] = []
-        for value in request.headers.get("authorization", ()):
+        # An OAuth endpoint is public: its Authorization header can only be the client's Basic
+        # credentials (read in _oauth_request), never a token for the call.
+        forwarded = () if oauth_endpoint else request.headers.get("authorization", ())
+        for value in forwarded:
             if not value.isascii() or not value.isprintable():
                 raise bad_request(
                     "INVALID_HEADER", "the Authorization header must be printable ASCII"

@@ -8,15 +8,16 @@ rate limits, token authentication and error mapping all apply. It reads no datab
     GET  /device[?user_code=…]   sign-in form, code form, or the confirmation of that code
     POST /device/sign-in         Login -> session cookie -> 303 back to the code
     POST /device/code            303 to /device?user_code=…
-    POST /device/approve|deny    ApproveDeviceLogin / DenyDeviceLogin -> the outcome page
+    POST /device/approve|deny    ApproveDeviceLogin / DenyDeviceLogin -> 303 to the outcome
+    GET  /device/done?outcome=…  approved or denied (a GET, so a reload posts nothing again)
     POST /device/sign-out        clears the cookie (the sign-in stays valid: an approval made
                                  with it holds only while it does)
     GET  /device/style.css       the stylesheet (the CSP allows no inline style or script)
 
-Cookies, both Path=/device, HttpOnly, Secure behind TLS: the session (the access token from
-Login, SameSite=Lax, Max-Age its remaining life) and a per-browser CSRF token (SameSite=Strict)
-that every form echoes in a hidden field; a POST without the matching token, or with a foreign
-Origin, gets a 403 page.
+Cookies, both Path=/device, HttpOnly, Secure behind TLS (and whenever PUBLIC_URL is https):
+the session (the access token from Login, SameSite=Lax, Max-Age its remaining life) and a
+per-browser CSRF token (SameSite=Strict) that every form echoes in a hidden field; a POST
+without the matching token, or with another Origin, gets a 403 page.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ Receive = Callable[[], Awaitable[Message_]]
 Send = Callable[[Message_], Awaitable[None]]
 
 PAGE_PATH = "/device"
+DONE_PATH = "/device/done"
 SESSION_COOKIE = "luman_device_session"
 CSRF_COOKIE = "luman_device_csrf"
 CSRF_FIELD = "csrf_token"
@@ -107,9 +109,12 @@ class _RefusedError(Exception):
 class _Visit:
     """One request: its cookies, client address, and the response cookies it sets."""
 
-    def __init__(self, request: PageRequest, addresses: ClientAddress) -> None:
+    def __init__(self, request: PageRequest, addresses: ClientAddress, public_https: bool) -> None:
         self.request = request
-        self.https = addresses.is_https(
+        # A PUBLIC_URL on https means people reach the page over TLS, even if the proxy in
+        # front is not in TRUSTED_PROXIES (so its X-Forwarded-Proto is not believed): the
+        # cookie that carries an access token must never travel in clear.
+        self.https = public_https or addresses.is_https(
             request.scheme, request.peer, request.header("x-forwarded-proto")
         )
         forwarded = ", ".join(request.headers.get("x-forwarded-for", ())) or None
@@ -159,9 +164,10 @@ class DevicePage:
         self._addresses = addresses
         self._clock = clock
         self._public_origin = public_origin.rstrip("/").lower()
+        self._public_https = self._public_origin.startswith("https://")
 
     async def handle(self, request: PageRequest, receive: Receive, send: Send, path: str) -> None:
-        visit = _Visit(request, self._addresses)
+        visit = _Visit(request, self._addresses, self._public_https)
         try:
             status, body, headers = await self._dispatch(visit, path, receive)
         except _ClientGoneError:
@@ -193,10 +199,12 @@ class DevicePage:
             "/device/deny": self._deny,
             "/device/sign-out": self._sign_out,
         }
-        if path == PAGE_PATH:
+        if path in (PAGE_PATH, DONE_PATH):
             if method not in ("GET", "HEAD"):
                 return _not_allowed("GET")
             query = _first_values(visit.request.query.decode("latin-1"))
+            if path == DONE_PATH:
+                return await self._done(visit, query.get("outcome", ""))
             return await self._show(visit, query.get("user_code", ""))
         handler = posts.get(path)
         if handler is None:
@@ -318,7 +326,6 @@ class DevicePage:
         if got.response is None:
             return self._failure(visit, got, email, user_code=user_code)
         assert isinstance(got.response, auth_service_pb2.GetDeviceLoginResponse)
-        host_name = got.response.device_login.host_name
         if approve:
             result = await self._rpc(
                 visit,
@@ -333,8 +340,20 @@ class DevicePage:
             )
         if result.response is None:
             return self._failure(visit, result, email, user_code=user_code)
-        if approve:
-            return 200, templates.approved(csrf=visit.csrf, email=email, host_name=host_name), []
+        # Post/redirect/get: reloading the outcome repeats no decision (which would find the
+        # code used and count a wrong attempt).
+        return _see_other(f"{DONE_PATH}?outcome={'approved' if approve else 'denied'}")
+
+    async def _done(self, visit: _Visit, outcome: str) -> Answer:
+        if outcome not in ("approved", "denied") or not visit.session:
+            return _see_other(PAGE_PATH)
+        me = await self._rpc(visit, "GetMe", auth_service_pb2.GetMeRequest())
+        if me.response is None:
+            return self._failure(visit, me, "")
+        assert isinstance(me.response, auth_service_pb2.GetMeResponse)
+        email = me.response.user.email
+        if outcome == "approved":
+            return 200, templates.approved(csrf=visit.csrf, email=email), []
         return 200, templates.denied(csrf=visit.csrf, email=email), []
 
     async def _sign_out(self, visit: _Visit, form: dict[str, str]) -> Answer:
@@ -388,11 +407,11 @@ class DevicePage:
     async def _form(self, visit: _Visit, receive: Receive) -> dict[str, str]:
         """The POSTed form, once its origin and CSRF token are checked."""
         request = visit.request
-        # Referrer-Policy: no-referrer makes browsers send `Origin: null` even on the page's
-        # own forms, so "null" proves nothing either way (the CSRF token still decides); a
-        # real origin must be ours, and Fetch Metadata, where sent, must say same-origin.
+        # The page sends Referrer-Policy: same-origin, so browsers post its forms with its own
+        # Origin; `null` (a sandboxed frame, a data: URL, a redirect across origins) is
+        # refused like any foreign origin. Fetch Metadata, where sent, must say same-origin.
         origin = request.header("origin")
-        if origin is not None and origin != "null" and not self._own_origin(visit, origin):
+        if origin is not None and not self._own_origin(visit, origin):
             raise _forbidden()
         fetch_site = request.header("sec-fetch-site")
         if fetch_site is not None and fetch_site not in ("same-origin", "none"):

@@ -52,7 +52,7 @@ def _layout(title: str, body: str, *, email: str = "", csrf: str = "") -> str:
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<meta name="referrer" content="no-referrer">\n'
+        '<meta name="referrer" content="same-origin">\n'
         f"<title>{_e(title)} · Luman</title>\n"
         f'<link rel="stylesheet" href="{STYLESHEET_PATH}">\n'
         "</head>\n<body>\n"
@@ -165,13 +165,12 @@ def confirm(*, csrf: str, email: str, requester: Requester) -> str:
     return _layout("Approve device", body, email=email, csrf=csrf)
 
 
-def approved(*, csrf: str, email: str, host_name: str) -> str:
-    where = f" on <strong>{_e(host_name)}</strong>" if host_name else ""
+def approved(*, csrf: str, email: str) -> str:
     body = (
         '<div class="result result-ok" aria-hidden="true"></div>\n'
         "<h1>Device approved</h1>\n"
-        f'<p class="lead">You can use the terminal now: <code>luman</code>{where} is signed in '
-        f"as <strong>{_e(email)}</strong>.</p>\n"
+        '<p class="lead">You can use the terminal now: <code>luman</code> is signed in as '
+        f"<strong>{_e(email)}</strong>.</p>\n"
         '<p class="help">You can close this page. The terminal has its own token, listed by '
         "<code>luman token list</code> and revocable at any time.</p>"
     )

@@ -38,14 +38,16 @@ SECURITY_HEADERS: tuple[Header, ...] = (
 HSTS: Header = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 # The device approval page (device_page.py) is the one HTML the gateway serves: the same
-# headers, with a CSP that lets it load its own stylesheet and post its own forms, nothing else.
+# headers, with a CSP that lets it load its own stylesheet and post its own forms, nothing else,
+# and Referrer-Policy same-origin: the code in its URL reaches no other site, while its own form
+# posts carry its Origin (with no-referrer, browsers send `Origin: null`, which proves nothing).
 PAGE_CSP = (
     b"default-src 'none'; style-src 'self'; form-action 'self'; "
     b"frame-ancestors 'none'; base-uri 'none'"
 )
+_PAGE_OVERRIDES = {b"content-security-policy": PAGE_CSP, b"referrer-policy": b"same-origin"}
 PAGE_SECURITY_HEADERS: tuple[Header, ...] = tuple(
-    (name, PAGE_CSP if name == b"content-security-policy" else value)
-    for name, value in SECURITY_HEADERS
+    (name, _PAGE_OVERRIDES.get(name, value)) for name, value in SECURITY_HEADERS
 )
 
 # Request headers a browser may send cross-origin; the rest of the API needs nothing else.

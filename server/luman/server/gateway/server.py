@@ -177,6 +177,13 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
     except BindError:
         readiness.close()
         raise
+    if settings.public_url.startswith("https://") and not settings.trusted_proxies:
+        # TLS ends at a proxy (the gateway serves plain HTTP): unless the proxy is trusted, every
+        # client has its address (one rate-limit budget for all, no network warnings on /device).
+        logger.warning(
+            "PUBLIC_URL is https but TRUSTED_PROXIES is empty: set it to the TLS proxy's address "
+            "so that clients' own addresses are used"
+        )
     if not settings.public_url and app.device_logins is not None:
         # Development: the device login's page is this gateway, wherever it got bound.
         app.device_logins.set_public_url(_local_url(settings.host, sock.getsockname()[1]))

@@ -133,17 +133,24 @@ def from_rpc_error(
     return ErrorResponse(HTTP_STATUS_BY_CODE.get(code, 500), _status_json(status), retry_after)
 
 
-def error_reason(
+def error_info(
     code: grpc.StatusCode, trailing_metadata: Sequence[tuple[str, str | bytes]]
-) -> str:
-    """The ErrorInfo reason the server attached to a failed call; "" when there is none."""
+) -> tuple[str, tuple[str, ...]]:
+    """The ErrorInfo reason ("" without one) and the BadRequest field names the server attached
+    to a failed call."""
     rich = _rich_status(code, trailing_metadata)
+    reason = ""
+    fields: tuple[str, ...] = ()
     for detail in () if rich is None else rich.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason)
-    return ""
+            reason = str(info.reason)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = tuple(str(v.field) for v in bad.field_violations)
+    return reason, fields
 
 
 def _rich_status(
