@@ -25,8 +25,13 @@ ALWAYS = "Only approve if you just ran luman login yourself."
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """The test client (127.0.0.1) is a trusted proxy: X-Forwarded-For/-Proto are believed."""
-    return dataclasses.replace(settings, trusted_proxies=("127.0.0.1/32",))
+    """The test client (127.0.0.1) is a trusted proxy: X-Forwarded-For/-Proto are believed.
+    Wrong codes are limited as by default (the shared fixture lifts every limit)."""
+    return dataclasses.replace(
+        settings,
+        trusted_proxies=("127.0.0.1/32",),
+        device_code_attempts_per_ip=Settings.device_code_attempts_per_ip,
+    )
 
 
 @pytest.fixture

@@ -1,9 +1,15 @@
-"""RBAC: every caller role against every membership action, plus the last-owner rule.
+"""RBAC: every caller role against every write action, plus the last-owner rule.
 
-owner   everything, including granting and removing ownership
-admin   add, remove and re-role admins and members; never touch an owner nor grant owner
+owner   everything, including granting and removing ownership, the slug, deleting, and
+        offering or cancelling an ownership transfer
+admin   add, remove and re-role admins and members; never touch an owner nor grant owner;
+        rename; manage service accounts
 member  read only
 anyone  may leave, except the last owner; non-members get NOT_FOUND for everything
+target  only the member an ownership transfer is offered to accepts or declines it
+
+Every write RPC of OrganizationService (scope write in the contract) is in the matrix
+(test_every_write_rpc_is_in_the_matrix).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from typing import Any, TypeAlias
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from luman.auth.v1 import auth_service_pb2_grpc
 from luman.organization.v1 import organization_pb2, organization_service_pb2_grpc
 from luman.organization.v1 import organization_service_pb2 as pb
+from luman.server import methods
 from tests.server.organization_support import (
     ADMIN,
     MEMBER,
@@ -28,6 +36,7 @@ from tests.server.organization_support import (
     error_of,
     roles_by_user,
     sign_up,
+    unique_slug,
 )
 
 Orgs = organization_service_pb2_grpc.OrganizationServiceStub
@@ -82,6 +91,8 @@ class Action:
 
     call: Callable[[Orgs, Team, Account], Any]
     apply: Callable[[dict[str, Role], Team, Account], None]
+    rpc: str = ""  # the RPC it exercises (default: from the action's name, see _rpc)
+    deletes: bool = False  # success deletes the organization
 
 
 def _add(role: Role) -> Action:
@@ -144,6 +155,109 @@ def _leave() -> Action:
     return Action(call, apply)
 
 
+def _unchanged(roles: dict[str, Role], team: Team, caller: Account) -> None:
+    pass
+
+
+def _rename(field: str) -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.UpdateOrganization(
+            pb.UpdateOrganizationRequest(
+                organization_id=team.organization.id,
+                organization=organization_pb2.Organization(name="Renamed", slug=unique_slug()),
+                update_mask=field_mask_pb2.FieldMask(paths=[field]),
+            ),
+            metadata=caller.metadata,
+        )
+
+    return Action(call, _unchanged, "UpdateOrganization")
+
+
+def _delete() -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.DeleteOrganization(
+            pb.DeleteOrganizationRequest(
+                slug=team.organization.slug, confirm_slug=team.organization.slug
+            ),
+            metadata=caller.metadata,
+        )
+
+    return Action(call, _unchanged, "DeleteOrganization", deletes=True)
+
+
+def _offer(orgs: Orgs, team: Team, to: Account) -> None:
+    """The first owner offers ownership to `to` (the setup of the transfer actions)."""
+    orgs.OfferOwnershipTransfer(
+        pb.OfferOwnershipTransferRequest(slug=team.organization.slug, user_id=to.id),
+        metadata=team.by_role["owner"].metadata,
+    )
+
+
+def _offer_transfer() -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.OfferOwnershipTransfer(
+            pb.OfferOwnershipTransferRequest(
+                organization_id=team.organization.id, user_id=team.targets[MEMBER].id
+            ),
+            metadata=caller.metadata,
+        )
+
+    return Action(call, _unchanged, "OfferOwnershipTransfer")
+
+
+def _answer_transfer(rpc: str) -> Action:
+    """The first owner offers ownership to the admin; the caller then calls `rpc`."""
+
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        _offer(orgs, team, team.by_role["admin"])
+        request = getattr(pb, f"{rpc}Request")(slug=team.organization.slug)
+        return getattr(orgs, rpc)(request, metadata=caller.metadata)
+
+    def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
+        if rpc == "AcceptOwnershipTransfer":
+            roles[team.by_role["admin"].id] = OWNER
+            roles[team.by_role["owner"].id] = ADMIN
+
+    return Action(call, apply, rpc)
+
+
+def _create_organization() -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return create_organization(orgs, caller)
+
+    return Action(call, _unchanged, "CreateOrganization")
+
+
+def _create_service_account() -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.CreateServiceAccount(
+            pb.CreateServiceAccountRequest(
+                slug=team.organization.slug, name="ci", scopes=["introspect"]
+            ),
+            metadata=caller.metadata,
+        )
+
+    return Action(call, _unchanged, "CreateServiceAccount")
+
+
+def _delete_service_account() -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        created = orgs.CreateServiceAccount(
+            pb.CreateServiceAccountRequest(
+                slug=team.organization.slug, name="ci", scopes=["introspect"]
+            ),
+            metadata=team.by_role["owner"].metadata,
+        )
+        return orgs.DeleteServiceAccount(
+            pb.DeleteServiceAccountRequest(
+                slug=team.organization.slug, service_account_id=created.service_account.id
+            ),
+            metadata=caller.metadata,
+        )
+
+    return Action(call, _unchanged, "DeleteServiceAccount")
+
+
 ACTIONS: dict[str, Action] = {
     **{f"add-{ROLE_NAMES[r]}": _add(r) for r in (MEMBER, ADMIN, OWNER)},
     **{f"remove-{ROLE_NAMES[r]}": _remove(r) for r in (MEMBER, ADMIN, OWNER)},
@@ -153,7 +267,20 @@ ACTIONS: dict[str, Action] = {
         for b in (MEMBER, ADMIN, OWNER)
     },
     "leave": _leave(),
+    "create-organization": _create_organization(),
+    "rename": _rename("name"),
+    "change-slug": _rename("slug"),
+    "delete": _delete(),
+    "offer-transfer": _offer_transfer(),
+    "accept-transfer": _answer_transfer("AcceptOwnershipTransfer"),
+    "decline-transfer": _answer_transfer("DeclineOwnershipTransfer"),
+    "cancel-transfer": _answer_transfer("CancelOwnershipTransfer"),
+    "create-service-account": _create_service_account(),
+    "delete-service-account": _delete_service_account(),
 }
+# Only the member a transfer is offered to (here the admin) may answer it.
+TARGET_ONLY = {"accept-transfer", "decline-transfer"}
+ANYONE_MAY = {"create-organization"}  # not an action on this organization
 
 ADMIN_MAY = {
     "add-member", "add-admin",
@@ -161,12 +288,14 @@ ADMIN_MAY = {
     "change-member-to-member", "change-member-to-admin",
     "change-admin-to-member", "change-admin-to-admin",
     "leave",
+    "rename", "create-service-account", "delete-service-account",
+    *TARGET_ONLY, *ANYONE_MAY,
 }  # fmt: skip
 EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
-    "owner": dict.fromkeys(ACTIONS, OK),
+    "owner": {action: DENIED if action in TARGET_ONLY else OK for action in ACTIONS},
     "admin": {action: OK if action in ADMIN_MAY else DENIED for action in ACTIONS},
-    "member": {action: OK if action == "leave" else DENIED for action in ACTIONS},
-    "non-member": dict.fromkeys(ACTIONS, NOT_FOUND),
+    "member": {action: OK if action in {"leave", *ANYONE_MAY} else DENIED for action in ACTIONS},
+    "non-member": {action: OK if action in ANYONE_MAY else NOT_FOUND for action in ACTIONS},
 }
 MATRIX = [
     pytest.param(caller, action, expected, id=f"{caller}-{action}")
@@ -186,6 +315,15 @@ def test_rbac_matrix(
 
     if expected is OK:
         action.call(orgs, team, caller)
+        if action.deletes:
+            error = error_of(
+                lambda: orgs.GetOrganization(
+                    pb.GetOrganizationRequest(organization_id=team.organization.id),
+                    metadata=owner.metadata,
+                )
+            )
+            assert error.reason == "ORGANIZATION_NOT_FOUND"
+            return
         after = dict(before)
         action.apply(after, team, caller)
     else:
@@ -198,6 +336,27 @@ def test_rbac_matrix(
     # Read back through whichever owner is still a member (the first one may have left).
     observer = owner if owner.id in after else team.targets[OWNER]
     assert roles_by_user(orgs, observer, team.organization) == after
+
+
+def _rpc(name: str, action: Action) -> str:
+    if action.rpc:
+        return action.rpc
+    verb = name.split("-")[0]
+    return {"add": "AddMember", "remove": "RemoveMember", "leave": "RemoveMember"}.get(
+        verb, "UpdateMemberRole"
+    )
+
+
+def test_every_write_rpc_is_in_the_matrix() -> None:
+    service = pb.DESCRIPTOR.services_by_name["OrganizationService"]
+    policies = methods.policies()
+    writes = {
+        m.name
+        for m in service.methods
+        if policies[methods.method_path(service, m.name)].scope == "write"
+    }
+    assert {"UpdateOrganization", "DeleteOrganization", "AcceptOwnershipTransfer"} <= writes
+    assert writes == {_rpc(name, action) for name, action in ACTIONS.items()}
 
 
 # --- The last owner ---------------------------------------------------------------------------

@@ -11,7 +11,16 @@ from typing import Any
 
 import click
 
-from luman.cli import auth, organizations, service_accounts, sessions, tokens
+from luman.cli import (
+    account,
+    audit,
+    auth,
+    org_config,
+    organizations,
+    service_accounts,
+    sessions,
+    tokens,
+)
 from luman.cli.context import State
 from luman.cli.failures import failure_for
 from luman.client import DEFAULT_TIMEOUT, ClientError, InvalidAddress, parse_address
@@ -88,17 +97,23 @@ def cli(
       luman login                      # approve in the browser
       luman login --password --email ada@example.com
       luman org create "Acme Corp" --slug acme
+      luman org transfer acme grace@example.com   # Grace: luman org accept-transfer acme
       luman token create ci --expires 30d --read-only
       luman sessions
+      luman audit --since 7d           # your account's sign-ins, tokens, memberships
+      luman org audit acme             # the organization's (owners and admins)
+      luman account update --name "Ada Lovelace"
+      luman account password
       luman logout --all
       luman org service-account create acme billing --scope introspect
+      luman org config pull acme       # the team's shared settings, to ~/.luman/orgs/acme/
       luman service-token --secret-file /run/secrets/luman
       luman --json org list | jq '.[].slug'
 
     \b
     Environment:
       LUMAN_API_URL     backend address (like --api-url)
-      LUMAN_CONFIG_DIR  folder of auth.json (default: ~/.luman)
+      LUMAN_CONFIG_DIR  folder of auth.json and pulled org configs (default: ~/.luman)
       LUMAN_TIMEOUT     seconds per call (like --timeout)
       LUMAN_CA_CERT     CA bundle for grpcs:// (like --ca-cert)
 
@@ -126,7 +141,11 @@ for _command in (auth.register, auth.login, auth.logout, auth.whoami, auth.healt
 cli.add_command(organizations.org)
 organizations.org.add_command(service_accounts.list_service_accounts)
 organizations.org.add_command(service_accounts.service_account)
+organizations.org.add_command(org_config.config)
+organizations.org.add_command(audit.org_audit)
+cli.add_command(audit.audit)
 cli.add_command(service_accounts.service_token)
 cli.add_command(service_accounts.introspect)
 cli.add_command(tokens.token)
 cli.add_command(sessions.sessions)
+cli.add_command(account.account)

@@ -36,6 +36,10 @@ def org() -> None:
       luman org add acme grace@example.com --role admin
       luman org members acme
       luman org service-accounts acme
+      luman org config pull acme
+      luman org rename acme "Acme Corporation" --slug acme-corp
+      luman org transfer acme grace@example.com
+      luman org delete acme
     """
 
 
@@ -186,4 +190,181 @@ def role(ctx: click.Context, slug: str, user: str, role: str) -> None:
         member,
         as_json=state.as_json,
         text=f"{member.email} is now {role.lower()} in {slug}.",
+    )
+
+
+@org.command()
+@click.argument("slug")
+@click.argument("name", required=False)
+@click.option(
+    "--slug",
+    "new_slug",
+    metavar="NEW_SLUG",
+    help="Change the slug too (owners only); the old one keeps working for a while.",
+)
+@json_option
+@click.pass_context
+def rename(ctx: click.Context, slug: str, name: str | None, new_slug: str | None) -> None:
+    """Rename an organization, or change its slug.
+
+    Owners and admins may change the name; only owners may change the slug. The old slug keeps
+    leading to the organization for a grace period (30 days by default) and nobody else can
+    take it meanwhile.
+
+    \b
+    Examples:
+      luman org rename acme "Acme Corporation"
+      luman org rename acme --slug acme-corp
+      luman org rename acme "Acme Corp" --slug acme-corp
+    """
+    if name is None and new_slug is None:
+        raise click.UsageError("give a new NAME, --slug NEW_SLUG, or both")
+    state = state_of(ctx)
+    organization = state.client().organizations.update(slug, name=name, slug=new_slug)
+    if state.as_json:
+        output.organization(organization, as_json=True)
+    else:
+        output.message(
+            f"{slug} is now {organization.name} ({organization.slug}).",
+            as_json=False,
+            data=organization,
+        )
+
+
+@org.command()
+@click.argument("slug")
+@click.option(
+    "--confirm",
+    metavar="SLUG",
+    help="The organization's slug again, to delete without being asked (scripts).",
+)
+@json_option
+@click.pass_context
+def delete(ctx: click.Context, slug: str, confirm: str | None) -> None:
+    """Delete an organization with its members and service accounts (owners only).
+
+    Asks you to type the slug to confirm, unless --confirm gives it.
+
+    \b
+    Examples:
+      luman org delete acme
+      luman org delete acme --confirm acme
+    """
+    state = state_of(ctx)
+    if confirm is None:
+        if state.as_json:
+            raise click.UsageError("with --json, pass --confirm SLUG")
+        confirm = click.prompt(
+            f"This deletes {slug} and everything in it. Type its slug to confirm",
+            default="",
+            show_default=False,
+            err=True,
+        )
+    if confirm != slug:
+        raise click.ClickException(f"confirmation {confirm!r} is not {slug!r}: nothing deleted")
+    state.client().organizations.delete(slug, confirm)
+    output.message(
+        f"Deleted {slug}.", as_json=state.as_json, data={"organization": slug, "deleted": True}
+    )
+
+
+@org.command()
+@click.argument("slug")
+@click.argument("user")
+@json_option
+@click.pass_context
+def transfer(ctx: click.Context, slug: str, user: str) -> None:
+    """Offer ownership to a member (by email or user id); owners only.
+
+    When they accept (`luman org accept-transfer SLUG`), they become an owner and you an
+    admin. One offer per organization: a new one replaces it. It lapses after 7 days.
+
+    \b
+    Example:
+      luman org transfer acme grace@example.com
+    """
+    state = state_of(ctx)
+    offer = state.client().organizations.offer_ownership_transfer(slug, user)
+    output.message(
+        f"Offered ownership of {slug} to {offer.to_email}; they can run "
+        f"`luman org accept-transfer {slug}` until {offer.expire_time:%Y-%m-%d %H:%M} UTC.",
+        as_json=state.as_json,
+        data=offer,
+    )
+
+
+@org.command("transfer-status")
+@click.argument("slug")
+@json_option
+@click.pass_context
+def transfer_status(ctx: click.Context, slug: str) -> None:
+    """Show the organization's pending ownership transfer.
+
+    \b
+    Example:
+      luman org transfer-status acme
+    """
+    state = state_of(ctx)
+    offer = state.client().organizations.get_ownership_transfer(slug)
+    output.message(
+        f"Ownership of {slug} is offered to {offer.to_email} "
+        f"until {offer.expire_time:%Y-%m-%d %H:%M} UTC.",
+        as_json=state.as_json,
+        data=offer,
+    )
+
+
+@org.command("accept-transfer")
+@click.argument("slug")
+@json_option
+@click.pass_context
+def accept_transfer(ctx: click.Context, slug: str) -> None:
+    """Accept the ownership offered to you: you become an owner, the offering owner an admin.
+
+    \b
+    Example:
+      luman org accept-transfer acme
+    """
+    state = state_of(ctx)
+    member = state.client().organizations.accept_ownership_transfer(slug)
+    output.member(member, as_json=state.as_json, text=f"You are now an owner of {slug}.")
+
+
+@org.command("decline-transfer")
+@click.argument("slug")
+@json_option
+@click.pass_context
+def decline_transfer(ctx: click.Context, slug: str) -> None:
+    """Decline the ownership offered to you.
+
+    \b
+    Example:
+      luman org decline-transfer acme
+    """
+    state = state_of(ctx)
+    state.client().organizations.decline_ownership_transfer(slug)
+    output.message(
+        f"Declined the ownership of {slug}.",
+        as_json=state.as_json,
+        data={"organization": slug, "declined": True},
+    )
+
+
+@org.command("cancel-transfer")
+@click.argument("slug")
+@json_option
+@click.pass_context
+def cancel_transfer(ctx: click.Context, slug: str) -> None:
+    """Withdraw the organization's pending ownership offer (any owner).
+
+    \b
+    Example:
+      luman org cancel-transfer acme
+    """
+    state = state_of(ctx)
+    state.client().organizations.cancel_ownership_transfer(slug)
+    output.message(
+        f"Cancelled the ownership transfer of {slug}.",
+        as_json=state.as_json,
+        data={"organization": slug, "cancelled": True},
     )

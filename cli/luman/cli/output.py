@@ -31,6 +31,7 @@ from luman.client import (
     Session,
     User,
 )
+from luman.client.audit import AuditEvent
 
 
 def to_jsonable(value: Any) -> Any:
@@ -374,3 +375,36 @@ def introspection(value: Introspection, *, as_json: bool) -> None:
                 ("Expires", _when(value.expire_time) if value.expire_time else "never"),
             ]
         )
+
+
+def audit_events(values: Sequence[AuditEvent], *, as_json: bool) -> None:
+    if as_json:
+        emit_json(list(values))
+        return
+    if not values:
+        click.echo("No audit events.")
+        return
+
+    def actor(event: AuditEvent) -> str:
+        return f"{event.actor_type}:{event.actor_id}" if event.actor_id else event.actor_type
+
+    def target(event: AuditEvent) -> str:
+        return f"{event.target_type}:{event.target_id}" if event.target_type else "-"
+
+    def facts(event: AuditEvent) -> str:
+        return _printable(" ".join(f"{k}={v}" for k, v in sorted(event.details.items()))) or "-"
+
+    table(
+        ("TIME", "ACTION", "ACTOR", "TARGET", "CLIENT IP", "DETAILS"),
+        (
+            (
+                e.time.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if e.time else "-",
+                e.action,
+                actor(e),
+                target(e),
+                e.client_ip or "-",
+                facts(e),
+            )
+            for e in values
+        ),
+    )

@@ -48,6 +48,7 @@ from luman.client.device_login import (
     DeviceToken,
 )
 from luman.client.errors import (
+    Aborted,
     AccessDenied,
     AlreadyExists,
     AuthFileError,
@@ -80,6 +81,7 @@ from luman.client.models import (
     TokenPair,
     User,
 )
+from luman.client.ownership import OwnershipTransfer
 from luman.client.service_accounts import (
     CreatedServiceAccount,
     Introspection,
@@ -92,6 +94,7 @@ __all__ = [
     "CLI_CLIENT_ID",
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT",
+    "Aborted",
     "AccessDenied",
     "Address",
     "AlreadyExists",
@@ -121,6 +124,7 @@ __all__ = [
     "NotLoggedIn",
     "Organization",
     "OrganizationRef",
+    "OwnershipTransfer",
     "Page",
     "PermissionDenied",
     "RateLimited",

@@ -15,10 +15,14 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.audit.v1 import audit_service_pb2_grpc
+from luman.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
+from luman.client.accounts import PasswordChange
 from luman.client.address import DEFAULT_ADDRESS, Address, parse_address
+from luman.client.audit import AuditAPI
 from luman.client.channel import USER_AGENT, open_channel
 from luman.client.device_login import DeviceAuthorization, DeviceLogin, DeviceToken
 from luman.client.errors import InvalidArgument, NotFound, NotLoggedIn, from_rpc_error
@@ -35,6 +39,8 @@ from luman.client.models import (
     User,
     role_to_proto,
 )
+from luman.client.organization_configs import OrganizationConfigsAPI
+from luman.client.ownership import OwnershipTransfer
 from luman.client.service_accounts import (
     CreatedServiceAccount,
     Introspection,
@@ -43,6 +49,7 @@ from luman.client.service_accounts import (
 )
 from luman.client.sessions import LogoutAllResult, Session
 from luman.organization.v1 import (
+    config_service_pb2_grpc,
     organization_pb2,
     organization_service_pb2,
     organization_service_pb2_grpc,
@@ -102,6 +109,12 @@ class Client:
         self.organizations = OrganizationsAPI(
             self, organization_service_pb2_grpc.OrganizationServiceStub(self._channel)
         )
+        # Shared organization configurations (OrganizationConfigService).
+        self.organization_configs = OrganizationConfigsAPI(
+            self, config_service_pb2_grpc.OrganizationConfigServiceStub(self._channel)
+        )
+        # The audit log (AuditService): the caller's account's or an organization's events.
+        self.audit = AuditAPI(self, audit_service_pb2_grpc.AuditServiceStub(self._channel))
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def close(self) -> None:
@@ -282,6 +295,43 @@ class AuthAPI:
         """The user the token belongs to."""
         response = self._client.call(self._stub.GetMe, auth_service_pb2.GetMeRequest())
         return User.from_proto(response.user)
+
+    def update_me(self, *, name: str) -> User:
+        """Change the caller's display name (1 to 100 characters). Returns the user."""
+        request = auth_service_pb2.UpdateMeRequest(user=auth_pb2.User(name=name))
+        request.update_mask.paths.append("name")
+        response = self._client.call(self._stub.UpdateMe, request)
+        return User.from_proto(response.user)
+
+    def change_password(
+        self, current_password: str, new_password: str, *, revoke_cli_tokens: bool = False
+    ) -> PasswordChange:
+        """Replace the password. Every other session is revoked; with `revoke_cli_tokens`,
+        every CLI token but the one this client sends too.
+
+        Raises:
+            Unauthenticated: reason INVALID_CREDENTIALS, the current password is wrong.
+            InvalidArgument: the new password is not 8 to 72 bytes.
+        """
+        response = self._client.call(
+            self._stub.ChangePassword,
+            auth_service_pb2.ChangePasswordRequest(
+                current_password=current_password,
+                new_password=new_password,
+                revoke_cli_tokens=revoke_cli_tokens,
+            ),
+        )
+        return PasswordChange.from_proto(response)
+
+    def delete_me(self, password: str) -> None:
+        """Delete the caller's account; every token of it stops working.
+
+        Raises:
+            Unauthenticated: reason INVALID_CREDENTIALS, the password is wrong.
+            FailedPrecondition: reason LAST_OWNER; metadata["organizations"] lists the slugs
+                of the organizations the caller is the last owner of, comma-separated.
+        """
+        self._client.call(self._stub.DeleteMe, auth_service_pb2.DeleteMeRequest(password=password))
 
     def list_sessions(self, page_size: int = 0, page_token: str = "") -> Page[Session]:
         """One page of the caller's open sessions (sign-ins), oldest first."""
@@ -629,6 +679,85 @@ class OrganizationsAPI:
                 ),
                 organization,
             ),
+        )
+
+    def update(
+        self, organization: OrganizationRef, *, name: str | None = None, slug: str | None = None
+    ) -> Organization:
+        """Rename the organization (owners and admins) and/or change its slug (owners only).
+        The old slug keeps redirecting to it for the server's ORGANIZATION_SLUG_REDIRECT_DAYS.
+
+        Raises:
+            AlreadyExists: SLUG_TAKEN, or SLUG_RESERVED (another organization's former slug).
+        """
+        paths = [path for path, value in (("name", name), ("slug", slug)) if value is not None]
+        request = _select(
+            organization_service_pb2.UpdateOrganizationRequest(
+                organization=organization_pb2.Organization(name=name or "", slug=slug or ""),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            ),
+            organization,
+        )
+        response = self._client.call(self._stub.UpdateOrganization, request)
+        return Organization.from_proto(response.organization)
+
+    def delete(self, organization: OrganizationRef, confirm_slug: str) -> None:
+        """Delete the organization (owners only) with its memberships and service accounts.
+        `confirm_slug` must be its current slug, exactly (else InvalidArgument)."""
+        self._client.call(
+            self._stub.DeleteOrganization,
+            _select(
+                organization_service_pb2.DeleteOrganizationRequest(confirm_slug=confirm_slug),
+                organization,
+            ),
+        )
+
+    def offer_ownership_transfer(
+        self, organization: OrganizationRef, user: UserRef
+    ) -> OwnershipTransfer:
+        """Offer ownership to a member or admin, by email or id (owners only); it replaces the
+        pending offer and lapses after 7 days."""
+        request = _select(organization_service_pb2.OfferOwnershipTransferRequest(), organization)
+        if isinstance(user, str) and "@" in user:
+            request.email = user
+        else:
+            request.user_id = str(user)
+        response = self._client.call(self._stub.OfferOwnershipTransfer, request)
+        return OwnershipTransfer.from_proto(response.ownership_transfer)
+
+    def get_ownership_transfer(self, organization: OrganizationRef) -> OwnershipTransfer:
+        """The pending offer (NotFound, OWNERSHIP_TRANSFER_NOT_FOUND, when there is none)."""
+        response = self._client.call(
+            self._stub.GetOwnershipTransfer,
+            _select(organization_service_pb2.GetOwnershipTransferRequest(), organization),
+        )
+        return OwnershipTransfer.from_proto(response.ownership_transfer)
+
+    def accept_ownership_transfer(self, organization: OrganizationRef) -> Member:
+        """Accept the offer made to the caller: the caller becomes an owner, the offering owner
+        an admin.
+
+        Raises:
+            FailedPrecondition: OFFERER_NOT_OWNER, TARGET_NOT_MEMBER.
+        """
+        response = self._client.call(
+            self._stub.AcceptOwnershipTransfer,
+            _select(organization_service_pb2.AcceptOwnershipTransferRequest(), organization),
+        )
+        return Member.from_proto(response.member)
+
+    def decline_ownership_transfer(self, organization: OrganizationRef) -> None:
+        """Decline the offer made to the caller."""
+        self._client.call(
+            self._stub.DeclineOwnershipTransfer,
+            _select(organization_service_pb2.DeclineOwnershipTransferRequest(), organization),
+        )
+
+    def cancel_ownership_transfer(self, organization: OrganizationRef) -> None:
+        """Withdraw the pending offer (any owner)."""
+        self._client.call(
+            self._stub.CancelOwnershipTransfer,
+            _select(organization_service_pb2.CancelOwnershipTransferRequest(), organization),
         )
 
     def _user_id(self, organization: OrganizationRef, user: UserRef) -> str:

@@ -12,6 +12,7 @@
     ├── FailedPrecondition         FAILED_PRECONDITION
     │   ├── AuthorizationPending   device login: AUTHORIZATION_PENDING (poll again)
     │   └── ExpiredToken           device login: EXPIRED_TOKEN (start again)
+    ├── Aborted                    ABORTED: a concurrent change won (a stale etag); re-read
     ├── RateLimited                RESOURCE_EXHAUSTED; .retry_after seconds (or None)
     │   └── SlowDown               device login: SLOW_DOWN; .interval, the new poll interval
     ├── Unavailable                UNAVAILABLE: the backend cannot be reached
@@ -113,6 +114,11 @@ class FailedPrecondition(ClientError):
     """The system is not in a state that allows the call (removing the last owner, say)."""
 
 
+class Aborted(ClientError):
+    """A concurrent change won (AIP-154: the etag sent is stale); re-read and try again. For
+    ETAG_MISMATCH, `metadata["etag"]` is the current etag."""
+
+
 class RateLimited(ClientError):
     """Too many requests; `retry_after` is the seconds to wait, when the server said."""
 
@@ -198,6 +204,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }

@@ -30,6 +30,9 @@ class CallRecord:
     # The call's "authorization" metadata values, text or (malformed) binary, in order.
     authorization: tuple[str | bytes, ...] = ()
     principal: Principal | None = None
+    # The client's x-request-id metadata as sent (the last one); only an audit event reads
+    # it, and checks it then (audit/record.py): a call that records nothing pays nothing more.
+    request_id: str = ""
 
 
 _current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
@@ -41,12 +44,17 @@ def open_record(resolver: CallerResolver, context: grpc.ServicerContext) -> Call
     """The record of the call `context` belongs to, its metadata read once."""
     found: dict[str, list[str]] = {}
     authorization: list[str | bytes] = []
+    request_id = ""
     for key, value in context.invocation_metadata() or ():
         if key == metadata_keys.AUTHORIZATION:
             authorization.append(value)  # binary too: token authentication refuses it
         elif key in CALLER_KEYS and isinstance(value, str):
             found.setdefault(key, []).append(value)
-    return CallRecord(resolver.from_headers(context.peer(), found), tuple(authorization))
+        elif key == metadata_keys.REQUEST_ID and isinstance(value, str):
+            request_id = value
+    return CallRecord(
+        resolver.from_headers(context.peer(), found), tuple(authorization), request_id=request_id
+    )
 
 
 def enter(record: CallRecord) -> contextvars.Token[CallRecord | None]:

@@ -1,6 +1,7 @@
 """ErrorMappingInterceptor: the one place that turns exceptions into gRPC statuses.
 
-Domain errors become their status with a google.rpc.ErrorInfo (and BadRequest or RetryInfo).
+Domain errors become their status with a google.rpc.ErrorInfo (and BadRequest,
+PreconditionFailure or RetryInfo).
 Other exceptions are first offered to `translate`, which the server passes in to recognise its
 dependencies' failures (a database that went away becomes UNAVAILABLE, not a traceback per
 call). Anything still unknown is logged with its traceback and becomes INTERNAL "internal
@@ -21,7 +22,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from luman.interceptors import metadata_keys
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
-from luman.interceptors.errors import DomainError, InvalidArgumentError, RetryableError
+from luman.interceptors.errors import (
+    DomainError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    RetryableError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +114,17 @@ def status_for(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
                         field=v.field, description=v.description
+                    )
+                    for v in exc.violations
+                ]
+            )
+        )
+    if isinstance(exc, FailedPreconditionError) and exc.violations:
+        details.append(
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=v.type, subject=v.subject, description=v.description
                     )
                     for v in exc.violations
                 ]

@@ -8,7 +8,8 @@ chain needs nothing from the server (the server imports them from here).
     ├── PermissionDeniedError              PERMISSION_DENIED
     ├── NotFoundError                      NOT_FOUND
     ├── AlreadyExistsError                 ALREADY_EXISTS
-    ├── FailedPreconditionError            FAILED_PRECONDITION
+    ├── FailedPreconditionError(violations) FAILED_PRECONDITION (+ google.rpc.PreconditionFailure)
+    ├── AbortedError                       ABORTED (lost to a concurrent change: re-read)
     ├── ResourceExhaustedError(retry_after) RESOURCE_EXHAUSTED + google.rpc.RetryInfo
     │   └── OverloadedError                 (load shed: not counted by the rate limiter)
     └── UnavailableError(retry_after)       UNAVAILABLE + google.rpc.RetryInfo
@@ -75,6 +76,32 @@ class AlreadyExistsError(DomainError):
 
 class FailedPreconditionError(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        metadata: dict[str, str] | None = None,
+        violations: list[PreconditionViolation] | None = None,
+    ) -> None:
+        super().__init__(reason, message, metadata)
+        self.violations = violations or []
+
+
+@dataclasses.dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition, sent as a google.rpc.PreconditionFailure violation: `type` says
+    which kind ("LAST_OWNER"), `subject` what it is about ("organizations/acme")."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class AbortedError(DomainError):
+    """A conflict with a concurrent change (AIP-154: a stale etag); re-read and try again."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 class RetryableError(DomainError):

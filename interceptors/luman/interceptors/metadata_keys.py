@@ -10,6 +10,8 @@ from __future__ import annotations
 AUTHORIZATION = "authorization"
 USER_AGENT = "user-agent"
 FORWARDED_FOR = "x-forwarded-for"
+# The client's id for the call, kept on its audit events (audit/record.py).
+REQUEST_ID = "x-request-id"
 
 # Written on the answer (trailing metadata), under their usual HTTP names.
 RATE_LIMIT_LIMIT = "x-ratelimit-limit"

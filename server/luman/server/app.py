@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from luman.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.interceptors.base import Behavior, MethodInfo
 from luman.interceptors.chain import InterceptorChain
@@ -21,8 +22,16 @@ from luman.interceptors.client_address import CallerResolver, parse_trusted_prox
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
-from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
+from luman.organization.v1 import (
+    config_service_pb2,
+    config_service_pb2_grpc,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
 from luman.server import methods
+from luman.server.audit.service import AuditService
+from luman.server.audit.servicer import AuditServicer
+from luman.server.audit.worker import AuditWorker
 from luman.server.auth.device_logins import CodeAttempts, DeviceLogins
 from luman.server.auth.key_ring import KeyRing
 from luman.server.auth.passwords import PasswordHasher
@@ -33,6 +42,8 @@ from luman.server.clock import Clock, system_clock
 from luman.server.config import Settings
 from luman.server.db.availability import DatabaseAvailability
 from luman.server.db.session import Sessions
+from luman.server.organization.config_service import OrganizationConfigService
+from luman.server.organization.config_servicer import OrganizationConfigServicer
 from luman.server.organization.service import OrganizationService
 from luman.server.organization.servicer import OrganizationServicer
 from luman.server.rate_limits import build_code_attempt_limiters, build_rate_limit_stages
@@ -67,6 +78,8 @@ class App:
     device_logins: DeviceLogins | None = None
     # The server's clock, for the gateway's device page (how old a code is, cookie lifetimes).
     clock: Clock = system_clock
+    # The audit log's thread: deferred events (failed sign-ins) and retention (audit/worker.py).
+    audit: AuditWorker | None = None
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -83,6 +96,8 @@ class App:
     def start(self) -> None:
         if self.request_log is not None:
             self.request_log.start()
+        if self.audit is not None:
+            self.audit.start()
         self.server.start()
         set_serving(self.health, True)
         if self.database is not None:
@@ -95,6 +110,9 @@ class App:
         # Only now is every completed call queued: write them all before returning.
         if self.request_log is not None:
             self.request_log.close()
+        # Likewise every deferred audit event (no sign-in can queue one any more).
+        if self.audit is not None:
+            self.audit.close()
         if self.database is not None:
             self.database.close()
         if self.own_hasher is not None:
@@ -166,6 +184,12 @@ def build_server(
             max_waiting=settings.bcrypt_max_waiting,
             nice=settings.bcrypt_nice,
         )
+    audit = AuditWorker(
+        sessions,
+        retention_days=settings.audit_log_retention_days,
+        clock=clock,
+        monotonic=monotonic,
+    )
     auth = AuthService(
         sessions,
         hasher,
@@ -176,8 +200,14 @@ def build_server(
         refresh_reuse_grace_seconds=settings.refresh_reuse_grace_seconds,
         max_token_lifetime=settings.max_token_lifetime,
         introspection_organizations=settings.introspection_organizations,
+        defer_audit=audit.defer,
     )
-    organizations = OrganizationService(sessions, clock)
+    organizations = OrganizationService(
+        sessions,
+        clock,
+        slug_redirect_days=settings.organization_slug_redirect_days,
+        forget_credential=lambda account_id: auth.token_cache.forget(credential_id=account_id),
+    )
     device_logins = DeviceLogins(
         sessions,
         clock,
@@ -257,7 +287,13 @@ def build_server(
     )
     auth_servicer = AuthServicer(auth, device_logins)
     organization_servicer = OrganizationServicer(organizations, auth.service_accounts)
+    config_servicer = OrganizationConfigServicer(
+        OrganizationConfigService(sessions, clock), settings.organization_config_max_bytes
+    )
+    config_service_pb2_grpc.add_OrganizationConfigServiceServicer_to_server(config_servicer, server)
+    audit_servicer = AuditServicer(AuditService(sessions, clock))
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(audit_servicer, server)
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
         organization_servicer, server
     )
@@ -290,6 +326,10 @@ def build_server(
             organization_service_pb2.DESCRIPTOR.services_by_name[
                 "OrganizationService"
             ].full_name: organization_servicer,
+            config_service_pb2.DESCRIPTOR.services_by_name[
+                "OrganizationConfigService"
+            ].full_name: config_servicer,
+            audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name: audit_servicer,
         },
         executor=executor,
         request_log=request_log,
@@ -298,4 +338,5 @@ def build_server(
         keys=keys,
         device_logins=device_logins,
         clock=clock,
+        audit=audit,
     )

@@ -93,17 +93,26 @@ class Settings:
     # INTROSPECTION_ORGANIZATIONS: the organizations (slugs, ids as str(UUID), or "*" for every
     # one) whose service accounts may hold the introspect scope; empty: nobody may introspect.
     introspection_organizations: frozenset[str] = frozenset()
+    # Days a renamed organization's former slug keeps resolving to it (and stays reserved);
+    # 0: the old slug is free at once.
+    organization_slug_redirect_days: int = 30
     request_log_enabled: bool = True
     request_log_retention_days: int = 30
     # Entries held in memory while waiting to be written, through a database outage too
     # (request_logs/writer.py); past it, new entries are dropped and counted.
     request_log_max_queue: int = 100_000
+    # Days of audit events to keep (audit/worker.py); 0 keeps them forever.
+    audit_log_retention_days: int = 365
     cors_origin: str = "http://localhost:3000"
     http_port: int = 8080
     http_max_body_bytes: int = 64 * 1024
     max_workers: int = 16
     max_concurrent_rpcs: int = 256
     max_message_bytes: int = 64 * 1024
+    # Largest shared organization configuration as canonical JSON (organization/
+    # config_service.py); at most half of GRPC_MAX_MESSAGE_BYTES, which leaves the room a
+    # Struct's binary encoding takes beyond the JSON.
+    organization_config_max_bytes: int = 32 * 1024
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -197,15 +206,22 @@ class Settings:
             rate_limit_ipv6_prefix=r.integer("RATE_LIMIT_IPV6_PREFIX", 64, 1, 128),
             rate_limit_redis_url=r.redis_url("RATE_LIMIT_REDIS_URL"),
             introspection_organizations=r.organizations("INTROSPECTION_ORGANIZATIONS"),
+            organization_slug_redirect_days=r.integer(
+                "ORGANIZATION_SLUG_REDIRECT_DAYS", 30, 0, 3650
+            ),
             request_log_enabled=r.flag("REQUEST_LOG_ENABLED", True),
             request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
             request_log_max_queue=r.integer("REQUEST_LOG_MAX_QUEUE", 100000, 1000, 10**7),
+            audit_log_retention_days=r.integer("AUDIT_LOG_RETENTION_DAYS", 365, 0, 36500),
             cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
             http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
             http_max_body_bytes=r.integer("HTTP_MAX_BODY_BYTES", 65536, 1024, 16 * 1024 * 1024),
             max_workers=r.integer("GRPC_MAX_WORKERS", 16, 1, 1024),
             max_concurrent_rpcs=r.integer("GRPC_MAX_CONCURRENT_RPCS", 256, 1, 100000),
             max_message_bytes=r.integer("GRPC_MAX_MESSAGE_BYTES", 65536, 1024, 16 * 1024 * 1024),
+            organization_config_max_bytes=r.integer(
+                "ORGANIZATION_CONFIG_MAX_BYTES", 32768, 2, 8 * 1024 * 1024
+            ),
             shutdown_grace_seconds=r.duration("SHUTDOWN_GRACE_PERIOD", "10s"),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
@@ -215,6 +231,12 @@ class Settings:
                 f"BCRYPT_MAX_WAITING ({settings.bcrypt_max_waiting}) plus GRPC_MAX_WORKERS "
                 f"({settings.max_workers}) must be at most GRPC_MAX_CONCURRENT_RPCS "
                 f"({settings.max_concurrent_rpcs})"
+            )
+        if settings.organization_config_max_bytes > settings.max_message_bytes // 2:
+            raise ConfigError(
+                "ORGANIZATION_CONFIG_MAX_BYTES "
+                f"({settings.organization_config_max_bytes}) must be at most half of "
+                f"GRPC_MAX_MESSAGE_BYTES ({settings.max_message_bytes})"
             )
         return settings.with_secrets()
 

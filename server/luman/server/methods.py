@@ -11,12 +11,15 @@ import dataclasses
 from google.protobuf.descriptor import ServiceDescriptor
 
 from luman.api.v1 import annotations_pb2
+from luman.audit.v1 import audit_service_pb2
 from luman.auth.v1 import auth_service_pb2
-from luman.organization.v1 import organization_service_pb2
+from luman.organization.v1 import config_service_pb2, organization_service_pb2
 
 SERVICES: tuple[ServiceDescriptor, ...] = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"],
     organization_service_pb2.DESCRIPTOR.services_by_name["OrganizationService"],
+    config_service_pb2.DESCRIPTOR.services_by_name["OrganizationConfigService"],
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
 )
 
 # Infrastructure services answer anyone and are never rate limited.

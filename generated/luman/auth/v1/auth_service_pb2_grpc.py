@@ -105,6 +105,21 @@ class AuthServiceStub:
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.SerializeToString,
                 response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.FromString,
                 _registered_method=True)
+        self.UpdateMe = channel.unary_unary(
+                '/luman.auth.v1.AuthService/UpdateMe',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UpdateMeRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UpdateMeResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ChangePassword',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.DeleteMe = channel.unary_unary(
+                '/luman.auth.v1.AuthService/DeleteMe',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeResponse.FromString,
+                _registered_method=True)
         self.CreateServiceToken = channel.unary_unary(
                 '/luman.auth.v1.AuthService/CreateServiceToken',
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenRequest.SerializeToString,
@@ -307,6 +322,50 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMe(self, request, context):
+        """Your account: name, password, deletion.
+
+        UpdateMe changes the caller's own account (AIP-134) and returns it. Only the display name
+        can change: update_mask lists the fields to change ("name"); an empty mask means the
+        fields set in user. GetMe shows the change at once.
+
+        Errors: INVALID_ARGUMENT (name empty or too long, an update_mask path other than "name"),
+        UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without write).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """ChangePassword replaces the caller's password, given the current one. Every other
+        session of the caller is revoked (every session when the call is made with a personal
+        token); the session or token making the call keeps working. With revoke_cli_tokens, every
+        personal (CLI) token but the calling one is revoked too. It hashes passwords, so it is
+        counted in the sign-ins' rate-limit policy.
+
+        Errors: INVALID_ARGUMENT (a password empty, or new_password not 8 to 72 bytes),
+        UNAUTHENTICATED (INVALID_CREDENTIALS: wrong current_password; or the token),
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMe(self, request, context):
+        """DeleteMe deletes the caller's account, given its password: its memberships, sessions and
+        tokens go with it, and every credential of it is refused from its next call. Refused while
+        the caller is the last owner of an organization: transfer the ownership or delete the
+        organization first.
+
+        Errors: INVALID_ARGUMENT (password empty), UNAUTHENTICATED (INVALID_CREDENTIALS: wrong
+        password; or the token), FAILED_PRECONDITION (LAST_OWNER: ErrorInfo metadata
+        "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
+        names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateServiceToken(self, request, context):
         """Service accounts (see OrganizationService.CreateServiceAccount).
 
@@ -490,6 +549,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.LogoutAll,
                     request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.FromString,
                     response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.SerializeToString,
+            ),
+            'UpdateMe': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMe,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UpdateMeRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UpdateMeResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'DeleteMe': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMe,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeResponse.SerializeToString,
             ),
             'CreateServiceToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateServiceToken,
@@ -906,6 +980,87 @@ class AuthService:
             '/luman.auth.v1.AuthService/LogoutAll',
             luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllRequest.SerializeToString,
             luman_dot_auth_dot_v1_dot_auth__service__pb2.LogoutAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/UpdateMe',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.UpdateMeRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.UpdateMeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ChangePassword',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/DeleteMe',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -138,6 +138,38 @@ class AuthServiceStub:
 
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
+    UpdateMe: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.UpdateMeRequest, _auth_service_pb2.UpdateMeResponse]
+    """Your account: name, password, deletion.
+
+    UpdateMe changes the caller's own account (AIP-134) and returns it. Only the display name
+    can change: update_mask lists the fields to change ("name"); an empty mask means the
+    fields set in user. GetMe shows the change at once.
+
+    Errors: INVALID_ARGUMENT (name empty or too long, an update_mask path other than "name"),
+    UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without write).
+    """
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ChangePasswordRequest, _auth_service_pb2.ChangePasswordResponse]
+    """ChangePassword replaces the caller's password, given the current one. Every other
+    session of the caller is revoked (every session when the call is made with a personal
+    token); the session or token making the call keeps working. With revoke_cli_tokens, every
+    personal (CLI) token but the calling one is revoked too. It hashes passwords, so it is
+    counted in the sign-ins' rate-limit policy.
+
+    Errors: INVALID_ARGUMENT (a password empty, or new_password not 8 to 72 bytes),
+    UNAUTHENTICATED (INVALID_CREDENTIALS: wrong current_password; or the token),
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
+    """
+    DeleteMe: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DeleteMeRequest, _auth_service_pb2.DeleteMeResponse]
+    """DeleteMe deletes the caller's account, given its password: its memberships, sessions and
+    tokens go with it, and every credential of it is refused from its next call. Refused while
+    the caller is the last owner of an organization: transfer the ownership or delete the
+    organization first.
+
+    Errors: INVALID_ARGUMENT (password empty), UNAUTHENTICATED (INVALID_CREDENTIALS: wrong
+    password; or the token), FAILED_PRECONDITION (LAST_OWNER: ErrorInfo metadata
+    "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
+    names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
+    """
     CreateServiceToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateServiceTokenRequest, _auth_service_pb2.CreateServiceTokenResponse]
     """Service accounts (see OrganizationService.CreateServiceAccount).
 
@@ -331,6 +363,38 @@ class AuthServiceAsyncStub(AuthServiceStub):
     include_cli_tokens is set. A sign-in after the call works.
 
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    UpdateMe: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.UpdateMeRequest, _auth_service_pb2.UpdateMeResponse]  # type: ignore[assignment]
+    """Your account: name, password, deletion.
+
+    UpdateMe changes the caller's own account (AIP-134) and returns it. Only the display name
+    can change: update_mask lists the fields to change ("name"); an empty mask means the
+    fields set in user. GetMe shows the change at once.
+
+    Errors: INVALID_ARGUMENT (name empty or too long, an update_mask path other than "name"),
+    UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without write).
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ChangePasswordRequest, _auth_service_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """ChangePassword replaces the caller's password, given the current one. Every other
+    session of the caller is revoked (every session when the call is made with a personal
+    token); the session or token making the call keeps working. With revoke_cli_tokens, every
+    personal (CLI) token but the calling one is revoked too. It hashes passwords, so it is
+    counted in the sign-ins' rate-limit policy.
+
+    Errors: INVALID_ARGUMENT (a password empty, or new_password not 8 to 72 bytes),
+    UNAUTHENTICATED (INVALID_CREDENTIALS: wrong current_password; or the token),
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
+    """
+    DeleteMe: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DeleteMeRequest, _auth_service_pb2.DeleteMeResponse]  # type: ignore[assignment]
+    """DeleteMe deletes the caller's account, given its password: its memberships, sessions and
+    tokens go with it, and every credential of it is refused from its next call. Refused while
+    the caller is the last owner of an organization: transfer the ownership or delete the
+    organization first.
+
+    Errors: INVALID_ARGUMENT (password empty), UNAUTHENTICATED (INVALID_CREDENTIALS: wrong
+    password; or the token), FAILED_PRECONDITION (LAST_OWNER: ErrorInfo metadata
+    "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
+    names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
     """
     CreateServiceToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateServiceTokenRequest, _auth_service_pb2.CreateServiceTokenResponse]  # type: ignore[assignment]
     """Service accounts (see OrganizationService.CreateServiceAccount).
@@ -606,6 +670,56 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         include_cli_tokens is set. A sign-in after the call works.
 
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateMe(
+        self,
+        request: _auth_service_pb2.UpdateMeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.UpdateMeResponse, _abc.Awaitable[_auth_service_pb2.UpdateMeResponse]]:
+        """Your account: name, password, deletion.
+
+        UpdateMe changes the caller's own account (AIP-134) and returns it. Only the display name
+        can change: update_mask lists the fields to change ("name"); an empty mask means the
+        fields set in user. GetMe shows the change at once.
+
+        Errors: INVALID_ARGUMENT (name empty or too long, an update_mask path other than "name"),
+        UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE: a token without write).
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _auth_service_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ChangePasswordResponse, _abc.Awaitable[_auth_service_pb2.ChangePasswordResponse]]:
+        """ChangePassword replaces the caller's password, given the current one. Every other
+        session of the caller is revoked (every session when the call is made with a personal
+        token); the session or token making the call keeps working. With revoke_cli_tokens, every
+        personal (CLI) token but the calling one is revoked too. It hashes passwords, so it is
+        counted in the sign-ins' rate-limit policy.
+
+        Errors: INVALID_ARGUMENT (a password empty, or new_password not 8 to 72 bytes),
+        UNAUTHENTICATED (INVALID_CREDENTIALS: wrong current_password; or the token),
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteMe(
+        self,
+        request: _auth_service_pb2.DeleteMeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.DeleteMeResponse, _abc.Awaitable[_auth_service_pb2.DeleteMeResponse]]:
+        """DeleteMe deletes the caller's account, given its password: its memberships, sessions and
+        tokens go with it, and every credential of it is refused from its next call. Refused while
+        the caller is the last owner of an organization: transfer the ownership or delete the
+        organization first.
+
+        Errors: INVALID_ARGUMENT (password empty), UNAUTHENTICATED (INVALID_CREDENTIALS: wrong
+        password; or the token), FAILED_PRECONDITION (LAST_OWNER: ErrorInfo metadata
+        "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
+        names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
         """
 
     @_abc_1.abstractmethod

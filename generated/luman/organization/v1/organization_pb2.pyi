@@ -173,3 +173,52 @@ class ServiceAccount(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceAccount: _TypeAlias = ServiceAccount  # noqa: Y015
+
+@_typing.final
+class OwnershipTransfer(_message.Message):
+    """OwnershipTransfer is an owner's pending offer to make another member an owner. The member
+    accepts (becoming an owner while the offering owner becomes an admin), declines, or lets it
+    expire; any owner may cancel it. An organization has at most one pending offer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    FROM_USER_ID_FIELD_NUMBER: _builtins.int
+    TO_USER_ID_FIELD_NUMBER: _builtins.int
+    TO_EMAIL_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    from_user_id: _builtins.str
+    """from_user_id is the UUID of the owner who made the offer."""
+    to_user_id: _builtins.str
+    """to_user_id is the UUID of the member the offer is made to."""
+    to_email: _builtins.str
+    """to_email is the email address of the member the offer is made to."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the offer was made."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the offer lapses unless accepted: 7 days after create_time."""
+
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        from_user_id: _builtins.str = ...,
+        to_user_id: _builtins.str = ...,
+        to_email: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "from_user_id", b"from_user_id", "organization_id", b"organization_id", "to_email", b"to_email", "to_user_id", b"to_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnershipTransfer: _TypeAlias = OwnershipTransfer  # noqa: Y015

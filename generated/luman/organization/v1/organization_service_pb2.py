@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from luman.api.v1 import annotations_pb2 as luman_dot_api_dot_v1_dot_annotations__pb2
 from luman.organization.v1 import organization_pb2 as luman_dot_organization_dot_v1_dot_organization__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0luman/organization/v1/organization_service.proto\x12\x15luman.organization.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1eluman/api/v1/annotations.proto\x1a(luman/organization/v1/organization.proto\"A\n\x18ListOrganizationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x19ListOrganizationsResponse\x12:\n\rorganizations\x18\x01 \x03(\x0b\x32#.luman.organization.v1.Organization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\"W\n\x1a\x43reateOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"S\n\x16GetOrganizationRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"T\n\x17GetOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"v\n\x12ListMembersRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0corganization\"^\n\x13ListMembersResponse\x12.\n\x07members\x18\x01 \x03(\x0b\x32\x1d.luman.organization.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x10\x41\x64\x64MemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x03 \x01(\tH\x01\x12\x0f\n\x05\x65mail\x18\x04 \x01(\tH\x01\x12\x35\n\x04role\x18\x05 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganizationB\x06\n\x04user\"B\n\x11\x41\x64\x64MemberResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"a\n\x13RemoveMemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x16\n\x14RemoveMemberResponse\"\x9c\x01\n\x17UpdateMemberRoleRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x35\n\x04role\x18\x04 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganization\"I\n\x18UpdateMemberRoleResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"v\n\x1b\x43reateServiceAccountRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\tB\x0e\n\x0corganization\"n\n\x1c\x43reateServiceAccountResponse\x12>\n\x0fservice_account\x18\x01 \x01(\x0b\x32%.luman.organization.v1.ServiceAccount\x12\x0e\n\x06secret\x18\x02 \x01(\t\"~\n\x1aListServiceAccountsRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0corganization\"w\n\x1bListServiceAccountsResponse\x12?\n\x10service_accounts\x18\x01 \x03(\x0b\x32%.luman.organization.v1.ServiceAccount\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x1b\x44\x65leteServiceAccountRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x1a\n\x12service_account_id\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x1e\n\x1c\x44\x65leteServiceAccountResponse2\x94\r\n\x13OrganizationService\x12\x94\x01\n\x11ListOrganizations\x12/.luman.organization.v1.ListOrganizationsRequest\x1a\x30.luman.organization.v1.ListOrganizationsResponse\"\x1c\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/organizations\x12\x9a\x01\n\x12\x43reateOrganization\x12\x30.luman.organization.v1.CreateOrganizationRequest\x1a\x31.luman.organization.v1.CreateOrganizationResponse\"\x1f\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/organizations:\x01*\x12\x95\x01\n\x0fGetOrganization\x12-.luman.organization.v1.GetOrganizationRequest\x1a..luman.organization.v1.GetOrganizationResponse\"#\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/organizations/{slug}\x12\x91\x01\n\x0bListMembers\x12).luman.organization.v1.ListMembersRequest\x1a*.luman.organization.v1.ListMembersResponse\"+\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/organizations/{slug}/members\x12\x8e\x01\n\tAddMember\x12\'.luman.organization.v1.AddMemberRequest\x1a(.luman.organization.v1.AddMemberResponse\".\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\"\"\x1d/organizations/{slug}/members:\x01*\x12\x9e\x01\n\x0cRemoveMember\x12*.luman.organization.v1.RemoveMemberRequest\x1a+.luman.organization.v1.RemoveMemberResponse\"5\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02)*\'/organizations/{slug}/members/{user_id}\x12\xad\x01\n\x10UpdateMemberRole\x12..luman.organization.v1.UpdateMemberRoleRequest\x1a/.luman.organization.v1.UpdateMemberRoleResponse\"8\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02,2\'/organizations/{slug}/members/{user_id}:\x01*\x12\xb8\x01\n\x14\x43reateServiceAccount\x12\x32.luman.organization.v1.CreateServiceAccountRequest\x1a\x33.luman.organization.v1.CreateServiceAccountResponse\"7\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02+\"&/organizations/{slug}/service-accounts:\x01*\x12\xb2\x01\n\x13ListServiceAccounts\x12\x31.luman.organization.v1.ListServiceAccountsRequest\x1a\x32.luman.organization.v1.ListServiceAccountsResponse\"4\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02(\x12&/organizations/{slug}/service-accounts\x12\xca\x01\n\x14\x44\x65leteServiceAccount\x12\x32.luman.organization.v1.DeleteServiceAccountRequest\x1a\x33.luman.organization.v1.DeleteServiceAccountResponse\"I\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02=*;/organizations/{slug}/service-accounts/{service_account_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0luman/organization/v1/organization_service.proto\x12\x15luman.organization.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1eluman/api/v1/annotations.proto\x1a(luman/organization/v1/organization.proto\"A\n\x18ListOrganizationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x19ListOrganizationsResponse\x12:\n\rorganizations\x18\x01 \x03(\x0b\x32#.luman.organization.v1.Organization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\"W\n\x1a\x43reateOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"S\n\x16GetOrganizationRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"T\n\x17GetOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"v\n\x12ListMembersRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0corganization\"^\n\x13ListMembersResponse\x12.\n\x07members\x18\x01 \x03(\x0b\x32\x1d.luman.organization.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x10\x41\x64\x64MemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x03 \x01(\tH\x01\x12\x0f\n\x05\x65mail\x18\x04 \x01(\tH\x01\x12\x35\n\x04role\x18\x05 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganizationB\x06\n\x04user\"B\n\x11\x41\x64\x64MemberResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"a\n\x13RemoveMemberRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x16\n\x14RemoveMemberResponse\"\x9c\x01\n\x17UpdateMemberRoleRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x35\n\x04role\x18\x04 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRoleB\x0e\n\x0corganization\"I\n\x18UpdateMemberRoleResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"\xbe\x01\n\x19UpdateOrganizationRequest\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x19\n\x0forganization_id\x18\x03 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x04 \x01(\tH\x00\x42\n\n\x08selector\"W\n\x1aUpdateOrganizationResponse\x12\x39\n\x0corganization\x18\x01 \x01(\x0b\x32#.luman.organization.v1.Organization\"l\n\x19\x44\x65leteOrganizationRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x14\n\x0c\x63onfirm_slug\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x1c\n\x1a\x44\x65leteOrganizationResponse\"\x86\x01\n\x1dOfferOwnershipTransferRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x03 \x01(\tH\x01\x12\x0f\n\x05\x65mail\x18\x04 \x01(\tH\x01\x42\x0e\n\x0corganizationB\x06\n\x04user\"f\n\x1eOfferOwnershipTransferResponse\x12\x44\n\x12ownership_transfer\x18\x01 \x01(\x0b\x32(.luman.organization.v1.OwnershipTransfer\"X\n\x1bGetOwnershipTransferRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"d\n\x1cGetOwnershipTransferResponse\x12\x44\n\x12ownership_transfer\x18\x01 \x01(\x0b\x32(.luman.organization.v1.OwnershipTransfer\"[\n\x1e\x41\x63\x63\x65ptOwnershipTransferRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"P\n\x1f\x41\x63\x63\x65ptOwnershipTransferResponse\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.luman.organization.v1.Member\"\\\n\x1f\x44\x65\x63lineOwnershipTransferRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"\"\n DeclineOwnershipTransferResponse\"[\n\x1e\x43\x61ncelOwnershipTransferRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0e\n\x0corganization\"!\n\x1f\x43\x61ncelOwnershipTransferResponse\"v\n\x1b\x43reateServiceAccountRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\tB\x0e\n\x0corganization\"n\n\x1c\x43reateServiceAccountResponse\x12>\n\x0fservice_account\x18\x01 \x01(\x0b\x32%.luman.organization.v1.ServiceAccount\x12\x0e\n\x06secret\x18\x02 \x01(\t\"~\n\x1aListServiceAccountsRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0corganization\"w\n\x1bListServiceAccountsResponse\x12?\n\x10service_accounts\x18\x01 \x03(\x0b\x32%.luman.organization.v1.ServiceAccount\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x1b\x44\x65leteServiceAccountRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x12\x1a\n\x12service_account_id\x18\x03 \x01(\tB\x0e\n\x0corganization\"\x1e\n\x1c\x44\x65leteServiceAccountResponse2\xc2\x17\n\x13OrganizationService\x12\x94\x01\n\x11ListOrganizations\x12/.luman.organization.v1.ListOrganizationsRequest\x1a\x30.luman.organization.v1.ListOrganizationsResponse\"\x1c\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/organizations\x12\x9a\x01\n\x12\x43reateOrganization\x12\x30.luman.organization.v1.CreateOrganizationRequest\x1a\x31.luman.organization.v1.CreateOrganizationResponse\"\x1f\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/organizations:\x01*\x12\x95\x01\n\x0fGetOrganization\x12-.luman.organization.v1.GetOrganizationRequest\x1a..luman.organization.v1.GetOrganizationResponse\"#\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/organizations/{slug}\x12\x91\x01\n\x0bListMembers\x12).luman.organization.v1.ListMembersRequest\x1a*.luman.organization.v1.ListMembersResponse\"+\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/organizations/{slug}/members\x12\x8e\x01\n\tAddMember\x12\'.luman.organization.v1.AddMemberRequest\x1a(.luman.organization.v1.AddMemberResponse\".\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\"\"\x1d/organizations/{slug}/members:\x01*\x12\x9e\x01\n\x0cRemoveMember\x12*.luman.organization.v1.RemoveMemberRequest\x1a+.luman.organization.v1.RemoveMemberResponse\"5\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02)*\'/organizations/{slug}/members/{user_id}\x12\xad\x01\n\x10UpdateMemberRole\x12..luman.organization.v1.UpdateMemberRoleRequest\x1a/.luman.organization.v1.UpdateMemberRoleResponse\"8\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02,2\'/organizations/{slug}/members/{user_id}:\x01*\x12\xac\x01\n\x12UpdateOrganization\x12\x30.luman.organization.v1.UpdateOrganizationRequest\x1a\x31.luman.organization.v1.UpdateOrganizationResponse\"1\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02%2\x15/organizations/{slug}:\x0corganization\x12\x9e\x01\n\x12\x44\x65leteOrganization\x12\x30.luman.organization.v1.DeleteOrganizationRequest\x1a\x31.luman.organization.v1.DeleteOrganizationResponse\"#\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x17*\x15/organizations/{slug}\x12\xc0\x01\n\x16OfferOwnershipTransfer\x12\x34.luman.organization.v1.OfferOwnershipTransferRequest\x1a\x35.luman.organization.v1.OfferOwnershipTransferResponse\"9\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02-\"(/organizations/{slug}/ownership-transfer:\x01*\x12\xb7\x01\n\x14GetOwnershipTransfer\x12\x32.luman.organization.v1.GetOwnershipTransferRequest\x1a\x33.luman.organization.v1.GetOwnershipTransferResponse\"6\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02*\x12(/organizations/{slug}/ownership-transfer\x12\xca\x01\n\x17\x41\x63\x63\x65ptOwnershipTransfer\x12\x35.luman.organization.v1.AcceptOwnershipTransferRequest\x1a\x36.luman.organization.v1.AcceptOwnershipTransferResponse\"@\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x34\"//organizations/{slug}/ownership-transfer:accept:\x01*\x12\xce\x01\n\x18\x44\x65\x63lineOwnershipTransfer\x12\x36.luman.organization.v1.DeclineOwnershipTransferRequest\x1a\x37.luman.organization.v1.DeclineOwnershipTransferResponse\"A\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02\x35\"0/organizations/{slug}/ownership-transfer:decline:\x01*\x12\xc0\x01\n\x17\x43\x61ncelOwnershipTransfer\x12\x35.luman.organization.v1.CancelOwnershipTransferRequest\x1a\x36.luman.organization.v1.CancelOwnershipTransferResponse\"6\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02**(/organizations/{slug}/ownership-transfer\x12\xb8\x01\n\x14\x43reateServiceAccount\x12\x32.luman.organization.v1.CreateServiceAccountRequest\x1a\x33.luman.organization.v1.CreateServiceAccountResponse\"7\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02+\"&/organizations/{slug}/service-accounts:\x01*\x12\xb2\x01\n\x13ListServiceAccounts\x12\x31.luman.organization.v1.ListServiceAccountsRequest\x1a\x32.luman.organization.v1.ListServiceAccountsResponse\"4\xca\xda\x18\x02\x18\x01\x82\xd3\xe4\x93\x02(\x12&/organizations/{slug}/service-accounts\x12\xca\x01\n\x14\x44\x65leteServiceAccount\x12\x32.luman.organization.v1.DeleteServiceAccountRequest\x1a\x33.luman.organization.v1.DeleteServiceAccountResponse\"I\xca\xda\x18\x02\x18\x02\x82\xd3\xe4\x93\x02=*;/organizations/{slug}/service-accounts/{service_account_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,52 +49,94 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['RemoveMember']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002)*\'/organizations/{slug}/members/{user_id}'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateMemberRole']._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateMemberRole']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002,2\'/organizations/{slug}/members/{user_id}:\001*'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateOrganization']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['UpdateOrganization']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002%2\025/organizations/{slug}:\014organization'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['DeleteOrganization']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['DeleteOrganization']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002\027*\025/organizations/{slug}'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['OfferOwnershipTransfer']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['OfferOwnershipTransfer']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002-\"(/organizations/{slug}/ownership-transfer:\001*'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['GetOwnershipTransfer']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['GetOwnershipTransfer']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002*\022(/organizations/{slug}/ownership-transfer'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['AcceptOwnershipTransfer']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['AcceptOwnershipTransfer']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\0024\"//organizations/{slug}/ownership-transfer:accept:\001*'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['DeclineOwnershipTransfer']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['DeclineOwnershipTransfer']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\0025\"0/organizations/{slug}/ownership-transfer:decline:\001*'
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['CancelOwnershipTransfer']._loaded_options = None
+  _globals['_ORGANIZATIONSERVICE'].methods_by_name['CancelOwnershipTransfer']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002**(/organizations/{slug}/ownership-transfer'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateServiceAccount']._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateServiceAccount']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002+\"&/organizations/{slug}/service-accounts:\001*'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListServiceAccounts']._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListServiceAccounts']._serialized_options = b'\312\332\030\002\030\001\202\323\344\223\002(\022&/organizations/{slug}/service-accounts'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['DeleteServiceAccount']._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['DeleteServiceAccount']._serialized_options = b'\312\332\030\002\030\002\202\323\344\223\002=*;/organizations/{slug}/service-accounts/{service_account_id}'
-  _globals['_LISTORGANIZATIONSREQUEST']._serialized_start=179
-  _globals['_LISTORGANIZATIONSREQUEST']._serialized_end=244
-  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_start=246
-  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_end=358
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=360
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=415
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=417
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=504
-  _globals['_GETORGANIZATIONREQUEST']._serialized_start=506
-  _globals['_GETORGANIZATIONREQUEST']._serialized_end=589
-  _globals['_GETORGANIZATIONRESPONSE']._serialized_start=591
-  _globals['_GETORGANIZATIONRESPONSE']._serialized_end=675
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=677
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=795
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=797
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=891
-  _globals['_ADDMEMBERREQUEST']._serialized_start=894
-  _globals['_ADDMEMBERREQUEST']._serialized_end=1070
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=1072
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=1138
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1140
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1237
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1239
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1261
-  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_start=1264
-  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_end=1420
-  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_start=1422
-  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_end=1495
-  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_start=1497
-  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_end=1615
-  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_start=1617
-  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_end=1727
-  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_start=1729
-  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_end=1855
-  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_start=1857
-  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_end=1976
-  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_start=1978
-  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_end=2094
-  _globals['_DELETESERVICEACCOUNTRESPONSE']._serialized_start=2096
-  _globals['_DELETESERVICEACCOUNTRESPONSE']._serialized_end=2126
-  _globals['_ORGANIZATIONSERVICE']._serialized_start=2129
-  _globals['_ORGANIZATIONSERVICE']._serialized_end=3813
+  _globals['_LISTORGANIZATIONSREQUEST']._serialized_start=213
+  _globals['_LISTORGANIZATIONSREQUEST']._serialized_end=278
+  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_start=280
+  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_end=392
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=394
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=449
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=451
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=538
+  _globals['_GETORGANIZATIONREQUEST']._serialized_start=540
+  _globals['_GETORGANIZATIONREQUEST']._serialized_end=623
+  _globals['_GETORGANIZATIONRESPONSE']._serialized_start=625
+  _globals['_GETORGANIZATIONRESPONSE']._serialized_end=709
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=711
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=829
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=831
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=925
+  _globals['_ADDMEMBERREQUEST']._serialized_start=928
+  _globals['_ADDMEMBERREQUEST']._serialized_end=1104
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=1106
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=1172
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1174
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1271
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1273
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1295
+  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_start=1298
+  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_end=1454
+  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_start=1456
+  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_end=1529
+  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_start=1532
+  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_end=1722
+  _globals['_UPDATEORGANIZATIONRESPONSE']._serialized_start=1724
+  _globals['_UPDATEORGANIZATIONRESPONSE']._serialized_end=1811
+  _globals['_DELETEORGANIZATIONREQUEST']._serialized_start=1813
+  _globals['_DELETEORGANIZATIONREQUEST']._serialized_end=1921
+  _globals['_DELETEORGANIZATIONRESPONSE']._serialized_start=1923
+  _globals['_DELETEORGANIZATIONRESPONSE']._serialized_end=1951
+  _globals['_OFFEROWNERSHIPTRANSFERREQUEST']._serialized_start=1954
+  _globals['_OFFEROWNERSHIPTRANSFERREQUEST']._serialized_end=2088
+  _globals['_OFFEROWNERSHIPTRANSFERRESPONSE']._serialized_start=2090
+  _globals['_OFFEROWNERSHIPTRANSFERRESPONSE']._serialized_end=2192
+  _globals['_GETOWNERSHIPTRANSFERREQUEST']._serialized_start=2194
+  _globals['_GETOWNERSHIPTRANSFERREQUEST']._serialized_end=2282
+  _globals['_GETOWNERSHIPTRANSFERRESPONSE']._serialized_start=2284
+  _globals['_GETOWNERSHIPTRANSFERRESPONSE']._serialized_end=2384
+  _globals['_ACCEPTOWNERSHIPTRANSFERREQUEST']._serialized_start=2386
+  _globals['_ACCEPTOWNERSHIPTRANSFERREQUEST']._serialized_end=2477
+  _globals['_ACCEPTOWNERSHIPTRANSFERRESPONSE']._serialized_start=2479
+  _globals['_ACCEPTOWNERSHIPTRANSFERRESPONSE']._serialized_end=2559
+  _globals['_DECLINEOWNERSHIPTRANSFERREQUEST']._serialized_start=2561
+  _globals['_DECLINEOWNERSHIPTRANSFERREQUEST']._serialized_end=2653
+  _globals['_DECLINEOWNERSHIPTRANSFERRESPONSE']._serialized_start=2655
+  _globals['_DECLINEOWNERSHIPTRANSFERRESPONSE']._serialized_end=2689
+  _globals['_CANCELOWNERSHIPTRANSFERREQUEST']._serialized_start=2691
+  _globals['_CANCELOWNERSHIPTRANSFERREQUEST']._serialized_end=2782
+  _globals['_CANCELOWNERSHIPTRANSFERRESPONSE']._serialized_start=2784
+  _globals['_CANCELOWNERSHIPTRANSFERRESPONSE']._serialized_end=2817
+  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_start=2819
+  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_end=2937
+  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_start=2939
+  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_end=3049
+  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_start=3051
+  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_end=3177
+  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_start=3179
+  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_end=3298
+  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_start=3300
+  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_end=3416
+  _globals['_DELETESERVICEACCOUNTRESPONSE']._serialized_start=3418
+  _globals['_DELETESERVICEACCOUNTRESPONSE']._serialized_end=3448
+  _globals['_ORGANIZATIONSERVICE']._serialized_start=3451
+  _globals['_ORGANIZATIONSERVICE']._serialized_end=6461
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from luman.organization.v1 import organization_pb2 as _organization_pb2
@@ -416,6 +417,380 @@ class UpdateMemberRoleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateMemberRoleResponse: _TypeAlias = UpdateMemberRoleResponse  # noqa: Y015
+
+@_typing.final
+class UpdateOrganizationRequest(_message.Message):
+    """UpdateOrganizationRequest names the organization, its new values and which to change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug."""
+    @_builtins.property
+    def organization(self) -> _organization_pb2.Organization:
+        """organization holds the new values of the fields update_mask names. Required."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """update_mask lists the fields to change: "name", "slug" or both; "*" both; empty: those
+        set in organization.
+        """
+
+    def __init__(
+        self,
+        *,
+        organization: _organization_pb2.Organization | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "selector", b"selector", "slug", b"slug", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "selector", b"selector", "slug", b"slug", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selector) -> _WhichOneofReturnType_selector | None: ...
+
+Global___UpdateOrganizationRequest: _TypeAlias = UpdateOrganizationRequest  # noqa: Y015
+
+@_typing.final
+class UpdateOrganizationResponse(_message.Message):
+    """UpdateOrganizationResponse holds the updated organization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def organization(self) -> _organization_pb2.Organization:
+        """organization is the organization with its new values."""
+
+    def __init__(
+        self,
+        *,
+        organization: _organization_pb2.Organization | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOrganizationResponse: _TypeAlias = UpdateOrganizationResponse  # noqa: Y015
+
+@_typing.final
+class DeleteOrganizationRequest(_message.Message):
+    """DeleteOrganizationRequest names the organization to delete and confirms it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    CONFIRM_SLUG_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    confirm_slug: _builtins.str
+    """confirm_slug must equal the organization's current slug exactly. Required."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        confirm_slug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_slug", b"confirm_slug", "organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___DeleteOrganizationRequest: _TypeAlias = DeleteOrganizationRequest  # noqa: Y015
+
+@_typing.final
+class DeleteOrganizationResponse(_message.Message):
+    """DeleteOrganizationResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteOrganizationResponse: _TypeAlias = DeleteOrganizationResponse  # noqa: Y015
+
+@_typing.final
+class OfferOwnershipTransferRequest(_message.Message):
+    """OfferOwnershipTransferRequest names the organization and the member to offer ownership to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    user_id: _builtins.str
+    """user_id is the member's user UUID."""
+    email: _builtins.str
+    """email is the member's email address."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "organization", b"organization", "organization_id", b"organization_id", "slug", b"slug", "user", b"user", "user_id", b"user_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "organization", b"organization", "organization_id", b"organization_id", "slug", b"slug", "user", b"user", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    _WhichOneofReturnType_user: _TypeAlias = _typing.Literal["user_id", "email"]  # noqa: Y015
+    _WhichOneofArgType_user: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_user) -> _WhichOneofReturnType_user | None: ...
+
+Global___OfferOwnershipTransferRequest: _TypeAlias = OfferOwnershipTransferRequest  # noqa: Y015
+
+@_typing.final
+class OfferOwnershipTransferResponse(_message.Message):
+    """OfferOwnershipTransferResponse holds the new pending offer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNERSHIP_TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ownership_transfer(self) -> _organization_pb2.OwnershipTransfer:
+        """ownership_transfer is the offer."""
+
+    def __init__(
+        self,
+        *,
+        ownership_transfer: _organization_pb2.OwnershipTransfer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ownership_transfer", b"ownership_transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ownership_transfer", b"ownership_transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfferOwnershipTransferResponse: _TypeAlias = OfferOwnershipTransferResponse  # noqa: Y015
+
+@_typing.final
+class GetOwnershipTransferRequest(_message.Message):
+    """GetOwnershipTransferRequest names the organization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___GetOwnershipTransferRequest: _TypeAlias = GetOwnershipTransferRequest  # noqa: Y015
+
+@_typing.final
+class GetOwnershipTransferResponse(_message.Message):
+    """GetOwnershipTransferResponse holds the pending offer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNERSHIP_TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ownership_transfer(self) -> _organization_pb2.OwnershipTransfer:
+        """ownership_transfer is the pending offer."""
+
+    def __init__(
+        self,
+        *,
+        ownership_transfer: _organization_pb2.OwnershipTransfer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ownership_transfer", b"ownership_transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ownership_transfer", b"ownership_transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOwnershipTransferResponse: _TypeAlias = GetOwnershipTransferResponse  # noqa: Y015
+
+@_typing.final
+class AcceptOwnershipTransferRequest(_message.Message):
+    """AcceptOwnershipTransferRequest names the organization whose offer the caller accepts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___AcceptOwnershipTransferRequest: _TypeAlias = AcceptOwnershipTransferRequest  # noqa: Y015
+
+@_typing.final
+class AcceptOwnershipTransferResponse(_message.Message):
+    """AcceptOwnershipTransferResponse holds the caller's new membership."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> _organization_pb2.Member:
+        """member is the caller, now an owner."""
+
+    def __init__(
+        self,
+        *,
+        member: _organization_pb2.Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptOwnershipTransferResponse: _TypeAlias = AcceptOwnershipTransferResponse  # noqa: Y015
+
+@_typing.final
+class DeclineOwnershipTransferRequest(_message.Message):
+    """DeclineOwnershipTransferRequest names the organization whose offer the caller declines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___DeclineOwnershipTransferRequest: _TypeAlias = DeclineOwnershipTransferRequest  # noqa: Y015
+
+@_typing.final
+class DeclineOwnershipTransferResponse(_message.Message):
+    """DeclineOwnershipTransferResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineOwnershipTransferResponse: _TypeAlias = DeclineOwnershipTransferResponse  # noqa: Y015
+
+@_typing.final
+class CancelOwnershipTransferRequest(_message.Message):
+    """CancelOwnershipTransferRequest names the organization whose offer is withdrawn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___CancelOwnershipTransferRequest: _TypeAlias = CancelOwnershipTransferRequest  # noqa: Y015
+
+@_typing.final
+class CancelOwnershipTransferResponse(_message.Message):
+    """CancelOwnershipTransferResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOwnershipTransferResponse: _TypeAlias = CancelOwnershipTransferResponse  # noqa: Y015
 
 @_typing.final
 class CreateServiceAccountRequest(_message.Message):

@@ -75,6 +75,41 @@ class OrganizationServiceStub:
                 request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleRequest.SerializeToString,
                 response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleResponse.FromString,
                 _registered_method=True)
+        self.UpdateOrganization = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/UpdateOrganization',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateOrganizationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateOrganizationResponse.FromString,
+                _registered_method=True)
+        self.DeleteOrganization = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/DeleteOrganization',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteOrganizationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteOrganizationResponse.FromString,
+                _registered_method=True)
+        self.OfferOwnershipTransfer = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/OfferOwnershipTransfer',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.OfferOwnershipTransferRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.OfferOwnershipTransferResponse.FromString,
+                _registered_method=True)
+        self.GetOwnershipTransfer = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/GetOwnershipTransfer',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.GetOwnershipTransferRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.GetOwnershipTransferResponse.FromString,
+                _registered_method=True)
+        self.AcceptOwnershipTransfer = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/AcceptOwnershipTransfer',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptOwnershipTransferRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptOwnershipTransferResponse.FromString,
+                _registered_method=True)
+        self.DeclineOwnershipTransfer = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/DeclineOwnershipTransfer',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineOwnershipTransferRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineOwnershipTransferResponse.FromString,
+                _registered_method=True)
+        self.CancelOwnershipTransfer = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/CancelOwnershipTransfer',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferResponse.FromString,
+                _registered_method=True)
         self.CreateServiceAccount = channel.unary_unary(
                 '/luman.organization.v1.OrganizationService/CreateServiceAccount',
                 request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountRequest.SerializeToString,
@@ -171,6 +206,90 @@ class OrganizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateOrganization(self, request, context):
+        """UpdateOrganization changes an organization's name or slug (AIP-134). Owners and admins
+        may change the name; only owners may change the slug. After a slug change the old slug
+        keeps resolving to the organization, in every RPC that takes a slug, for
+        ORGANIZATION_SLUG_REDIRECT_DAYS (default 30; 0: not at all), and nobody can claim it
+        meanwhile. GetOrganization always returns the current slug.
+
+        Errors: INVALID_ARGUMENT (bad name or slug, unknown update_mask path), NOT_FOUND,
+        PERMISSION_DENIED, ALREADY_EXISTS (SLUG_TAKEN, or SLUG_RESERVED: another organization's
+        old slug), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteOrganization(self, request, context):
+        """DeleteOrganization deletes an organization with its memberships, service accounts and
+        pending ownership transfer (AIP-135). Owners only; confirm_slug must repeat the current
+        slug exactly. Its slugs become free at once.
+
+        Errors: INVALID_ARGUMENT (confirm_slug missing or not the current slug), NOT_FOUND,
+        PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OfferOwnershipTransfer(self, request, context):
+        """Ownership transfer: an owner offers, the member accepts. One pending offer per
+        organization; a new offer replaces it; it lapses after 7 days.
+
+        OfferOwnershipTransfer offers ownership to a member or admin of the organization. Owners
+        only. Replaces the organization's pending offer, if any.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or MEMBER_NOT_FOUND), PERMISSION_DENIED,
+        FAILED_PRECONDITION (ALREADY_OWNER: the member is an owner already), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOwnershipTransfer(self, request, context):
+        """GetOwnershipTransfer returns the organization's pending offer. Any member may read it.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND: none
+        pending), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptOwnershipTransfer(self, request, context):
+        """AcceptOwnershipTransfer accepts the pending offer made to the caller. In one transaction
+        the caller becomes an owner and the offering owner an admin.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+        PERMISSION_DENIED (the offer is made to someone else), FAILED_PRECONDITION
+        (OFFERER_NOT_OWNER: the offering owner is no longer an owner; TARGET_NOT_MEMBER: the
+        caller is no longer a member), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineOwnershipTransfer(self, request, context):
+        """DeclineOwnershipTransfer declines the pending offer made to the caller.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+        PERMISSION_DENIED (the offer is made to someone else), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOwnershipTransfer(self, request, context):
+        """CancelOwnershipTransfer withdraws the pending offer. Any owner may cancel it.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+        PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateServiceAccount(self, request, context):
         """Service accounts: credentials for programs, owned by an organization. Only owners and
         admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
@@ -245,6 +364,41 @@ def add_OrganizationServiceServicer_to_server(servicer, server):
                     servicer.UpdateMemberRole,
                     request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleRequest.FromString,
                     response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleResponse.SerializeToString,
+            ),
+            'UpdateOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOrganization,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateOrganizationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateOrganizationResponse.SerializeToString,
+            ),
+            'DeleteOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOrganization,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteOrganizationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteOrganizationResponse.SerializeToString,
+            ),
+            'OfferOwnershipTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferOwnershipTransfer,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.OfferOwnershipTransferRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.OfferOwnershipTransferResponse.SerializeToString,
+            ),
+            'GetOwnershipTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOwnershipTransfer,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.GetOwnershipTransferRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.GetOwnershipTransferResponse.SerializeToString,
+            ),
+            'AcceptOwnershipTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptOwnershipTransfer,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptOwnershipTransferRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptOwnershipTransferResponse.SerializeToString,
+            ),
+            'DeclineOwnershipTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineOwnershipTransfer,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineOwnershipTransferRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineOwnershipTransferResponse.SerializeToString,
+            ),
+            'CancelOwnershipTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOwnershipTransfer,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferResponse.SerializeToString,
             ),
             'CreateServiceAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateServiceAccount,
@@ -457,6 +611,195 @@ class OrganizationService:
             '/luman.organization.v1.OrganizationService/UpdateMemberRole',
             luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleRequest.SerializeToString,
             luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateMemberRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/UpdateOrganization',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateOrganizationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.UpdateOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/DeleteOrganization',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteOrganizationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeleteOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferOwnershipTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/OfferOwnershipTransfer',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.OfferOwnershipTransferRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.OfferOwnershipTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOwnershipTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/GetOwnershipTransfer',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.GetOwnershipTransferRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.GetOwnershipTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptOwnershipTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/AcceptOwnershipTransfer',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptOwnershipTransferRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptOwnershipTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineOwnershipTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/DeclineOwnershipTransfer',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineOwnershipTransferRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineOwnershipTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOwnershipTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/CancelOwnershipTransfer',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

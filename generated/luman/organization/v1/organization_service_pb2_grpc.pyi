@@ -81,6 +81,62 @@ class OrganizationServiceStub:
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (last
     owner), UNAUTHENTICATED.
     """
+    UpdateOrganization: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.UpdateOrganizationRequest, _organization_service_pb2.UpdateOrganizationResponse]
+    """UpdateOrganization changes an organization's name or slug (AIP-134). Owners and admins
+    may change the name; only owners may change the slug. After a slug change the old slug
+    keeps resolving to the organization, in every RPC that takes a slug, for
+    ORGANIZATION_SLUG_REDIRECT_DAYS (default 30; 0: not at all), and nobody can claim it
+    meanwhile. GetOrganization always returns the current slug.
+
+    Errors: INVALID_ARGUMENT (bad name or slug, unknown update_mask path), NOT_FOUND,
+    PERMISSION_DENIED, ALREADY_EXISTS (SLUG_TAKEN, or SLUG_RESERVED: another organization's
+    old slug), UNAUTHENTICATED.
+    """
+    DeleteOrganization: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.DeleteOrganizationRequest, _organization_service_pb2.DeleteOrganizationResponse]
+    """DeleteOrganization deletes an organization with its memberships, service accounts and
+    pending ownership transfer (AIP-135). Owners only; confirm_slug must repeat the current
+    slug exactly. Its slugs become free at once.
+
+    Errors: INVALID_ARGUMENT (confirm_slug missing or not the current slug), NOT_FOUND,
+    PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    OfferOwnershipTransfer: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.OfferOwnershipTransferRequest, _organization_service_pb2.OfferOwnershipTransferResponse]
+    """Ownership transfer: an owner offers, the member accepts. One pending offer per
+    organization; a new offer replaces it; it lapses after 7 days.
+
+    OfferOwnershipTransfer offers ownership to a member or admin of the organization. Owners
+    only. Replaces the organization's pending offer, if any.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or MEMBER_NOT_FOUND), PERMISSION_DENIED,
+    FAILED_PRECONDITION (ALREADY_OWNER: the member is an owner already), UNAUTHENTICATED.
+    """
+    GetOwnershipTransfer: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.GetOwnershipTransferRequest, _organization_service_pb2.GetOwnershipTransferResponse]
+    """GetOwnershipTransfer returns the organization's pending offer. Any member may read it.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND: none
+    pending), UNAUTHENTICATED.
+    """
+    AcceptOwnershipTransfer: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.AcceptOwnershipTransferRequest, _organization_service_pb2.AcceptOwnershipTransferResponse]
+    """AcceptOwnershipTransfer accepts the pending offer made to the caller. In one transaction
+    the caller becomes an owner and the offering owner an admin.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+    PERMISSION_DENIED (the offer is made to someone else), FAILED_PRECONDITION
+    (OFFERER_NOT_OWNER: the offering owner is no longer an owner; TARGET_NOT_MEMBER: the
+    caller is no longer a member), UNAUTHENTICATED.
+    """
+    DeclineOwnershipTransfer: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.DeclineOwnershipTransferRequest, _organization_service_pb2.DeclineOwnershipTransferResponse]
+    """DeclineOwnershipTransfer declines the pending offer made to the caller.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+    PERMISSION_DENIED (the offer is made to someone else), UNAUTHENTICATED.
+    """
+    CancelOwnershipTransfer: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CancelOwnershipTransferRequest, _organization_service_pb2.CancelOwnershipTransferResponse]
+    """CancelOwnershipTransfer withdraws the pending offer. Any owner may cancel it.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+    PERMISSION_DENIED, UNAUTHENTICATED.
+    """
     CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CreateServiceAccountRequest, _organization_service_pb2.CreateServiceAccountResponse]
     """Service accounts: credentials for programs, owned by an organization. Only owners and
     admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
@@ -159,6 +215,62 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
 
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (last
     owner), UNAUTHENTICATED.
+    """
+    UpdateOrganization: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.UpdateOrganizationRequest, _organization_service_pb2.UpdateOrganizationResponse]  # type: ignore[assignment]
+    """UpdateOrganization changes an organization's name or slug (AIP-134). Owners and admins
+    may change the name; only owners may change the slug. After a slug change the old slug
+    keeps resolving to the organization, in every RPC that takes a slug, for
+    ORGANIZATION_SLUG_REDIRECT_DAYS (default 30; 0: not at all), and nobody can claim it
+    meanwhile. GetOrganization always returns the current slug.
+
+    Errors: INVALID_ARGUMENT (bad name or slug, unknown update_mask path), NOT_FOUND,
+    PERMISSION_DENIED, ALREADY_EXISTS (SLUG_TAKEN, or SLUG_RESERVED: another organization's
+    old slug), UNAUTHENTICATED.
+    """
+    DeleteOrganization: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.DeleteOrganizationRequest, _organization_service_pb2.DeleteOrganizationResponse]  # type: ignore[assignment]
+    """DeleteOrganization deletes an organization with its memberships, service accounts and
+    pending ownership transfer (AIP-135). Owners only; confirm_slug must repeat the current
+    slug exactly. Its slugs become free at once.
+
+    Errors: INVALID_ARGUMENT (confirm_slug missing or not the current slug), NOT_FOUND,
+    PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    OfferOwnershipTransfer: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.OfferOwnershipTransferRequest, _organization_service_pb2.OfferOwnershipTransferResponse]  # type: ignore[assignment]
+    """Ownership transfer: an owner offers, the member accepts. One pending offer per
+    organization; a new offer replaces it; it lapses after 7 days.
+
+    OfferOwnershipTransfer offers ownership to a member or admin of the organization. Owners
+    only. Replaces the organization's pending offer, if any.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or MEMBER_NOT_FOUND), PERMISSION_DENIED,
+    FAILED_PRECONDITION (ALREADY_OWNER: the member is an owner already), UNAUTHENTICATED.
+    """
+    GetOwnershipTransfer: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.GetOwnershipTransferRequest, _organization_service_pb2.GetOwnershipTransferResponse]  # type: ignore[assignment]
+    """GetOwnershipTransfer returns the organization's pending offer. Any member may read it.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND: none
+    pending), UNAUTHENTICATED.
+    """
+    AcceptOwnershipTransfer: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.AcceptOwnershipTransferRequest, _organization_service_pb2.AcceptOwnershipTransferResponse]  # type: ignore[assignment]
+    """AcceptOwnershipTransfer accepts the pending offer made to the caller. In one transaction
+    the caller becomes an owner and the offering owner an admin.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+    PERMISSION_DENIED (the offer is made to someone else), FAILED_PRECONDITION
+    (OFFERER_NOT_OWNER: the offering owner is no longer an owner; TARGET_NOT_MEMBER: the
+    caller is no longer a member), UNAUTHENTICATED.
+    """
+    DeclineOwnershipTransfer: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.DeclineOwnershipTransferRequest, _organization_service_pb2.DeclineOwnershipTransferResponse]  # type: ignore[assignment]
+    """DeclineOwnershipTransfer declines the pending offer made to the caller.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+    PERMISSION_DENIED (the offer is made to someone else), UNAUTHENTICATED.
+    """
+    CancelOwnershipTransfer: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CancelOwnershipTransferRequest, _organization_service_pb2.CancelOwnershipTransferResponse]  # type: ignore[assignment]
+    """CancelOwnershipTransfer withdraws the pending offer. Any owner may cancel it.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+    PERMISSION_DENIED, UNAUTHENTICATED.
     """
     CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CreateServiceAccountRequest, _organization_service_pb2.CreateServiceAccountResponse]  # type: ignore[assignment]
     """Service accounts: credentials for programs, owned by an organization. Only owners and
@@ -277,6 +389,104 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (last
         owner), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateOrganization(
+        self,
+        request: _organization_service_pb2.UpdateOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.UpdateOrganizationResponse, _abc.Awaitable[_organization_service_pb2.UpdateOrganizationResponse]]:
+        """UpdateOrganization changes an organization's name or slug (AIP-134). Owners and admins
+        may change the name; only owners may change the slug. After a slug change the old slug
+        keeps resolving to the organization, in every RPC that takes a slug, for
+        ORGANIZATION_SLUG_REDIRECT_DAYS (default 30; 0: not at all), and nobody can claim it
+        meanwhile. GetOrganization always returns the current slug.
+
+        Errors: INVALID_ARGUMENT (bad name or slug, unknown update_mask path), NOT_FOUND,
+        PERMISSION_DENIED, ALREADY_EXISTS (SLUG_TAKEN, or SLUG_RESERVED: another organization's
+        old slug), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteOrganization(
+        self,
+        request: _organization_service_pb2.DeleteOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.DeleteOrganizationResponse, _abc.Awaitable[_organization_service_pb2.DeleteOrganizationResponse]]:
+        """DeleteOrganization deletes an organization with its memberships, service accounts and
+        pending ownership transfer (AIP-135). Owners only; confirm_slug must repeat the current
+        slug exactly. Its slugs become free at once.
+
+        Errors: INVALID_ARGUMENT (confirm_slug missing or not the current slug), NOT_FOUND,
+        PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def OfferOwnershipTransfer(
+        self,
+        request: _organization_service_pb2.OfferOwnershipTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.OfferOwnershipTransferResponse, _abc.Awaitable[_organization_service_pb2.OfferOwnershipTransferResponse]]:
+        """Ownership transfer: an owner offers, the member accepts. One pending offer per
+        organization; a new offer replaces it; it lapses after 7 days.
+
+        OfferOwnershipTransfer offers ownership to a member or admin of the organization. Owners
+        only. Replaces the organization's pending offer, if any.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or MEMBER_NOT_FOUND), PERMISSION_DENIED,
+        FAILED_PRECONDITION (ALREADY_OWNER: the member is an owner already), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetOwnershipTransfer(
+        self,
+        request: _organization_service_pb2.GetOwnershipTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.GetOwnershipTransferResponse, _abc.Awaitable[_organization_service_pb2.GetOwnershipTransferResponse]]:
+        """GetOwnershipTransfer returns the organization's pending offer. Any member may read it.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND: none
+        pending), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def AcceptOwnershipTransfer(
+        self,
+        request: _organization_service_pb2.AcceptOwnershipTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.AcceptOwnershipTransferResponse, _abc.Awaitable[_organization_service_pb2.AcceptOwnershipTransferResponse]]:
+        """AcceptOwnershipTransfer accepts the pending offer made to the caller. In one transaction
+        the caller becomes an owner and the offering owner an admin.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+        PERMISSION_DENIED (the offer is made to someone else), FAILED_PRECONDITION
+        (OFFERER_NOT_OWNER: the offering owner is no longer an owner; TARGET_NOT_MEMBER: the
+        caller is no longer a member), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeclineOwnershipTransfer(
+        self,
+        request: _organization_service_pb2.DeclineOwnershipTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.DeclineOwnershipTransferResponse, _abc.Awaitable[_organization_service_pb2.DeclineOwnershipTransferResponse]]:
+        """DeclineOwnershipTransfer declines the pending offer made to the caller.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+        PERMISSION_DENIED (the offer is made to someone else), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelOwnershipTransfer(
+        self,
+        request: _organization_service_pb2.CancelOwnershipTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.CancelOwnershipTransferResponse, _abc.Awaitable[_organization_service_pb2.CancelOwnershipTransferResponse]]:
+        """CancelOwnershipTransfer withdraws the pending offer. Any owner may cancel it.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
+        PERMISSION_DENIED, UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod

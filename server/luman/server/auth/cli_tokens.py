@@ -31,6 +31,7 @@ from luman.interceptors.errors import (
     UnauthenticatedError,
 )
 from luman.interceptors.principal import SERVICE_ONLY_SCOPES, Principal
+from luman.server.audit.record import Event, record
 from luman.server.auth.cli_token_repository import CliTokenRepository, PageKey
 from luman.server.auth.credential_locks import (
     lock_calling_credential,
@@ -160,6 +161,7 @@ class CliTokens:
             secret, row = self.new(principal.user_id, name, wanted, expires, now, parent_id)
             session.add(row)
             session.flush()
+            record(session, _token_event("token.created", row, name=name, scopes=row.scopes), now)
         return IssuedCliToken(secret, row)
 
     def list(self, principal: Principal, after: PageKey | None, page_size: int) -> CliTokenPage:
@@ -191,6 +193,11 @@ class CliTokens:
                     "TOKEN_ALREADY_REVOKED", "the token is already revoked"
                 )
             descendants = repo.revoke_descendants(principal.user_id, token_id, now)
+            record(
+                session,
+                _token_event("token.revoked", token, name=token.name, descendants=len(descendants)),
+                now,
+            )
         # Committed: the tokens fail on their very next call here, cached or not.
         self._forget(token_id, *descendants)
 
@@ -202,8 +209,17 @@ class CliTokens:
         the tokens made with `luman token create` from that login (for CI, say) are made to
         outlive it, as npm's and GitHub's are. They still expire no later than it would have;
         RevokeCliToken is what takes a token's descendants with it."""
+        now = self._clock()
         with self._sessions.write.begin() as session:
-            CliTokenRepository(session).revoke(principal.credential_id, self._clock())
+            if CliTokenRepository(session).revoke(principal.credential_id, now):
+                event = Event(
+                    "token.revoked",
+                    principal.user_id,
+                    target_type="cli_token",
+                    target_id=str(principal.credential_id),
+                    details={"via": "cli_logout"},
+                )
+                record(session, event, now)
         self._forget(principal.credential_id)
 
     def _forget(self, *token_ids: uuid.UUID) -> None:
@@ -211,10 +227,19 @@ class CliTokens:
             self._token_cache.forget(credential_id=token_id)
 
     def revoke_all(self, principal: Principal) -> int:
+        now = self._clock()
         with self._sessions.write.begin() as session:
             # Ordered against CreateCliToken: a token minted meanwhile is revoked too.
             lock_user_against_mints(session, principal.user_id)
-            count = CliTokenRepository(session).revoke_all(principal.user_id, self._clock())
+            count = CliTokenRepository(session).revoke_all(principal.user_id, now)
+            event = Event(
+                "token.revoked",
+                principal.user_id,
+                target_type="user",
+                target_id=str(principal.user_id),
+                details={"all": True, "count": count},
+            )
+            record(session, event, now)
         # By user: one call drops every cached token of theirs (access tokens are then simply
         # checked again once).
         self._token_cache.forget(user_id=principal.user_id)
@@ -242,6 +267,12 @@ class CliTokens:
                 + (" (MAX_TOKEN_LIFETIME)" if self._cap is not None else ""),
             )
         return now + lifetime
+
+
+def _token_event(action: str, token: CliToken, **details: str | int) -> Event:
+    return Event(
+        action, token.user_id, target_type="cli_token", target_id=str(token.id), details=details
+    )
 
 
 def _within_parent(

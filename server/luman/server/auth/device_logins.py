@@ -55,6 +55,7 @@ from luman.interceptors.errors import (
 )
 from luman.interceptors.principal import Credential, Principal
 from luman.interceptors.rate_limit import Decision, RateLimiter
+from luman.server.audit.record import Event, record
 from luman.server.auth.cli_tokens import (
     CliTokens,
     format_scopes,
@@ -442,6 +443,14 @@ class DeviceLogins:
         session.flush()
         login.state = State.CLAIMED
         login.cli_token_id = token.id
+        event = Event(
+            "device_login.claimed",
+            user.id,
+            target_type="cli_token",
+            target_id=str(token.id),
+            details={"device_login": str(login.id), "name": token.name, "scopes": token.scopes},
+        )
+        record(session, event, now)
         return ClaimedLogin(secret, token, user)
 
     # The approver's side: look, approve, deny.
@@ -500,6 +509,17 @@ class DeviceLogins:
             login.approver_issue_time = principal.issue_time
             login.decide_time = now
             login.approved_scopes = format_scopes(granted) if state is State.APPROVED else None
+            details = {"client_id": login.client_id, "host_name": login.host_name}
+            if state is State.APPROVED:
+                details["scopes"] = login.approved_scopes or ""
+            event = Event(
+                f"device_login.{'approved' if state is State.APPROVED else 'denied'}",
+                user_id,
+                target_type="device_login",
+                target_id=str(login.id),
+                details=details,
+            )
+            record(session, event, now)
 
     def _pending(self, session: Session, user_code: str, *, lock: bool) -> DeviceLogin | None:
         code = normalize_user_code(user_code)

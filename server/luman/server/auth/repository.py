@@ -24,11 +24,14 @@ class AuthRepository:
     def user(self, user_id: uuid.UUID) -> User | None:
         return self._session.get(User, user_id)
 
-    def lock_user(self, user_id: uuid.UUID) -> User | None:
+    def lock_user(self, user_id: uuid.UUID, *, key_share: bool = False) -> User | None:
         """The user, its row locked until commit (PostgreSQL: FOR UPDATE; SQLite's write
         transactions are serial already): a sign-in and a LogoutAll of that user then commit
-        one after the other, never interleaved."""
-        return self._session.get(User, user_id, with_for_update=True, populate_existing=True)
+        one after the other, never interleaved. `key_share`: FOR NO KEY UPDATE, which still
+        orders against those but lets inserts that merely reference the user (their foreign-key
+        checks take FOR KEY SHARE) go ahead."""
+        lock: bool | dict[str, bool] = {"key_share": True} if key_share else True
+        return self._session.get(User, user_id, with_for_update=lock, populate_existing=True)
 
     def add_user(self, user: User) -> User:
         self._session.add(user)

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import hmac
 import uuid
+from collections.abc import Callable
 
 from luman.client.token_format import is_legacy_token, verify_checksum
 from luman.interceptors.call_context import optional_call
@@ -28,7 +29,9 @@ from luman.interceptors.errors import (
     UnauthenticatedError,
 )
 from luman.interceptors.principal import Credential, Principal
+from luman.server.audit.record import Event, record
 from luman.server.auth import token_checks
+from luman.server.auth.accounts import AccountService
 from luman.server.auth.cli_token_repository import CliTokenRepository
 from luman.server.auth.cli_tokens import DEFAULT_SCOPES, CliTokens, parse_scopes
 from luman.server.auth.introspection import Introspector
@@ -97,6 +100,8 @@ class AuthService:
     refresh_reuse_grace_seconds: how long a just-rotated refresh token gets the same new pair
         again instead of revoking its sign-in; 0 turns the grace off
         (REFRESH_REUSE_GRACE_SECONDS).
+    defer_audit: records an audit event off the request path (audit/worker.py), for the
+        failed sign-ins of existing accounts; None records none.
     """
 
     def __init__(
@@ -111,8 +116,10 @@ class AuthService:
         max_token_lifetime: float = 0.0,
         refresh_reuse_grace_seconds: float = 0.0,
         introspection_organizations: frozenset[str] = frozenset(),
+        defer_audit: Callable[[Event], None] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._defer_audit = defer_audit
         self._hasher = hasher
         self._codec = codec
         self._clock = clock
@@ -131,6 +138,8 @@ class AuthService:
             IntrospectionPolicy(introspection_organizations),
         )
         self.introspector = Introspector(sessions, codec, self.service_accounts, clock)
+        # The caller's own account: UpdateMe, ChangePassword, DeleteMe (auth/accounts.py).
+        self.accounts = AccountService(sessions, hasher, clock, self.token_cache)
 
     def register(
         self,
@@ -156,6 +165,11 @@ class AuthService:
                 )
             )
             tokens = self._start_login_session(repo, user, now, caller)
+            record(
+                session,
+                Event("account.registered", user.id, target_type="user", target_id=str(user.id)),
+                now,
+            )
         return SignIn(user, tokens)
 
     def login(
@@ -165,7 +179,7 @@ class AuthService:
         call: WaitingCall | None = None,
         caller: Caller = NO_CALLER,
     ) -> SignIn:
-        checked = self._check_credentials(email, password, call)
+        checked, checked_hash = self._check_credentials(email, password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = AuthRepository(session)
@@ -173,10 +187,9 @@ class AuthService:
             # check, and a LogoutAll committed since moved tokens_not_before; issuing from the
             # stale value gives a pair that is revoked from birth. The lock orders this
             # sign-in against a concurrent LogoutAll (auth/sessions.py).
-            user = repo.lock_user(checked.id)
-            if user is None:  # deleted during the password check
-                raise _invalid_credentials()
+            user = _still_checked(repo.lock_user(checked.id), checked_hash)
             tokens = self._start_login_session(repo, user, now, caller)
+            record(session, _signed_in(user), now)
         return SignIn(user, tokens)
 
     def refresh(self, refresh_token: str) -> TokenPair:
@@ -234,7 +247,7 @@ class AuthService:
     def cli_login(
         self, email: str, password: str, token_name: str, call: WaitingCall | None = None
     ) -> CliSignIn:
-        user = self._check_credentials(email, password, call)
+        user, checked_hash = self._check_credentials(email, password, call)
         now = self._clock()
         # The CLI's own token: read and write, as long-lived as MAX_TOKEN_LIFETIME allows.
         secret, row = self.cli_tokens.new(
@@ -245,7 +258,10 @@ class AuthService:
             now,
         )
         with self._sessions.write.begin() as session:
-            token = AuthRepository(session).add_cli_token(row)
+            repo = AuthRepository(session)
+            _still_checked(repo.lock_user(user.id), checked_hash)
+            token = repo.add_cli_token(row)
+            record(session, _signed_in(user, cli_token_id=str(token.id)), now)
         return CliSignIn(user, secret, token)
 
     def cli_logout(self, principal: Principal) -> None:
@@ -366,13 +382,22 @@ class AuthService:
             with self._sessions.write.begin() as session:
                 CliTokenRepository(session).touch(token_id, now, ip)
 
-    def _check_credentials(self, email: str, password: str, call: WaitingCall | None) -> User:
+    def _check_credentials(
+        self, email: str, password: str, call: WaitingCall | None
+    ) -> tuple[User, str]:
+        """The user whose password `password` is, and the stored hash it matched (a rehash's
+        when this sign-in upgraded it): the sign-in's write checks it is still the stored one
+        (_still_checked)."""
         # A sign-in the hasher would refuse is refused before it costs a query.
         self._hasher.check_capacity()
         with self._sessions.read.begin() as session:
             user = AuthRepository(session).user_by_email(email)
         password_hash = user.password_hash if user else None
         if not self._hasher.verify(password, password_hash, call) or user is None:
+            if user is not None and self._defer_audit is not None:
+                # Off the request path (audit/worker.py): writing it here would make a wrong
+                # password for an existing email slower than for an unknown one.
+                self._defer_audit(_sign_in_failed(user))
             raise _invalid_credentials()
         if self._hasher.needs_rehash(user.password_hash):
             try:
@@ -380,12 +405,15 @@ class AuthService:
                 new_hash = self._hasher.hash(password, wait=False)
             except OverloadedError:
                 # The password checked out; rehashing can wait for a quieter sign-in.
-                return user
+                return user, user.password_hash
             with self._sessions.write.begin() as session:
-                stored = AuthRepository(session).user(user.id)
-                if stored is not None:
+                stored = AuthRepository(session).lock_user(user.id)
+                # Only over the hash just checked: a ChangePassword committed meanwhile must
+                # not get the old password back.
+                if stored is not None and stored.password_hash == user.password_hash:
                     stored.password_hash = new_hash
-        return user
+                    return user, new_hash
+        return user, user.password_hash
 
     def _start_login_session(
         self, repo: AuthRepository, user: User, now: dt.datetime, caller: Caller
@@ -465,6 +493,37 @@ class AuthService:
             "refresh", user_id, session_id, jti=refresh_jti, issue_time=issue_time
         )
         return TokenPair(access, refresh)
+
+
+def _signed_in(user: User, cli_token_id: str = "") -> Event:
+    """auth.signed_in: Login (target: the account), CliLogin (target: its new token)."""
+    if cli_token_id:
+        return Event(
+            "auth.signed_in",
+            user.id,
+            target_type="cli_token",
+            target_id=cli_token_id,
+            details={"via": "cli"},
+        )
+    return Event("auth.signed_in", user.id, target_type="user", target_id=str(user.id))
+
+
+def _sign_in_failed(user: User) -> Event:
+    # The actor is the call's: anonymous, as a sign-in carries no token.
+    return Event("auth.sign_in_failed", user.id, target_type="user", target_id=str(user.id))
+
+
+def _still_checked(user: User | None, checked_hash: str) -> User:
+    """The locked user, if the password checked outside the transaction is still theirs: a
+    ChangePassword (or DeleteMe) committed during the check, which can wait seconds for a hash
+    slot, must not be followed by a sign-in with the old password.
+
+    Raises:
+        UnauthenticatedError: INVALID_CREDENTIALS, as for a wrong password.
+    """
+    if user is None or not hmac.compare_digest(user.password_hash, checked_hash):
+        raise _invalid_credentials()
+    return user
 
 
 def _issue_time(user: User, now: dt.datetime) -> dt.datetime:

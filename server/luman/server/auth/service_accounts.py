@@ -26,6 +26,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, or_, select
 from luman.client import token_format
 from luman.interceptors.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
 from luman.interceptors.principal import Credential, Principal
+from luman.server.audit.record import Event, record
 from luman.server.auth.credential_locks import lock_calling_credential
 from luman.server.auth.introspection_policy import IntrospectionPolicy
 from luman.server.auth.service_tokens import ServiceClaims, ServiceTokenCodec
@@ -132,7 +133,8 @@ class ServiceAccounts:
             expire_time = None if personal is None else personal.expire_time
             if expire_time is not None and expire_time <= now:
                 raise UnauthenticatedError("TOKEN_EXPIRED", "token has expired")
-            organization = self._managed(OrganizationRepository(session), principal, ref)
+            repo = OrganizationRepository(session, self._clock())
+            organization = self._managed(repo, principal, ref)
             # After the membership check: an outsider still learns nothing.
             self.introspection.check_create(organization, scopes)
             account = ServiceAccount(
@@ -146,13 +148,22 @@ class ServiceAccounts:
             )
             session.add(account)
             session.flush()
+            event = Event(
+                "service_account.created",
+                organization_id=organization.id,
+                target_type="service_account",
+                target_id=str(account.id),
+                details={"name": name, "scopes": account.scopes},
+            )
+            record(session, event, now)
         return CreatedServiceAccount(secret, account)
 
     def list(
         self, principal: Principal, ref: OrganizationRef, after: PageKey | None, page_size: int
     ) -> ServiceAccountPage:
         with self._sessions.read.begin() as session:
-            organization = self._managed(OrganizationRepository(session), principal, ref)
+            repo = OrganizationRepository(session, self._clock())
+            organization = self._managed(repo, principal, ref)
             query = select(ServiceAccount).where(ServiceAccount.organization_id == organization.id)
             if after is not None:
                 query = query.where(
@@ -174,7 +185,8 @@ class ServiceAccounts:
             organization's, or already deleted).
         """
         with self._sessions.write.begin() as session:
-            organization = self._managed(OrganizationRepository(session), principal, ref)
+            repo = OrganizationRepository(session, self._clock())
+            organization = self._managed(repo, principal, ref)
             result = session.execute(
                 delete(ServiceAccount)
                 .where(
@@ -185,6 +197,13 @@ class ServiceAccounts:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise NotFoundError("SERVICE_ACCOUNT_NOT_FOUND", "service account not found")
+            event = Event(
+                "service_account.deleted",
+                organization_id=organization.id,
+                target_type="service_account",
+                target_id=str(account_id),
+            )
+            record(session, event, self._clock())
         # Committed: its access tokens fail on their very next call here, cached or not.
         self._token_cache.forget(credential_id=account_id)
 

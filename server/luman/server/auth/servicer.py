@@ -7,6 +7,7 @@ import grpc
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from luman.interceptors.principal import current_principal
 from luman.server.auth import cli_token_requests, convert, jwks
+from luman.server.auth.account_servicer import AccountRpcs
 from luman.server.auth.device_login_servicer import DeviceLoginRpcs
 from luman.server.auth.device_logins import DeviceLogins
 from luman.server.auth.service import AuthService
@@ -23,11 +24,16 @@ from luman.server.validation import (
 
 
 class AuthServicer(
-    SessionRpcs, ServiceTokenRpcs, DeviceLoginRpcs, auth_service_pb2_grpc.AuthServiceServicer
+    SessionRpcs,
+    AccountRpcs,
+    ServiceTokenRpcs,
+    DeviceLoginRpcs,
+    auth_service_pb2_grpc.AuthServiceServicer,
 ):
     def __init__(self, service: AuthService, device_logins: DeviceLogins) -> None:
         self._service = service
         self._session_service = service.session_service
+        self._account_service = service.accounts
         self._device_logins = device_logins
 
     def Register(

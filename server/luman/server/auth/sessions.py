@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from luman.interceptors.errors import FailedPreconditionError, NotFoundError
 from luman.interceptors.principal import Credential, Principal
+from luman.server.audit.record import Event, record
 from luman.server.auth.cli_token_repository import CliTokenRepository
 from luman.server.auth.credential_locks import lock_user_against_mints
 from luman.server.auth.token_cache import TokenCache
@@ -136,6 +137,16 @@ class SessionService:
                     "SESSION_ALREADY_REVOKED", "the session is already revoked"
                 )
             login.revoke_time = now
+            record(
+                session,
+                Event(
+                    "session.revoked",
+                    principal.user_id,
+                    target_type="session",
+                    target_id=str(session_id),
+                ),
+                now,
+            )
         # Committed: its access tokens fail on their very next call here.
         self._token_cache.forget(credential_id=session_id)
 
@@ -153,6 +164,18 @@ class SessionService:
                 if include_cli_tokens
                 else 0
             )
+            event = Event(
+                "auth.signed_out_everywhere",
+                principal.user_id,
+                target_type="user",
+                target_id=str(principal.user_id),
+                details={
+                    "sessions": revoked_sessions,
+                    "cli_tokens": revoked_cli_tokens,
+                    "include_cli_tokens": include_cli_tokens,
+                },
+            )
+            record(session, event, now)
         # Committed: every cached token of the user is checked in full on its next call.
         self._token_cache.forget(user_id=principal.user_id)
         return LogoutAllResult(revoked_sessions, revoked_cli_tokens)

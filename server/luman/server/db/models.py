@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     TypeDecorator,
     Uuid,
 )
@@ -189,6 +190,38 @@ class Membership(Base):
     user: Mapped[User] = relationship(lazy="raise")
 
 
+class OrganizationSlugRedirect(Base):
+    """A renamed organization's former slug: it resolves to the organization, and nobody may
+    claim it, until `expire_time` (ORGANIZATION_SLUG_REDIRECT_DAYS, organization/service.py)."""
+
+    __tablename__ = "organization_slug_redirects"
+
+    slug: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class OwnershipOffer(Base):
+    """An organization's pending ownership transfer (at most one: the primary key), from an
+    owner to another member, until `expire_time` (organization/service.py)."""
+
+    __tablename__ = "ownership_offers"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    from_user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    to_user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
 class RequestLog(Base):
     """One RPC as the request-logging interceptor saw it. Written in batches by
     request_logs.writer; no foreign key, so a user's deletion leaves their history."""
@@ -302,3 +335,58 @@ class DeviceLogin(Base):
     cli_token_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("cli_tokens.id", ondelete="SET NULL")
     )
+
+
+class AuditEvent(Base):
+    """One security or membership event (audit/record.py): who did what to which account or
+    organization, from where. Append-only: nothing updates a row, and only retention deletes
+    (AUDIT_LOG_RETENTION_DAYS). No foreign keys, so a deleted account or organization leaves
+    the record of what happened to it.
+
+    `user_id` is the account the event concerns (its owner reads it: ListAuditEvents);
+    `organization_id` the organization (its owners and admins read it). The actor is whoever
+    made the call: a user, a service account, or nobody (a failed sign-in)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        # ListAuditEvents pages an account's or an organization's events, newest first.
+        Index("ix_audit_events_user_id_time_id", "user_id", "time", "id"),
+        Index("ix_audit_events_organization_id_time_id", "organization_id", "time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    # A dotted name, "auth.sign_in", "member.added" (audit/actions.py lists them).
+    action: Mapped[str] = mapped_column(String(64))
+    # "user", "service_account" or "anonymous".
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # What was acted on: "user", "cli_token", "session", "membership", "organization", ...
+    target_type: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    target_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    client_ip: Mapped[str] = mapped_column(String(45), default="", server_default="")
+    user_agent: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # A small JSON object of facts about the event ({"role": "admin"}); never a secret.
+    details: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+
+
+class OrganizationConfig(Base):
+    """An organization's shared configuration (organization/config_service.py): one JSON
+    document, replaced whole by each write. `version` counts the writes (1 after the first);
+    the etag is derived from it. Deleting the organization deletes it."""
+
+    __tablename__ = "organization_configs"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Canonical JSON: sorted keys, no spaces, UTF-8 (what ORGANIZATION_CONFIG_MAX_BYTES counts).
+    document: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(BigInteger)
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # The user who wrote this version; no foreign key, like the audit log: a deleted account
+    # leaves its last write attributed.
+    updated_by: Mapped[uuid.UUID] = mapped_column(Uuid)

@@ -224,6 +224,10 @@ class GatewayApp:
             # gRPC metadata is printable ASCII; a user agent is informative, so clean it.
             cleaned = "".join(c for c in user_agent if c.isascii() and c.isprintable())
             metadata.append((metadata_keys.USER_AGENT, cleaned[:MAX_USER_AGENT]))
+        request_id = request.header(metadata_keys.REQUEST_ID)
+        if request_id:
+            # Kept on audit events only if printable ASCII of at most 64 (audit/record.py).
+            metadata.append((metadata_keys.REQUEST_ID, request_id))
         return tuple(metadata)
 
     async def _read_body(self, request: _Request, receive: Receive) -> bytes:

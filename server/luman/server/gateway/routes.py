@@ -194,10 +194,15 @@ class Route:
     # An OAuth 2.0 endpoint ((luman.api.v1.oauth_endpoint), oauth.py): form bodies accepted,
     # errors in RFC 6749's shape.
     oauth_endpoint: bool = False
+    # Which of the RPC's bindings: 0 for the rule itself, 1 for its first additional binding...
+    binding: int = 0
 
     @property
     def operation_id(self) -> str:
-        return f"{self.method.containing_service.name}_{self.method.name}"
+        """Unique per binding, as OpenAPI requires: an additional binding gets its number
+        (ListAuditEvents, ListAuditEvents2), as grpc-gateway's generator names them."""
+        suffix = str(self.binding + 1) if self.binding else ""
+        return f"{self.method.containing_service.name}_{self.method.name}{suffix}"
 
     def path_fields(self) -> frozenset[str]:
         """Top-level request fields the URL path sets."""
@@ -287,8 +292,9 @@ def build_routes(services: tuple[ServiceDescriptor, ...] = methods.SERVICES) -> 
                 continue
             rule = options.Extensions[annotations_pb2.http]
             grpc_path = methods.method_path(service, method.name)
-            for binding in _bindings(rule):
-                routes.append(_route(method, grpc_path, binding, policies[grpc_path].public))
+            for index, binding in enumerate(_bindings(rule)):
+                route = _route(method, grpc_path, binding, policies[grpc_path].public)
+                routes.append(dataclasses.replace(route, binding=index) if index else route)
     return RouteTable(routes)
 
 

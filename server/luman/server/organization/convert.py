@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from luman.organization.v1 import organization_pb2
 from luman.server.convert import write_timestamp, write_timestamp_us
 from luman.server.db.models import Role
 from luman.server.organization.repository import MemberRow, OrganizationRow, PageKey
-from luman.server.organization.service import OrganizationRef, UserRef
+from luman.server.organization.service import OrganizationRef, TransferRow, UserRef
 from luman.server.pagination import decode_page_token, encode_page_token
 from luman.server.validation import Violations, check_email, check_slug, check_uuid
 
@@ -112,3 +112,39 @@ def member_to_proto(
     )
     write_timestamp_us(member.join_time, row.join_time_us)
     return member
+
+
+# AIP-134: the fields UpdateOrganization may change; any other update_mask path is refused.
+UPDATABLE_PATHS = ("name", "slug")
+
+
+def update_paths(
+    v: Violations, paths: Sequence[str], organization: organization_pb2.Organization
+) -> frozenset[str]:
+    """The update_mask's paths, each on the allowlist (AIP-134, as UpdateMe): an empty mask
+    means the fields that are set, "*" every updatable one."""
+    if not paths:
+        paths = [p for p in UPDATABLE_PATHS if getattr(organization, p)]
+        if not paths:
+            v.add("update_mask", f"names nothing to update: {', '.join(UPDATABLE_PATHS)}")
+    elif list(paths) == ["*"]:
+        paths = UPDATABLE_PATHS
+    unknown = [p for p in paths if p not in UPDATABLE_PATHS]
+    if unknown:
+        v.add(
+            "update_mask",
+            f"unknown path {unknown[0]!r}; allowed: {', '.join(UPDATABLE_PATHS)}",
+        )
+    return frozenset(paths)
+
+
+def transfer_to_proto(row: TransferRow) -> organization_pb2.OwnershipTransfer:
+    transfer = organization_pb2.OwnershipTransfer(
+        organization_id=str(row.organization_id),
+        from_user_id=str(row.from_user_id),
+        to_user_id=str(row.to_user_id),
+        to_email=row.to_email,
+    )
+    write_timestamp(transfer.create_time, row.create_time)
+    write_timestamp(transfer.expire_time, row.expire_time)
+    return transfer

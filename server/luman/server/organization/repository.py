@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -36,7 +37,14 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from luman.interceptors.errors import AlreadyExistsError
 from luman.server.db.integrity import violates
-from luman.server.db.models import Membership, Organization, Role, User
+from luman.server.db.models import (
+    Membership,
+    Organization,
+    OrganizationSlugRedirect,
+    OwnershipOffer,
+    Role,
+    User,
+)
 
 PageKey = tuple[dt.datetime, uuid.UUID]
 
@@ -313,8 +321,10 @@ def _page_params(after: PageKey | None, limit: int) -> dict[str, object]:
 
 
 class OrganizationRepository:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, now: dt.datetime | None = None) -> None:
+        """`now` decides which former slugs still redirect (default: the system clock)."""
         self._session = session
+        self._now = now
 
     def add_organization(self, organization: Organization) -> Organization:
         self._session.add(organization)
@@ -341,7 +351,13 @@ class OrganizationRepository:
         )
         if lock:
             stmt = stmt.with_for_update()
-        return self._session.scalars(stmt).one_or_none()
+        found = self._session.scalars(stmt).one_or_none()
+        if found is None and slug is not None and organization_id is None:
+            # A former slug within ORGANIZATION_SLUG_REDIRECT_DAYS resolves to the organization.
+            redirected = self.redirect_target(slug)
+            if redirected is not None:
+                return self.find(redirected, None, lock=lock)
+        return found
 
     def membership(self, organization_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
         """The membership with its user and organization loaded."""
@@ -394,3 +410,130 @@ class OrganizationRepository:
             else select(User).where(User.email == email)
         )
         return self._session.scalars(stmt).one_or_none()
+
+    # --- Former slugs -----------------------------------------------------------------------
+
+    def _clock_now(self) -> dt.datetime:
+        return self._now if self._now is not None else dt.datetime.now(dt.UTC)
+
+    def redirect_target(self, slug: str) -> uuid.UUID | None:
+        """The organization a former slug still redirects to, if any."""
+        return self._session.scalar(
+            select(OrganizationSlugRedirect.organization_id).where(
+                OrganizationSlugRedirect.slug == slug,
+                OrganizationSlugRedirect.expire_time > self._clock_now(),
+            )
+        )
+
+    def check_slug_free(self, slug: str, organization_id: uuid.UUID) -> None:
+        """Raise SLUG_RESERVED when `slug` is another organization's redirecting former slug.
+
+        Called after the slug is written and flushed: on PostgreSQL that write waits for a
+        concurrent rename away from the slug to commit, and this statement then sees its
+        redirect (READ COMMITTED), so a create or rename racing a rename cannot take the slug.
+        """
+        owner = self.redirect_target(slug)
+        if owner is not None and owner != organization_id:
+            raise AlreadyExistsError(
+                "SLUG_RESERVED",
+                "this slug was recently another organization's and is reserved for it",
+            )
+
+    def change_slug(
+        self, organization: Organization, slug: str, redirect_until: dt.datetime | None
+    ) -> None:
+        """Give `organization` its new slug; the old one redirects until `redirect_until`
+        (None: not at all). A redirect of its own to the new slug is dropped (renaming back),
+        and an expired one of anyone's is cleared."""
+        old = organization.slug
+        now = self._clock_now()
+        self._session.execute(
+            delete(OrganizationSlugRedirect).where(
+                OrganizationSlugRedirect.slug.in_([slug, old]),
+                (OrganizationSlugRedirect.organization_id == organization.id)
+                | (OrganizationSlugRedirect.expire_time <= now),
+            )
+        )
+        organization.slug = slug
+        try:
+            self._session.flush()
+        except IntegrityError as exc:
+            if violates(exc, "uq_organizations_slug"):
+                raise AlreadyExistsError(
+                    "SLUG_TAKEN", "an organization with this slug already exists"
+                ) from None
+            raise
+        self.check_slug_free(slug, organization.id)
+        if redirect_until is not None:
+            self._session.add(
+                OrganizationSlugRedirect(
+                    slug=old, organization_id=organization.id, expire_time=redirect_until
+                )
+            )
+            self._session.flush()
+
+    def delete_organization(self, organization_id: uuid.UUID) -> None:
+        """Delete it; the database cascades to memberships, service accounts, former slugs and
+        the pending ownership offer (ON DELETE CASCADE)."""
+        self._session.execute(delete(Organization).where(Organization.id == organization_id))
+
+    def member_count(self, organization_id: uuid.UUID) -> int:
+        return (
+            self._session.scalar(
+                select(func.count())
+                .select_from(Membership)
+                .where(Membership.organization_id == organization_id)
+            )
+            or 0
+        )
+
+    # --- Ownership offers ------------------------------------------------------------------
+
+    def offer(self, organization_id: uuid.UUID) -> OwnershipOffer | None:
+        """The organization's pending offer, unless it has expired."""
+        return self._session.scalars(
+            select(OwnershipOffer).where(
+                OwnershipOffer.organization_id == organization_id,
+                OwnershipOffer.expire_time > self._clock_now(),
+            )
+        ).one_or_none()
+
+    def replace_offer(self, offer: OwnershipOffer) -> bool:
+        """Make `offer` the organization's pending one; True if it replaced a live offer."""
+        replaced = self.offer(offer.organization_id) is not None
+        self.delete_offer(offer.organization_id)
+        self._session.add(offer)
+        self._session.flush()
+        return replaced
+
+    def delete_offer(self, organization_id: uuid.UUID) -> None:
+        self._session.execute(
+            delete(OwnershipOffer).where(OwnershipOffer.organization_id == organization_id)
+        )
+        self._session.flush()
+
+
+def caller_organization_redirected(
+    conn: Connection,
+    user_id: uuid.UUID,
+    organization_id: uuid.UUID | None,
+    slug: str | None,
+    now: dt.datetime,
+) -> OrganizationRow | None:
+    """caller_organization, following a former slug that still redirects (looked up only on a
+    miss, so a current slug costs nothing more); None for a non-member."""
+    row = caller_organization(conn, user_id, organization_id, slug)
+    if row is None and slug is not None:
+        target = redirect_target(conn, slug, now)
+        if target is not None:
+            row = caller_organization(conn, user_id, target, None)
+    return row
+
+
+def redirect_target(conn: Connection, slug: str, now: dt.datetime) -> uuid.UUID | None:
+    """The organization a former slug still redirects to, if any (for the Core reads)."""
+    return conn.execute(
+        select(OrganizationSlugRedirect.organization_id).where(
+            OrganizationSlugRedirect.slug == slug, OrganizationSlugRedirect.expire_time > now
+        )
+    ).scalar_one_or_none()

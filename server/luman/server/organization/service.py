@@ -9,16 +9,23 @@ anyone  may remove themselves, except the last owner
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
-from luman.interceptors.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
+from luman.interceptors.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from luman.interceptors.principal import Principal
+from luman.server.audit.record import Event, record
 from luman.server.clock import Clock
-from luman.server.db.models import Membership, Organization, Role
+from luman.server.db.models import Membership, Organization, OwnershipOffer, Role, ServiceAccount
 from luman.server.db.session import Sessions
 from luman.server.organization import repository
 from luman.server.organization.repository import (
@@ -62,21 +69,60 @@ def _denied(message: str) -> PermissionDeniedError:
     return PermissionDeniedError("PERMISSION_DENIED", message)
 
 
+OFFER_LIFETIME = dt.timedelta(days=7)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferRow:
+    """A pending ownership transfer, with the target's email."""
+
+    organization_id: uuid.UUID
+    from_user_id: uuid.UUID
+    to_user_id: uuid.UUID
+    to_email: str
+    create_time: dt.datetime
+    expire_time: dt.datetime
+
+
 class OrganizationService:
-    def __init__(self, sessions: Sessions, clock: Clock) -> None:
+    """Args (beyond the collaborators):
+    forget_credential: drops a credential from the verified-token cache (TokenCache.forget);
+        deleting an organization calls it for each of its service accounts, once committed.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        clock: Clock,
+        slug_redirect_days: int = 30,
+        forget_credential: Callable[[uuid.UUID], None] = lambda _: None,
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._slug_redirect_days = slug_redirect_days
+        self._forget_credential = forget_credential
 
     def create(self, principal: Principal, name: str, slug: str) -> OrganizationRow:
         now = self._clock()
         with self._sessions.write.begin() as session:
-            repo = OrganizationRepository(session)
+            repo = OrganizationRepository(session, self._clock())
             organization = repo.add_organization(
                 Organization(id=uuid.uuid4(), name=name, slug=slug, create_time=now)
             )
+            # After the insert: see OrganizationRepository.check_slug_free.
+            OrganizationRepository(session, now).check_slug_free(slug, organization.id)
             repo.add_membership(organization.id, principal.user_id, Role.OWNER, now)
             membership = repo.membership(organization.id, principal.user_id)
             assert membership is not None
+            event = Event(
+                "organization.created",
+                principal.user_id,
+                organization.id,
+                target_type="organization",
+                target_id=str(organization.id),
+                details={"name": name, "slug": slug},
+            )
+            record(session, event, now)
             return OrganizationRow.of(membership)
 
     # Reads: plain Core rows on a connection (see repository.py), no ORM session, and no
@@ -103,6 +149,19 @@ class OrganizationService:
             rows = repository.members_seen_by(
                 conn, principal.user_id, ref.organization_id, ref.slug, after, page_size + 1
             )
+            if not rows and ref.slug is not None:
+                # Only on a miss: a former slug that still redirects.
+                redirected = self._redirected(conn, ref)
+                if redirected is not ref:
+                    rows = repository.members_seen_by(
+                        conn,
+                        principal.user_id,
+                        redirected.organization_id,
+                        None,
+                        after,
+                        page_size + 1,
+                    )
+                    ref = redirected
             if not rows:
                 self._caller_organization(conn, principal, ref)
         return _page(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.user_id)))
@@ -111,7 +170,7 @@ class OrganizationService:
         self, principal: Principal, ref: OrganizationRef, target: UserRef, role: Role
     ) -> MemberRow:
         with self._sessions.write.begin() as session:
-            repo = OrganizationRepository(session)
+            repo = OrganizationRepository(session, self._clock())
             organization, caller = self._caller_membership(repo, principal, ref, lock=True)
             if caller.role is Role.MEMBER:
                 raise _denied("members cannot add members")
@@ -120,14 +179,16 @@ class OrganizationService:
             user = repo.user(target.user_id, target.email)
             if user is None:
                 raise NotFoundError("USER_NOT_FOUND", "user not found")
-            repo.add_membership(organization.id, user.id, role, self._clock())
+            now = self._clock()
+            repo.add_membership(organization.id, user.id, role, now)
             membership = repo.membership(organization.id, user.id)
             assert membership is not None
+            record(session, _member_event("member.added", membership, role=role.value), now)
             return MemberRow.of(membership)
 
     def remove_member(self, principal: Principal, ref: OrganizationRef, user_id: uuid.UUID) -> None:
         with self._sessions.write.begin() as session:
-            repo = OrganizationRepository(session)
+            repo = OrganizationRepository(session, self._clock())
             organization, caller = self._caller_membership(repo, principal, ref, lock=True)
             leaving = user_id == principal.user_id
             if not leaving and caller.role is Role.MEMBER:
@@ -137,13 +198,15 @@ class OrganizationService:
                 raise _denied("only owners can remove an owner")
             if target.role is Role.OWNER:
                 self._keep_an_owner(repo, organization.id)
+            event = _member_event("member.removed", target, role=target.role.value, left=leaving)
             repo.delete_membership(target)
+            record(session, event, self._clock())
 
     def update_role(
         self, principal: Principal, ref: OrganizationRef, user_id: uuid.UUID, role: Role
     ) -> MemberRow:
         with self._sessions.write.begin() as session:
-            repo = OrganizationRepository(session)
+            repo = OrganizationRepository(session, self._clock())
             organization, caller = self._caller_membership(repo, principal, ref, lock=True)
             if caller.role is Role.MEMBER:
                 raise _denied("members cannot change roles")
@@ -152,15 +215,30 @@ class OrganizationService:
                 raise _denied("only owners can grant or take away the owner role")
             if target.role is Role.OWNER and role is not Role.OWNER:
                 self._keep_an_owner(repo, organization.id)
+            old_role = target.role
             target.role = role
             session.flush()
+            event = _member_event(
+                "member.role_changed", target, role=role.value, old_role=old_role.value
+            )
+            record(session, event, self._clock())
             return MemberRow.of(target)
 
-    @staticmethod
+    def _redirected(self, conn: Connection, ref: OrganizationRef) -> OrganizationRef:
+        """`ref`, or the organization its slug redirects to when that slug is no current one
+        but a former slug within ORGANIZATION_SLUG_REDIRECT_DAYS."""
+        if ref.slug is None:
+            return ref
+        target = repository.redirect_target(conn, ref.slug, self._clock())
+        return ref if target is None else OrganizationRef(organization_id=target)
+
     def _caller_organization(
-        conn: Connection, principal: Principal, ref: OrganizationRef
+        self, conn: Connection, principal: Principal, ref: OrganizationRef
     ) -> OrganizationRow:
-        row = repository.caller_organization(conn, principal.user_id, ref.organization_id, ref.slug)
+        # A former slug that still redirects finds the organization (with its current slug).
+        row = repository.caller_organization_redirected(
+            conn, principal.user_id, ref.organization_id, ref.slug, self._clock()
+        )
         # A non-member learns nothing, not even that the organization exists.
         if row is None:
             raise _org_not_found()
@@ -198,6 +276,261 @@ class OrganizationService:
             raise FailedPreconditionError(
                 "LAST_OWNER", "an organization must keep at least one owner"
             )
+
+    # --- Renaming and deleting -------------------------------------------------------------
+
+    def update(
+        self, principal: Principal, ref: OrganizationRef, name: str | None, slug: str | None
+    ) -> OrganizationRow:
+        """Change the name (owners and admins) and/or the slug (owners only)."""
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, now)
+            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            if caller.role is Role.MEMBER:
+                raise _denied("members cannot change the organization")
+            if slug is not None and caller.role is not Role.OWNER:
+                raise _denied("only owners can change the slug")
+            if name is not None and name != organization.name:
+                old_name = organization.name
+                organization.name = name
+                record(
+                    session,
+                    Event(
+                        "organization.renamed",
+                        organization_id=organization.id,
+                        target_type="organization",
+                        target_id=str(organization.id),
+                        details={"old_name": old_name, "new_name": name},
+                    ),
+                    now,
+                )
+            if slug is not None and slug != organization.slug:
+                old_slug = organization.slug
+                days = self._slug_redirect_days
+                repo.change_slug(
+                    organization, slug, now + dt.timedelta(days=days) if days > 0 else None
+                )
+                record(
+                    session,
+                    Event(
+                        "organization.slug_changed",
+                        organization_id=organization.id,
+                        target_type="organization",
+                        target_id=str(organization.id),
+                        details={"old_slug": old_slug, "new_slug": slug, "redirect_days": days},
+                    ),
+                    now,
+                )
+            session.flush()
+            return OrganizationRow.of(caller)
+
+    def delete(self, principal: Principal, ref: OrganizationRef, confirm_slug: str) -> None:
+        """Delete the organization (owners only) once `confirm_slug` repeats its slug."""
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, now)
+            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            if caller.role is not Role.OWNER:
+                raise _denied("only owners can delete the organization")
+            if confirm_slug != organization.slug:
+                raise InvalidArgumentError.field(
+                    "confirm_slug", "must be the organization's current slug, exactly"
+                )
+            record(
+                session,
+                Event(
+                    "organization.deleted",
+                    organization_id=organization.id,
+                    target_type="organization",
+                    target_id=str(organization.id),
+                    details={
+                        "slug": organization.slug,
+                        "name": organization.name,
+                        "members": repo.member_count(organization.id),
+                    },
+                ),
+                now,
+            )
+            accounts = session.scalars(
+                select(ServiceAccount.id).where(ServiceAccount.organization_id == organization.id)
+            ).all()
+            repo.delete_organization(organization.id)
+        # Committed: its service accounts' access tokens fail on their very next call here, as
+        # after DeleteServiceAccount (other replicas: within TOKEN_CACHE_TTL).
+        for account_id in accounts:
+            self._forget_credential(account_id)
+
+    # --- Ownership transfer ----------------------------------------------------------------
+
+    def offer_transfer(
+        self, principal: Principal, ref: OrganizationRef, target: UserRef
+    ) -> TransferRow:
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, now)
+            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            if caller.role is not Role.OWNER:
+                raise _denied("only owners can offer ownership")
+            user = repo.user(target.user_id, target.email)
+            member = repo.membership(organization.id, user.id) if user is not None else None
+            if member is None:
+                raise NotFoundError("MEMBER_NOT_FOUND", "member not found")
+            if member.role is Role.OWNER:
+                raise FailedPreconditionError("ALREADY_OWNER", "the member is an owner already")
+            offer = OwnershipOffer(
+                organization_id=organization.id,
+                from_user_id=principal.user_id,
+                to_user_id=member.user_id,
+                create_time=now,
+                expire_time=now + OFFER_LIFETIME,
+            )
+            replaced = repo.replace_offer(offer)
+            record(
+                session,
+                Event(
+                    "ownership.offered",
+                    organization_id=organization.id,
+                    user_id=member.user_id,
+                    target_type="user",
+                    target_id=str(member.user_id),
+                    details={"to_email": member.user.email, "replaced": replaced},
+                ),
+                now,
+            )
+            return _transfer_row(offer, member.user.email)
+
+    def get_transfer(self, principal: Principal, ref: OrganizationRef) -> TransferRow:
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, self._clock())
+            organization, _ = self._caller_membership(repo, principal, ref)
+            offer = self._offer(repo, organization.id)
+            target = repo.user(offer.to_user_id, None)
+            return _transfer_row(offer, target.email if target is not None else "")
+
+    def accept_transfer(self, principal: Principal, ref: OrganizationRef) -> MemberRow:
+        """The caller (the offer's target) becomes an owner, the offering owner an admin, in
+        one transaction under the organization's row lock (like every membership change)."""
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, now)
+            organization, caller, offer = self._target_of_offer(repo, principal, ref)
+            offerer = repo.membership(organization.id, offer.from_user_id)
+            if offerer is None or offerer.role is not Role.OWNER:
+                raise FailedPreconditionError(
+                    "OFFERER_NOT_OWNER", "the owner who made the offer is no longer an owner"
+                )
+            caller.role = Role.OWNER
+            offerer.role = Role.ADMIN
+            repo.delete_offer(organization.id)
+            record(
+                session,
+                Event(
+                    "ownership.accepted",
+                    organization_id=organization.id,
+                    user_id=caller.user_id,
+                    target_type="user",
+                    target_id=str(caller.user_id),
+                    details={"from_user_id": str(offer.from_user_id)},
+                ),
+                now,
+            )
+            session.flush()
+            return MemberRow.of(caller)
+
+    def decline_transfer(self, principal: Principal, ref: OrganizationRef) -> None:
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, now)
+            organization, caller, offer = self._target_of_offer(repo, principal, ref)
+            repo.delete_offer(organization.id)
+            record(
+                session,
+                Event(
+                    "ownership.declined",
+                    organization_id=organization.id,
+                    user_id=caller.user_id,
+                    target_type="user",
+                    target_id=str(caller.user_id),
+                    details={"from_user_id": str(offer.from_user_id)},
+                ),
+                now,
+            )
+
+    def cancel_transfer(self, principal: Principal, ref: OrganizationRef) -> None:
+        now = self._clock()
+        with self._sessions.write.begin() as session:
+            repo = OrganizationRepository(session, now)
+            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            if caller.role is not Role.OWNER:
+                raise _denied("only owners can cancel an ownership transfer")
+            offer = self._offer(repo, organization.id)
+            repo.delete_offer(organization.id)
+            record(
+                session,
+                Event(
+                    "ownership.cancelled",
+                    organization_id=organization.id,
+                    user_id=offer.to_user_id,
+                    target_type="user",
+                    target_id=str(offer.to_user_id),
+                    details={"from_user_id": str(offer.from_user_id)},
+                ),
+                now,
+            )
+
+    @staticmethod
+    def _offer(repo: OrganizationRepository, organization_id: uuid.UUID) -> OwnershipOffer:
+        offer = repo.offer(organization_id)
+        if offer is None:
+            raise NotFoundError("OWNERSHIP_TRANSFER_NOT_FOUND", "no ownership transfer is pending")
+        return offer
+
+    def _target_of_offer(
+        self, repo: OrganizationRepository, principal: Principal, ref: OrganizationRef
+    ) -> tuple[Organization, Membership, OwnershipOffer]:
+        """The organization (locked), the caller's membership and the offer made to them."""
+        organization = repo.find(ref.organization_id, ref.slug, lock=True)
+        if organization is None:
+            raise _org_not_found()
+        caller = repo.membership(organization.id, principal.user_id)
+        offer = repo.offer(organization.id)
+        if caller is None:
+            # Someone removed since the offer was made to them may learn why it cannot be
+            # accepted; anyone else learns nothing, not even that the organization exists.
+            if offer is not None and offer.to_user_id == principal.user_id:
+                raise FailedPreconditionError(
+                    "TARGET_NOT_MEMBER", "you are no longer a member of the organization"
+                )
+            raise _org_not_found()
+        if offer is None:
+            raise NotFoundError("OWNERSHIP_TRANSFER_NOT_FOUND", "no ownership transfer is pending")
+        if offer.to_user_id != principal.user_id:
+            raise _denied("the ownership transfer is offered to another member")
+        return organization, caller, offer
+
+
+def _member_event(action: str, membership: Membership, **details: str | bool) -> Event:
+    """A membership event: the organization's, and the account's of the member concerned."""
+    return Event(
+        action,
+        membership.user_id,
+        membership.organization_id,
+        target_type="membership",
+        target_id=str(membership.user_id),
+        details=details,
+    )
+
+
+def _transfer_row(offer: OwnershipOffer, email: str) -> TransferRow:
+    return TransferRow(
+        offer.organization_id,
+        offer.from_user_id,
+        offer.to_user_id,
+        email,
+        offer.create_time,
+        offer.expire_time,
+    )
 
 
 def _page(rows: list[T], page_size: int, key: Callable[[T], PageKey]) -> Page[T]:

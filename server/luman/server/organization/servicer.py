@@ -3,13 +3,15 @@ converts the result."""
 
 from __future__ import annotations
 
+from typing import Literal, Protocol
+
 import grpc
 
 from luman.interceptors.principal import current_principal
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server.auth.service_accounts import ServiceAccounts
 from luman.server.organization import convert
-from luman.server.organization.service import OrganizationService
+from luman.server.organization.service import OrganizationRef, OrganizationService
 from luman.server.organization.service_account_servicer import ServiceAccountRpcs
 from luman.server.pagination import clamp_page_size
 from luman.server.validation import Violations, check_name, check_slug, check_uuid
@@ -135,3 +137,113 @@ class OrganizationServicer(
         return organization_service_pb2.UpdateMemberRoleResponse(
             member=convert.member_to_proto(membership)
         )
+
+    # --- Renaming and deleting (AIP-134, AIP-135) ------------------------------------------
+
+    def UpdateOrganization(
+        self,
+        request: organization_service_pb2.UpdateOrganizationRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.UpdateOrganizationResponse:
+        v = Violations()
+        ref = convert.organization_ref(
+            v, request.WhichOneof("selector"), request.organization_id, request.slug
+        )
+        paths = convert.update_paths(v, request.update_mask.paths, request.organization)
+        name = slug = None
+        if "name" in paths:
+            name = check_name(v, "organization.name", request.organization.name)
+        if "slug" in paths:
+            slug = check_slug(v, "organization.slug", request.organization.slug)
+        v.raise_if_any()
+        row = self._service.update(current_principal(), ref, name, slug)
+        return organization_service_pb2.UpdateOrganizationResponse(
+            organization=convert.organization_to_proto(row)
+        )
+
+    def DeleteOrganization(
+        self,
+        request: organization_service_pb2.DeleteOrganizationRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.DeleteOrganizationResponse:
+        v = Violations()
+        ref = convert.organization_ref(
+            v, request.WhichOneof("organization"), request.organization_id, request.slug
+        )
+        if not request.confirm_slug:
+            v.add("confirm_slug", "is required: the organization's current slug")
+        v.raise_if_any()
+        self._service.delete(current_principal(), ref, request.confirm_slug)
+        return organization_service_pb2.DeleteOrganizationResponse()
+
+    # --- Ownership transfer ----------------------------------------------------------------
+
+    def OfferOwnershipTransfer(
+        self,
+        request: organization_service_pb2.OfferOwnershipTransferRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.OfferOwnershipTransferResponse:
+        v = Violations()
+        ref = convert.organization_ref(
+            v, request.WhichOneof("organization"), request.organization_id, request.slug
+        )
+        target = convert.user_ref(v, request.WhichOneof("user"), request.user_id, request.email)
+        v.raise_if_any()
+        row = self._service.offer_transfer(current_principal(), ref, target)
+        return organization_service_pb2.OfferOwnershipTransferResponse(
+            ownership_transfer=convert.transfer_to_proto(row)
+        )
+
+    def GetOwnershipTransfer(
+        self,
+        request: organization_service_pb2.GetOwnershipTransferRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.GetOwnershipTransferResponse:
+        ref = self._ref(request)
+        row = self._service.get_transfer(current_principal(), ref)
+        return organization_service_pb2.GetOwnershipTransferResponse(
+            ownership_transfer=convert.transfer_to_proto(row)
+        )
+
+    def AcceptOwnershipTransfer(
+        self,
+        request: organization_service_pb2.AcceptOwnershipTransferRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.AcceptOwnershipTransferResponse:
+        row = self._service.accept_transfer(current_principal(), self._ref(request))
+        return organization_service_pb2.AcceptOwnershipTransferResponse(
+            member=convert.member_to_proto(row)
+        )
+
+    def DeclineOwnershipTransfer(
+        self,
+        request: organization_service_pb2.DeclineOwnershipTransferRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.DeclineOwnershipTransferResponse:
+        self._service.decline_transfer(current_principal(), self._ref(request))
+        return organization_service_pb2.DeclineOwnershipTransferResponse()
+
+    def CancelOwnershipTransfer(
+        self,
+        request: organization_service_pb2.CancelOwnershipTransferRequest,
+        context: grpc.ServicerContext,
+    ) -> organization_service_pb2.CancelOwnershipTransferResponse:
+        self._service.cancel_transfer(current_principal(), self._ref(request))
+        return organization_service_pb2.CancelOwnershipTransferResponse()
+
+    @staticmethod
+    def _ref(request: _SelectsOrganization) -> OrganizationRef:
+        """The request's `organization` oneof, checked."""
+        v = Violations()
+        ref = convert.organization_ref(
+            v, request.WhichOneof("organization"), request.organization_id, request.slug
+        )
+        v.raise_if_any()
+        return ref
+
+
+class _SelectsOrganization(Protocol):
+    organization_id: str
+    slug: str
+
+    def WhichOneof(self, oneof_group: Literal["organization"]) -> str | None: ...
