@@ -136,3 +136,21 @@ def test_help_has_examples(luman: Luman) -> None:
         assert result.exit_code == OK
         assert f"luman org config {command}" in result.output
     assert "org config" in luman("--help").output
+
+
+def test_set_writes_only_to_the_organization_that_was_pulled(luman: Luman, tmp_path: Path) -> None:
+    """Etags are versions, which every configuration has: W/"0" of a deleted organization
+    must not apply to a new one that took its slug."""
+    _register(luman)
+    assert luman("org", "create", "Old", "--slug", "acme-reuse").exit_code == OK
+    assert luman("org", "config", "pull", "acme-reuse").exit_code == OK
+    pulled = luman.config_dir / "orgs" / "acme-reuse" / "config.json"
+    result = luman("org", "delete", "acme-reuse", "--confirm", "acme-reuse")
+    assert result.exit_code == OK, result.output
+    # The slug is free at once; the new organization's configuration is at W/"0" too.
+    assert luman("org", "create", "New", "--slug", "acme-reuse").exit_code == OK
+    pulled.write_text(json.dumps({"preset": "meant for the old one"}))
+    result = luman("org", "config", "set", "acme-reuse", str(pulled))
+    assert result.exit_code != OK
+    shown = _json(luman("--json", "org", "config", "get", "acme-reuse").stdout)
+    assert (shown["version"], shown["config"]) == (0, {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ def set_(ctx: click.Context, slug: str, file: Path, if_match: str | None, force:
         raise click.UsageError("--force and --if-match exclude each other")
     document = _read_document(file)
     etag = ""
+    target: str | uuid.UUID = slug
     if if_match:
         etag = if_match
     elif not force:
@@ -169,9 +171,12 @@ def set_(ctx: click.Context, slug: str, file: Path, if_match: str | None, force:
                 f"`luman org config pull {slug}` first, or pass --if-match ETAG or --force"
             )
         etag = pulled.etag
+        # The organization that was pulled, by id: etags are versions ("W/\"3\""), which
+        # another organization's configuration has too, and a slug can change hands.
+        target = uuid.UUID(pulled.organization_id)
     state = state_of(ctx)
     try:
-        written = state.client().organization_configs.update(slug, document, etag=etag)
+        written = state.client().organization_configs.update(target, document, etag=etag)
     except Aborted as exc:
         current = exc.metadata.get("etag", "?")
         raise click.ClickException(
