@@ -105,6 +105,23 @@ def auth_file_path(directory: Path | None = None) -> Path:
     return (directory or config_dir()) / AUTH_FILE_NAME
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once: readers see the old file or the new one, never
+    half of it. The file is created 0600 from the start (mkstemp), so a secret in it is never
+    readable by others, not even for a moment."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
 def save_auth(data: AuthData, directory: Path | None = None) -> Path:
     """Write the login atomically with mode 0600 in a 0700 directory; returns the file's path.
 
@@ -118,20 +135,7 @@ def save_auth(data: AuthData, directory: Path | None = None) -> Path:
         # mkdir's mode is filtered by the umask and ignored for an existing folder.
         if stat.S_IMODE(folder.stat().st_mode) != 0o700:
             folder.chmod(0o700)
-        # mkstemp creates the file 0600 from the start, so the token is never readable by
-        # others, not even for a moment.
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".auth-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data.to_json(), fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+        write_atomically(path, json.dumps(data.to_json(), indent=2) + "\n")
         _fsync_directory(folder)
     except OSError as exc:
         raise AuthFileError(f"cannot save the login to {path}: {exc.strerror or exc}") from exc

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import re
-import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 
-from luman.client.auth_store import config_dir
+from luman.client.auth_store import config_dir, write_atomically
 from luman.client.errors import InvalidArgument
 from luman.organization.v1 import config_service_pb2, config_service_pb2_grpc
 
@@ -169,20 +166,6 @@ def pulled_config_dir(slug: str, directory: Path | None = None) -> Path:
     return (directory or config_dir()) / ORGS_DIR_NAME / slug
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-
-
 def save_pulled(
     slug: str, config: OrganizationConfig, directory: Path | None = None
 ) -> PulledConfig:
@@ -195,7 +178,7 @@ def save_pulled(
     folder = pulled_config_dir(slug, directory)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / CONFIG_FILE_NAME
-    _write_atomically(
+    write_atomically(
         path, json.dumps(config.config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     )
     meta = {
@@ -204,7 +187,7 @@ def save_pulled(
         "organization_id": config.organization_id,
         "pull_time": dt.datetime.now(dt.UTC).isoformat(),
     }
-    _write_atomically(folder / PULL_FILE_NAME, json.dumps(meta, indent=2) + "\n")
+    write_atomically(folder / PULL_FILE_NAME, json.dumps(meta, indent=2) + "\n")
     return PulledConfig(path, config.etag, config.version, config.organization_id)
 
 
