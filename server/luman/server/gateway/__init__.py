@@ -7,6 +7,7 @@ status.py     gRPC status -> HTTP status and a google.rpc.Status JSON body
 policy.py     security headers, CORS, client address behind trusted proxies
 openapi.py    OpenAPI 3.1 document from the same descriptors and their comments
 comments.py   proto comments, read from the descriptor set `make proto` writes
+bodies.py     request bodies read with a size bound (JSON routes and the /device page)
 app.py        the ASGI application tying these together (+ /healthz, /readyz, /openapi.json)
 device_page.py the device login's approval page, /device (device_templates.py, static/)
 server.py     uvicorn (httptools, uvloop) on its own thread; build_gateway() wires it up

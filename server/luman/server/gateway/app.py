@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 import grpc
 
 from luman.interceptors import metadata_keys
-from luman.server.gateway import caching, oauth
+from luman.server.gateway import bodies, caching, oauth
 from luman.server.gateway import status as statuses
 from luman.server.gateway.device_page import DevicePage, is_page_path
 from luman.server.gateway.in_process import InProcessCalls, Metadata, grpc_peer
@@ -54,10 +54,6 @@ MAX_USER_AGENT = 512
 _FORWARDED_METADATA = {
     name: name.encode() for name in (*metadata_keys.RATE_LIMIT_HEADERS, metadata_keys.CACHE_CONTROL)
 }
-
-
-class _ClientGoneError(Exception):
-    """The client disconnected while we read its body."""
 
 
 class _Request:
@@ -115,7 +111,7 @@ class GatewayApp:
         headers: list[Header] = []
         try:
             await self._handle(request, receive, send, headers)
-        except _ClientGoneError:
+        except bodies.ClientGoneError:
             return
         except GatewayError as exc:
             await self._respond_error(request, send, exc.response(), headers)
@@ -231,22 +227,10 @@ class GatewayApp:
         return tuple(metadata)
 
     async def _read_body(self, request: _Request, receive: Receive) -> bytes:
-        length = request.header("content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self._max_body:
-            raise _too_large(self._max_body)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = await receive()
-            if event["type"] == "http.disconnect":
-                raise _ClientGoneError
-            chunk: bytes = event.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise _too_large(self._max_body)
-            chunks.append(chunk)
-            if not event.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            return await bodies.read_body(receive, request.header("content-length"), self._max_body)
+        except bodies.BodyTooLargeError:
+            raise _too_large(self._max_body) from None
 
     async def _options(self, request: _Request, path: str, send: Send) -> None:
         if path in HEALTH_PATHS:

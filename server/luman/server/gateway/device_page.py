@@ -41,7 +41,7 @@ from luman.auth.v1 import auth_service_pb2
 from luman.interceptors import metadata_keys
 from luman.interceptors.client_address import parse_address
 from luman.server.clock import Clock
-from luman.server.gateway import caching
+from luman.server.gateway import bodies, caching
 from luman.server.gateway import device_templates as templates
 from luman.server.gateway import status as statuses
 from luman.server.gateway.in_process import CallResult, InProcessCalls, grpc_peer
@@ -92,10 +92,6 @@ class PageRequest(Protocol):
     headers: dict[str, list[str]]
 
     def header(self, name: str) -> str | None: ...
-
-
-class _ClientGoneError(Exception):
-    pass
 
 
 class _RefusedError(Exception):
@@ -170,7 +166,7 @@ class DevicePage:
         visit = _Visit(request, self._addresses, self._public_https)
         try:
             status, body, headers = await self._dispatch(visit, path, receive)
-        except _ClientGoneError:
+        except bodies.ClientGoneError:
             return
         except _RefusedError as exc:
             status, body, headers = (
@@ -530,22 +526,12 @@ def _first_values(text: str) -> dict[str, str]:
 
 
 async def _read_body(request: PageRequest, receive: Receive) -> bytes:
-    length = request.header("content-length")
-    if length is not None and length.strip().isdigit() and int(length) > MAX_FORM_BYTES:
-        raise _RefusedError(413, "Form too large", "The form is larger than this page accepts.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = await receive()
-        if event["type"] == "http.disconnect":
-            raise _ClientGoneError
-        chunk: bytes = event.get("body", b"")
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            raise _RefusedError(413, "Form too large", "The form is larger than this page accepts.")
-        chunks.append(chunk)
-        if not event.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await bodies.read_body(receive, request.header("content-length"), MAX_FORM_BYTES)
+    except bodies.BodyTooLargeError:
+        raise _RefusedError(
+            413, "Form too large", "The form is larger than this page accepts."
+        ) from None
 
 
 def _rich_status(result: CallResult) -> status_pb2.Status | None:
