@@ -57,6 +57,7 @@ from bench.databases import (
     sqlite_database,
 )
 from bench.h2load import Call, GrpcCall, Load, Run, Verdict, load_for
+from bench.mail_sink import MailSink
 from bench.processes import CpuPlan, ServerProcess, harness_env, python_server, settle
 from bench.stats import Spread
 from bench.token_verification import VerificationCost
@@ -266,9 +267,12 @@ class Results:
     verification: list[VerificationCost] = dataclasses.field(default_factory=list)
 
 
-def product_env(options: Options, database_url: str, data_dir: Path) -> dict[str, str]:
+def product_env(
+    options: Options, database_url: str, data_dir: Path, smtp_url: str
+) -> dict[str, str]:
     """Environment for the product server: production mode, bench database, limits that never
-    reject a benchmark call, tokens that outlive the run; then the caller's overrides."""
+    reject a benchmark call, tokens that outlive the run, mail to `smtp_url` (a MailSink);
+    then the caller's overrides."""
     env = harness_env()
     env.update(
         {
@@ -285,6 +289,7 @@ def product_env(options: Options, database_url: str, data_dir: Path) -> dict[str
             "JWT_EXPIRES_IN": "12h",
             "RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
             "AUTH_RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
+            "SMTP_URL": smtp_url,
         }
     )
     if options.bcrypt_rounds is not None:
@@ -299,7 +304,10 @@ class Bench:
         self.workdir = workdir
         self.cpu = cpu
         self._load_pin = CpuPlan.pin(cpu.load)
-        settings = Settings.from_env(product_env(options, "sqlite://", workdir / "data"))
+        # What the product runs with (reported); the mail sink's address comes with the run.
+        settings = Settings.from_env(
+            product_env(options, "sqlite://", workdir / "data", "smtp://127.0.0.1")
+        )
         self.results = Results(
             options, cpu, settings, command, dt.datetime.now(dt.UTC).replace(microsecond=0)
         )
@@ -307,12 +315,14 @@ class Bench:
         # after the first pass and kept (idle between its runs) until every backend is done.
         self._stack = contextlib.ExitStack()
         self._paired: tuple[GrpcCall, int] | None = None
+        self._mail: MailSink | None = None
 
     # -- plan ------------------------------------------------------------------------------
 
     def run_all(self) -> Results:
         options = self.options
-        with self._stack:  # stops the paired bare server, if one was started
+        # The mail sink runs in this (the load) process, off the server's core.
+        with MailSink() as self._mail, self._stack:  # and stops the paired bare server
             for backend in options.backends:
                 self.results.backends.append(self._backend(backend))
         self._paired = None
@@ -342,7 +352,8 @@ class Bench:
 
     def _measure_backend(self, db: BenchDatabase, result: BackendResult) -> None:
         options = self.options
-        env = product_env(options, db.url, self.workdir / "data")
+        assert self._mail is not None
+        env = product_env(options, db.url, self.workdir / "data", self._mail.url)
         logs_before = bytes_before = None
         with self._product(env, result.label) as server:
             logger.info("%s: creating the scenario data through the API", result.label)

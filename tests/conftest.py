@@ -30,6 +30,7 @@ from luman.server.config import Settings
 from luman.server.db import migrate
 from luman.server.db.base import Base
 from luman.server.db.session import Sessions, make_engine, make_sessions
+from tests.mail_support import Mailbox
 from tests.support import FakeClock
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -160,6 +161,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         device_code_attempts_per_ip=1_000_000,
         device_code_attempts_per_account=1_000_000,
         device_code_attempts_global=1_000_000,
+        email_rate_limit_max_requests=1_000_000,
         # Every organization may introspect here (tests make them with random slugs);
         # tests/server/test_introspection_trust.py covers the production default, nobody.
         introspection_organizations=frozenset({"*"}),
@@ -221,3 +223,12 @@ def auth(channel: grpc.Channel) -> auth_service_pb2_grpc.AuthServiceStub:
 @pytest.fixture
 def orgs(channel: grpc.Channel) -> organization_service_pb2_grpc.OrganizationServiceStub:
     return organization_service_pb2_grpc.OrganizationServiceStub(channel)
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server on a free loopback port (tests/mail_support.py)."""
+    box = Mailbox()
+    box.start()
+    yield box
+    box.stop()

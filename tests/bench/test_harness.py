@@ -15,6 +15,7 @@ import pytest
 from bench import h2load, report, token_verification, trailers
 from bench.databases import REQUEST_LOGS, sqlite_database
 from bench.h2load import GrpcCall, HttpCall, Load
+from bench.mail_sink import MailSink
 from bench.processes import CpuPlan, python_server
 from bench.scenarios import (
     LOGGING_OFF_ENV,
@@ -356,8 +357,8 @@ def test_the_getme_targets_are_read_at_16_streams_against_the_paired_bare_runs()
 def test_product_server_serves_the_workload_and_reports_its_writer(tmp_path: Path) -> None:
     # The harness's product process end to end: scenario data through the API, a verified
     # h2load run, and a graceful stop whose writer counters match the rows it wrote.
-    with sqlite_database(tmp_path) as db:
-        env = product_env(Options(bcrypt_rounds=4), db.url, tmp_path / "data")
+    with sqlite_database(tmp_path) as db, MailSink() as mail:
+        env = product_env(Options(bcrypt_rounds=4), db.url, tmp_path / "data", mail.url)
         with python_server(
             "product", "bench.product_server", [], env=env, cpu=None, workdir=tmp_path
         ) as server:

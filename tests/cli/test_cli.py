@@ -131,6 +131,7 @@ def test_json_output_parses_back(luman: Luman, clock: FakeClock) -> None:
         "email": ada,
         "name": "Ada",
         "create_time": me["create_time"],
+        "email_verified": False,
         "api_url": luman.api_url,
         "cli_token": {
             "id": me["cli_token"]["id"],

@@ -98,6 +98,9 @@ def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, An
         "AuthService_CreateServiceToken",
         "AuthService_StartDeviceLogin",
         "AuthService_PollDeviceLogin",
+        "AuthService_VerifyEmail",
+        "AuthService_RequestPasswordReset",
+        "AuthService_ResetPassword",
         "Health_Live",
         "Health_Ready",
     }

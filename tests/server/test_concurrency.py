@@ -7,14 +7,10 @@ membership changes, a row lock on the organization.
 
 from __future__ import annotations
 
-import collections
-import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
@@ -40,36 +36,12 @@ from tests.server.organization_support import (
     roles_by_user,
     sign_up,
 )
-from tests.support import PASSWORD, bearer, register, rich_error, unique_email
+from tests.server.race_support import OK, PAIRS, race, tally
+from tests.support import PASSWORD, bearer, register, unique_email
 
 Auth = auth_service_pb2_grpc.AuthServiceStub
 Orgs = organization_service_pb2_grpc.OrganizationServiceStub
 N = 50
-
-
-Outcome = tuple[str, str]  # (status code name, ErrorInfo reason)
-OK: Outcome = ("OK", "")
-
-
-def _race(calls: list[Callable[[], Any]]) -> list[Outcome]:
-    """Run `calls` at once; return each one's outcome, in order."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Outcome:
-        barrier.wait()
-        try:
-            call()
-        except grpc.RpcError as exc:
-            error = rich_error(exc)
-            return error.code.name, error.reason
-        return OK
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
-def _tally(results: list[Outcome]) -> dict[Outcome, int]:
-    return dict(collections.Counter(results))
 
 
 def _count(sessions: Sessions, statement: sa.Select[Any]) -> int:
@@ -85,8 +57,8 @@ def test_simultaneous_registrations_of_one_email_make_one_user(
     email = unique_email()
     # Spellings that normalize to the same address race as well.
     spellings = [email, email.upper(), f"  {email} "]
-    results = _race([lambda i=i: register(auth, email=spellings[i % 3]) for i in range(N)])  # type: ignore[misc]
-    assert _tally(results) == {OK: 1, ("ALREADY_EXISTS", "EMAIL_TAKEN"): N - 1}
+    results = race([lambda i=i: register(auth, email=spellings[i % 3]) for i in range(N)])  # type: ignore[misc]
+    assert tally(results) == {OK: 1, ("ALREADY_EXISTS", "EMAIL_TAKEN"): N - 1}
     assert _count(sessions, sa.select(User).where(User.email == email)) == 1
     auth.Login(auth_service_pb2.LoginRequest(email=email, password=PASSWORD))
 
@@ -95,8 +67,8 @@ def test_simultaneous_registrations_of_different_emails_all_succeed(
     auth: Auth, sessions: Sessions
 ) -> None:
     # Writers queue behind each other on SQLite instead of failing with "database is locked".
-    results = _race([lambda: register(auth) for _ in range(N)])
-    assert _tally(results) == {OK: N}
+    results = race([lambda: register(auth) for _ in range(N)])
+    assert tally(results) == {OK: N}
     assert _count(sessions, sa.select(User)) == N
 
 
@@ -104,10 +76,10 @@ def test_simultaneous_creations_of_one_slug_make_one_organization(
     auth: Auth, orgs: Orgs, sessions: Sessions
 ) -> None:
     creators = [sign_up(auth) for _ in range(5)]
-    results = _race(
+    results = race(
         [lambda i=i: create_organization(orgs, creators[i % 5], slug="contested") for i in range(N)]  # type: ignore[misc]
     )
-    assert _tally(results) == {OK: 1, ("ALREADY_EXISTS", "SLUG_TAKEN"): N - 1}
+    assert tally(results) == {OK: 1, ("ALREADY_EXISTS", "SLUG_TAKEN"): N - 1}
     assert _count(sessions, sa.select(Organization).where(Organization.slug == "contested")) == 1
     # Exactly one creator ended up owning it, and nobody got a dangling membership.
     assert _count(sessions, sa.select(Membership)) == 1
@@ -118,14 +90,11 @@ def test_simultaneous_adds_of_one_member_make_one_membership(
 ) -> None:
     owner, newcomer = sign_up(auth), sign_up(auth)
     organization = create_organization(orgs, owner)
-    results = _race(
+    results = race(
         [lambda: add_member(orgs, owner, organization, newcomer, MEMBER) for _ in range(N)]
     )
-    assert _tally(results) == {OK: 1, ("ALREADY_EXISTS", "ALREADY_MEMBER"): N - 1}
+    assert tally(results) == {OK: 1, ("ALREADY_EXISTS", "ALREADY_MEMBER"): N - 1}
     assert roles_by_user(orgs, owner, organization) == {owner.id: OWNER, newcomer.id: MEMBER}
-
-
-PAIRS = 8  # organizations raced at once: more overlapping pairs, more chances to interleave
 
 
 def _owner_pairs(auth: Auth, orgs: Orgs) -> list[tuple[Any, Any, Any]]:
@@ -160,7 +129,7 @@ def test_two_owners_demoting_each_other_never_leave_zero_owners(
         return lambda: orgs.UpdateMemberRole(request, metadata=caller.metadata)
 
     calls = [demote(o, a, b) for o, a, b in pairs] + [demote(o, b, a) for o, a, b in pairs]
-    results = _race(calls)
+    results = race(calls)
     for index, (organization, _, _) in enumerate(pairs):
         outcomes = [results[index], results[index + PAIRS]]
         # One wins. The other finds itself already demoted (a member: read only) or, had it
@@ -183,7 +152,7 @@ def test_two_owners_leaving_at_once_never_leave_zero_owners(
         request = pb.RemoveMemberRequest(organization_id=organization.id, user_id=account.id)
         return lambda: orgs.RemoveMember(request, metadata=account.metadata)
 
-    results = _race([leave(o, a) for o, a, _ in pairs] + [leave(o, b) for o, _, b in pairs])
+    results = race([leave(o, a) for o, a, _ in pairs] + [leave(o, b) for o, _, b in pairs])
     for index, (organization, _, _) in enumerate(pairs):
         outcomes = sorted([results[index], results[index + PAIRS]])
         assert outcomes == [("FAILED_PRECONDITION", "LAST_OWNER"), OK]
@@ -194,10 +163,10 @@ def test_simultaneous_refreshes_with_one_token_all_get_the_one_new_pair(auth: Au
     tokens = register(auth).tokens
     request = auth_service_pb2.RefreshTokenRequest(refresh_token=tokens.refresh_token)
     pairs: list[Any] = []
-    results = _race([lambda: pairs.append(auth.RefreshToken(request).tokens) for _ in range(N)])
+    results = race([lambda: pairs.append(auth.RefreshToken(request).tokens) for _ in range(N)])
     # One rotates the token; the others, within REFRESH_REUSE_GRACE_SECONDS, get the same pair
     # (tests/server/test_refresh_grace.py) instead of revoking the sign-in.
-    assert _tally(results) == {OK: N}
+    assert tally(results) == {OK: N}
     assert len({(p.access_token, p.refresh_token) for p in pairs}) == 1
     auth.GetMe(auth_service_pb2.GetMeRequest(), metadata=bearer(pairs[0].access_token))
 
@@ -238,7 +207,7 @@ def test_accepting_a_transfer_while_the_offerer_is_demoted(
         )
         return lambda: orgs.UpdateMemberRole(request, metadata=caller.metadata)
 
-    results = _race(
+    results = race(
         [accept(o, t) for o, _, _, t in setups] + [demote(o, c, f) for o, f, c, _ in setups]
     )
     for index, (organization, offerer, other, target) in enumerate(setups):
@@ -265,8 +234,8 @@ def test_accepting_one_transfer_many_times_at_once(
         metadata=offerer.metadata,
     )
     request = pb.AcceptOwnershipTransferRequest(slug=organization.slug)
-    results = _race([lambda: orgs.AcceptOwnershipTransfer(request, metadata=target.metadata)] * 10)
-    assert _tally(results) == {OK: 1, ("NOT_FOUND", "OWNERSHIP_TRANSFER_NOT_FOUND"): 9}
+    results = race([lambda: orgs.AcceptOwnershipTransfer(request, metadata=target.metadata)] * 10)
+    assert tally(results) == {OK: 1, ("NOT_FOUND", "OWNERSHIP_TRANSFER_NOT_FOUND"): 9}
     assert roles_by_user(orgs, target, organization) == {offerer.id: ADMIN, target.id: OWNER}
     with sessions.read() as session:
         accepted = session.scalar(
@@ -303,7 +272,7 @@ def test_deleting_while_renaming(auth: Auth, orgs: Orgs, sessions: Sessions, rou
         )
         return lambda: orgs.UpdateOrganization(request, metadata=caller.metadata)
 
-    results = _race(
+    results = race(
         [delete(o, a) for o, a, _, _ in setups] + [rename(o, b, s) for o, _, b, s in setups]
     )
     for index, (organization, _, _, new_slug) in enumerate(setups):
@@ -352,7 +321,7 @@ def test_claiming_a_slug_while_its_organization_renames_away(
         )
         return lambda: orgs.UpdateOrganization(request, metadata=owner.metadata)
 
-    results = _race(
+    results = race(
         [rename(o, a) for o, a, _ in setups]
         + [lambda o=o, c=c: create_organization(orgs, c, slug=o.slug) for o, _, c in setups]  # type: ignore[misc]
     )

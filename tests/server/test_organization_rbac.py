@@ -7,6 +7,8 @@ admin   add, remove and re-role admins and members; never touch an owner nor gra
 member  read only
 anyone  may leave, except the last owner; non-members get NOT_FOUND for everything
 target  only the member an ownership transfer is offered to accepts or declines it
+invitee only the person invited (here the non-member, verified) accepts or declines an
+        invitation; anyone else gets INVITATION_NOT_FOUND
 
 Every write RPC of OrganizationService (scope write in the contract) is in the matrix
 (test_every_write_rpc_is_in_the_matrix).
@@ -15,6 +17,7 @@ Every write RPC of OrganizationService (scope write in the contract) is in the m
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -26,6 +29,8 @@ from luman.auth.v1 import auth_service_pb2_grpc
 from luman.organization.v1 import organization_pb2, organization_service_pb2_grpc
 from luman.organization.v1 import organization_service_pb2 as pb
 from luman.server import methods
+from luman.server.config import Settings
+from tests.mail_support import Mailbox, verify
 from tests.server.organization_support import (
     ADMIN,
     MEMBER,
@@ -38,6 +43,7 @@ from tests.server.organization_support import (
     sign_up,
     unique_slug,
 )
+from tests.support import FakeClock, unique_email
 
 Orgs = organization_service_pb2_grpc.OrganizationServiceStub
 Auth = auth_service_pb2_grpc.AuthServiceStub
@@ -58,10 +64,17 @@ class Team:
     targets: dict[Role, Account]  # the second person holding each role
     non_member: Account
     outsider: Account
+    invitation_id: str  # the owner's invitation to a new address, role member, sent a while ago
 
 
 @pytest.fixture
-def team(auth: Auth, orgs: Orgs) -> Team:
+def settings(settings: Settings, mailbox: Mailbox) -> Settings:
+    """Real mail: the non-member verifies their address, to answer invitations."""
+    return dataclasses.replace(settings, smtp_url=mailbox.url)
+
+
+@pytest.fixture
+def team(auth: Auth, orgs: Orgs, mailbox: Mailbox, clock: FakeClock) -> Team:
     owner = sign_up(auth, "owner")
     organization = create_organization(orgs, owner)
     people = {
@@ -71,6 +84,12 @@ def team(auth: Auth, orgs: Orgs) -> Team:
         role = {"owner2": OWNER, "admin": ADMIN, "admin2": ADMIN}.get(name, MEMBER)
         add_member(orgs, owner, organization, account, role)
     non_member = sign_up(auth, "stranger")
+    verify(auth, mailbox, non_member.email)
+    invitation = orgs.CreateInvitation(
+        pb.CreateInvitationRequest(slug=organization.slug, email=unique_email(), role=MEMBER),
+        metadata=owner.metadata,
+    ).invitation
+    clock.advance(seconds=61)  # past ResendInvitation's one message a minute
     return Team(
         organization=organization,
         by_role={
@@ -82,6 +101,7 @@ def team(auth: Auth, orgs: Orgs) -> Team:
         targets={OWNER: people["owner2"], ADMIN: people["admin2"], MEMBER: people["member2"]},
         non_member=non_member,
         outsider=sign_up(auth, "outsider"),
+        invitation_id=invitation.id,
     )
 
 
@@ -93,6 +113,7 @@ class Action:
     apply: Callable[[dict[str, Role], Team, Account], None]
     rpc: str = ""  # the RPC it exercises (default: from the action's name, see _rpc)
     deletes: bool = False  # success deletes the organization
+    not_found: str = "ORGANIZATION_NOT_FOUND"  # the reason of a NOT_FOUND refusal
 
 
 def _add(role: Role) -> Action:
@@ -258,6 +279,52 @@ def _delete_service_account() -> Action:
     return Action(call, _unchanged, "DeleteServiceAccount")
 
 
+def _invite(role: Role) -> Action:
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        return orgs.CreateInvitation(
+            pb.CreateInvitationRequest(
+                organization_id=team.organization.id,
+                email=f"invitee-{uuid.uuid4().hex[:8]}@example.com",
+                role=role,
+            ),
+            metadata=caller.metadata,
+        )
+
+    return Action(call, _unchanged, "CreateInvitation")
+
+
+def _manage_invitation(rpc: str) -> Action:
+    """ResendInvitation or CancelInvitation of the owner's invitation (role member)."""
+
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        request = getattr(pb, f"{rpc}Request")(
+            slug=team.organization.slug, invitation_id=team.invitation_id
+        )
+        return getattr(orgs, rpc)(request, metadata=caller.metadata)
+
+    return Action(call, _unchanged, rpc)
+
+
+def _answer_invitation(rpc: str) -> Action:
+    """The first owner invites the non-member (verified); the caller then calls `rpc`."""
+
+    def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        invitation = orgs.CreateInvitation(
+            pb.CreateInvitationRequest(
+                slug=team.organization.slug, email=team.non_member.email, role=MEMBER
+            ),
+            metadata=team.by_role["owner"].metadata,
+        ).invitation
+        request = getattr(pb, f"{rpc}Request")(invitation_id=invitation.id)
+        return getattr(orgs, rpc)(request, metadata=caller.metadata)
+
+    def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
+        if rpc == "AcceptInvitation":
+            roles[team.non_member.id] = MEMBER
+
+    return Action(call, apply, rpc, not_found="INVITATION_NOT_FOUND")
+
+
 ACTIONS: dict[str, Action] = {
     **{f"add-{ROLE_NAMES[r]}": _add(r) for r in (MEMBER, ADMIN, OWNER)},
     **{f"remove-{ROLE_NAMES[r]}": _remove(r) for r in (MEMBER, ADMIN, OWNER)},
@@ -277,10 +344,17 @@ ACTIONS: dict[str, Action] = {
     "cancel-transfer": _answer_transfer("CancelOwnershipTransfer"),
     "create-service-account": _create_service_account(),
     "delete-service-account": _delete_service_account(),
+    **{f"invite-{ROLE_NAMES[r]}": _invite(r) for r in (MEMBER, ADMIN, OWNER)},
+    "resend-invitation": _manage_invitation("ResendInvitation"),
+    "cancel-invitation": _manage_invitation("CancelInvitation"),
+    "accept-invitation": _answer_invitation("AcceptInvitation"),
+    "decline-invitation": _answer_invitation("DeclineInvitation"),
 }
 # Only the member a transfer is offered to (here the admin) may answer it.
 TARGET_ONLY = {"accept-transfer", "decline-transfer"}
 ANYONE_MAY = {"create-organization"}  # not an action on this organization
+# Only the invitee (here the non-member) may answer an invitation; to anyone else it is unknown.
+INVITEE_ONLY = {"accept-invitation", "decline-invitation"}
 
 ADMIN_MAY = {
     "add-member", "add-admin",
@@ -289,14 +363,19 @@ ADMIN_MAY = {
     "change-admin-to-member", "change-admin-to-admin",
     "leave",
     "rename", "create-service-account", "delete-service-account",
+    "invite-member", "invite-admin", "resend-invitation", "cancel-invitation",
     *TARGET_ONLY, *ANYONE_MAY,
 }  # fmt: skip
 EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
     "owner": {action: DENIED if action in TARGET_ONLY else OK for action in ACTIONS},
     "admin": {action: OK if action in ADMIN_MAY else DENIED for action in ACTIONS},
     "member": {action: OK if action in {"leave", *ANYONE_MAY} else DENIED for action in ACTIONS},
-    "non-member": {action: OK if action in ANYONE_MAY else NOT_FOUND for action in ACTIONS},
+    "non-member": {
+        action: OK if action in {*ANYONE_MAY, *INVITEE_ONLY} else NOT_FOUND for action in ACTIONS
+    },
 }
+for _row in ("owner", "admin", "member"):
+    EXPECTED[_row].update(dict.fromkeys(INVITEE_ONLY, NOT_FOUND))
 MATRIX = [
     pytest.param(caller, action, expected, id=f"{caller}-{action}")
     for caller, row in EXPECTED.items()
@@ -329,9 +408,7 @@ def test_rbac_matrix(
     else:
         error = error_of(lambda: action.call(orgs, team, caller))
         assert error.code == expected
-        assert error.reason == (
-            "PERMISSION_DENIED" if expected is DENIED else "ORGANIZATION_NOT_FOUND"
-        )
+        assert error.reason == ("PERMISSION_DENIED" if expected is DENIED else action.not_found)
         after = before
     # Read back through whichever owner is still a member (the first one may have left).
     observer = owner if owner.id in after else team.targets[OWNER]

@@ -1,4 +1,5 @@
-"""`luman account update | password | delete`: your own account."""
+"""`luman account update | password | delete | verify-email | verify | forgot-password |
+reset-password`: your own account, its email address, and a forgotten password."""
 
 from __future__ import annotations
 
@@ -38,13 +39,18 @@ def _wrong_password(exc: ClientError, *, as_json: bool) -> CliFailure | None:
 
 @click.group()
 def account() -> None:
-    """Your account: change its name or password, or delete it.
+    """Your account: change its name or password, verify its email, reset a forgotten
+    password, or delete it.
 
     \b
     Examples:
       luman account update --name "Ada Lovelace"
       luman account password
       luman account password --revoke-cli-tokens
+      luman account verify-email
+      luman account verify BCDF-GHJK
+      luman account forgot-password ada@example.com
+      luman account reset-password ada@example.com
       luman account delete
     """
 
@@ -194,4 +200,165 @@ def delete(ctx: click.Context, yes: bool, password_stdin: bool) -> None:
         f"Deleted the account {me.email}." + (" Removed the saved login." if removed else ""),
         as_json=state.as_json,
         data={"deleted": True, "user_id": me.id, "email": me.email, "logged_out": removed},
+    )
+
+
+@account.command("verify-email")
+@json_option
+@click.pass_context
+def verify_email(ctx: click.Context) -> None:
+    """Send a new message that verifies your email address.
+
+    The message has a link and a code (valid 48 hours by default); open the link, or run
+    `luman account verify CODE`. One message a minute.
+
+    \b
+    Example:
+      luman account verify-email
+    """
+    state = state_of(ctx)
+    email = state.client().auth.send_verification_email()
+    output.message(
+        f"Sent a verification message to {email}. Open its link, or run "
+        "`luman account verify CODE` with its code.",
+        as_json=state.as_json,
+        data={"sent": True, "email": email},
+    )
+
+
+@account.command()
+@click.argument("code", required=False)
+@click.option(
+    "--token", metavar="TOKEN", help="The `token=` part of the message's link, instead of CODE."
+)
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, code: str | None, token: str | None) -> None:
+    """Verify your email address with the code from the verification message (XXXX-XXXX;
+    case and the dash do not matter), or the token of its link.
+
+    The code is checked against the logged-in account's address. Five wrong codes spend the
+    message: ask for a new one with `luman account verify-email`.
+
+    \b
+    Examples:
+      luman account verify BCDF-GHJK
+      luman account verify --token "$TOKEN"
+    """
+    state = state_of(ctx)
+    if bool(code) == bool(token):
+        raise click.UsageError("give the CODE from the message, or --token, not both")
+    if token:
+        user = state.client(authenticated=False).auth.verify_email(token=token)
+    else:
+        client = state.client()
+        me = client.auth.get_me()
+        user = client.auth.verify_email(email=me.email, code=code or "")
+    output.message(
+        f"Verified {user.email}.",
+        as_json=state.as_json,
+        data={"user": {"id": user.id, "email": user.email, "email_verified": user.email_verified}},
+    )
+
+
+@account.command("forgot-password")
+@click.argument("email")
+@json_option
+@click.pass_context
+def forgot_password(ctx: click.Context, email: str) -> None:
+    """Ask for a password-reset message to EMAIL. Needs no login.
+
+    If an account has this address, and the address is verified, it gets a message with a
+    link and a code (valid 1 hour by default); then run `luman account reset-password EMAIL`.
+    The answer is the same either way.
+
+    \b
+    Example:
+      luman account forgot-password ada@example.com
+    """
+    state = state_of(ctx)
+    state.client(authenticated=False).auth.request_password_reset(email)
+    output.message(
+        f"If {email} belongs to an account with a verified address, a reset message is on "
+        "its way. Then run `luman account reset-password EMAIL`.",
+        as_json=state.as_json,
+        data={"requested": True, "email": email},
+    )
+
+
+@account.command("reset-password")
+@click.argument("email", required=False)
+@click.option(
+    "--code", metavar="CODE", help="The code from the reset message (asked if not given)."
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="The `token=` part of the message's link, instead of EMAIL and the code.",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the new password from the first line of standard input (for scripts).",
+)
+@click.option(
+    "--revoke-cli-tokens",
+    is_flag=True,
+    help="Also revoke every CLI token of the account (other machines, CI; this one too).",
+)
+@json_option
+@click.pass_context
+def reset_password(
+    ctx: click.Context,
+    email: str | None,
+    code: str | None,
+    token: str | None,
+    password_stdin: bool,
+    revoke_cli_tokens: bool,
+) -> None:
+    """Set a new password with the code (or link token) of a reset message. Needs no login.
+
+    Asks for the code and the new password (twice, hidden). Every session of the account is
+    signed out; CLI tokens keep working unless --revoke-cli-tokens is given. Five wrong codes
+    spend the message.
+
+    \b
+    Examples:
+      luman account reset-password ada@example.com
+      luman account reset-password ada@example.com --code BCDF-GHJK --password-stdin <<<"$NEW"
+      luman account reset-password --token "$TOKEN" --revoke-cli-tokens
+    """
+    state = state_of(ctx)
+    if bool(email) == bool(token):
+        raise click.UsageError("give EMAIL (and the code), or --token, not both")
+    if token and code:
+        raise click.UsageError("--code goes with EMAIL, not --token")
+    if email and not code:
+        code = str(click.prompt("Code from the message", hide_input=True, err=True))
+    if password_stdin:
+        new = _stdin_line("new password")
+    else:
+        new = str(
+            click.prompt(
+                "New password", hide_input=True, confirmation_prompt="Repeat new password", err=True
+            )
+        )
+    reset = state.client(authenticated=False).auth.reset_password(
+        new,
+        token=token or "",
+        email=email or "",
+        code=code or "",
+        revoke_cli_tokens=revoke_cli_tokens,
+    )
+    text = f"Password reset; signed out {reset.revoked_sessions} session(s)"
+    if revoke_cli_tokens:
+        text += f" and revoked {reset.revoked_cli_tokens} CLI token(s)"
+    output.message(
+        text + ". Log in with the new password: `luman login`.",
+        as_json=state.as_json,
+        data={
+            "reset": True,
+            "revoked_sessions": reset.revoked_sessions,
+            "revoked_cli_tokens": reset.revoked_cli_tokens,
+        },
     )

@@ -15,6 +15,7 @@ from luman.cli import (
     account,
     audit,
     auth,
+    invitations,
     org_config,
     organizations,
     service_accounts,
@@ -97,6 +98,8 @@ def cli(
       luman login                      # approve in the browser
       luman login --password --email ada@example.com
       luman org create "Acme Corp" --slug acme
+      luman org invite acme grace@example.com --role admin   # Grace: luman accept ID
+      luman invitations                # invitations to your verified address
       luman org transfer acme grace@example.com   # Grace: luman org accept-transfer acme
       luman token create ci --expires 30d --read-only
       luman sessions
@@ -143,6 +146,15 @@ organizations.org.add_command(service_accounts.list_service_accounts)
 organizations.org.add_command(service_accounts.service_account)
 organizations.org.add_command(org_config.config)
 organizations.org.add_command(audit.org_audit)
+for _command in (
+    invitations.invite,
+    invitations.list_invitations,
+    invitations.resend_invite,
+    invitations.cancel_invite,
+):
+    organizations.org.add_command(_command)
+for _command in (invitations.my_invitations, invitations.accept, invitations.decline):
+    cli.add_command(_command)
 cli.add_command(audit.audit)
 cli.add_command(service_accounts.service_token)
 cli.add_command(service_accounts.introspect)

@@ -34,6 +34,8 @@ def org() -> None:
     Examples:
       luman org create "Acme Corp"
       luman org add acme grace@example.com --role admin
+      luman org invite acme grace@example.com --role admin
+      luman org invitations acme
       luman org members acme
       luman org service-accounts acme
       luman org config pull acme

@@ -112,6 +112,7 @@ def user(
         return
     pairs = [
         ("Email", value.email),
+        ("Status", _email_status(value)),
         ("Name", value.name),
         ("User ID", value.id),
         ("Backend", api_url),
@@ -124,6 +125,12 @@ def user(
             ("Expires", _when(expires) if isinstance(expires, dt.datetime) else "never"),
         ]
     fields(pairs)
+
+
+def _email_status(value: User) -> str:
+    if value.email_verified:
+        return "email verified"
+    return "email not verified (luman account verify-email)"
 
 
 def _printable(text: str) -> str:

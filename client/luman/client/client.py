@@ -20,12 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from luman.audit.v1 import audit_service_pb2_grpc
 from luman.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
-from luman.client.accounts import PasswordChange
+from luman.client.accounts import PasswordChange, PasswordReset
 from luman.client.address import DEFAULT_ADDRESS, Address, parse_address
 from luman.client.audit import AuditAPI
 from luman.client.channel import USER_AGENT, open_channel
 from luman.client.device_login import DeviceAuthorization, DeviceLogin, DeviceToken
 from luman.client.errors import InvalidArgument, NotFound, NotLoggedIn, from_rpc_error
+from luman.client.invitations import InvitationsAPI
 from luman.client.models import (
     CliLogin,
     CliToken,
@@ -112,6 +113,10 @@ class Client:
         # Shared organization configurations (OrganizationConfigService).
         self.organization_configs = OrganizationConfigsAPI(
             self, config_service_pb2_grpc.OrganizationConfigServiceStub(self._channel)
+        )
+        # Invitations to organizations: sent by owners and admins, answered by the invitee.
+        self.invitations = InvitationsAPI(
+            self, organization_service_pb2_grpc.OrganizationServiceStub(self._channel)
         )
         # The audit log (AuditService): the caller's account's or an organization's events.
         self.audit = AuditAPI(self, audit_service_pb2_grpc.AuditServiceStub(self._channel))
@@ -322,6 +327,73 @@ class AuthAPI:
             ),
         )
         return PasswordChange.from_proto(response)
+
+    def send_verification_email(self) -> str:
+        """Send the caller a new message that verifies their address; returns the address.
+
+        Raises:
+            FailedPrecondition: reason EMAIL_ALREADY_VERIFIED.
+            RateLimited: reason EMAIL_RECENTLY_SENT (one a minute; retry_after says when).
+        """
+        response = self._client.call(
+            self._stub.SendVerificationEmail, auth_service_pb2.SendVerificationEmailRequest()
+        )
+        email: str = response.email
+        return email
+
+    def verify_email(self, *, token: str = "", email: str = "", code: str = "") -> User:
+        """Verify an address with a message's link token, or its address and code
+        ("XXXX-XXXX"). Needs no sign-in. Returns the user.
+
+        Raises:
+            Unauthenticated: reason EMAIL_CODE_INVALID (unknown token, wrong code or address).
+            FailedPrecondition: reason EMAIL_CODE_EXPIRED or EMAIL_CODE_USED.
+        """
+        response = self._client.call(
+            self._stub.VerifyEmail,
+            auth_service_pb2.VerifyEmailRequest(token=token, email=email, code=code),
+            authenticated=False,
+        )
+        return User.from_proto(response.user)
+
+    def request_password_reset(self, email: str) -> None:
+        """Ask for a password-reset message to `email`. The answer is the same whether or not
+        an account has that (verified) address; only such an account gets the message."""
+        self._client.call(
+            self._stub.RequestPasswordReset,
+            auth_service_pb2.RequestPasswordResetRequest(email=email),
+            authenticated=False,
+        )
+
+    def reset_password(
+        self,
+        new_password: str,
+        *,
+        token: str = "",
+        email: str = "",
+        code: str = "",
+        revoke_cli_tokens: bool = False,
+    ) -> PasswordReset:
+        """Set a new password with a reset message's link token, or its address and code.
+        Every session of the account is revoked; with `revoke_cli_tokens` every CLI token too.
+
+        Raises:
+            Unauthenticated: reason EMAIL_CODE_INVALID.
+            FailedPrecondition: reason EMAIL_CODE_EXPIRED or EMAIL_CODE_USED.
+            InvalidArgument: the new password is not 8 to 72 bytes.
+        """
+        response = self._client.call(
+            self._stub.ResetPassword,
+            auth_service_pb2.ResetPasswordRequest(
+                token=token,
+                email=email,
+                code=code,
+                new_password=new_password,
+                revoke_cli_tokens=revoke_cli_tokens,
+            ),
+            authenticated=False,
+        )
+        return PasswordReset.from_proto(response)
 
     def delete_me(self, password: str) -> None:
         """Delete the caller's account; every token of it stops working.

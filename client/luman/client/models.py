@@ -64,6 +64,7 @@ class User:
     email: str
     name: str
     create_time: dt.datetime | None
+    email_verified: bool = False
 
     @classmethod
     def from_proto(cls, user: auth_pb2.User) -> User:
@@ -72,6 +73,7 @@ class User:
             email=user.email,
             name=user.name,
             create_time=_time(user.create_time, user.HasField("create_time")),
+            email_verified=user.email_verified,
         )
 
 

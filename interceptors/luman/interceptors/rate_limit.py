@@ -67,6 +67,8 @@ class Policy(enum.Enum):
     # Per client IP, each in a bucket of its own: device logins started, and their polls.
     DEVICE_START = "device_start"
     DEVICE_POLL = "device_poll"
+    # Per client IP: public calls that send mail or check an emailed code.
+    EMAIL = "email"
 
 
 class Decision(NamedTuple):

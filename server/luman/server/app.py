@@ -42,8 +42,12 @@ from luman.server.clock import Clock, system_clock
 from luman.server.config import Settings
 from luman.server.db.availability import DatabaseAvailability
 from luman.server.db.session import Sessions
+from luman.server.mail.delivery import build_transport
+from luman.server.mail.renderers import build_renderers
+from luman.server.mail.worker import MailWorker
 from luman.server.organization.config_service import OrganizationConfigService
 from luman.server.organization.config_servicer import OrganizationConfigServicer
+from luman.server.organization.invitations import InvitationService
 from luman.server.organization.service import OrganizationService
 from luman.server.organization.servicer import OrganizationServicer
 from luman.server.rate_limits import build_code_attempt_limiters, build_rate_limit_stages
@@ -80,6 +84,8 @@ class App:
     clock: Clock = system_clock
     # The audit log's thread: deferred events (failed sign-ins) and retention (audit/worker.py).
     audit: AuditWorker | None = None
+    # Sends queued email (mail/worker.py).
+    mail: MailWorker | None = None
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -98,6 +104,8 @@ class App:
             self.request_log.start()
         if self.audit is not None:
             self.audit.start()
+        if self.mail is not None:
+            self.mail.start()
         self.server.start()
         set_serving(self.health, True)
         if self.database is not None:
@@ -113,6 +121,10 @@ class App:
         # Likewise every deferred audit event (no sign-in can queue one any more).
         if self.audit is not None:
             self.audit.close()
+        # Queued messages stay in the database for the next start; only the one being sent
+        # is waited for.
+        if self.mail is not None:
+            self.mail.close()
         if self.database is not None:
             self.database.close()
         if self.own_hasher is not None:
@@ -286,7 +298,13 @@ def build_server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     auth_servicer = AuthServicer(auth, device_logins)
-    organization_servicer = OrganizationServicer(organizations, auth.service_accounts)
+    invitations = InvitationService(
+        sessions,
+        clock,
+        ttl=settings.invitation_ttl,
+        max_pending=settings.max_pending_invitations,
+    )
+    organization_servicer = OrganizationServicer(organizations, auth.service_accounts, invitations)
     config_servicer = OrganizationConfigServicer(
         OrganizationConfigService(sessions, clock), settings.organization_config_max_bytes
     )
@@ -339,4 +357,11 @@ def build_server(
         device_logins=device_logins,
         clock=clock,
         audit=audit,
+        mail=MailWorker(
+            sessions,
+            build_transport(settings),
+            build_renderers(settings),
+            settings.mail_from,
+            clock,
+        ),
     )

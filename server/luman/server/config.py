@@ -103,6 +103,23 @@ class Settings:
     request_log_max_queue: int = 100_000
     # Days of audit events to keep (audit/worker.py); 0 keeps them forever.
     audit_log_retention_days: int = 365
+    # Mail (mail/): SMTP_URL is smtp:// (plain, a relay on the host), smtp+starttls:// (STARTTLS
+    # required) or smtps:// (TLS from the start), with user:password@ when the relay wants
+    # them. Unset outside production: messages go to MAIL_DIR (.eml files) or, without it, to
+    # the log, with a warning. Production requires SMTP_URL.
+    smtp_url: str = ""
+    mail_from: str = "Luman <no-reply@localhost>"
+    mail_dir: str = ""
+    # How long a verification link and code, a password-reset link and code, and an invitation
+    # stay valid.
+    email_verification_ttl: float = 48 * 3600
+    password_reset_ttl: float = 3600
+    invitation_ttl: float = 7 * 86400
+    # Pending invitations one organization may hold.
+    max_pending_invitations: int = 500
+    # SendVerificationEmail, VerifyEmail and RequestPasswordReset, per client IP.
+    email_rate_limit_window_ms: int = 15 * 60 * 1000
+    email_rate_limit_max_requests: int = 20
     cors_origin: str = "http://localhost:3000"
     http_port: int = 8080
     http_max_body_bytes: int = 64 * 1024
@@ -213,6 +230,16 @@ class Settings:
             request_log_retention_days=r.integer("REQUEST_LOG_RETENTION_DAYS", 30, 0, 36500),
             request_log_max_queue=r.integer("REQUEST_LOG_MAX_QUEUE", 100000, 1000, 10**7),
             audit_log_retention_days=r.integer("AUDIT_LOG_RETENTION_DAYS", 365, 0, 36500),
+            smtp_url=_smtp_url(r.text("SMTP_URL", "")),
+            mail_from=r.text("MAIL_FROM", cls.mail_from),
+            mail_dir=r.text("MAIL_DIR", ""),
+            email_verification_ttl=r.duration("EMAIL_VERIFICATION_TTL", "48h", most=30 * 86400),
+            # At most a day: a reset link is a password for whoever holds the mailbox copy.
+            password_reset_ttl=r.duration("PASSWORD_RESET_TTL", "1h", most=86400),
+            invitation_ttl=r.duration("INVITATION_TTL", "7d", most=90 * 86400),
+            max_pending_invitations=r.integer("MAX_PENDING_INVITATIONS", 500, 1, 100000),
+            email_rate_limit_window_ms=r.integer("EMAIL_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
+            email_rate_limit_max_requests=r.integer("EMAIL_RATE_LIMIT_MAX_REQUESTS", 20, 0, 10**9),
             cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
             http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
             http_max_body_bytes=r.integer("HTTP_MAX_BODY_BYTES", 65536, 1024, 16 * 1024 * 1024),
@@ -238,7 +265,13 @@ class Settings:
                 f"({settings.organization_config_max_bytes}) must be at most half of "
                 f"GRPC_MAX_MESSAGE_BYTES ({settings.max_message_bytes})"
             )
-        return settings.with_secrets()
+        settings = settings.with_secrets()
+        if settings.production and not settings.smtp_url:
+            raise ConfigError(
+                "SMTP_URL is required when LUMAN_ENV=production: verification, password-reset "
+                "and invitation emails must reach people"
+            )
+        return settings
 
     def with_secrets(self) -> Settings:
         """Check the JWT secrets; outside production, fill missing ones from the data folder."""
@@ -317,6 +350,33 @@ def _development_secrets(data_dir: Path) -> dict[str, str]:
         path,
     )
     return stored
+
+
+_SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+
+
+def _smtp_url(value: str) -> str:
+    """smtp://, smtp+starttls:// or smtps://[user:password@]host[:port]; the password is never
+    repeated in an error."""
+    if not value:
+        return value
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in _SMTP_SCHEMES
+        or not parts.hostname
+        or port == -1
+        or parts.path not in ("", "/")
+    ):
+        raise ConfigError(
+            "SMTP_URL must be smtp://, smtp+starttls:// or smtps:// followed by "
+            "[user:password@]host[:port], got one with scheme "
+            f"{parts.scheme!r} and host {parts.hostname!r}"
+        )
+    return value
 
 
 _JWT_ALGORITHMS = {"eddsa": "EdDSA", "es256": "ES256", "hs256": "HS256"}

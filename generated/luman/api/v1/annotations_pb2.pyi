@@ -49,6 +49,11 @@ class _RateLimitPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateL
     terminals behind one address poll at the device-login interval (PollDeviceLogin,
     DEVICE_POLL_RATE_LIMIT_*). Each device code is also held to its interval (slow_down).
     """
+    RATE_LIMIT_POLICY_EMAIL: _RateLimitPolicy.ValueType  # 7
+    """RATE_LIMIT_POLICY_EMAIL counts per client IP in a bucket of its own (EMAIL_RATE_LIMIT_*):
+    public RPCs that send mail or check a code from one (VerifyEmail, RequestPasswordReset).
+    Each address also gets at most a few messages an hour.
+    """
 
 class RateLimitPolicy(_RateLimitPolicy, metaclass=_RateLimitPolicyEnumTypeWrapper):
     """RateLimitPolicy names the rate-limit bucket an RPC is counted in."""
@@ -76,6 +81,11 @@ RATE_LIMIT_POLICY_DEVICE_POLL: RateLimitPolicy.ValueType  # 6
 """RATE_LIMIT_POLICY_DEVICE_POLL counts per client IP with a limit that lets several
 terminals behind one address poll at the device-login interval (PollDeviceLogin,
 DEVICE_POLL_RATE_LIMIT_*). Each device code is also held to its interval (slow_down).
+"""
+RATE_LIMIT_POLICY_EMAIL: RateLimitPolicy.ValueType  # 7
+"""RATE_LIMIT_POLICY_EMAIL counts per client IP in a bucket of its own (EMAIL_RATE_LIMIT_*):
+public RPCs that send mail or check a code from one (VerifyEmail, RequestPasswordReset).
+Each address also gets at most a few messages an hour.
 """
 Global___RateLimitPolicy: _TypeAlias = RateLimitPolicy  # noqa: Y015
 

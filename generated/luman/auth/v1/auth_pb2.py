@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18luman/auth/v1/auth.proto\x12\rluman.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xec\x01\n\x08\x43liToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_use_ip\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\"\xb5\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_refresh_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_ip\x18\x04 \x01(\t\x12\x12\n\nuser_agent\x18\x05 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\"\xef\x01\n\x0b\x44\x65viceLogin\x12\x11\n\tuser_code\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x11\n\thost_name\x18\x04 \x01(\t\x12\x16\n\x0e\x63lient_version\x18\x05 \x01(\t\x12\n\n\x02os\x18\x06 \x01(\t\x12\x11\n\tclient_ip\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc5\x01\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17TOKEN_KIND_ACCESS_TOKEN\x10\x01\x12\x1c\n\x18TOKEN_KIND_REFRESH_TOKEN\x10\x02\x12\x1d\n\x19TOKEN_KIND_PERSONAL_TOKEN\x10\x03\x12#\n\x1fTOKEN_KIND_SERVICE_ACCESS_TOKEN\x10\x04\x12\x1d\n\x19TOKEN_KIND_SERVICE_SECRET\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18luman/auth/v1/auth.proto\x12\rluman.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65mail_verified\x18\x05 \x01(\x08\"\xb5\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xec\x01\n\x08\x43liToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_use_ip\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\"\xb5\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_refresh_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_ip\x18\x04 \x01(\t\x12\x12\n\nuser_agent\x18\x05 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\"\xef\x01\n\x0b\x44\x65viceLogin\x12\x11\n\tuser_code\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x11\n\thost_name\x18\x04 \x01(\t\x12\x16\n\x0e\x63lient_version\x18\x05 \x01(\t\x12\n\n\x02os\x18\x06 \x01(\t\x12\x11\n\tclient_ip\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc5\x01\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17TOKEN_KIND_ACCESS_TOKEN\x10\x01\x12\x1c\n\x18TOKEN_KIND_REFRESH_TOKEN\x10\x02\x12\x1d\n\x19TOKEN_KIND_PERSONAL_TOKEN\x10\x03\x12#\n\x1fTOKEN_KIND_SERVICE_ACCESS_TOKEN\x10\x04\x12\x1d\n\x19TOKEN_KIND_SERVICE_SECRET\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'luman.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENKIND']._serialized_start=1024
-  _globals['_TOKENKIND']._serialized_end=1221
+  _globals['_TOKENKIND']._serialized_start=1048
+  _globals['_TOKENKIND']._serialized_end=1245
   _globals['_USER']._serialized_start=76
-  _globals['_USER']._serialized_end=172
-  _globals['_TOKENPAIR']._serialized_start=175
-  _globals['_TOKENPAIR']._serialized_end=356
-  _globals['_CLITOKEN']._serialized_start=359
-  _globals['_CLITOKEN']._serialized_end=595
-  _globals['_SESSION']._serialized_start=598
-  _globals['_SESSION']._serialized_end=779
-  _globals['_DEVICELOGIN']._serialized_start=782
-  _globals['_DEVICELOGIN']._serialized_end=1021
+  _globals['_USER']._serialized_end=196
+  _globals['_TOKENPAIR']._serialized_start=199
+  _globals['_TOKENPAIR']._serialized_end=380
+  _globals['_CLITOKEN']._serialized_start=383
+  _globals['_CLITOKEN']._serialized_end=619
+  _globals['_SESSION']._serialized_start=622
+  _globals['_SESSION']._serialized_end=803
+  _globals['_DEVICELOGIN']._serialized_start=806
+  _globals['_DEVICELOGIN']._serialized_end=1045
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,26 @@ class AuthServiceStub:
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeRequest.SerializeToString,
                 response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeResponse.FromString,
                 _registered_method=True)
+        self.SendVerificationEmail = channel.unary_unary(
+                '/luman.auth.v1.AuthService/SendVerificationEmail',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.SendVerificationEmailRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.SendVerificationEmailResponse.FromString,
+                _registered_method=True)
+        self.VerifyEmail = channel.unary_unary(
+                '/luman.auth.v1.AuthService/VerifyEmail',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.VerifyEmailRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.VerifyEmailResponse.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/luman.auth.v1.AuthService/RequestPasswordReset',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RequestPasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ResetPassword',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
         self.CreateServiceToken = channel.unary_unary(
                 '/luman.auth.v1.AuthService/CreateServiceToken',
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CreateServiceTokenRequest.SerializeToString,
@@ -366,6 +386,63 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendVerificationEmail(self, request, context):
+        """Email: verifying the address, resetting a forgotten password. Messages are queued in the
+        database and sent by the server's mail worker (SMTP_URL), never while the RPC waits; the
+        link or code in a message is made when it is sent and stored only as a hash. Each sent
+        message supersedes the earlier unused ones of its kind for that account.
+
+        SendVerificationEmail sends the caller a new message that verifies their address: a
+        link (PUBLIC_URL/email/verify) and a code, valid for EMAIL_VERIFICATION_TTL (default
+        48 hours). Register sends the first one itself.
+
+        Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
+        (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyEmail(self, request, context):
+        """VerifyEmail marks an address verified, given the link's token, or the address and the
+        code from the same message. It needs no sign-in (the link is often opened in another
+        browser). A code allows 5 wrong tries, then the message is spent.
+
+        Errors: INVALID_ARGUMENT (neither token nor email and code, or malformed), UNAUTHENTICATED
+        (EMAIL_CODE_INVALID: unknown token, wrong code or address, too many tries),
+        FAILED_PRECONDITION (EMAIL_CODE_EXPIRED, EMAIL_CODE_USED), RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """RequestPasswordReset sends a password-reset message (a link, PUBLIC_URL/password/reset,
+        and a code, valid for PASSWORD_RESET_TTL, default 1 hour) to the account with this
+        address, if there is one and its address is verified. The answer is the same, and takes
+        the same work, whether or not such an account exists.
+
+        Errors: INVALID_ARGUMENT (email empty or malformed), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """ResetPassword sets a new password, given the reset message's token, or the address and
+        its code. Every session of the account is revoked, and with revoke_cli_tokens every
+        personal token too. The reset is single use. A code allows 5 wrong tries. It hashes a
+        password, so it is counted in the sign-ins' rate-limit policy.
+
+        Errors: INVALID_ARGUMENT (new_password not 8 to 72 bytes; neither token nor email and
+        code), UNAUTHENTICATED (EMAIL_CODE_INVALID), FAILED_PRECONDITION (EMAIL_CODE_EXPIRED,
+        EMAIL_CODE_USED), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateServiceToken(self, request, context):
         """Service accounts (see OrganizationService.CreateServiceAccount).
 
@@ -564,6 +641,26 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.DeleteMe,
                     request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeRequest.FromString,
                     response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeResponse.SerializeToString,
+            ),
+            'SendVerificationEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendVerificationEmail,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.SendVerificationEmailRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.SendVerificationEmailResponse.SerializeToString,
+            ),
+            'VerifyEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEmail,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.VerifyEmailRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.VerifyEmailResponse.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.RequestPasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ResetPasswordResponse.SerializeToString,
             ),
             'CreateServiceToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateServiceToken,
@@ -1061,6 +1158,114 @@ class AuthService:
             '/luman.auth.v1.AuthService/DeleteMe',
             luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeRequest.SerializeToString,
             luman_dot_auth_dot_v1_dot_auth__service__pb2.DeleteMeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendVerificationEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/SendVerificationEmail',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.SendVerificationEmailRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.SendVerificationEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/VerifyEmail',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.VerifyEmailRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.VerifyEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/RequestPasswordReset',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RequestPasswordResetRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.RequestPasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ResetPassword',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ResetPasswordRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ResetPasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

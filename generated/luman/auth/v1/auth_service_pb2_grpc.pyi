@@ -170,6 +170,47 @@ class AuthServiceStub:
     "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
     names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
     """
+    SendVerificationEmail: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SendVerificationEmailRequest, _auth_service_pb2.SendVerificationEmailResponse]
+    """Email: verifying the address, resetting a forgotten password. Messages are queued in the
+    database and sent by the server's mail worker (SMTP_URL), never while the RPC waits; the
+    link or code in a message is made when it is sent and stored only as a hash. Each sent
+    message supersedes the earlier unused ones of its kind for that account.
+
+    SendVerificationEmail sends the caller a new message that verifies their address: a
+    link (PUBLIC_URL/email/verify) and a code, valid for EMAIL_VERIFICATION_TTL (default
+    48 hours). Register sends the first one itself.
+
+    Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
+    (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    VerifyEmail: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.VerifyEmailRequest, _auth_service_pb2.VerifyEmailResponse]
+    """VerifyEmail marks an address verified, given the link's token, or the address and the
+    code from the same message. It needs no sign-in (the link is often opened in another
+    browser). A code allows 5 wrong tries, then the message is spent.
+
+    Errors: INVALID_ARGUMENT (neither token nor email and code, or malformed), UNAUTHENTICATED
+    (EMAIL_CODE_INVALID: unknown token, wrong code or address, too many tries),
+    FAILED_PRECONDITION (EMAIL_CODE_EXPIRED, EMAIL_CODE_USED), RESOURCE_EXHAUSTED.
+    """
+    RequestPasswordReset: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RequestPasswordResetRequest, _auth_service_pb2.RequestPasswordResetResponse]
+    """RequestPasswordReset sends a password-reset message (a link, PUBLIC_URL/password/reset,
+    and a code, valid for PASSWORD_RESET_TTL, default 1 hour) to the account with this
+    address, if there is one and its address is verified. The answer is the same, and takes
+    the same work, whether or not such an account exists.
+
+    Errors: INVALID_ARGUMENT (email empty or malformed), RESOURCE_EXHAUSTED (RATE_LIMITED).
+    """
+    ResetPassword: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ResetPasswordRequest, _auth_service_pb2.ResetPasswordResponse]
+    """ResetPassword sets a new password, given the reset message's token, or the address and
+    its code. Every session of the account is revoked, and with revoke_cli_tokens every
+    personal token too. The reset is single use. A code allows 5 wrong tries. It hashes a
+    password, so it is counted in the sign-ins' rate-limit policy.
+
+    Errors: INVALID_ARGUMENT (new_password not 8 to 72 bytes; neither token nor email and
+    code), UNAUTHENTICATED (EMAIL_CODE_INVALID), FAILED_PRECONDITION (EMAIL_CODE_EXPIRED,
+    EMAIL_CODE_USED), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
+    """
     CreateServiceToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateServiceTokenRequest, _auth_service_pb2.CreateServiceTokenResponse]
     """Service accounts (see OrganizationService.CreateServiceAccount).
 
@@ -395,6 +436,47 @@ class AuthServiceAsyncStub(AuthServiceStub):
     password; or the token), FAILED_PRECONDITION (LAST_OWNER: ErrorInfo metadata
     "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
     names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
+    """
+    SendVerificationEmail: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SendVerificationEmailRequest, _auth_service_pb2.SendVerificationEmailResponse]  # type: ignore[assignment]
+    """Email: verifying the address, resetting a forgotten password. Messages are queued in the
+    database and sent by the server's mail worker (SMTP_URL), never while the RPC waits; the
+    link or code in a message is made when it is sent and stored only as a hash. Each sent
+    message supersedes the earlier unused ones of its kind for that account.
+
+    SendVerificationEmail sends the caller a new message that verifies their address: a
+    link (PUBLIC_URL/email/verify) and a code, valid for EMAIL_VERIFICATION_TTL (default
+    48 hours). Register sends the first one itself.
+
+    Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
+    (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    VerifyEmail: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.VerifyEmailRequest, _auth_service_pb2.VerifyEmailResponse]  # type: ignore[assignment]
+    """VerifyEmail marks an address verified, given the link's token, or the address and the
+    code from the same message. It needs no sign-in (the link is often opened in another
+    browser). A code allows 5 wrong tries, then the message is spent.
+
+    Errors: INVALID_ARGUMENT (neither token nor email and code, or malformed), UNAUTHENTICATED
+    (EMAIL_CODE_INVALID: unknown token, wrong code or address, too many tries),
+    FAILED_PRECONDITION (EMAIL_CODE_EXPIRED, EMAIL_CODE_USED), RESOURCE_EXHAUSTED.
+    """
+    RequestPasswordReset: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RequestPasswordResetRequest, _auth_service_pb2.RequestPasswordResetResponse]  # type: ignore[assignment]
+    """RequestPasswordReset sends a password-reset message (a link, PUBLIC_URL/password/reset,
+    and a code, valid for PASSWORD_RESET_TTL, default 1 hour) to the account with this
+    address, if there is one and its address is verified. The answer is the same, and takes
+    the same work, whether or not such an account exists.
+
+    Errors: INVALID_ARGUMENT (email empty or malformed), RESOURCE_EXHAUSTED (RATE_LIMITED).
+    """
+    ResetPassword: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ResetPasswordRequest, _auth_service_pb2.ResetPasswordResponse]  # type: ignore[assignment]
+    """ResetPassword sets a new password, given the reset message's token, or the address and
+    its code. Every session of the account is revoked, and with revoke_cli_tokens every
+    personal token too. The reset is single use. A code allows 5 wrong tries. It hashes a
+    password, so it is counted in the sign-ins' rate-limit policy.
+
+    Errors: INVALID_ARGUMENT (new_password not 8 to 72 bytes; neither token nor email and
+    code), UNAUTHENTICATED (EMAIL_CODE_INVALID), FAILED_PRECONDITION (EMAIL_CODE_EXPIRED,
+    EMAIL_CODE_USED), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
     """
     CreateServiceToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateServiceTokenRequest, _auth_service_pb2.CreateServiceTokenResponse]  # type: ignore[assignment]
     """Service accounts (see OrganizationService.CreateServiceAccount).
@@ -720,6 +802,71 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         password; or the token), FAILED_PRECONDITION (LAST_OWNER: ErrorInfo metadata
         "organizations" lists their slugs, comma-separated, and a google.rpc.PreconditionFailure
         names each), PERMISSION_DENIED (INSUFFICIENT_SCOPE), RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def SendVerificationEmail(
+        self,
+        request: _auth_service_pb2.SendVerificationEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.SendVerificationEmailResponse, _abc.Awaitable[_auth_service_pb2.SendVerificationEmailResponse]]:
+        """Email: verifying the address, resetting a forgotten password. Messages are queued in the
+        database and sent by the server's mail worker (SMTP_URL), never while the RPC waits; the
+        link or code in a message is made when it is sent and stored only as a hash. Each sent
+        message supersedes the earlier unused ones of its kind for that account.
+
+        SendVerificationEmail sends the caller a new message that verifies their address: a
+        link (PUBLIC_URL/email/verify) and a code, valid for EMAIL_VERIFICATION_TTL (default
+        48 hours). Register sends the first one itself.
+
+        Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
+        (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyEmail(
+        self,
+        request: _auth_service_pb2.VerifyEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.VerifyEmailResponse, _abc.Awaitable[_auth_service_pb2.VerifyEmailResponse]]:
+        """VerifyEmail marks an address verified, given the link's token, or the address and the
+        code from the same message. It needs no sign-in (the link is often opened in another
+        browser). A code allows 5 wrong tries, then the message is spent.
+
+        Errors: INVALID_ARGUMENT (neither token nor email and code, or malformed), UNAUTHENTICATED
+        (EMAIL_CODE_INVALID: unknown token, wrong code or address, too many tries),
+        FAILED_PRECONDITION (EMAIL_CODE_EXPIRED, EMAIL_CODE_USED), RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPasswordReset(
+        self,
+        request: _auth_service_pb2.RequestPasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RequestPasswordResetResponse, _abc.Awaitable[_auth_service_pb2.RequestPasswordResetResponse]]:
+        """RequestPasswordReset sends a password-reset message (a link, PUBLIC_URL/password/reset,
+        and a code, valid for PASSWORD_RESET_TTL, default 1 hour) to the account with this
+        address, if there is one and its address is verified. The answer is the same, and takes
+        the same work, whether or not such an account exists.
+
+        Errors: INVALID_ARGUMENT (email empty or malformed), RESOURCE_EXHAUSTED (RATE_LIMITED).
+        """
+
+    @_abc_1.abstractmethod
+    def ResetPassword(
+        self,
+        request: _auth_service_pb2.ResetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ResetPasswordResponse, _abc.Awaitable[_auth_service_pb2.ResetPasswordResponse]]:
+        """ResetPassword sets a new password, given the reset message's token, or the address and
+        its code. Every session of the account is revoked, and with revoke_cli_tokens every
+        personal token too. The reset is single use. A code allows 5 wrong tries. It hashes a
+        password, so it is counted in the sign-ins' rate-limit policy.
+
+        Errors: INVALID_ARGUMENT (new_password not 8 to 72 bytes; neither token nor email and
+        code), UNAUTHENTICATED (EMAIL_CODE_INVALID), FAILED_PRECONDITION (EMAIL_CODE_EXPIRED,
+        EMAIL_CODE_USED), RESOURCE_EXHAUSTED (RATE_LIMITED, SERVER_BUSY).
         """
 
     @_abc_1.abstractmethod

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(luman/organization/v1/organization.proto\x12\x15luman.organization.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04slug\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0b\x63\x61ller_role\x18\x05 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRole\"\x9c\x01\n\x06Member\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x35\n\x04role\x18\x04 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRole\x12-\n\tjoin_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x0eServiceAccount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\x06 \x01(\t\"\xca\x01\n\x11OwnershipTransfer\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_user_id\x18\x02 \x01(\t\x12\x12\n\nto_user_id\x18\x03 \x01(\t\x12\x10\n\x08to_email\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8d\x01\n\x10OrganizationRole\x12!\n\x1dORGANIZATION_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ORGANIZATION_ROLE_OWNER\x10\x01\x12\x1b\n\x17ORGANIZATION_ROLE_ADMIN\x10\x02\x12\x1c\n\x18ORGANIZATION_ROLE_MEMBER\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(luman/organization/v1/organization.proto\x12\x15luman.organization.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04slug\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0b\x63\x61ller_role\x18\x05 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRole\"\x9c\x01\n\x06Member\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x35\n\x04role\x18\x04 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRole\x12-\n\tjoin_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x0eServiceAccount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\x06 \x01(\t\"\xca\x01\n\x11OwnershipTransfer\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_user_id\x18\x02 \x01(\t\x12\x12\n\nto_user_id\x18\x03 \x01(\t\x12\x10\n\x08to_email\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcf\x03\n\nInvitation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x19\n\x11organization_slug\x18\x03 \x01(\t\x12\x19\n\x11organization_name\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x35\n\x04role\x18\x06 \x01(\x0e\x32\'.luman.organization.v1.OrganizationRole\x12\x17\n\x0finviter_user_id\x18\x07 \x01(\t\x12\x14\n\x0cinviter_name\x18\x08 \x01(\t\x12\x15\n\rinviter_email\x18\t \x01(\t\x12\x35\n\x05state\x18\n \x01(\x0e\x32&.luman.organization.v1.InvitationState\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsend_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsend_count\x18\x0e \x01(\x05*\x8d\x01\n\x10OrganizationRole\x12!\n\x1dORGANIZATION_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ORGANIZATION_ROLE_OWNER\x10\x01\x12\x1b\n\x17ORGANIZATION_ROLE_ADMIN\x10\x02\x12\x1c\n\x18ORGANIZATION_ROLE_MEMBER\x10\x03*\xcd\x01\n\x0fInvitationState\x12 \n\x1cINVITATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVITATION_STATE_PENDING\x10\x01\x12\x1c\n\x18INVITATION_STATE_EXPIRED\x10\x02\x12\x1d\n\x19INVITATION_STATE_ACCEPTED\x10\x03\x12\x1d\n\x19INVITATION_STATE_DECLINED\x10\x04\x12\x1e\n\x1aINVITATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'luman.organization.v1.organization_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORGANIZATIONROLE']._serialized_start=789
-  _globals['_ORGANIZATIONROLE']._serialized_end=930
+  _globals['_ORGANIZATIONROLE']._serialized_start=1255
+  _globals['_ORGANIZATIONROLE']._serialized_end=1396
+  _globals['_INVITATIONSTATE']._serialized_start=1399
+  _globals['_INVITATIONSTATE']._serialized_end=1604
   _globals['_ORGANIZATION']._serialized_start=101
   _globals['_ORGANIZATION']._serialized_end=266
   _globals['_MEMBER']._serialized_start=269
@@ -42,4 +44,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICEACCOUNT']._serialized_end=581
   _globals['_OWNERSHIPTRANSFER']._serialized_start=584
   _globals['_OWNERSHIPTRANSFER']._serialized_end=786
+  _globals['_INVITATION']._serialized_start=789
+  _globals['_INVITATION']._serialized_end=1252
 # @@protoc_insertion_point(module_scope)

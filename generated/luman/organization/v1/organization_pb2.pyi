@@ -48,6 +48,42 @@ ORGANIZATION_ROLE_MEMBER: OrganizationRole.ValueType  # 3
 """ORGANIZATION_ROLE_MEMBER may read the organization and its members."""
 Global___OrganizationRole: _TypeAlias = OrganizationRole  # noqa: Y015
 
+class _InvitationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvitationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvitationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVITATION_STATE_UNSPECIFIED: _InvitationState.ValueType  # 0
+    """INVITATION_STATE_UNSPECIFIED is never returned; as a filter it means pending."""
+    INVITATION_STATE_PENDING: _InvitationState.ValueType  # 1
+    """INVITATION_STATE_PENDING waits for the invitee, before expire_time."""
+    INVITATION_STATE_EXPIRED: _InvitationState.ValueType  # 2
+    """INVITATION_STATE_EXPIRED was not answered before expire_time; resending renews it."""
+    INVITATION_STATE_ACCEPTED: _InvitationState.ValueType  # 3
+    """INVITATION_STATE_ACCEPTED made the invitee a member."""
+    INVITATION_STATE_DECLINED: _InvitationState.ValueType  # 4
+    """INVITATION_STATE_DECLINED was declined by the invitee."""
+    INVITATION_STATE_CANCELLED: _InvitationState.ValueType  # 5
+    """INVITATION_STATE_CANCELLED was withdrawn by an owner or admin."""
+
+class InvitationState(_InvitationState, metaclass=_InvitationStateEnumTypeWrapper):
+    """InvitationState is where an invitation stands."""
+
+INVITATION_STATE_UNSPECIFIED: InvitationState.ValueType  # 0
+"""INVITATION_STATE_UNSPECIFIED is never returned; as a filter it means pending."""
+INVITATION_STATE_PENDING: InvitationState.ValueType  # 1
+"""INVITATION_STATE_PENDING waits for the invitee, before expire_time."""
+INVITATION_STATE_EXPIRED: InvitationState.ValueType  # 2
+"""INVITATION_STATE_EXPIRED was not answered before expire_time; resending renews it."""
+INVITATION_STATE_ACCEPTED: InvitationState.ValueType  # 3
+"""INVITATION_STATE_ACCEPTED made the invitee a member."""
+INVITATION_STATE_DECLINED: InvitationState.ValueType  # 4
+"""INVITATION_STATE_DECLINED was declined by the invitee."""
+INVITATION_STATE_CANCELLED: InvitationState.ValueType  # 5
+"""INVITATION_STATE_CANCELLED was withdrawn by an owner or admin."""
+Global___InvitationState: _TypeAlias = InvitationState  # noqa: Y015
+
 @_typing.final
 class Organization(_message.Message):
     """Organization is a team that owns private registries."""
@@ -222,3 +258,85 @@ class OwnershipTransfer(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OwnershipTransfer: _TypeAlias = OwnershipTransfer  # noqa: Y015
+
+@_typing.final
+class Invitation(_message.Message):
+    """Invitation asks the person with an email address to join an organization with a role."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_SLUG_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_NAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    INVITER_USER_ID_FIELD_NUMBER: _builtins.int
+    INVITER_NAME_FIELD_NUMBER: _builtins.int
+    INVITER_EMAIL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    SEND_COUNT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the invitation's UUID."""
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    organization_slug: _builtins.str
+    """organization_slug is the organization's current slug."""
+    organization_name: _builtins.str
+    """organization_name is the organization's display name."""
+    email: _builtins.str
+    """email is the invited address, normalised (trimmed, lower-cased)."""
+    role: Global___OrganizationRole.ValueType
+    """role is the role the invitee gets on accepting."""
+    inviter_user_id: _builtins.str
+    """inviter_user_id is the UUID of who sent it; empty once their account is deleted."""
+    inviter_name: _builtins.str
+    """inviter_name is the sender's display name; empty once their account is deleted."""
+    inviter_email: _builtins.str
+    """inviter_email is the sender's address; empty once their account is deleted."""
+    state: Global___InvitationState.ValueType
+    """state is where the invitation stands."""
+    send_count: _builtins.int
+    """send_count is how many times its message was queued."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when it was first sent."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when it lapses unless accepted: INVITATION_TTL (default 7 days) after it
+        was last sent.
+        """
+
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp:
+        """send_time is when its message was last queued (creation or ResendInvitation)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        organization_id: _builtins.str = ...,
+        organization_slug: _builtins.str = ...,
+        organization_name: _builtins.str = ...,
+        email: _builtins.str = ...,
+        role: Global___OrganizationRole.ValueType = ...,
+        inviter_user_id: _builtins.str = ...,
+        inviter_name: _builtins.str = ...,
+        inviter_email: _builtins.str = ...,
+        state: Global___InvitationState.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+        send_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "expire_time", b"expire_time", "id", b"id", "inviter_email", b"inviter_email", "inviter_name", b"inviter_name", "inviter_user_id", b"inviter_user_id", "organization_id", b"organization_id", "organization_name", b"organization_name", "organization_slug", b"organization_slug", "role", b"role", "send_count", b"send_count", "send_time", b"send_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invitation: _TypeAlias = Invitation  # noqa: Y015

@@ -974,3 +974,382 @@ class DeleteServiceAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteServiceAccountResponse: _TypeAlias = DeleteServiceAccountResponse  # noqa: Y015
+
+@_typing.final
+class CreateInvitationRequest(_message.Message):
+    """CreateInvitationRequest names the organization, the address and the role."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    email: _builtins.str
+    """email is the address to invite. Required."""
+    role: _organization_pb2.OrganizationRole.ValueType
+    """role is the role to grant on acceptance; not UNSPECIFIED. Required."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        email: _builtins.str = ...,
+        role: _organization_pb2.OrganizationRole.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "organization", b"organization", "organization_id", b"organization_id", "role", b"role", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___CreateInvitationRequest: _TypeAlias = CreateInvitationRequest  # noqa: Y015
+
+@_typing.final
+class CreateInvitationResponse(_message.Message):
+    """CreateInvitationResponse holds the new invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invitation(self) -> _organization_pb2.Invitation:
+        """invitation is the pending invitation."""
+
+    def __init__(
+        self,
+        *,
+        invitation: _organization_pb2.Invitation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invitation", b"invitation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation", b"invitation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInvitationResponse: _TypeAlias = CreateInvitationResponse  # noqa: Y015
+
+@_typing.final
+class ListInvitationsRequest(_message.Message):
+    """ListInvitationsRequest asks for one page of an organization's invitations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_CLOSED_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    page_size: _builtins.int
+    """page_size is the maximum to return; 0 means 50, values above 500 are lowered to 500."""
+    page_token: _builtins.str
+    """page_token is next_page_token from the previous call; empty for the first page."""
+    include_closed: _builtins.bool
+    """include_closed also lists accepted, declined and cancelled invitations."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_closed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_closed", b"include_closed", "organization", b"organization", "organization_id", b"organization_id", "page_size", b"page_size", "page_token", b"page_token", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___ListInvitationsRequest: _TypeAlias = ListInvitationsRequest  # noqa: Y015
+
+@_typing.final
+class ListInvitationsResponse(_message.Message):
+    """ListInvitationsResponse holds one page of invitations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last page."""
+    @_builtins.property
+    def invitations(self) -> _containers.RepeatedCompositeFieldContainer[_organization_pb2.Invitation]:
+        """invitations is the page."""
+
+    def __init__(
+        self,
+        *,
+        invitations: _abc.Iterable[_organization_pb2.Invitation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitations", b"invitations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvitationsResponse: _TypeAlias = ListInvitationsResponse  # noqa: Y015
+
+@_typing.final
+class ResendInvitationRequest(_message.Message):
+    """ResendInvitationRequest names the invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    INVITATION_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    invitation_id: _builtins.str
+    """invitation_id is the invitation's UUID. Required."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        invitation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_id", b"invitation_id", "organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___ResendInvitationRequest: _TypeAlias = ResendInvitationRequest  # noqa: Y015
+
+@_typing.final
+class ResendInvitationResponse(_message.Message):
+    """ResendInvitationResponse holds the renewed invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invitation(self) -> _organization_pb2.Invitation:
+        """invitation is the invitation, pending again with a new expire_time."""
+
+    def __init__(
+        self,
+        *,
+        invitation: _organization_pb2.Invitation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invitation", b"invitation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation", b"invitation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendInvitationResponse: _TypeAlias = ResendInvitationResponse  # noqa: Y015
+
+@_typing.final
+class CancelInvitationRequest(_message.Message):
+    """CancelInvitationRequest names the invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    INVITATION_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organization's UUID."""
+    slug: _builtins.str
+    """slug is the organization's slug (or a former slug still redirecting)."""
+    invitation_id: _builtins.str
+    """invitation_id is the invitation's UUID. Required."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        invitation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_id", b"invitation_id", "organization", b"organization", "organization_id", b"organization_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_organization: _TypeAlias = _typing.Literal["organization_id", "slug"]  # noqa: Y015
+    _WhichOneofArgType_organization: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_organization) -> _WhichOneofReturnType_organization | None: ...
+
+Global___CancelInvitationRequest: _TypeAlias = CancelInvitationRequest  # noqa: Y015
+
+@_typing.final
+class CancelInvitationResponse(_message.Message):
+    """CancelInvitationResponse holds the cancelled invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invitation(self) -> _organization_pb2.Invitation:
+        """invitation is the invitation, state CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        invitation: _organization_pb2.Invitation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invitation", b"invitation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation", b"invitation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelInvitationResponse: _TypeAlias = CancelInvitationResponse  # noqa: Y015
+
+@_typing.final
+class ListMyInvitationsRequest(_message.Message):
+    """ListMyInvitationsRequest asks for one page of the caller's pending invitations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """page_size is the maximum to return; 0 means 50, values above 500 are lowered to 500."""
+    page_token: _builtins.str
+    """page_token is next_page_token from the previous call; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyInvitationsRequest: _TypeAlias = ListMyInvitationsRequest  # noqa: Y015
+
+@_typing.final
+class ListMyInvitationsResponse(_message.Message):
+    """ListMyInvitationsResponse holds one page of the caller's pending invitations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last page."""
+    @_builtins.property
+    def invitations(self) -> _containers.RepeatedCompositeFieldContainer[_organization_pb2.Invitation]:
+        """invitations is the page."""
+
+    def __init__(
+        self,
+        *,
+        invitations: _abc.Iterable[_organization_pb2.Invitation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitations", b"invitations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyInvitationsResponse: _TypeAlias = ListMyInvitationsResponse  # noqa: Y015
+
+@_typing.final
+class AcceptInvitationRequest(_message.Message):
+    """AcceptInvitationRequest names the invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_ID_FIELD_NUMBER: _builtins.int
+    invitation_id: _builtins.str
+    """invitation_id is the invitation's UUID. Required."""
+    def __init__(
+        self,
+        *,
+        invitation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_id", b"invitation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptInvitationRequest: _TypeAlias = AcceptInvitationRequest  # noqa: Y015
+
+@_typing.final
+class AcceptInvitationResponse(_message.Message):
+    """AcceptInvitationResponse holds the organization joined."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def organization(self) -> _organization_pb2.Organization:
+        """organization is the organization, caller_role the invitation's role."""
+
+    def __init__(
+        self,
+        *,
+        organization: _organization_pb2.Organization | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptInvitationResponse: _TypeAlias = AcceptInvitationResponse  # noqa: Y015
+
+@_typing.final
+class DeclineInvitationRequest(_message.Message):
+    """DeclineInvitationRequest names the invitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_ID_FIELD_NUMBER: _builtins.int
+    invitation_id: _builtins.str
+    """invitation_id is the invitation's UUID. Required."""
+    def __init__(
+        self,
+        *,
+        invitation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_id", b"invitation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineInvitationRequest: _TypeAlias = DeclineInvitationRequest  # noqa: Y015
+
+@_typing.final
+class DeclineInvitationResponse(_message.Message):
+    """DeclineInvitationResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineInvitationResponse: _TypeAlias = DeclineInvitationResponse  # noqa: Y015

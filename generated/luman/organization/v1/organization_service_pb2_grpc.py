@@ -110,6 +110,41 @@ class OrganizationServiceStub:
                 request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferRequest.SerializeToString,
                 response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferResponse.FromString,
                 _registered_method=True)
+        self.CreateInvitation = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/CreateInvitation',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateInvitationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateInvitationResponse.FromString,
+                _registered_method=True)
+        self.ListInvitations = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/ListInvitations',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListInvitationsRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListInvitationsResponse.FromString,
+                _registered_method=True)
+        self.ResendInvitation = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/ResendInvitation',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ResendInvitationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ResendInvitationResponse.FromString,
+                _registered_method=True)
+        self.CancelInvitation = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/CancelInvitation',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelInvitationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelInvitationResponse.FromString,
+                _registered_method=True)
+        self.ListMyInvitations = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/ListMyInvitations',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListMyInvitationsRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListMyInvitationsResponse.FromString,
+                _registered_method=True)
+        self.AcceptInvitation = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/AcceptInvitation',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptInvitationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptInvitationResponse.FromString,
+                _registered_method=True)
+        self.DeclineInvitation = channel.unary_unary(
+                '/luman.organization.v1.OrganizationService/DeclineInvitation',
+                request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineInvitationRequest.SerializeToString,
+                response_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineInvitationResponse.FromString,
+                _registered_method=True)
         self.CreateServiceAccount = channel.unary_unary(
                 '/luman.organization.v1.OrganizationService/CreateServiceAccount',
                 request_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateServiceAccountRequest.SerializeToString,
@@ -290,6 +325,97 @@ class OrganizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInvitation(self, request, context):
+        """Invitations: an owner or admin invites an email address with a role; the person with
+        that address, signed in with it verified, accepts or declines. Use AddMember instead to
+        add someone who already has an account, at once and without asking them (an owner's
+        shortcut inside one company); use an invitation for everyone else, and whenever the
+        person should agree. An invitation holds only while its inviter could still send it.
+
+        CreateInvitation invites an address with a role, under the same rules as AddMember
+        (admins may invite admins and members, owners anyone), and queues the invitation email.
+        It expires after INVITATION_TTL (default 7 days).
+
+        Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
+        (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
+        it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
+        are pending), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvitations(self, request, context):
+        """ListInvitations lists an organization's invitations, newest first: pending and expired
+        ones by default, with who sent them and when. Owners and admins only.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResendInvitation(self, request, context):
+        """ResendInvitation queues the invitation email again and renews the expiry, for a pending
+        or expired invitation. Owners, and admins for roles they may grant.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+        PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+        INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
+        RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
+        UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelInvitation(self, request, context):
+        """CancelInvitation withdraws a pending or expired invitation. Owners, and admins for roles
+        they may grant.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+        PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+        INVITATION_CANCELLED), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyInvitations(self, request, context):
+        """ListMyInvitations lists the pending invitations to the caller's address, newest first.
+        The address must be verified: an invitation names its organization and inviter, which
+        only the owner of the address may learn.
+
+        Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptInvitation(self, request, context):
+        """AcceptInvitation makes the caller a member with the invitation's role. The caller's
+        verified address must be the invited one. Two accepts at once: one succeeds.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND: unknown, or for another
+        address), FAILED_PRECONDITION (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED,
+        INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED, INVITER_NOT_ALLOWED: the
+        inviter may no longer grant the role), ALREADY_EXISTS (ALREADY_MEMBER), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineInvitation(self, request, context):
+        """DeclineInvitation declines an invitation to the caller's verified address.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND), FAILED_PRECONDITION
+        (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED, INVITATION_ACCEPTED, INVITATION_DECLINED,
+        INVITATION_CANCELLED), UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateServiceAccount(self, request, context):
         """Service accounts: credentials for programs, owned by an organization. Only owners and
         admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
@@ -399,6 +525,41 @@ def add_OrganizationServiceServicer_to_server(servicer, server):
                     servicer.CancelOwnershipTransfer,
                     request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferRequest.FromString,
                     response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferResponse.SerializeToString,
+            ),
+            'CreateInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvitation,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateInvitationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateInvitationResponse.SerializeToString,
+            ),
+            'ListInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvitations,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListInvitationsRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListInvitationsResponse.SerializeToString,
+            ),
+            'ResendInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResendInvitation,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ResendInvitationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ResendInvitationResponse.SerializeToString,
+            ),
+            'CancelInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelInvitation,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelInvitationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelInvitationResponse.SerializeToString,
+            ),
+            'ListMyInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyInvitations,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListMyInvitationsRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.ListMyInvitationsResponse.SerializeToString,
+            ),
+            'AcceptInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptInvitation,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptInvitationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptInvitationResponse.SerializeToString,
+            ),
+            'DeclineInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineInvitation,
+                    request_deserializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineInvitationRequest.FromString,
+                    response_serializer=luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineInvitationResponse.SerializeToString,
             ),
             'CreateServiceAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateServiceAccount,
@@ -800,6 +961,195 @@ class OrganizationService:
             '/luman.organization.v1.OrganizationService/CancelOwnershipTransfer',
             luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferRequest.SerializeToString,
             luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelOwnershipTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/CreateInvitation',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateInvitationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CreateInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/ListInvitations',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ListInvitationsRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ListInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResendInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/ResendInvitation',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ResendInvitationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ResendInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/CancelInvitation',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelInvitationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.CancelInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/ListMyInvitations',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ListMyInvitationsRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.ListMyInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/AcceptInvitation',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptInvitationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.AcceptInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.organization.v1.OrganizationService/DeclineInvitation',
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineInvitationRequest.SerializeToString,
+            luman_dot_organization_dot_v1_dot_organization__service__pb2.DeclineInvitationResponse.FromString,
             options,
             channel_credentials,
             insecure,

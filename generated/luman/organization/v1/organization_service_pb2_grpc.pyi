@@ -137,6 +137,69 @@ class OrganizationServiceStub:
     Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
     PERMISSION_DENIED, UNAUTHENTICATED.
     """
+    CreateInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CreateInvitationRequest, _organization_service_pb2.CreateInvitationResponse]
+    """Invitations: an owner or admin invites an email address with a role; the person with
+    that address, signed in with it verified, accepts or declines. Use AddMember instead to
+    add someone who already has an account, at once and without asking them (an owner's
+    shortcut inside one company); use an invitation for everyone else, and whenever the
+    person should agree. An invitation holds only while its inviter could still send it.
+
+    CreateInvitation invites an address with a role, under the same rules as AddMember
+    (admins may invite admins and members, owners anyone), and queues the invitation email.
+    It expires after INVITATION_TTL (default 7 days).
+
+    Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
+    (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
+    it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
+    are pending), UNAUTHENTICATED.
+    """
+    ListInvitations: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ListInvitationsRequest, _organization_service_pb2.ListInvitationsResponse]
+    """ListInvitations lists an organization's invitations, newest first: pending and expired
+    ones by default, with who sent them and when. Owners and admins only.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    ResendInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ResendInvitationRequest, _organization_service_pb2.ResendInvitationResponse]
+    """ResendInvitation queues the invitation email again and renews the expiry, for a pending
+    or expired invitation. Owners, and admins for roles they may grant.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+    PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+    INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
+    RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
+    UNAUTHENTICATED.
+    """
+    CancelInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CancelInvitationRequest, _organization_service_pb2.CancelInvitationResponse]
+    """CancelInvitation withdraws a pending or expired invitation. Owners, and admins for roles
+    they may grant.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+    PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+    INVITATION_CANCELLED), UNAUTHENTICATED.
+    """
+    ListMyInvitations: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ListMyInvitationsRequest, _organization_service_pb2.ListMyInvitationsResponse]
+    """ListMyInvitations lists the pending invitations to the caller's address, newest first.
+    The address must be verified: an invitation names its organization and inviter, which
+    only the owner of the address may learn.
+
+    Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED), UNAUTHENTICATED.
+    """
+    AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.AcceptInvitationRequest, _organization_service_pb2.AcceptInvitationResponse]
+    """AcceptInvitation makes the caller a member with the invitation's role. The caller's
+    verified address must be the invited one. Two accepts at once: one succeeds.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND: unknown, or for another
+    address), FAILED_PRECONDITION (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED,
+    INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED, INVITER_NOT_ALLOWED: the
+    inviter may no longer grant the role), ALREADY_EXISTS (ALREADY_MEMBER), UNAUTHENTICATED.
+    """
+    DeclineInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.DeclineInvitationRequest, _organization_service_pb2.DeclineInvitationResponse]
+    """DeclineInvitation declines an invitation to the caller's verified address.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND), FAILED_PRECONDITION
+    (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED, INVITATION_ACCEPTED, INVITATION_DECLINED,
+    INVITATION_CANCELLED), UNAUTHENTICATED.
+    """
     CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CreateServiceAccountRequest, _organization_service_pb2.CreateServiceAccountResponse]
     """Service accounts: credentials for programs, owned by an organization. Only owners and
     admins manage them (a member gets PERMISSION_DENIED, a non-member NOT_FOUND).
@@ -271,6 +334,69 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
 
     Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
     PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    CreateInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CreateInvitationRequest, _organization_service_pb2.CreateInvitationResponse]  # type: ignore[assignment]
+    """Invitations: an owner or admin invites an email address with a role; the person with
+    that address, signed in with it verified, accepts or declines. Use AddMember instead to
+    add someone who already has an account, at once and without asking them (an owner's
+    shortcut inside one company); use an invitation for everyone else, and whenever the
+    person should agree. An invitation holds only while its inviter could still send it.
+
+    CreateInvitation invites an address with a role, under the same rules as AddMember
+    (admins may invite admins and members, owners anyone), and queues the invitation email.
+    It expires after INVITATION_TTL (default 7 days).
+
+    Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
+    (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
+    it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
+    are pending), UNAUTHENTICATED.
+    """
+    ListInvitations: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ListInvitationsRequest, _organization_service_pb2.ListInvitationsResponse]  # type: ignore[assignment]
+    """ListInvitations lists an organization's invitations, newest first: pending and expired
+    ones by default, with who sent them and when. Owners and admins only.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+    """
+    ResendInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ResendInvitationRequest, _organization_service_pb2.ResendInvitationResponse]  # type: ignore[assignment]
+    """ResendInvitation queues the invitation email again and renews the expiry, for a pending
+    or expired invitation. Owners, and admins for roles they may grant.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+    PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+    INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
+    RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
+    UNAUTHENTICATED.
+    """
+    CancelInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CancelInvitationRequest, _organization_service_pb2.CancelInvitationResponse]  # type: ignore[assignment]
+    """CancelInvitation withdraws a pending or expired invitation. Owners, and admins for roles
+    they may grant.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+    PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+    INVITATION_CANCELLED), UNAUTHENTICATED.
+    """
+    ListMyInvitations: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ListMyInvitationsRequest, _organization_service_pb2.ListMyInvitationsResponse]  # type: ignore[assignment]
+    """ListMyInvitations lists the pending invitations to the caller's address, newest first.
+    The address must be verified: an invitation names its organization and inviter, which
+    only the owner of the address may learn.
+
+    Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED), UNAUTHENTICATED.
+    """
+    AcceptInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.AcceptInvitationRequest, _organization_service_pb2.AcceptInvitationResponse]  # type: ignore[assignment]
+    """AcceptInvitation makes the caller a member with the invitation's role. The caller's
+    verified address must be the invited one. Two accepts at once: one succeeds.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND: unknown, or for another
+    address), FAILED_PRECONDITION (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED,
+    INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED, INVITER_NOT_ALLOWED: the
+    inviter may no longer grant the role), ALREADY_EXISTS (ALREADY_MEMBER), UNAUTHENTICATED.
+    """
+    DeclineInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.DeclineInvitationRequest, _organization_service_pb2.DeclineInvitationResponse]  # type: ignore[assignment]
+    """DeclineInvitation declines an invitation to the caller's verified address.
+
+    Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND), FAILED_PRECONDITION
+    (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED, INVITATION_ACCEPTED, INVITATION_DECLINED,
+    INVITATION_CANCELLED), UNAUTHENTICATED.
     """
     CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CreateServiceAccountRequest, _organization_service_pb2.CreateServiceAccountResponse]  # type: ignore[assignment]
     """Service accounts: credentials for programs, owned by an organization. Only owners and
@@ -487,6 +613,111 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or OWNERSHIP_TRANSFER_NOT_FOUND),
         PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateInvitation(
+        self,
+        request: _organization_service_pb2.CreateInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.CreateInvitationResponse, _abc.Awaitable[_organization_service_pb2.CreateInvitationResponse]]:
+        """Invitations: an owner or admin invites an email address with a role; the person with
+        that address, signed in with it verified, accepts or declines. Use AddMember instead to
+        add someone who already has an account, at once and without asking them (an owner's
+        shortcut inside one company); use an invitation for everyone else, and whenever the
+        person should agree. An invitation holds only while its inviter could still send it.
+
+        CreateInvitation invites an address with a role, under the same rules as AddMember
+        (admins may invite admins and members, owners anyone), and queues the invitation email.
+        It expires after INVITATION_TTL (default 7 days).
+
+        Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
+        (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
+        it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
+        are pending), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInvitations(
+        self,
+        request: _organization_service_pb2.ListInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.ListInvitationsResponse, _abc.Awaitable[_organization_service_pb2.ListInvitationsResponse]]:
+        """ListInvitations lists an organization's invitations, newest first: pending and expired
+        ones by default, with who sent them and when. Owners and admins only.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def ResendInvitation(
+        self,
+        request: _organization_service_pb2.ResendInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.ResendInvitationResponse, _abc.Awaitable[_organization_service_pb2.ResendInvitationResponse]]:
+        """ResendInvitation queues the invitation email again and renews the expiry, for a pending
+        or expired invitation. Owners, and admins for roles they may grant.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+        PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+        INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
+        RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
+        UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelInvitation(
+        self,
+        request: _organization_service_pb2.CancelInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.CancelInvitationResponse, _abc.Awaitable[_organization_service_pb2.CancelInvitationResponse]]:
+        """CancelInvitation withdraws a pending or expired invitation. Owners, and admins for roles
+        they may grant.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
+        PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
+        INVITATION_CANCELLED), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMyInvitations(
+        self,
+        request: _organization_service_pb2.ListMyInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.ListMyInvitationsResponse, _abc.Awaitable[_organization_service_pb2.ListMyInvitationsResponse]]:
+        """ListMyInvitations lists the pending invitations to the caller's address, newest first.
+        The address must be verified: an invitation names its organization and inviter, which
+        only the owner of the address may learn.
+
+        Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def AcceptInvitation(
+        self,
+        request: _organization_service_pb2.AcceptInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.AcceptInvitationResponse, _abc.Awaitable[_organization_service_pb2.AcceptInvitationResponse]]:
+        """AcceptInvitation makes the caller a member with the invitation's role. The caller's
+        verified address must be the invited one. Two accepts at once: one succeeds.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND: unknown, or for another
+        address), FAILED_PRECONDITION (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED,
+        INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED, INVITER_NOT_ALLOWED: the
+        inviter may no longer grant the role), ALREADY_EXISTS (ALREADY_MEMBER), UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeclineInvitation(
+        self,
+        request: _organization_service_pb2.DeclineInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_service_pb2.DeclineInvitationResponse, _abc.Awaitable[_organization_service_pb2.DeclineInvitationResponse]]:
+        """DeclineInvitation declines an invitation to the caller's verified address.
+
+        Errors: INVALID_ARGUMENT, NOT_FOUND (INVITATION_NOT_FOUND), FAILED_PRECONDITION
+        (EMAIL_NOT_VERIFIED, INVITATION_EXPIRED, INVITATION_ACCEPTED, INVITATION_DECLINED,
+        INVITATION_CANCELLED), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod

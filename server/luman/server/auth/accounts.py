@@ -24,6 +24,7 @@ Lock order (PostgreSQL; SQLite runs one write transaction at a time):
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 
 from sqlalchemy import delete, func, select, update
@@ -57,6 +58,45 @@ from luman.server.db.session import Sessions
 class PasswordChange:
     revoked_sessions: int
     revoked_cli_tokens: int
+
+
+def revoke_credentials(
+    session: Session,
+    user_id: uuid.UUID,
+    now: dt.datetime,
+    *,
+    cli_tokens: bool,
+    keep_session: uuid.UUID | None = None,
+    keep_token: uuid.UUID | None = None,
+) -> PasswordChange:
+    """Revoke the user's live sessions but `keep_session` and, with `cli_tokens`, its personal
+    tokens but `keep_token` (ChangePassword, ResetPassword). The caller holds the user's row
+    and calls `token_cache.forget(user_id=…)` once committed."""
+    sessions_query = update(LoginSession).where(
+        LoginSession.user_id == user_id,
+        LoginSession.revoke_time.is_(None),
+        LoginSession.expire_time > now,
+    )
+    if keep_session is not None:
+        sessions_query = sessions_query.where(LoginSession.id != keep_session)
+    revoked_sessions = int(
+        session.execute(
+            sessions_query.values(revoke_time=now).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    )
+    revoked_tokens = 0
+    if cli_tokens:
+        tokens_query = update(CliToken).where(
+            CliToken.user_id == user_id, CliToken.revoke_time.is_(None)
+        )
+        if keep_token is not None:
+            tokens_query = tokens_query.where(CliToken.id != keep_token)
+        revoked_tokens = int(
+            session.execute(
+                tokens_query.values(revoke_time=now).execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+        )
+    return PasswordChange(revoked_sessions, revoked_tokens)
 
 
 def _wrong_password() -> UnauthenticatedError:
@@ -135,36 +175,14 @@ class AccountService:
             user = self._lock_checked_user(session, principal, checked_hash)
             user.password_hash = new_hash
             calling = principal.credential_id
-            keep_session = calling if principal.credential is Credential.ACCESS_TOKEN else None
-            keep_token = calling if principal.credential is Credential.CLI_TOKEN else None
-            sessions_query = update(LoginSession).where(
-                LoginSession.user_id == user_id,
-                LoginSession.revoke_time.is_(None),
-                LoginSession.expire_time > now,
+            revoked = revoke_credentials(
+                session,
+                user_id,
+                now,
+                cli_tokens=revoke_cli_tokens,
+                keep_session=calling if principal.credential is Credential.ACCESS_TOKEN else None,
+                keep_token=calling if principal.credential is Credential.CLI_TOKEN else None,
             )
-            if keep_session is not None:
-                sessions_query = sessions_query.where(LoginSession.id != keep_session)
-            revoked_sessions = int(
-                session.execute(
-                    sessions_query.values(revoke_time=now).execution_options(
-                        synchronize_session=False
-                    )
-                ).rowcount  # type: ignore[attr-defined]
-            )
-            revoked_tokens = 0
-            if revoke_cli_tokens:
-                tokens_query = update(CliToken).where(
-                    CliToken.user_id == user_id, CliToken.revoke_time.is_(None)
-                )
-                if keep_token is not None:
-                    tokens_query = tokens_query.where(CliToken.id != keep_token)
-                revoked_tokens = int(
-                    session.execute(
-                        tokens_query.values(revoke_time=now).execution_options(
-                            synchronize_session=False
-                        )
-                    ).rowcount  # type: ignore[attr-defined]
-                )
             record(
                 session,
                 Event(
@@ -173,8 +191,8 @@ class AccountService:
                     target_type="user",
                     target_id=str(user_id),
                     details={
-                        "revoked_sessions": revoked_sessions,
-                        "revoked_cli_tokens": revoked_tokens,
+                        "revoked_sessions": revoked.revoked_sessions,
+                        "revoked_cli_tokens": revoked.revoked_cli_tokens,
                     },
                 ),
                 now,
@@ -182,7 +200,7 @@ class AccountService:
         # Committed: the revoked sessions' and tokens' cached entries go (the calling one is
         # simply checked again once).
         self._token_cache.forget(user_id=user_id)
-        return PasswordChange(revoked_sessions, revoked_tokens)
+        return revoked
 
     def delete(self, principal: Principal, password: str, call: WaitingCall | None = None) -> None:
         """Delete the caller's account.

@@ -15,6 +15,7 @@ def write_user(target: auth_pb2.User, user: User | UserRecord) -> None:
     target.email = user.email
     target.name = user.name
     write_timestamp(target.create_time, user.create_time)
+    target.email_verified = user.email_verify_time is not None
 
 
 def user_to_proto(user: User | UserRecord) -> auth_pb2.User:

@@ -30,7 +30,7 @@ from luman.interceptors.errors import (
 )
 from luman.interceptors.principal import Credential, Principal
 from luman.server.audit.record import Event, record
-from luman.server.auth import token_checks
+from luman.server.auth import email_codes, token_checks
 from luman.server.auth.accounts import AccountService
 from luman.server.auth.cli_token_repository import CliTokenRepository
 from luman.server.auth.cli_tokens import DEFAULT_SCOPES, CliTokens, parse_scopes
@@ -51,6 +51,7 @@ from luman.server.auth.tokens import (
 from luman.server.clock import Clock
 from luman.server.db.models import CliToken, LoginSession, RefreshToken, User
 from luman.server.db.session import Sessions
+from luman.server.mail import outbox
 
 # last_use_time is kept to the minute: writing it on every call would turn each
 # authenticated read into a write.
@@ -140,6 +141,8 @@ class AuthService:
         self.introspector = Introspector(sessions, codec, self.service_accounts, clock)
         # The caller's own account: UpdateMe, ChangePassword, DeleteMe (auth/accounts.py).
         self.accounts = AccountService(sessions, hasher, clock, self.token_cache)
+        # Email verification and password reset (auth/email_codes.py).
+        self.email_codes = email_codes.EmailCodes(sessions, hasher, clock, self.token_cache)
 
     def register(
         self,
@@ -170,6 +173,8 @@ class AuthService:
                 Event("account.registered", user.id, target_type="user", target_id=str(user.id)),
                 now,
             )
+            # The first verification message, queued with the account (auth/email_codes.py).
+            outbox.enqueue(session, email_codes.VERIFY_EMAIL, user.email, now, user_id=user.id)
         return SignIn(user, tokens)
 
     def login(

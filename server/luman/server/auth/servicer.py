@@ -10,6 +10,7 @@ from luman.server.auth import cli_token_requests, convert, jwks
 from luman.server.auth.account_servicer import AccountRpcs
 from luman.server.auth.device_login_servicer import DeviceLoginRpcs
 from luman.server.auth.device_logins import DeviceLogins
+from luman.server.auth.email_servicer import EmailRpcs
 from luman.server.auth.service import AuthService
 from luman.server.auth.service_token_servicer import ServiceTokenRpcs
 from luman.server.auth.session_servicer import SessionRpcs, current_caller
@@ -26,6 +27,7 @@ from luman.server.validation import (
 class AuthServicer(
     SessionRpcs,
     AccountRpcs,
+    EmailRpcs,
     ServiceTokenRpcs,
     DeviceLoginRpcs,
     auth_service_pb2_grpc.AuthServiceServicer,
@@ -34,6 +36,7 @@ class AuthServicer(
         self._service = service
         self._session_service = service.session_service
         self._account_service = service.accounts
+        self._email_codes = service.email_codes
         self._device_logins = device_logins
 
     def Register(

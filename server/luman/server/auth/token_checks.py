@@ -21,7 +21,13 @@ from luman.server.db.models import CliToken, LoginSession, User
 _users = User.__table__.c
 _sessions = LoginSession.__table__.c
 _cli_tokens = CliToken.__table__.c
-_USER_COLUMNS = (_users.id, _users.email, _users.name, _users.create_time)
+_USER_COLUMNS = (
+    _users.id,
+    _users.email,
+    _users.name,
+    _users.create_time,
+    _users.email_verify_time,
+)
 
 _LOGIN_SESSION_CHECK = (
     select(_sessions.revoke_time, _users.tokens_not_before, *_USER_COLUMNS)
@@ -53,6 +59,7 @@ class UserRecord:
     email: str
     name: str
     create_time: dt.datetime
+    email_verify_time: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,4 +104,4 @@ def user_record(conn: Connection, user_id: uuid.UUID) -> UserRecord | None:
 
 
 def _user(row: Sequence[Any], start: int) -> UserRecord:
-    return UserRecord(row[start], row[start + 1], row[start + 2], row[start + 3])
+    return UserRecord(*row[start : start + len(_USER_COLUMNS)])

@@ -24,4 +24,7 @@ _SQLITE_COLUMNS = {
     "uq_organizations_slug": "organizations.slug",
     "uq_cli_tokens_token_hash": "cli_tokens.token_hash",
     "pk_memberships": "memberships.organization_id, memberships.user_id",
+    "uq_invitations_organization_id_email_pending": (
+        "invitations.organization_id, invitations.email"
+    ),
 }

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -67,6 +68,8 @@ class User(Base):
     # LogoutAll: access and refresh tokens issued (iat) before this are refused. A whole
     # second, because iat is one (auth/sessions.py explains the rounding).
     tokens_not_before: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # When the owner of `email` proved it (auth/email_codes.py); None: not verified.
+    email_verify_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
 class LoginSession(Base):
@@ -390,3 +393,110 @@ class OrganizationConfig(Base):
     # The user who wrote this version; no foreign key, like the audit log: a deleted account
     # leaves its last write attributed.
     updated_by: Mapped[uuid.UUID] = mapped_column(Uuid)
+
+
+class EmailCode(Base):
+    """The link token and the code of one verification or password-reset message
+    (auth/email_codes.py), made when the mail worker sends the message, stored as SHA-256
+    hashes only. Single use; a newer message of the same purpose for the account spends the
+    older ones. Deleted with the account."""
+
+    __tablename__ = "email_codes"
+    __table_args__ = (
+        # Spending the older messages of a purpose; finding an account's code by address.
+        Index("ix_email_codes_user_id_purpose", "user_id", "purpose"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # "verify_email" or "password_reset".
+    purpose: Mapped[str] = mapped_column(String(16))
+    # The address the message went to: the code proves nothing once the account's changes.
+    email: Mapped[str] = mapped_column(String(254))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # Set when used, or when spent by a newer message or by too many wrong codes.
+    use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class MailMessage(Base):
+    """A message waiting to be sent (mail/outbox.py, mail/worker.py). The row says what to
+    send, never a secret: the worker renders it when it sends, making any link or code then.
+    Written in the transaction of the change that sends it, so a message is queued exactly
+    when the change commits, and kept until the mail server accepts it (nothing is lost when
+    the server stops or the mail server is down); deleted once sent or given up."""
+
+    __tablename__ = "mail_outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # What to render: "verify_email", "password_reset", "invitation" (mail/worker.py).
+    kind: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(254))
+    # The account it is for, if any: a deleted account's pending messages go with it.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    # What it is about (an invitation's id), if anything; no foreign key: a message about
+    # something gone is dropped when rendered.
+    subject_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # A small JSON object of facts for the template; never a secret.
+    params: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    next_attempt_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A worker (of any replica) that took the message holds it until then.
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str] = mapped_column(String(200), default="", server_default="")
+
+
+class Invitation(Base):
+    """An invitation of an email address to an organization (organization/invitations.py).
+    `state` is pending, accepted, declined or cancelled; a pending one past `expire_time` is
+    expired. At most one pending invitation per organization and address."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        Index(
+            "uq_invitations_organization_id_email_pending",
+            "organization_id",
+            "email",
+            unique=True,
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+        # ListInvitations, newest first; ListMyInvitations by address.
+        Index(
+            "ix_invitations_organization_id_create_time_id", "organization_id", "create_time", "id"
+        ),
+        Index("ix_invitations_email_state", "email", "state"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[Role] = mapped_column(
+        Enum(
+            Role,
+            name="organization_role",
+            native_enum=False,
+            length=16,
+            values_callable=lambda roles: [r.value for r in roles],
+            validate_strings=True,
+        )
+    )
+    inviter_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    send_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    send_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # Accepted, declined or cancelled: when, and by whom (no foreign key: kept as history).
+    decide_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    decided_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)

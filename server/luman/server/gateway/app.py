@@ -25,6 +25,7 @@ from luman.interceptors import metadata_keys
 from luman.server.gateway import bodies, caching, oauth
 from luman.server.gateway import status as statuses
 from luman.server.gateway.device_page import DevicePage, is_page_path
+from luman.server.gateway.email_pages import EmailPages, is_email_page_path
 from luman.server.gateway.in_process import InProcessCalls, Metadata, grpc_peer
 from luman.server.gateway.policy import (
     HSTS,
@@ -90,9 +91,11 @@ class GatewayApp:
         readiness: Readiness,
         max_body_bytes: int,
         device_page: DevicePage | None = None,
+        email_pages: EmailPages | None = None,
     ) -> None:
         self._routes = routes
         self._device_page = device_page  # /device: the device login's approval page
+        self._email_pages = email_pages  # /email/verify, /password/reset: the messages' links
         self._calls = calls
         self._cors = cors
         self._addresses = addresses
@@ -129,6 +132,9 @@ class GatewayApp:
             raise bad_request("INVALID_PATH", "the path is not UTF-8") from None
         if self._device_page is not None and is_page_path(path):
             await self._device_page.handle(request, receive, send, path)
+            return
+        if self._email_pages is not None and is_email_page_path(path):
+            await self._email_pages.handle(request, receive, send, path)
             return
         if request.method == "OPTIONS":
             await self._options(request, path, send)

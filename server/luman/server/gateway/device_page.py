@@ -402,37 +402,15 @@ class DevicePage:
 
     async def _form(self, visit: _Visit, receive: Receive) -> dict[str, str]:
         """The POSTed form, once its origin and CSRF token are checked."""
-        request = visit.request
         # The page sends Referrer-Policy: same-origin, so browsers post its forms with its own
         # Origin; `null` (a sandboxed frame, a data: URL, a redirect across origins) is
-        # refused like any foreign origin. Fetch Metadata, where sent, must say same-origin.
-        origin = request.header("origin")
-        if origin is not None and not self._own_origin(visit, origin):
-            raise _forbidden()
-        fetch_site = request.header("sec-fetch-site")
-        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-            raise _forbidden()
-        media_type = (request.header("content-type") or "").partition(";")[0].strip().lower()
-        body = await _read_body(request, receive)
-        if media_type != "application/x-www-form-urlencoded":
-            raise _RefusedError(415, "Unsupported form", "This page only accepts its own forms.")
-        try:
-            form = _first_values(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise _RefusedError(400, "Bad form", "The form could not be read.") from None
-        sent = form.get(CSRF_FIELD, "")
-        expected = visit.cookies.get(CSRF_COOKIE, "")
-        if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-            raise _forbidden()
-        return form
-
-    def _own_origin(self, visit: _Visit, origin: str) -> bool:
-        origin = origin.strip().rstrip("/").lower()
-        if self._public_origin and origin == self._public_origin:
-            return True
-        host = (visit.request.header("host") or "").strip().lower()
-        scheme = "https" if visit.https else "http"
-        return bool(host) and origin == f"{scheme}://{host}"
+        # refused like any foreign origin.
+        return await read_form(
+            visit.request,
+            receive,
+            expected_csrf=visit.cookies.get(CSRF_COOKIE, ""),
+            own_origin=own_origins(visit.request, visit.https, self._public_origin),
+        )
 
     async def _send(
         self, visit: _Visit, send: Send, status: int, body: bytes, headers: list[Header]
@@ -448,6 +426,57 @@ class DevicePage:
         await send(
             {"type": "http.response.body", "body": b"" if visit.request.method == "HEAD" else body}
         )
+
+
+def own_origins(request: PageRequest, https: bool, public_origin: str) -> frozenset[str]:
+    """The origins a page's own form posts come from: PUBLIC_URL's, and the Host it was
+    reached at."""
+    origins = {public_origin} if public_origin else set()
+    host = (request.header("host") or "").strip().lower()
+    if host:
+        origins.add(f"{'https' if https else 'http'}://{host}")
+    return frozenset(origins)
+
+
+async def read_form(
+    request: PageRequest,
+    receive: Receive,
+    *,
+    expected_csrf: str,
+    own_origin: frozenset[str],
+    allow_null_origin: bool = False,
+) -> dict[str, str]:
+    """A page's POSTed form, once its origin and CSRF token are checked: an Origin, when sent,
+    must be one of `own_origin` (or `null`, with `allow_null_origin`); Fetch Metadata, where
+    sent, must say same-origin; the form's csrf_token must match `expected_csrf` (its cookie).
+
+    Raises:
+        _RefusedError: 403, 413, 415 or 400, as a message page.
+    """
+    origin = request.header("origin")
+    if origin is not None:
+        origin = origin.strip().rstrip("/").lower()
+        if origin not in own_origin and not (allow_null_origin and origin == "null"):
+            raise _forbidden()
+    fetch_site = request.header("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        raise _forbidden()
+    media_type = (request.header("content-type") or "").partition(";")[0].strip().lower()
+    body = await _read_body(request, receive)
+    if media_type != "application/x-www-form-urlencoded":
+        raise _RefusedError(415, "Unsupported form", "This page only accepts its own forms.")
+    try:
+        form = _first_values(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _RefusedError(400, "Bad form", "The form could not be read.") from None
+    sent = form.get(CSRF_FIELD, "")
+    if (
+        not sent
+        or not expected_csrf
+        or not hmac.compare_digest(sent.encode(), expected_csrf.encode())
+    ):
+        raise _forbidden()
+    return form
 
 
 def same_network(a: str, b: str) -> bool:

@@ -28,6 +28,7 @@ from luman.server.db.session import Sessions
 from luman.server.gateway.app import GatewayApp
 from luman.server.gateway.comments import comments_by_name, load_descriptor_set
 from luman.server.gateway.device_page import DevicePage, public_origin
+from luman.server.gateway.email_pages import EmailPages
 from luman.server.gateway.in_process import InProcessCalls
 from luman.server.gateway.openapi import build_document
 from luman.server.gateway.policy import ClientAddress, CorsPolicy
@@ -170,6 +171,9 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
         max_body_bytes=settings.http_max_body_bytes,
         device_page=DevicePage(
             calls, routes, addresses, app.clock, public_origin=public_origin(settings.public_url)
+        ),
+        email_pages=EmailPages(
+            calls, routes, addresses, public_origin=public_origin(settings.public_url)
         ),
     )
     try:

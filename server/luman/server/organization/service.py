@@ -61,12 +61,29 @@ class Page(Generic[T]):
     next_key: PageKey | None
 
 
-def _org_not_found() -> NotFoundError:
+def org_not_found() -> NotFoundError:
     return NotFoundError("ORGANIZATION_NOT_FOUND", "organization not found")
 
 
-def _denied(message: str) -> PermissionDeniedError:
+def denied(message: str) -> PermissionDeniedError:
     return PermissionDeniedError("PERMISSION_DENIED", message)
+
+
+def caller_membership(
+    repo: OrganizationRepository,
+    principal: Principal,
+    ref: OrganizationRef,
+    *,
+    lock: bool = False,
+) -> tuple[Organization, Membership]:
+    """The organization (row-locked with `lock`, as every membership change takes it first)
+    and the caller's membership of it."""
+    organization = repo.find(ref.organization_id, ref.slug, lock=lock)
+    # A non-member learns nothing, not even that the organization exists.
+    caller = repo.membership(organization.id, principal.user_id) if organization else None
+    if organization is None or caller is None:
+        raise org_not_found()
+    return organization, caller
 
 
 OFFER_LIFETIME = dt.timedelta(days=7)
@@ -134,7 +151,7 @@ class OrganizationService:
     ) -> Page[OrganizationRow]:
         with self._sessions.statements.connect() as conn:
             rows = repository.organizations_of(conn, principal.user_id, after, page_size + 1)
-        return _page(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.id)))
+        return page_of(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.id)))
 
     def get(self, principal: Principal, ref: OrganizationRef) -> OrganizationRow:
         with self._sessions.statements.connect() as conn:
@@ -164,18 +181,18 @@ class OrganizationService:
                     ref = redirected
             if not rows:
                 self._caller_organization(conn, principal, ref)
-        return _page(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.user_id)))
+        return page_of(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.user_id)))
 
     def add_member(
         self, principal: Principal, ref: OrganizationRef, target: UserRef, role: Role
     ) -> MemberRow:
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, self._clock())
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             if caller.role is Role.MEMBER:
-                raise _denied("members cannot add members")
+                raise denied("members cannot add members")
             if role is Role.OWNER and caller.role is not Role.OWNER:
-                raise _denied("only owners can grant the owner role")
+                raise denied("only owners can grant the owner role")
             user = repo.user(target.user_id, target.email)
             if user is None:
                 raise NotFoundError("USER_NOT_FOUND", "user not found")
@@ -189,13 +206,13 @@ class OrganizationService:
     def remove_member(self, principal: Principal, ref: OrganizationRef, user_id: uuid.UUID) -> None:
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, self._clock())
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             leaving = user_id == principal.user_id
             if not leaving and caller.role is Role.MEMBER:
-                raise _denied("members can only remove themselves")
+                raise denied("members can only remove themselves")
             target = caller if leaving else self._target(repo, organization.id, user_id)
             if not leaving and target.role is Role.OWNER and caller.role is not Role.OWNER:
-                raise _denied("only owners can remove an owner")
+                raise denied("only owners can remove an owner")
             if target.role is Role.OWNER:
                 self._keep_an_owner(repo, organization.id)
             event = _member_event("member.removed", target, role=target.role.value, left=leaving)
@@ -207,12 +224,12 @@ class OrganizationService:
     ) -> MemberRow:
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, self._clock())
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             if caller.role is Role.MEMBER:
-                raise _denied("members cannot change roles")
+                raise denied("members cannot change roles")
             target = self._target(repo, organization.id, user_id)
             if caller.role is not Role.OWNER and (target.role is Role.OWNER or role is Role.OWNER):
-                raise _denied("only owners can grant or take away the owner role")
+                raise denied("only owners can grant or take away the owner role")
             if target.role is Role.OWNER and role is not Role.OWNER:
                 self._keep_an_owner(repo, organization.id)
             old_role = target.role
@@ -241,23 +258,8 @@ class OrganizationService:
         )
         # A non-member learns nothing, not even that the organization exists.
         if row is None:
-            raise _org_not_found()
+            raise org_not_found()
         return row
-
-    @staticmethod
-    def _caller_membership(
-        repo: OrganizationRepository,
-        principal: Principal,
-        ref: OrganizationRef,
-        *,
-        lock: bool = False,
-    ) -> tuple[Organization, Membership]:
-        organization = repo.find(ref.organization_id, ref.slug, lock=lock)
-        # A non-member learns nothing, not even that the organization exists.
-        caller = repo.membership(organization.id, principal.user_id) if organization else None
-        if organization is None or caller is None:
-            raise _org_not_found()
-        return organization, caller
 
     @staticmethod
     def _target(
@@ -286,11 +288,11 @@ class OrganizationService:
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, now)
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             if caller.role is Role.MEMBER:
-                raise _denied("members cannot change the organization")
+                raise denied("members cannot change the organization")
             if slug is not None and caller.role is not Role.OWNER:
-                raise _denied("only owners can change the slug")
+                raise denied("only owners can change the slug")
             if name is not None and name != organization.name:
                 old_name = organization.name
                 organization.name = name
@@ -330,9 +332,9 @@ class OrganizationService:
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, now)
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             if caller.role is not Role.OWNER:
-                raise _denied("only owners can delete the organization")
+                raise denied("only owners can delete the organization")
             if confirm_slug != organization.slug:
                 raise InvalidArgumentError.field(
                     "confirm_slug", "must be the organization's current slug, exactly"
@@ -369,9 +371,9 @@ class OrganizationService:
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, now)
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             if caller.role is not Role.OWNER:
-                raise _denied("only owners can offer ownership")
+                raise denied("only owners can offer ownership")
             user = repo.user(target.user_id, target.email)
             member = repo.membership(organization.id, user.id) if user is not None else None
             if member is None:
@@ -403,7 +405,7 @@ class OrganizationService:
     def get_transfer(self, principal: Principal, ref: OrganizationRef) -> TransferRow:
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, self._clock())
-            organization, _ = self._caller_membership(repo, principal, ref)
+            organization, _ = caller_membership(repo, principal, ref)
             offer = self._offer(repo, organization.id)
             target = repo.user(offer.to_user_id, None)
             return _transfer_row(offer, target.email if target is not None else "")
@@ -461,9 +463,9 @@ class OrganizationService:
         now = self._clock()
         with self._sessions.write.begin() as session:
             repo = OrganizationRepository(session, now)
-            organization, caller = self._caller_membership(repo, principal, ref, lock=True)
+            organization, caller = caller_membership(repo, principal, ref, lock=True)
             if caller.role is not Role.OWNER:
-                raise _denied("only owners can cancel an ownership transfer")
+                raise denied("only owners can cancel an ownership transfer")
             offer = self._offer(repo, organization.id)
             repo.delete_offer(organization.id)
             record(
@@ -492,7 +494,7 @@ class OrganizationService:
         """The organization (locked), the caller's membership and the offer made to them."""
         organization = repo.find(ref.organization_id, ref.slug, lock=True)
         if organization is None:
-            raise _org_not_found()
+            raise org_not_found()
         caller = repo.membership(organization.id, principal.user_id)
         offer = repo.offer(organization.id)
         if caller is None:
@@ -502,11 +504,11 @@ class OrganizationService:
                 raise FailedPreconditionError(
                     "TARGET_NOT_MEMBER", "you are no longer a member of the organization"
                 )
-            raise _org_not_found()
+            raise org_not_found()
         if offer is None:
             raise NotFoundError("OWNERSHIP_TRANSFER_NOT_FOUND", "no ownership transfer is pending")
         if offer.to_user_id != principal.user_id:
-            raise _denied("the ownership transfer is offered to another member")
+            raise denied("the ownership transfer is offered to another member")
         return organization, caller, offer
 
 
@@ -533,7 +535,7 @@ def _transfer_row(offer: OwnershipOffer, email: str) -> TransferRow:
     )
 
 
-def _page(rows: list[T], page_size: int, key: Callable[[T], PageKey]) -> Page[T]:
+def page_of(rows: list[T], page_size: int, key: Callable[[T], PageKey]) -> Page[T]:
     """`rows` holds up to page_size + 1 items; the extra one only says another page exists."""
     if len(rows) > page_size:
         items = rows[:page_size]

@@ -11,6 +11,8 @@ from luman.interceptors.principal import current_principal
 from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server.auth.service_accounts import ServiceAccounts
 from luman.server.organization import convert
+from luman.server.organization.invitation_servicer import InvitationRpcs
+from luman.server.organization.invitations import InvitationService
 from luman.server.organization.service import OrganizationRef, OrganizationService
 from luman.server.organization.service_account_servicer import ServiceAccountRpcs
 from luman.server.pagination import clamp_page_size
@@ -18,11 +20,17 @@ from luman.server.validation import Violations, check_name, check_slug, check_uu
 
 
 class OrganizationServicer(
-    ServiceAccountRpcs, organization_service_pb2_grpc.OrganizationServiceServicer
+    ServiceAccountRpcs, InvitationRpcs, organization_service_pb2_grpc.OrganizationServiceServicer
 ):
-    def __init__(self, service: OrganizationService, service_accounts: ServiceAccounts) -> None:
+    def __init__(
+        self,
+        service: OrganizationService,
+        service_accounts: ServiceAccounts,
+        invitations: InvitationService,
+    ) -> None:
         self._service = service
         self._service_accounts = service_accounts
+        self._invitations = invitations
 
     def ListOrganizations(
         self,
