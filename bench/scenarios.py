@@ -290,6 +290,8 @@ def product_env(
             "RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
             "AUTH_RATE_LIMIT_MAX_REQUESTS": BENCH_RATE_LIMIT,
             "SMTP_URL": smtp_url,
+            # Links in emails (none is followed here).
+            "PUBLIC_URL": "http://127.0.0.1",
         }
     )
     if options.bcrypt_rounds is not None:

@@ -150,3 +150,35 @@ def test_forgot_password_answers_alike_for_an_unknown_address(luman: Luman) -> N
     result = luman("--json", "account", "forgot-password", "nobody@example.com")
     assert result.exit_code == OK, result.output
     assert json.loads(result.stdout) == {"requested": True, "email": "nobody@example.com"}
+
+
+def test_the_token_can_stay_off_the_command_line(
+    luman: Luman, auth: Stub, mailbox: Mailbox, clock: FakeClock
+) -> None:
+    email, _ = _signed_up(luman, auth)
+    token = link_token(mailbox.wait_for(email, "verify"))
+    help_text = luman("account", "verify", "--help").stdout
+    assert "--token-stdin" in help_text
+    assert "(ps)" in help_text
+
+    verified = luman("--json", "account", "verify", "--token-stdin", input=token + "\n")
+
+    assert verified.exit_code == OK, verified.output
+    assert json.loads(verified.stdout)["user"]["email_verified"] is True
+    assert luman("account", "verify", "--token", "t", "--token-stdin").exit_code == USAGE
+    assert luman("account", "verify", "--token-stdin", input="\n").exit_code == USAGE
+    assert luman("--json", "account", "forgot-password", email).exit_code == OK
+    reset_token = link_token(mailbox.wait_for(email, "reset"))
+    anonymous = luman.machine("elsewhere")
+    reset = anonymous(
+        "--json",
+        "account",
+        "reset-password",
+        "--token-stdin",
+        "--password-stdin",
+        input=f"{reset_token}\n{NEW_PASSWORD}\n",
+    )
+    assert reset.exit_code == OK, reset.output
+    assert json.loads(reset.stdout)["reset"] is True
+    auth.Login(auth_service_pb2.LoginRequest(email=email, password=NEW_PASSWORD))
+    assert "--token-stdin" in luman("account", "reset-password", "--help").stdout

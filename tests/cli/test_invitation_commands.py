@@ -1,7 +1,7 @@
 """`luman org invite|invitations|resend-invite|cancel-invite` and `luman invitations|accept|
 decline` end to end against the real server, with real mail (tests/mail_support.py): the
 invitee verifies their address with the code mailed to them and accepts the invitation named
-in the invitation email."""
+in the invitation email. The inviter verifies their own address first, as sending needs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from luman.server.config import Settings
+from luman.server.organization.invitations import SUBJECT
 from tests.cli.conftest import Luman
 from tests.mail_support import Mailbox, code_of
 from tests.support import PASSWORD, FakeClock, unique_email
@@ -42,11 +43,15 @@ def _verify(luman: Luman, mailbox: Mailbox, email: str) -> None:
 
 
 def test_invite_list_and_accept_from_the_email(luman: Luman, mailbox: Mailbox) -> None:
-    _register(luman, "Ada")
+    ada = _register(luman, "Ada")
     assert luman("org", "create", "Acme Rockets", "--slug", "acme-inv").exit_code == OK
     grace = luman.machine("grace")
     email = unique_email("grace")
 
+    result = luman("org", "invite", "acme-inv", email, "--role", "admin")
+    assert result.exit_code == ERROR
+    assert "verif" in result.stderr.lower()
+    _verify(luman, mailbox, ada)
     result = luman("org", "invite", "acme-inv", email, "--role", "admin")
     assert result.exit_code == OK, result.output
     assert f"Invited {email} to acme-inv as admin" in result.stdout
@@ -73,7 +78,7 @@ def test_invite_list_and_accept_from_the_email(luman: Luman, mailbox: Mailbox) -
     result = grace("invitations")
     assert result.exit_code == OK, result.output
     assert "Acme Rockets (acme-inv)" in result.stdout
-    mail = mailbox.wait_for(email, "invited you")
+    mail = mailbox.wait_for(email, SUBJECT)
     found = re.search(r"luman accept (\S+)", mail.text)
     assert found is not None
     result = grace("accept", found.group(1))
@@ -92,7 +97,7 @@ def test_invite_list_and_accept_from_the_email(luman: Luman, mailbox: Mailbox) -
 
 
 def test_decline_resend_and_cancel(luman: Luman, mailbox: Mailbox, clock: FakeClock) -> None:
-    _register(luman, "Ada")
+    _verify(luman, mailbox, _register(luman, "Ada"))
     assert luman("org", "create", "Acme", "--slug", "acme-dec").exit_code == OK
     grace = luman.machine("grace")
     email = _register(grace, "Grace")
@@ -103,6 +108,11 @@ def test_decline_resend_and_cancel(luman: Luman, mailbox: Mailbox, clock: FakeCl
     assert result.exit_code == OK, result.output
     assert _json(result.stdout) == {"invitation_id": first["id"], "declined": True}
 
+    # One message a minute to an address, even after a decline.
+    result = luman("org", "invite", "acme-dec", email)
+    assert result.exit_code == ERROR
+    assert "try again in 60s" in result.stderr
+    clock.advance(seconds=61)
     second = _json(luman("--json", "org", "invite", "acme-dec", email).stdout)
     result = luman("org", "resend-invite", "acme-dec", second["id"])
     assert result.exit_code == ERROR

@@ -98,6 +98,27 @@ def test_json_resend_cooldown_carries_retry_info(
     assert response.headers["retry-after"] == "15"
 
 
+def test_a_replaced_link_says_to_use_the_newest_message(
+    http: httpx.Client, mailbox: Mailbox, clock: FakeClock
+) -> None:
+    email, token = _signed_up(http)
+    first = mailbox.wait_for(email, "verify")
+    clock.advance(minutes=1)
+    resend = http.post("/auth/me:sendVerificationEmail", json={}, headers=bearer(token))
+    assert resend.status_code == 200, resend.text
+    mailbox.wait_for(email, "verify", count=2)
+    page = http.get(_page_of(first))
+
+    posted = http.post(
+        "/email/verify", data={"csrf_token": csrf_of(page.text), "token": link_token(first)}
+    )
+
+    assert posted.status_code == 409
+    assert USED in posted.text
+    assert "a newer message replaced it" in USED
+    assert _me(http, token).get("emailVerified", False) is False
+
+
 def test_verify_page_changes_nothing_until_posted(
     http: httpx.Client, mailbox: Mailbox, caplog: pytest.LogCaptureFixture
 ) -> None:

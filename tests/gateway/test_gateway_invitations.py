@@ -1,5 +1,5 @@
-"""The invitation RPCs over HTTP/JSON, and their OpenAPI operations. The invitee verifies their
-address through the real verification email (tests/mail_support.py)."""
+"""The invitation RPCs over HTTP/JSON, and their OpenAPI operations. The owner and the invitee
+verify their addresses through the real verification email (tests/mail_support.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from luman.auth.v1 import auth_service_pb2_grpc
 from luman.server.config import Settings
 from tests.gateway.helpers import bearer, error_of, register
 from tests.mail_support import Mailbox, verify
+from tests.support import FakeClock
 
 
 @pytest.fixture
@@ -39,10 +40,20 @@ def _invite(http: httpx.Client, token: str, slug: str, email: str, role: str) ->
 
 
 def test_invitations_over_http(
-    http: httpx.Client, auth: auth_service_pb2_grpc.AuthServiceStub, mailbox: Mailbox
+    http: httpx.Client,
+    auth: auth_service_pb2_grpc.AuthServiceStub,
+    mailbox: Mailbox,
+    clock: FakeClock,
 ) -> None:
-    owner = register(http)["tokens"]["accessToken"]
+    registered = register(http)
+    owner = registered["tokens"]["accessToken"]
     _create(http, owner, "acme-invite")
+    # Sending needs the sender's own address verified.
+    error = error_of(
+        _raw_invite(http, owner, "acme-invite", "someone@example.com", "ORGANIZATION_ROLE_MEMBER")
+    )
+    assert (error.http_status, error.reason) == (400, "EMAIL_NOT_VERIFIED")
+    verify(auth, mailbox, registered["user"]["email"])
     invitee = register(http, name="Grace")
     invitee_token, invitee_email = invitee["tokens"]["accessToken"], invitee["user"]["email"]
 
@@ -99,6 +110,16 @@ def test_invitations_over_http(
     first = _invite(http, owner, "acme-invite", other_email, "ORGANIZATION_ROLE_MEMBER")
     declined = http.post(f"/invitations/{first['id']}:decline", headers=bearer(other_token))
     assert (declined.status_code, declined.json()) == (200, {})
+    # One message a minute to an address, whatever became of the last invitation.
+    error = error_of(
+        _raw_invite(http, owner, "acme-invite", other_email, "ORGANIZATION_ROLE_MEMBER")
+    )
+    assert (error.http_status, error.reason, error.retry_delay) == (
+        429,
+        "INVITATION_RECENTLY_SENT",
+        "60s",
+    )
+    clock.advance(seconds=60)
     second = _invite(http, owner, "acme-invite", other_email, "ORGANIZATION_ROLE_MEMBER")
     cancelled = http.post(
         f"/organizations/acme-invite/invitations/{second['id']}:cancel", headers=bearer(owner)

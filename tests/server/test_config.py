@@ -101,6 +101,7 @@ def test_production_accepts_explicit_secrets(tmp_path: Path) -> None:
         "JWT_REFRESH_SECRET": SECRET_B,
         "SIGNING_KEY_SECRET": SECRET_A + "-signing",
         "SMTP_URL": "smtp://127.0.0.1:25",
+        "PUBLIC_URL": "https://id.example.com",
     }
     settings = Settings.from_env(env)
     assert (settings.jwt_secret, settings.jwt_refresh_secret) == (SECRET_A, SECRET_B)

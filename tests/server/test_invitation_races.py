@@ -39,8 +39,9 @@ def settings(settings: Settings, mailbox: Mailbox) -> Settings:
     return dataclasses.replace(settings, smtp_url=mailbox.url)
 
 
-def _verified(auth: Auth, mailbox: Mailbox) -> Account:
-    account = sign_up(auth, "invitee")
+def _verified(auth: Auth, mailbox: Mailbox, prefix: str = "invitee") -> Account:
+    """A new account, its address verified (inviting needs it, as answering does)."""
+    account = sign_up(auth, prefix)
     verify(auth, mailbox, account.email)
     return account
 
@@ -70,7 +71,7 @@ def _events(sessions: Sessions, action: str, organization_id: str) -> int:
 def test_accepting_one_invitation_many_times_at_once(
     auth: Auth, orgs: Orgs, sessions: Sessions, mailbox: Mailbox
 ) -> None:
-    owner, invitee = sign_up(auth, "owner"), _verified(auth, mailbox)
+    owner, invitee = _verified(auth, mailbox, "owner"), _verified(auth, mailbox)
     organization = create_organization(orgs, owner)
     invitation_id = _invite(orgs, owner, organization.slug, invitee.email)
     request = pb.AcceptInvitationRequest(invitation_id=invitation_id)
@@ -93,7 +94,7 @@ def test_accepting_while_the_invitation_is_cancelled(
 ) -> None:
     setups = []
     for _ in range(PAIRS):
-        owner, invitee = sign_up(auth, "owner"), _verified(auth, mailbox)
+        owner, invitee = _verified(auth, mailbox, "owner"), _verified(auth, mailbox)
         organization = create_organization(orgs, owner)
         invitation_id = _invite(orgs, owner, organization.slug, invitee.email)
         setups.append((organization, owner, invitee, invitation_id))
@@ -121,11 +122,11 @@ def test_accepting_while_the_invitation_is_cancelled(
 
 @pytest.mark.parametrize("round_", range(2))
 def test_deleting_the_organization_while_inviting(
-    auth: Auth, orgs: Orgs, sessions: Sessions, round_: int
+    auth: Auth, orgs: Orgs, sessions: Sessions, mailbox: Mailbox, round_: int
 ) -> None:
     setups = []
     for _ in range(PAIRS):
-        owner = sign_up(auth, "owner")
+        owner = _verified(auth, mailbox, "owner")
         setups.append((create_organization(orgs, owner), owner))
 
     def delete(slug: str, owner: Account) -> Callable[[], Any]:

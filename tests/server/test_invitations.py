@@ -1,12 +1,14 @@
 """Invitations through the real server, with real mail (tests/mail_support.py), on SQLite and
 PostgreSQL: sending, listing, resending, cancelling; the invitee's list, accept and decline;
-every refusal's reason, and the audit events (none for a refused call)."""
+every refusal's reason, the limits against mail floods, and the audit events (none for a
+refused call). The owner and admin of `org` are verified (sending needs it); its member is not."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import functools
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -21,10 +23,14 @@ from luman.organization.v1 import organization_pb2, organization_service_pb2_grp
 from luman.organization.v1 import organization_service_pb2 as pb
 from luman.server.app import App
 from luman.server.config import Settings
-from luman.server.db.models import AuditEvent, Invitation
+from luman.server.db.models import AuditEvent, Invitation, Role
 from luman.server.db.session import Sessions
 from luman.server.mail.message import Queued
-from luman.server.organization.invitations import make_invitation_renderer
+from luman.server.organization.invitations import (
+    DAILY_QUOTA,
+    SUBJECT,
+    make_invitation_renderer,
+)
 from tests.mail_support import Mailbox, verify
 from tests.server.organization_support import (
     ADMIN,
@@ -81,8 +87,9 @@ class Org:
 
 
 @pytest.fixture
-def org(auth: Auth, orgs: Orgs) -> Org:
-    owner, admin, member = sign_up(auth, "owner"), sign_up(auth, "admin"), sign_up(auth, "member")
+def org(auth: Auth, orgs: Orgs, mailbox: Mailbox) -> Org:
+    owner, admin = verified(auth, mailbox, "owner"), verified(auth, mailbox, "admin")
+    member = sign_up(auth, "member")
     organization = create_organization(orgs, owner, name="Acme Rockets")
     add_member(orgs, owner, organization, admin, ADMIN)
     add_member(orgs, owner, organization, member, MEMBER)
@@ -219,8 +226,9 @@ def test_invitee_follows_the_invitation_email_and_joins(
     assert sent.send_time == sent.create_time
     assert sent.expire_time.ToDatetime(dt.UTC) == clock() + dt.timedelta(seconds=TTL)
 
-    mail = mailbox.wait_for(invitee.email, "invited you")
-    assert "Acme Rockets" in mail.subject
+    mail = mailbox.wait_for(invitee.email, SUBJECT)
+    # No text a user chose in the subject: the names are in the body.
+    assert mail.subject == SUBJECT
     assert "Acme Rockets" in mail.text
     assert org.admin.email in mail.text
     assert "Acme Rockets" in mail.html
@@ -256,7 +264,7 @@ def test_someone_who_registers_afterwards_sees_and_accepts_the_invitation(
 ) -> None:
     email = unique_email("newcomer")
     sent = invite(orgs, org.owner, org, email, OWNER)
-    assert "invited you" in mailbox.wait_for(email, "invited you").subject
+    assert mailbox.wait_for(email, SUBJECT).subject == SUBJECT
 
     newcomer = verified_registration(auth, mailbox, email)
 
@@ -351,6 +359,146 @@ def test_an_expired_invitation_is_replaced_by_a_new_one(
     assert accept(orgs, invitee, new.id).caller_role == ADMIN
 
 
+def test_replacing_an_expired_invitation_is_managing_it(
+    orgs: Orgs, org: Org, clock: FakeClock, sessions: Sessions
+) -> None:
+    email = unique_email("invitee")
+    to_owner = invite(orgs, org.owner, org, email, OWNER)
+    clock.advance(seconds=TTL + 1)
+    before = invitation_events(sessions)
+
+    # An admin may not close an invitation to the owner role, expired or not.
+    assert reason_of(invite, orgs, org.admin, org, email, MEMBER) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+    )
+    assert [(i.id, i.state) for i in listed(orgs, org.owner, org)] == [(to_owner.id, EXPIRED)]
+    assert invitation_events(sessions) == before
+
+    replaced = invite(orgs, org.owner, org, email, MEMBER)
+    assert [(i.id, i.state) for i in listed(orgs, org.admin, org, include_closed=True)] == [
+        (replaced.id, PENDING),
+        (to_owner.id, CANCELLED),
+    ]
+
+
+# --- Against mail floods ------------------------------------------------------------------------
+
+
+def test_sending_and_resending_need_the_callers_address_verified(
+    auth: Auth, orgs: Orgs, org: Org, clock: FakeClock, mailbox: Mailbox, sessions: Sessions
+) -> None:
+    unverified_admin = sign_up(auth, "admin")
+    add_member(orgs, org.owner, org.organization, unverified_admin, ADMIN)
+    sent = invite(orgs, org.owner, org, unique_email())
+    clock.advance(seconds=61)
+    outsider = sign_up(auth, "outsider")
+    before = invitation_events(sessions)
+
+    not_verified = (grpc.StatusCode.FAILED_PRECONDITION, "EMAIL_NOT_VERIFIED")
+    assert reason_of(invite, orgs, unverified_admin, org, unique_email()) == not_verified
+    assert reason_of(resend, orgs, unverified_admin, org, sent.id) == not_verified
+    # The membership and role rules come first: the unverified learn nothing more.
+    assert reason_of(invite, orgs, unverified_admin, org, unique_email(), OWNER)[1] == (
+        "PERMISSION_DENIED"
+    )
+    assert reason_of(invite, orgs, org.member, org, unique_email())[1] == "PERMISSION_DENIED"
+    assert reason_of(resend, orgs, org.member, org, sent.id)[1] == "PERMISSION_DENIED"
+    for call, args in ((invite, (unique_email(),)), (resend, (sent.id,))):
+        assert reason_of(call, orgs, outsider, org, *args) == (
+            grpc.StatusCode.NOT_FOUND,
+            "ORGANIZATION_NOT_FOUND",
+        )
+    assert invitation_events(sessions) == before
+
+    verify(auth, mailbox, unverified_admin.email)
+    assert resend(orgs, unverified_admin, org, sent.id).inviter_user_id == unverified_admin.id
+
+
+def test_one_message_a_minute_per_address_whatever_became_of_the_invitation(
+    auth: Auth, orgs: Orgs, org: Org, clock: FakeClock, mailbox: Mailbox
+) -> None:
+    invitee = verified(auth, mailbox)
+    first = invite(orgs, org.owner, org, invitee.email)
+    cancel(orgs, org.owner, org, first.id)
+
+    too_soon = error_of(lambda: invite(orgs, org.owner, org, invitee.email))
+    assert (too_soon.code, too_soon.reason, too_soon.retry_delay_seconds) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "INVITATION_RECENTLY_SENT",
+        60,
+    )
+    clock.advance(seconds=30)
+    assert error_of(lambda: invite(orgs, org.admin, org, invitee.email)).retry_delay_seconds == 30
+    # Another organization's messages to the address are its own.
+    other = create_organization(orgs, org.owner)
+    orgs.CreateInvitation(
+        pb.CreateInvitationRequest(slug=other.slug, email=invitee.email, role=MEMBER),
+        metadata=org.owner.metadata,
+    )
+
+    clock.advance(seconds=30)
+    second = invite(orgs, org.owner, org, invitee.email)
+    decline(orgs, invitee, second.id)
+    assert reason_of(invite, orgs, org.owner, org, invitee.email) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "INVITATION_RECENTLY_SENT",
+    )
+    clock.advance(seconds=60)
+    third = invite(orgs, org.owner, org, invitee.email)
+    assert accept(orgs, invitee, third.id).caller_role == MEMBER
+
+
+def test_an_inviter_creates_at_most_the_daily_quota_in_24_hours(
+    orgs: Orgs, org: Org, clock: FakeClock, sessions: Sessions
+) -> None:
+    now, day = clock(), dt.timedelta(hours=24)
+    # The owner's earlier invitations, written directly: one exactly 24 hours old (out of the
+    # window), then DAILY_QUOTA - 1 in it, the oldest of those leaving it in 5 minutes.
+    created = [now - day] + [
+        now - day + dt.timedelta(seconds=300 + i) for i in range(DAILY_QUOTA - 1)
+    ]
+    with sessions.write.begin() as session:
+        for time in created:
+            session.add(
+                Invitation(
+                    id=uuid.uuid4(),
+                    organization_id=uuid.UUID(org.organization.id),
+                    email=unique_email(),
+                    role=Role.MEMBER,
+                    inviter_id=uuid.UUID(org.owner.id),
+                    state="cancelled",
+                    create_time=time,
+                    send_time=time,
+                    send_count=1,
+                    expire_time=time + dt.timedelta(seconds=TTL),
+                )
+            )
+    invite(orgs, org.owner, org, unique_email())  # the DAILY_QUOTA-th in the window
+
+    over = error_of(lambda: invite(orgs, org.owner, org, unique_email()))
+    assert (over.code, over.reason, over.retry_delay_seconds) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "INVITATION_QUOTA_EXCEEDED",
+        300,  # until the oldest in the window is 24 hours old
+    )
+    # Per inviter, in every organization: the admin still may; the owner elsewhere may not.
+    invite(orgs, org.admin, org, unique_email())
+    other = create_organization(orgs, org.owner)
+    assert (
+        error_of(
+            lambda: orgs.CreateInvitation(
+                pb.CreateInvitationRequest(slug=other.slug, email=unique_email(), role=MEMBER),
+                metadata=org.owner.metadata,
+            )
+        ).reason
+        == "INVITATION_QUOTA_EXCEEDED"
+    )
+
+    clock.advance(seconds=300)
+    invite(orgs, org.owner, org, unique_email())
+
+
 # --- ListInvitations ----------------------------------------------------------------------------
 
 
@@ -411,7 +559,7 @@ def test_resend_renews_and_sends_again_at_most_once_a_minute(
 ) -> None:
     email = unique_email("invitee")
     sent = invite(orgs, org.admin, org, email)
-    mailbox.wait_for(email, "invited you")
+    mailbox.wait_for(email, SUBJECT)
 
     too_soon = error_of(lambda: resend(orgs, org.admin, org, sent.id))
     assert (too_soon.code, too_soon.reason) == (
@@ -429,11 +577,30 @@ def test_resend_renews_and_sends_again_at_most_once_a_minute(
     assert renewed.send_time.ToDatetime(dt.UTC) == clock()
     assert renewed.expire_time.ToDatetime(dt.UTC) == clock() + dt.timedelta(seconds=TTL)
     assert renewed.create_time == sent.create_time
-    mailbox.wait_for(email, "invited you", count=2)
+    mailbox.wait_for(email, SUBJECT, count=2)
     assert invitation_events(sessions) == [
         ("invitation.sent", sent.id),
         ("invitation.resent", sent.id),
     ]
+
+
+def test_an_invitation_is_sent_at_most_five_times(
+    orgs: Orgs, org: Org, clock: FakeClock, mailbox: Mailbox
+) -> None:
+    email = unique_email("invitee")
+    sent = invite(orgs, org.admin, org, email)
+    for count in range(2, 6):
+        clock.advance(seconds=61)
+        assert resend(orgs, org.admin, org, sent.id).send_count == count
+    clock.advance(seconds=61)
+    assert reason_of(resend, orgs, org.admin, org, sent.id) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVITATION_SEND_LIMIT",
+    )
+    mailbox.wait_for(email, SUBJECT, count=5)
+    # Cancelled and sent anew, it may go out again.
+    cancel(orgs, org.admin, org, sent.id)
+    assert invite(orgs, org.admin, org, email).send_count == 1
 
 
 def test_resending_to_an_address_that_became_a_member_is_refused(
@@ -441,14 +608,14 @@ def test_resending_to_an_address_that_became_a_member_is_refused(
 ) -> None:
     person = sign_up(auth, "joined")
     invitation = invite(orgs, org.owner, org, person.email)
-    mailbox.wait_for(person.email, org.organization.name)
+    mailbox.wait_for(person.email, SUBJECT)
     add_member(orgs, org.owner, org.organization, person, MEMBER)
     clock.advance(seconds=61)
     assert reason_of(resend, orgs, org.owner, org, invitation.id) == (
         grpc.StatusCode.ALREADY_EXISTS,
         "ALREADY_MEMBER",
     )
-    assert len(mailbox.to(person.email, org.organization.name)) == 1
+    assert len(mailbox.to(person.email, SUBJECT)) == 1
 
 
 def test_resend_and_cancel_refusals(
@@ -585,7 +752,7 @@ def test_a_member_already_cannot_accept(auth: Auth, orgs: Orgs, mailbox: Mailbox
 
 
 def test_an_invitation_holds_only_while_its_inviter_could_send_it(
-    auth: Auth, orgs: Orgs, mailbox: Mailbox, org: Org
+    auth: Auth, orgs: Orgs, mailbox: Mailbox, org: Org, clock: FakeClock, sessions: Sessions
 ) -> None:
     demoted_invitee, removed_invitee, deleted_invitee = (
         verified(auth, mailbox, p) for p in ("a", "b", "c")
@@ -605,15 +772,53 @@ def test_an_invitation_holds_only_while_its_inviter_could_send_it(
     assert reason_of(accept, orgs, removed_invitee, by_member_to_be.id) == not_allowed
 
     # An inviter whose account is gone: no one vouches for the invitation any more.
-    second_owner = sign_up(auth, "owner2")
+    second_owner = verified(auth, mailbox, "owner2")
     add_member(orgs, org.owner, org.organization, second_owner, OWNER)
     orphan = invite(orgs, second_owner, org, deleted_invitee.email)
+    mailbox.wait_for(deleted_invitee.email, SUBJECT)  # sent while its inviter still existed
     auth.DeleteMe(
         auth_service_pb2.DeleteMeRequest(password=PASSWORD), metadata=second_owner.metadata
     )
     [shown] = [i for i in listed(orgs, org.owner, org) if i.id == orphan.id]
     assert (shown.inviter_user_id, shown.inviter_email, shown.inviter_name) == ("", "", "")
     assert reason_of(accept, orgs, deleted_invitee, orphan.id) == not_allowed
+
+    # Resending by an owner makes them the inviter: each invitation holds again, its email
+    # goes out naming them, and the audit event says whose it was.
+    clock.advance(seconds=61)
+    repairs = [
+        (by_admin, demoted_invitee, org.admin.id),
+        (by_member_to_be, removed_invitee, org.admin.id),
+        (orphan, deleted_invitee, ""),
+    ]
+    for sent, invitee, previous in repairs:
+        renewed = resend(orgs, org.owner, org, sent.id)
+        assert (renewed.inviter_user_id, renewed.inviter_email, renewed.send_count) == (
+            org.owner.id,
+            org.owner.email,
+            2,
+        )
+        mail = mailbox.wait_for(invitee.email, SUBJECT, count=2)
+        assert org.owner.email in mail.text
+        assert resent_details(sessions, sent.id) == {
+            "email": invitee.email,
+            "role": Role.ADMIN.value if sent.role == ADMIN else Role.MEMBER.value,
+            "send_count": 2,
+            "inviter": org.owner.id,
+            "previous_inviter": previous,
+        }
+        assert accept(orgs, invitee, sent.id).caller_role == sent.role
+
+
+def resent_details(sessions: Sessions, invitation_id: str) -> dict[str, object]:
+    with sessions.read() as session:
+        event = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.action == "invitation.resent", AuditEvent.target_id == invitation_id
+            )
+        ).one()
+        details: dict[str, object] = json.loads(event.details)
+        return details
 
 
 def test_deleting_the_organization_deletes_its_invitations(

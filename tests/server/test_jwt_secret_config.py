@@ -28,6 +28,7 @@ def _production(tmp_path: Path, **env: str) -> dict[str, str]:
         "JWT_REFRESH_SECRET": SECRET_B,
         "SIGNING_KEY_SECRET": SECRET_C,
         "SMTP_URL": "smtp://127.0.0.1:25",
+        "PUBLIC_URL": "https://id.example.com",
         **env,
     }
 

@@ -32,6 +32,7 @@ from luman.server.mail.transport import (
     DirectoryTransport,
     LogTransport,
     SmtpTransport,
+    TransientMailError,
     Transport,
 )
 from luman.server.mail.worker import FIRST_RETRY, MailWorker, retry_delay
@@ -223,7 +224,7 @@ class BlockingTransport:
         self.sent.append(str(message["To"]))
 
 
-def test_stopping_mid_batch_frees_the_messages_not_yet_sent(
+def test_stopping_waits_for_the_message_being_sent_and_leaves_the_rest_free(
     sessions: Sessions, clock: FakeClock, worker_for: WorkerFactory
 ) -> None:
     transport = BlockingTransport()
@@ -245,6 +246,57 @@ def test_stopping_mid_batch_frees_the_messages_not_yet_sent(
     # Free at once: the next start (or another replica) sends them without waiting for the
     # lease to run out.
     assert [row.lease_until for row in rows] == [None, None]
+
+
+def test_a_worker_whose_lease_ran_out_changes_nothing(
+    sessions: Sessions,
+    clock: FakeClock,
+    mailbox: Mailbox,
+    worker_for: WorkerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow = BlockingTransport()
+    stalled = worker_for(slow, start=False)
+    queue(sessions, clock, "lease@example.com", n=1)
+    running = threading.Thread(target=stalled.run_once)
+    running.start()
+    assert slow.sending.wait(10)
+    # The first worker hangs past its lease; another replica takes the message and sends it.
+    clock.advance(minutes=6)
+    other = worker_for(start=False)
+    assert other.run_once() == 1
+    mailbox.wait_for("lease@example.com", "Note 1")
+    assert queued_rows(sessions) == []
+    with caplog.at_level(logging.WARNING, logger="luman.server.mail.worker"):
+        slow.release.set()
+        running.join(10)
+    assert "sent after its lease ran out" in caplog.text
+    assert queued_rows(sessions) == []
+
+
+def test_a_failure_after_the_lease_ran_out_is_not_recorded(
+    sessions: Sessions, clock: FakeClock, worker_for: WorkerFactory
+) -> None:
+    class Failing(BlockingTransport):
+        def send(self, message: EmailMessage) -> None:
+            super().send(message)
+            raise TransientMailError("connection refused")
+
+    slow = Failing()
+    stalled = worker_for(slow, start=False)
+    queue(sessions, clock, "late@example.com", n=1)
+    running = threading.Thread(target=stalled.run_once)
+    running.start()
+    assert slow.sending.wait(10)
+    clock.advance(minutes=6)
+    # Another replica holds it now (its own attempt in progress).
+    thief = worker_for(BlockingTransport(), start=False)
+    assert thief._take_one() is not None
+    slow.release.set()
+    running.join(10)
+    (row,) = queued_rows(sessions)
+    assert (row.attempts, row.last_error) == (0, "")  # the stale worker's failure: not recorded
+    assert row.lease_until is not None
 
 
 def test_two_workers_on_one_database_send_each_message_once(
@@ -355,16 +407,38 @@ def test_bad_smtp_urls_refused_without_repeating_a_password(url: str, tmp_path: 
     assert "hunter2" not in str(refused.value)
 
 
+def test_credentials_never_cross_the_network_in_clear_text(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="clear text"):
+        Settings.from_env(
+            {"SMTP_URL": "smtp://me:secret@mail.example.com", "LUMAN_DATA_DIR": str(tmp_path)}
+        )
+    for url in ("smtp://me:secret@127.0.0.1:25", "smtp+starttls://me:secret@mail.example.com"):
+        assert Settings.from_env({"SMTP_URL": url, "LUMAN_DATA_DIR": str(tmp_path)}).smtp_url
+
+
 def test_production_requires_smtp(tmp_path: Path) -> None:
     production = {
         "LUMAN_DATA_DIR": str(tmp_path),
         "LUMAN_ENV": "production",
         "JWT_REFRESH_SECRET": "b" * 32,
         "SIGNING_KEY_SECRET": "c" * 32,
+        "PUBLIC_URL": "https://id.example.com",
     }
     with pytest.raises(ConfigError, match="SMTP_URL is required"):
         Settings.from_env(production)
     assert Settings.from_env(production | {"SMTP_URL": "smtps://mail.example.com"}).smtp_url
+
+
+def test_production_requires_the_public_url_links_point_at(tmp_path: Path) -> None:
+    production = {
+        "LUMAN_DATA_DIR": str(tmp_path),
+        "LUMAN_ENV": "production",
+        "JWT_REFRESH_SECRET": "b" * 32,
+        "SIGNING_KEY_SECRET": "c" * 32,
+        "SMTP_URL": "smtps://mail.example.com",
+    }
+    with pytest.raises(ConfigError, match="PUBLIC_URL is required"):
+        Settings.from_env(production)
 
 
 def _wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:

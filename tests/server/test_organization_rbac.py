@@ -10,6 +10,11 @@ target  only the member an ownership transfer is offered to accepts or declines 
 invitee only the person invited (here the non-member, verified) accepts or declines an
         invitation; anyone else gets INVITATION_NOT_FOUND
 
+Sending and resending an invitation need the sender's address verified, checked after the
+rules above: the matrix verifies an owner or admin only where the action must succeed, so the
+refused callers are unverified and still get PERMISSION_DENIED or NOT_FOUND. Only the
+invitation actions send real mail (to verify addresses); every other test's goes to the log.
+
 Every write RPC of OrganizationService (scope write in the contract) is in the matrix
 (test_every_write_rpc_is_in_the_matrix).
 """
@@ -64,17 +69,48 @@ class Team:
     targets: dict[Role, Account]  # the second person holding each role
     non_member: Account
     outsider: Account
-    invitation_id: str  # the owner's invitation to a new address, role member, sent a while ago
+    clock: FakeClock
+    # Verifies an account's address through its verification mail, once; only the tests
+    # whose action sends real mail (Action.mail) may call it.
+    verify: Callable[[Account], None]
+
+    def invite(self, orgs: Orgs, email: str) -> str:
+        """The first owner (verified now) invites `email` as a member; the invitation's id."""
+        owner = self.by_role["owner"]
+        self.verify(owner)
+        response = orgs.CreateInvitation(
+            pb.CreateInvitationRequest(slug=self.organization.slug, email=email, role=MEMBER),
+            metadata=owner.metadata,
+        )
+        return str(response.invitation.id)
+
+
+def _mails(request: pytest.FixtureRequest) -> bool:
+    """Whether the test's action sends real mail (see Action.mail)."""
+    callspec = getattr(request.node, "callspec", None)
+    name = callspec.params.get("action_name") if callspec is not None else None
+    return name is not None and ACTIONS[name].mail
 
 
 @pytest.fixture
-def settings(settings: Settings, mailbox: Mailbox) -> Settings:
-    """Real mail: the non-member verifies their address, to answer invitations."""
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Real mail for the invitation actions, whose senders and invitee verify their
+    addresses through it; the log for every other test (nothing there reads mail)."""
+    if not _mails(request):
+        return settings
+    mailbox: Mailbox = request.getfixturevalue("mailbox")
     return dataclasses.replace(settings, smtp_url=mailbox.url)
 
 
 @pytest.fixture
-def team(auth: Auth, orgs: Orgs, mailbox: Mailbox, clock: FakeClock) -> Team:
+def team(auth: Auth, orgs: Orgs, clock: FakeClock, request: pytest.FixtureRequest) -> Team:
+    verified: set[str] = set()
+
+    def verify_once(account: Account) -> None:
+        if account.id not in verified:
+            verify(auth, request.getfixturevalue("mailbox"), account.email)
+            verified.add(account.id)
+
     owner = sign_up(auth, "owner")
     organization = create_organization(orgs, owner)
     people = {
@@ -84,12 +120,6 @@ def team(auth: Auth, orgs: Orgs, mailbox: Mailbox, clock: FakeClock) -> Team:
         role = {"owner2": OWNER, "admin": ADMIN, "admin2": ADMIN}.get(name, MEMBER)
         add_member(orgs, owner, organization, account, role)
     non_member = sign_up(auth, "stranger")
-    verify(auth, mailbox, non_member.email)
-    invitation = orgs.CreateInvitation(
-        pb.CreateInvitationRequest(slug=organization.slug, email=unique_email(), role=MEMBER),
-        metadata=owner.metadata,
-    ).invitation
-    clock.advance(seconds=61)  # past ResendInvitation's one message a minute
     return Team(
         organization=organization,
         by_role={
@@ -101,7 +131,8 @@ def team(auth: Auth, orgs: Orgs, mailbox: Mailbox, clock: FakeClock) -> Team:
         targets={OWNER: people["owner2"], ADMIN: people["admin2"], MEMBER: people["member2"]},
         non_member=non_member,
         outsider=sign_up(auth, "outsider"),
-        invitation_id=invitation.id,
+        clock=clock,
+        verify=verify_once,
     )
 
 
@@ -114,6 +145,8 @@ class Action:
     rpc: str = ""  # the RPC it exercises (default: from the action's name, see _rpc)
     deletes: bool = False  # success deletes the organization
     not_found: str = "ORGANIZATION_NOT_FOUND"  # the reason of a NOT_FOUND refusal
+    mail: bool = False  # an invitation action: real mail, to verify addresses through it
+    sends: bool = False  # the caller sends mail: their address is verified where it succeeds
 
 
 def _add(role: Role) -> Action:
@@ -290,39 +323,40 @@ def _invite(role: Role) -> Action:
             metadata=caller.metadata,
         )
 
-    return Action(call, _unchanged, "CreateInvitation")
+    return Action(call, _unchanged, "CreateInvitation", mail=True, sends=True)
 
 
 def _manage_invitation(rpc: str) -> Action:
-    """ResendInvitation or CancelInvitation of the owner's invitation (role member)."""
+    """The first owner invites a new address (role member) a while ago; the caller then
+    calls ResendInvitation or CancelInvitation of it."""
 
     def call(orgs: Orgs, team: Team, caller: Account) -> Any:
+        invitation_id = team.invite(orgs, unique_email())
+        team.clock.advance(seconds=61)  # past the one message a minute per address
         request = getattr(pb, f"{rpc}Request")(
-            slug=team.organization.slug, invitation_id=team.invitation_id
+            slug=team.organization.slug, invitation_id=invitation_id
         )
         return getattr(orgs, rpc)(request, metadata=caller.metadata)
 
-    return Action(call, _unchanged, rpc)
+    return Action(call, _unchanged, rpc, mail=True, sends=rpc == "ResendInvitation")
 
 
 def _answer_invitation(rpc: str) -> Action:
-    """The first owner invites the non-member (verified); the caller then calls `rpc`."""
+    """The first owner invites the non-member; the caller then calls `rpc`. Only the
+    invitee answers, with their address verified: they are verified when they call."""
 
     def call(orgs: Orgs, team: Team, caller: Account) -> Any:
-        invitation = orgs.CreateInvitation(
-            pb.CreateInvitationRequest(
-                slug=team.organization.slug, email=team.non_member.email, role=MEMBER
-            ),
-            metadata=team.by_role["owner"].metadata,
-        ).invitation
-        request = getattr(pb, f"{rpc}Request")(invitation_id=invitation.id)
+        invitation_id = team.invite(orgs, team.non_member.email)
+        if caller is team.non_member:
+            team.verify(caller)
+        request = getattr(pb, f"{rpc}Request")(invitation_id=invitation_id)
         return getattr(orgs, rpc)(request, metadata=caller.metadata)
 
     def apply(roles: dict[str, Role], team: Team, caller: Account) -> None:
         if rpc == "AcceptInvitation":
             roles[team.non_member.id] = MEMBER
 
-    return Action(call, apply, rpc, not_found="INVITATION_NOT_FOUND")
+    return Action(call, apply, rpc, not_found="INVITATION_NOT_FOUND", mail=True)
 
 
 ACTIONS: dict[str, Action] = {
@@ -393,6 +427,8 @@ def test_rbac_matrix(
     before = roles_by_user(orgs, owner, team.organization)
 
     if expected is OK:
+        if action.sends:
+            team.verify(caller)
         action.call(orgs, team, caller)
         if action.deletes:
             error = error_of(

@@ -13,9 +13,12 @@ import pytest
 from sqlalchemy import select
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.server.app import App
+from luman.server.auth.email_codes import PASSWORD_RESET
 from luman.server.config import Settings
-from luman.server.db.models import AuditEvent, MailMessage
+from luman.server.db.models import AuditEvent, EmailCode, MailMessage
 from luman.server.db.session import Sessions
+from luman.server.mail.worker import retry_delay
 from tests.mail_support import Mailbox, code_of, link_token, verify
 from tests.server.organization_support import Account, sign_up
 from tests.support import PASSWORD, FakeClock, RichError, bearer, refused_reason, rich_error
@@ -181,6 +184,8 @@ def test_resets_are_limited_per_account(
     mailbox.wait_for(account.email, "reset")
     _request(auth, account.email)  # within the minute: dropped
     _wait_outbox_empty(sessions)
+    # Here, before the hourly cap can hide it: the one-a-minute rule dropped that one.
+    assert len(mailbox.to(account.email, "reset")) == 1
     for count in (2, 3):
         clock.advance(minutes=1)
         _request(auth, account.email)
@@ -190,6 +195,49 @@ def test_resets_are_limited_per_account(
     _wait_outbox_empty(sessions)
 
     assert len(mailbox.to(account.email, "reset")) == 3
+
+
+def _through_refusals(app: App, sessions: Sessions, clock: FakeClock, refusals: int) -> None:
+    """Move the clock past each retry delay (30 s, 60 s, 120 s, ...) once the mail worker has
+    counted the refusal before it, until the attempt after the last refusal."""
+    assert app.mail is not None
+    for attempt in range(1, refusals + 1):
+        deadline = time.monotonic() + 10
+        while True:
+            with sessions.read.begin() as session:
+                attempts = session.scalars(select(MailMessage.attempts)).all()
+            if list(attempts) == [attempt]:
+                break
+            assert time.monotonic() < deadline, f"attempt {attempt} not seen: {attempts}"
+            time.sleep(0.02)
+        clock.advance(seconds=retry_delay(attempt).total_seconds())
+        app.mail.wake()
+
+
+def test_a_reset_message_survives_refused_attempts(
+    app: App, auth: Stub, mailbox: Mailbox, clock: FakeClock, sessions: Sessions
+) -> None:
+    account = _verified(auth, mailbox)
+    mailbox.refuse_next(4)  # 451: try again later
+    _request(auth, account.email)
+
+    _through_refusals(app, sessions, clock, 4)
+
+    mail = mailbox.wait_for(account.email, "reset")
+    _reset(auth, email=account.email, code=code_of(mail))
+    assert _login(auth, account.email, NEW_PASSWORD).user.email == account.email
+    with sessions.read.begin() as session:
+        codes = session.scalars(select(EmailCode).where(EmailCode.purpose == PASSWORD_RESET))
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "account.password_reset_requested")
+        )
+        # One request, however many attempts: one code row, one audit event.
+        assert (len(codes.all()), len(events.all())) == (1, 1)
+    # ... and one of the hour's three: two more are sent.
+    for count in (2, 3):
+        clock.advance(minutes=1)
+        _request(auth, account.email)
+        mailbox.wait_for(account.email, "reset", count=count)
 
 
 def test_two_resets_with_one_token_at_once_one_succeeds(auth: Stub, mailbox: Mailbox) -> None:

@@ -476,6 +476,7 @@ def test_production_requires_a_long_signing_key_secret_unless_hs256() -> None:
         "JWT_SECRET": "a" * 32,
         "JWT_REFRESH_SECRET": "b" * 32,
         "SMTP_URL": "smtp://127.0.0.1:25",
+        "PUBLIC_URL": "https://id.example.com",
     }
     with pytest.raises(ConfigError, match="SIGNING_KEY_SECRET is required"):
         Settings.from_env(production)

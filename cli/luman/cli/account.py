@@ -26,6 +26,27 @@ def _stdin_line(what: str) -> str:
     return password
 
 
+# Every option that takes the link's token says where it shows.
+_ON_ARGV = (
+    "Other users of this machine can see command-line arguments (ps), and the shell keeps "
+    "them in its history: prefer --token-stdin."
+)
+_STDIN_OR_PROMPT = "or ask for it (hidden) at a terminal; keeps it off the command line."
+
+
+def _read_token() -> str:
+    """The link's token: asked for (hidden) at a terminal, else the first line of standard
+    input."""
+    if sys.stdin.isatty():
+        token = str(click.prompt("Token from the message's link", hide_input=True, err=True))
+    else:
+        token = sys.stdin.readline()
+    token = token.strip()
+    if not token:
+        raise click.UsageError("--token-stdin: no token given")
+    return token
+
+
 def _wrong_password(exc: ClientError, *, as_json: bool) -> CliFailure | None:
     if isinstance(exc, Unauthenticated) and exc.reason == "INVALID_CREDENTIALS":
         return CliFailure(
@@ -229,11 +250,18 @@ def verify_email(ctx: click.Context) -> None:
 @account.command()
 @click.argument("code", required=False)
 @click.option(
-    "--token", metavar="TOKEN", help="The `token=` part of the message's link, instead of CODE."
+    "--token",
+    metavar="TOKEN",
+    help="The `token=` part of the message's link, instead of CODE. " + _ON_ARGV,
+)
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Read the link's token from standard input, " + _STDIN_OR_PROMPT,
 )
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, code: str | None, token: str | None) -> None:
+def verify(ctx: click.Context, code: str | None, token: str | None, token_stdin: bool) -> None:
     """Verify your email address with the code from the verification message (XXXX-XXXX;
     case and the dash do not matter), or the token of its link.
 
@@ -243,11 +271,16 @@ def verify(ctx: click.Context, code: str | None, token: str | None) -> None:
     \b
     Examples:
       luman account verify BCDF-GHJK
-      luman account verify --token "$TOKEN"
+      luman account verify --token-stdin              # asks for the token
+      printf '%s\\n' "$TOKEN" | luman account verify --token-stdin
     """
     state = state_of(ctx)
-    if bool(code) == bool(token):
-        raise click.UsageError("give the CODE from the message, or --token, not both")
+    if token and token_stdin:
+        raise click.UsageError("--token and --token-stdin: give one")
+    if bool(code) == bool(token or token_stdin):
+        raise click.UsageError("give the CODE from the message, or the token, not both")
+    if token_stdin:
+        token = _read_token()
     if token:
         user = state.client(authenticated=False).auth.verify_email(token=token)
     else:
@@ -294,12 +327,19 @@ def forgot_password(ctx: click.Context, email: str) -> None:
 @click.option(
     "--token",
     metavar="TOKEN",
-    help="The `token=` part of the message's link, instead of EMAIL and the code.",
+    help="The `token=` part of the message's link, instead of EMAIL and the code. " + _ON_ARGV,
+)
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Read the link's token from standard input (its first line; the new password is "
+    "then the second), " + _STDIN_OR_PROMPT,
 )
 @click.option(
     "--password-stdin",
     is_flag=True,
-    help="Read the new password from the first line of standard input (for scripts).",
+    help="Read the new password from the first line of standard input (for scripts; the "
+    "second with --token-stdin).",
 )
 @click.option(
     "--revoke-cli-tokens",
@@ -313,6 +353,7 @@ def reset_password(
     email: str | None,
     code: str | None,
     token: str | None,
+    token_stdin: bool,
     password_stdin: bool,
     revoke_cli_tokens: bool,
 ) -> None:
@@ -326,13 +367,19 @@ def reset_password(
     Examples:
       luman account reset-password ada@example.com
       luman account reset-password ada@example.com --code BCDF-GHJK --password-stdin <<<"$NEW"
-      luman account reset-password --token "$TOKEN" --revoke-cli-tokens
+      luman account reset-password --token-stdin --revoke-cli-tokens   # asks for the token
+      printf '%s\\n%s\\n' "$TOKEN" "$NEW" | luman account reset-password --token-stdin \\
+          --password-stdin
     """
     state = state_of(ctx)
-    if bool(email) == bool(token):
-        raise click.UsageError("give EMAIL (and the code), or --token, not both")
-    if token and code:
-        raise click.UsageError("--code goes with EMAIL, not --token")
+    if token and token_stdin:
+        raise click.UsageError("--token and --token-stdin: give one")
+    if bool(email) == bool(token or token_stdin):
+        raise click.UsageError("give EMAIL (and the code), or the token, not both")
+    if (token or token_stdin) and code:
+        raise click.UsageError("--code goes with EMAIL, not the token")
+    if token_stdin:
+        token = _read_token()
     if email and not code:
         code = str(click.prompt("Code from the message", hide_input=True, err=True))
     if password_stdin:

@@ -116,6 +116,11 @@ def register(
         text = f"Account created for {signed_up.user.email}; logged in to {state.address}."
     else:
         text = f"Account created for {signed_up.user.email}. Log in with: luman login"
+    # Register queues the first verification message (invitations and password reset need it).
+    text += (
+        f"\nA verification email is on its way to {signed_up.user.email}: follow its link, or"
+        " run: luman account verify CODE"
+    )
     output.message(text, as_json=state.as_json, data=data)
 
 

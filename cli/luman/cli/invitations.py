@@ -84,9 +84,10 @@ def invite(ctx: click.Context, slug: str, email: str, role: str) -> None:
     """Invite an email address to an organization; owners and admins.
 
     The server emails the invitation. The invitee signs in (or registers) with that address,
-    verifies it, and runs `luman accept ID`. It expires after 7 days unless resent. Owners
-    may invite any role, admins admin or member. To add someone with an account at once,
-    without asking them, an owner can use `luman org add` instead.
+    verifies it, and runs `luman accept ID`. It expires after the server's INVITATION_TTL (7
+    days by default) unless resent; the expiry is printed. Owners may invite any role,
+    admins admin or member; your own address must be verified. To add someone with an
+    account at once, without asking them, an owner can use `luman org add` instead.
 
     \b
     Examples:
@@ -125,6 +126,9 @@ def list_invitations(ctx: click.Context, slug: str, include_closed: bool) -> Non
 @click.pass_context
 def resend_invite(ctx: click.Context, slug: str, invitation_id: str) -> None:
     """Email a pending or expired invitation again and renew its expiry (once a minute).
+
+    You become its inviter: an invitation whose inviter left or lost the right to grant its
+    role holds again once you resend it.
 
     \b
     Example:

@@ -124,7 +124,10 @@ class InvitationsAPI:
         self, organization: str | uuid.UUID, email: str, role: Role | str = Role.MEMBER
     ) -> Invitation:
         """Invite `email` to the organization (a str: its slug) with `role`; the server queues
-        the invitation email."""
+        the invitation email. The caller's address must be verified (FailedPrecondition
+        EMAIL_NOT_VERIFIED); RateLimited for a message to the address less than a minute ago
+        (INVITATION_RECENTLY_SENT) or 100 invitations in 24 hours (INVITATION_QUOTA_EXCEEDED).
+        """
         try:
             role_value = role_to_proto(Role.parse(role))
         except ValueError as exc:
@@ -174,7 +177,8 @@ class InvitationsAPI:
             token = page.next_page_token
 
     def resend(self, organization: str | uuid.UUID, invitation_id: str) -> Invitation:
-        """Queue the email again and renew the expiry (at most once a minute: RateLimited)."""
+        """Queue the email again and renew the expiry (at most once a minute: RateLimited);
+        the caller becomes the invitation's inviter."""
         request = _select(
             organization_service_pb2.ResendInvitationRequest(invitation_id=invitation_id),
             organization,

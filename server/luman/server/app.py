@@ -122,9 +122,9 @@ class App:
         if self.audit is not None:
             self.audit.close()
         # Queued messages stay in the database for the next start; only the one being sent
-        # is waited for.
+        # is waited for, within the grace.
         if self.mail is not None:
-            self.mail.close()
+            self.mail.close() if grace is None else self.mail.close(grace)
         if self.database is not None:
             self.database.close()
         if self.own_hasher is not None:

@@ -271,6 +271,11 @@ class Settings:
                 "SMTP_URL is required when LUMAN_ENV=production: verification, password-reset "
                 "and invitation emails must reach people"
             )
+        if settings.production and not settings.public_url:
+            raise ConfigError(
+                "PUBLIC_URL is required when LUMAN_ENV=production: the links in emails and the "
+                "device login's verification_uri must reach people"
+            )
         return settings
 
     def with_secrets(self) -> Settings:
@@ -376,7 +381,21 @@ def _smtp_url(value: str) -> str:
             "[user:password@]host[:port], got one with scheme "
             f"{parts.scheme!r} and host {parts.hostname!r}"
         )
+    if parts.scheme == "smtp" and parts.username and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            "SMTP_URL: smtp:// sends the user and password in clear text; use "
+            "smtp+starttls:// or smtps:// for a mail server that is not on this host"
+        )
     return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _JWT_ALGORITHMS = {"eddsa": "EdDSA", "es256": "ES256", "hs256": "HS256"}

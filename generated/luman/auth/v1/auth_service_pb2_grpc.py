@@ -397,8 +397,9 @@ class AuthServiceServicer:
         48 hours). Register sends the first one itself.
 
         Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
-        (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
-        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute and 5 in 24 hours per account,
+        Register's included; RATE_LIMITED), UNAUTHENTICATED, PERMISSION_DENIED
+        (INSUFFICIENT_SCOPE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -181,8 +181,9 @@ class AuthServiceStub:
     48 hours). Register sends the first one itself.
 
     Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
-    (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
-    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute and 5 in 24 hours per account,
+    Register's included; RATE_LIMITED), UNAUTHENTICATED, PERMISSION_DENIED
+    (INSUFFICIENT_SCOPE).
     """
     VerifyEmail: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.VerifyEmailRequest, _auth_service_pb2.VerifyEmailResponse]
     """VerifyEmail marks an address verified, given the link's token, or the address and the
@@ -448,8 +449,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     48 hours). Register sends the first one itself.
 
     Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
-    (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
-    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute and 5 in 24 hours per account,
+    Register's included; RATE_LIMITED), UNAUTHENTICATED, PERMISSION_DENIED
+    (INSUFFICIENT_SCOPE).
     """
     VerifyEmail: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.VerifyEmailRequest, _auth_service_pb2.VerifyEmailResponse]  # type: ignore[assignment]
     """VerifyEmail marks an address verified, given the link's token, or the address and the
@@ -820,8 +822,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         48 hours). Register sends the first one itself.
 
         Errors: FAILED_PRECONDITION (EMAIL_ALREADY_VERIFIED), RESOURCE_EXHAUSTED
-        (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute; RATE_LIMITED), UNAUTHENTICATED,
-        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        (EMAIL_RECENTLY_SENT with RetryInfo: one message a minute and 5 in 24 hours per account,
+        Register's included; RATE_LIMITED), UNAUTHENTICATED, PERMISSION_DENIED
+        (INSUFFICIENT_SCOPE).
         """
 
     @_abc_1.abstractmethod

@@ -292,7 +292,9 @@ class Invitation(_message.Message):
     role: Global___OrganizationRole.ValueType
     """role is the role the invitee gets on accepting."""
     inviter_user_id: _builtins.str
-    """inviter_user_id is the UUID of who sent it; empty once their account is deleted."""
+    """inviter_user_id is the UUID of who sent it last (creation or ResendInvitation); empty
+    once their account is deleted.
+    """
     inviter_name: _builtins.str
     """inviter_name is the sender's display name; empty once their account is deleted."""
     inviter_email: _builtins.str

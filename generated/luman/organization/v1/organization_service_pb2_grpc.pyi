@@ -143,15 +143,25 @@ class OrganizationServiceStub:
     add someone who already has an account, at once and without asking them (an owner's
     shortcut inside one company); use an invitation for everyone else, and whenever the
     person should agree. An invitation holds only while its inviter could still send it.
+    Sending and resending need the caller's own address verified. The email's subject names
+    no organization or person; the body does.
 
     CreateInvitation invites an address with a role, under the same rules as AddMember
     (admins may invite admins and members, owners anyone), and queues the invitation email.
-    It expires after INVITATION_TTL (default 7 days).
+    It expires after INVITATION_TTL (default 7 days). The caller's address must be verified.
+    An expired invitation to the same address is closed as cancelled and replaced, which
+    only a caller who may manage it can do. One message a minute goes to an address per
+    organization, whatever became of the last invitation; one inviter creates at most 100
+    invitations in 24 hours, in all organizations.
 
-    Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
-    (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
-    it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
-    are pending), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED (also an admin
+    replacing an expired invitation to the owner role), FAILED_PRECONDITION
+    (EMAIL_NOT_VERIFIED: the caller's address; TOO_MANY_INVITATIONS:
+    MAX_PENDING_INVITATIONS are pending), ALREADY_EXISTS (ALREADY_MEMBER: the address belongs
+    to a member; INVITATION_PENDING: one is pending for it, resend that one),
+    RESOURCE_EXHAUSTED with RetryInfo (INVITATION_RECENTLY_SENT: a message went to the
+    address less than a minute ago; INVITATION_QUOTA_EXCEEDED: the caller created 100 in the
+    last 24 hours), UNAUTHENTICATED.
     """
     ListInvitations: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ListInvitationsRequest, _organization_service_pb2.ListInvitationsResponse]
     """ListInvitations lists an organization's invitations, newest first: pending and expired
@@ -161,13 +171,17 @@ class OrganizationServiceStub:
     """
     ResendInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ResendInvitationRequest, _organization_service_pb2.ResendInvitationResponse]
     """ResendInvitation queues the invitation email again and renews the expiry, for a pending
-    or expired invitation. Owners, and admins for roles they may grant.
+    or expired invitation. Owners, and admins for roles they may grant; the caller's address
+    must be verified. Resending by an owner or admin makes them the inviter: an invitation
+    whose inviter left, was demoted or deleted their account holds again once resent. An
+    invitation is sent at most 5 times, its first message included.
 
     Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
-    PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
-    INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
-    RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
-    UNAUTHENTICATED.
+    PERMISSION_DENIED, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED: the caller's address;
+    INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED; INVITATION_SEND_LIMIT:
+    sent 5 times, cancel it and invite again), ALREADY_EXISTS (ALREADY_MEMBER: the address is
+    a member's now), RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message
+    a minute), UNAUTHENTICATED.
     """
     CancelInvitation: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CancelInvitationRequest, _organization_service_pb2.CancelInvitationResponse]
     """CancelInvitation withdraws a pending or expired invitation. Owners, and admins for roles
@@ -341,15 +355,25 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     add someone who already has an account, at once and without asking them (an owner's
     shortcut inside one company); use an invitation for everyone else, and whenever the
     person should agree. An invitation holds only while its inviter could still send it.
+    Sending and resending need the caller's own address verified. The email's subject names
+    no organization or person; the body does.
 
     CreateInvitation invites an address with a role, under the same rules as AddMember
     (admins may invite admins and members, owners anyone), and queues the invitation email.
-    It expires after INVITATION_TTL (default 7 days).
+    It expires after INVITATION_TTL (default 7 days). The caller's address must be verified.
+    An expired invitation to the same address is closed as cancelled and replaced, which
+    only a caller who may manage it can do. One message a minute goes to an address per
+    organization, whatever became of the last invitation; one inviter creates at most 100
+    invitations in 24 hours, in all organizations.
 
-    Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
-    (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
-    it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
-    are pending), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED (also an admin
+    replacing an expired invitation to the owner role), FAILED_PRECONDITION
+    (EMAIL_NOT_VERIFIED: the caller's address; TOO_MANY_INVITATIONS:
+    MAX_PENDING_INVITATIONS are pending), ALREADY_EXISTS (ALREADY_MEMBER: the address belongs
+    to a member; INVITATION_PENDING: one is pending for it, resend that one),
+    RESOURCE_EXHAUSTED with RetryInfo (INVITATION_RECENTLY_SENT: a message went to the
+    address less than a minute ago; INVITATION_QUOTA_EXCEEDED: the caller created 100 in the
+    last 24 hours), UNAUTHENTICATED.
     """
     ListInvitations: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ListInvitationsRequest, _organization_service_pb2.ListInvitationsResponse]  # type: ignore[assignment]
     """ListInvitations lists an organization's invitations, newest first: pending and expired
@@ -359,13 +383,17 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     """
     ResendInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ResendInvitationRequest, _organization_service_pb2.ResendInvitationResponse]  # type: ignore[assignment]
     """ResendInvitation queues the invitation email again and renews the expiry, for a pending
-    or expired invitation. Owners, and admins for roles they may grant.
+    or expired invitation. Owners, and admins for roles they may grant; the caller's address
+    must be verified. Resending by an owner or admin makes them the inviter: an invitation
+    whose inviter left, was demoted or deleted their account holds again once resent. An
+    invitation is sent at most 5 times, its first message included.
 
     Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
-    PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
-    INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
-    RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
-    UNAUTHENTICATED.
+    PERMISSION_DENIED, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED: the caller's address;
+    INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED; INVITATION_SEND_LIMIT:
+    sent 5 times, cancel it and invite again), ALREADY_EXISTS (ALREADY_MEMBER: the address is
+    a member's now), RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message
+    a minute), UNAUTHENTICATED.
     """
     CancelInvitation: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CancelInvitationRequest, _organization_service_pb2.CancelInvitationResponse]  # type: ignore[assignment]
     """CancelInvitation withdraws a pending or expired invitation. Owners, and admins for roles
@@ -626,15 +654,25 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         add someone who already has an account, at once and without asking them (an owner's
         shortcut inside one company); use an invitation for everyone else, and whenever the
         person should agree. An invitation holds only while its inviter could still send it.
+        Sending and resending need the caller's own address verified. The email's subject names
+        no organization or person; the body does.
 
         CreateInvitation invites an address with a role, under the same rules as AddMember
         (admins may invite admins and members, owners anyone), and queues the invitation email.
-        It expires after INVITATION_TTL (default 7 days).
+        It expires after INVITATION_TTL (default 7 days). The caller's address must be verified.
+        An expired invitation to the same address is closed as cancelled and replaced, which
+        only a caller who may manage it can do. One message a minute goes to an address per
+        organization, whatever became of the last invitation; one inviter creates at most 100
+        invitations in 24 hours, in all organizations.
 
-        Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED, ALREADY_EXISTS
-        (ALREADY_MEMBER: the address belongs to a member; INVITATION_PENDING: one is pending for
-        it, resend that one), FAILED_PRECONDITION (TOO_MANY_INVITATIONS: MAX_PENDING_INVITATIONS
-        are pending), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (email, role), NOT_FOUND, PERMISSION_DENIED (also an admin
+        replacing an expired invitation to the owner role), FAILED_PRECONDITION
+        (EMAIL_NOT_VERIFIED: the caller's address; TOO_MANY_INVITATIONS:
+        MAX_PENDING_INVITATIONS are pending), ALREADY_EXISTS (ALREADY_MEMBER: the address belongs
+        to a member; INVITATION_PENDING: one is pending for it, resend that one),
+        RESOURCE_EXHAUSTED with RetryInfo (INVITATION_RECENTLY_SENT: a message went to the
+        address less than a minute ago; INVITATION_QUOTA_EXCEEDED: the caller created 100 in the
+        last 24 hours), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -656,13 +694,17 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_organization_service_pb2.ResendInvitationResponse, _abc.Awaitable[_organization_service_pb2.ResendInvitationResponse]]:
         """ResendInvitation queues the invitation email again and renews the expiry, for a pending
-        or expired invitation. Owners, and admins for roles they may grant.
+        or expired invitation. Owners, and admins for roles they may grant; the caller's address
+        must be verified. Resending by an owner or admin makes them the inviter: an invitation
+        whose inviter left, was demoted or deleted their account holds again once resent. An
+        invitation is sent at most 5 times, its first message included.
 
         Errors: INVALID_ARGUMENT, NOT_FOUND (organization, or INVITATION_NOT_FOUND),
-        PERMISSION_DENIED, FAILED_PRECONDITION (INVITATION_ACCEPTED, INVITATION_DECLINED,
-        INVITATION_CANCELLED), ALREADY_EXISTS (ALREADY_MEMBER: the address is a member's now),
-        RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message a minute),
-        UNAUTHENTICATED.
+        PERMISSION_DENIED, FAILED_PRECONDITION (EMAIL_NOT_VERIFIED: the caller's address;
+        INVITATION_ACCEPTED, INVITATION_DECLINED, INVITATION_CANCELLED; INVITATION_SEND_LIMIT:
+        sent 5 times, cancel it and invite again), ALREADY_EXISTS (ALREADY_MEMBER: the address is
+        a member's now), RESOURCE_EXHAUSTED (INVITATION_RECENTLY_SENT with RetryInfo: one message
+        a minute), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod

@@ -11,18 +11,32 @@ only their hashes are stored (email_codes): the token as SHA-256, the code as SH
 spends the older unused ones of its purpose for the account, so only the newest works.
 
 Redeeming:
-- An unknown token, an unknown address, a wrong code, a code whose account's address has
-  changed since, a code spent by too many wrong tries: one answer, UNAUTHENTICATED
-  EMAIL_CODE_INVALID, with the same message. Only whoever presents the right token or code
-  learns that it expired (EMAIL_CODE_EXPIRED) or was used (EMAIL_CODE_USED).
+- An unknown token, an unknown address, a wrong code (a code is compared with the newest
+  message of the address only), a code whose account's address has changed since, a message
+  spent by too many wrong tries: one answer, UNAUTHENTICATED EMAIL_CODE_INVALID, with the same
+  message. Only whoever presents the right token or code learns that it expired
+  (EMAIL_CODE_EXPIRED) or was used (EMAIL_CODE_USED, which is also the answer to the link of a
+  message a newer one replaced: its message says to use the newest message).
 - A wrong code counts against its message in a transaction of its own, which commits even
   though the call fails; the 5th wrong one spends the message.
 - A token or code is used once: the transaction that uses it holds the account's row and then
   its own row locked (PostgreSQL; SQLite runs one write transaction at a time) and checks it is
   still unused, so two resets with one token at once give one success.
 
-Lock order: the user's row, then the code's row, then sessions and tokens (as ChangePassword
-and DeleteMe: auth/accounts.py). The wrong-try counter is one UPDATE of the code row alone.
+Lock order (PostgreSQL), the same in every transaction that touches email_codes: the user's
+row first, then email_codes rows, then sessions and tokens.
+- VerifyEmail and ResetPassword (_check): the user FOR NO KEY UPDATE (they change
+  email_verify_time or password_hash, no key), then the code's row FOR UPDATE. The code row's
+  lock is what makes a code usable once; the user's orders them against everything else that
+  locks the user (two resets of one user, ChangePassword, a sign-in, LogoutAll).
+- The renderers (a message being sent): the user FOR NO KEY UPDATE before anything else, then
+  issue() spends the older codes (UPDATE) and inserts the new one (its foreign-key check takes
+  FOR KEY SHARE on the user's row, which this transaction holds already). Read unlocked, the
+  renderer would hold code rows while waiting for the user's row, which _check (user, then
+  code) or DeleteMe (user, then its cascade into email_codes) may hold: a deadlock.
+- DeleteMe (auth/accounts.py): the user, then the cascade into email_codes and mail_outbox.
+- The wrong-try counter is one UPDATE of the code row alone, and its transaction takes no
+  other lock afterwards.
 
 RequestPasswordReset does the same work for every address: it queues a message and looks
 nothing up. The renderer decides, when the message is sent, whether there is an account with
@@ -73,8 +87,11 @@ PASSWORD_RESET = "password_reset"  # noqa: S105 - a message kind, not a secret
 VERIFY_PATH = "/email/verify"
 RESET_PATH = "/password/reset"
 MAX_FAILED_ATTEMPTS = 5
-# SendVerificationEmail: one message a minute per account.
+# Verification messages (Register, SendVerificationEmail): one a minute and 5 a day per
+# account, so that an account holding someone else's address cannot flood it.
 RESEND_INTERVAL = dt.timedelta(minutes=1)
+VERIFICATION_WINDOW = dt.timedelta(hours=24)
+VERIFICATIONS_PER_WINDOW = 5
 # Password-reset messages actually sent to one account: one a minute, 3 an hour.
 RESET_INTERVAL = dt.timedelta(minutes=1)
 RESET_WINDOW = dt.timedelta(hours=1)
@@ -109,7 +126,8 @@ def hash_code(row_id: uuid.UUID, code: str) -> str:
 def invalid_code() -> UnauthenticatedError:
     # One answer for an unknown token or address, a wrong code, a spent one.
     return UnauthenticatedError(
-        "EMAIL_CODE_INVALID", "the link or code is not valid; check it, or ask for a new message"
+        "EMAIL_CODE_INVALID",
+        "the link or code is not valid; check it, use the newest message, or ask for a new one",
     )
 
 
@@ -121,41 +139,63 @@ def _expired() -> FailedPreconditionError:
 
 def _used() -> FailedPreconditionError:
     return FailedPreconditionError(
-        "EMAIL_CODE_USED", "the link or code was already used; ask for a new message if needed"
+        "EMAIL_CODE_USED",
+        "the link or code was already used, or a newer message replaced it; use the newest "
+        "message, or ask for a new one",
     )
 
 
-def issue(session: Session, user: User, purpose: str, now: dt.datetime, ttl: float) -> NewCode:
+def issue(
+    session: Session,
+    user: User,
+    purpose: str,
+    now: dt.datetime,
+    ttl: float,
+    *,
+    retry_since: dt.datetime | None = None,
+) -> NewCode:
     """Make a new token and code for `user`'s current address, spending the older unused ones
-    of `purpose`. The caller's transaction stores it."""
-    session.execute(
-        update(EmailCode)
-        .where(
-            EmailCode.user_id == user.id,
-            EmailCode.purpose == purpose,
-            EmailCode.use_time.is_(None),
-        )
-        .values(use_time=now)
-        .execution_options(synchronize_session=False)
+    of `purpose`. The caller's transaction stores it, and holds the user's row locked.
+
+    `retry_since`: the message is being sent again (its queue time). Its earlier attempt made
+    the newest unused code since then (or a later message did, whose code this one spends
+    anyway): that row gets the new token and code, so that one message stays one row, and the
+    limits, which count rows, count messages rather than attempts.
+    """
+    reused: EmailCode | None = None
+    if retry_since is not None:
+        reused = session.scalars(
+            select(EmailCode)
+            .where(
+                EmailCode.user_id == user.id,
+                EmailCode.purpose == purpose,
+                EmailCode.use_time.is_(None),
+                EmailCode.create_time >= retry_since,
+            )
+            .order_by(EmailCode.create_time.desc(), EmailCode.id.desc())
+            .limit(1)
+            .with_for_update()
+        ).first()
+    spend = update(EmailCode).where(
+        EmailCode.user_id == user.id,
+        EmailCode.purpose == purpose,
+        EmailCode.use_time.is_(None),
     )
-    row_id = uuid.uuid4()
+    if reused is not None:
+        spend = spend.where(EmailCode.id != reused.id)
+    session.execute(spend.values(use_time=now).execution_options(synchronize_session=False))
     token = secrets.token_urlsafe(32)
     code = new_user_code()
     expire_time = now + dt.timedelta(seconds=ttl)
-    session.add(
-        EmailCode(
-            id=row_id,
-            user_id=user.id,
-            purpose=purpose,
-            email=user.email,
-            token_hash=hash_token(token),
-            code_hash=hash_code(row_id, code),
-            create_time=now,
-            expire_time=expire_time,
-            use_time=None,
-            failed_attempts=0,
-        )
-    )
+    row = reused or EmailCode(id=uuid.uuid4(), user_id=user.id, purpose=purpose, use_time=None)
+    row.email = user.email
+    row.token_hash = hash_token(token)
+    row.code_hash = hash_code(row.id, code)
+    row.create_time = now
+    row.expire_time = expire_time
+    row.failed_attempts = 0
+    if reused is None:
+        session.add(row)
     session.flush()
     return NewCode(token, display_user_code(code), expire_time)
 
@@ -216,7 +256,9 @@ def _check(
             if found.email == normalize_email(proof.email):
                 _count_wrong_code(session, found.id, now)
             return invalid_code()
-    user = AuthRepository(session).lock_user(found.user_id)
+    # FOR NO KEY UPDATE: this changes no key of the user; the code row's FOR UPDATE below is
+    # what makes the code usable once.
+    user = AuthRepository(session).lock_user(found.user_id, key_share=True)
     row = session.scalars(
         select(EmailCode)
         .where(EmailCode.id == found.id)
@@ -251,7 +293,8 @@ class EmailCodes:
 
         Raises:
             FailedPreconditionError: EMAIL_ALREADY_VERIFIED.
-            ResourceExhaustedError: EMAIL_RECENTLY_SENT (RetryInfo: the seconds left).
+            ResourceExhaustedError: EMAIL_RECENTLY_SENT (RetryInfo: the seconds left), one
+                sent less than a minute ago or VERIFICATIONS_PER_WINDOW in the last 24 hours.
             UnauthenticatedError: TOKEN_INVALID (the account is gone).
         """
         now = self._clock()
@@ -264,26 +307,9 @@ class EmailCodes:
                 raise FailedPreconditionError(
                     "EMAIL_ALREADY_VERIFIED", f"{user.email} is already verified"
                 )
-            last_sent = _newest(
-                session.scalar(
-                    select(func.max(EmailCode.create_time)).where(
-                        EmailCode.user_id == user.id, EmailCode.purpose == VERIFY_EMAIL
-                    )
-                ),
-                session.scalar(
-                    select(func.max(MailMessage.create_time)).where(
-                        MailMessage.user_id == user.id, MailMessage.kind == VERIFY_EMAIL
-                    )
-                ),
-            )
-            if last_sent is not None and now - last_sent < RESEND_INTERVAL:
-                wait = (last_sent + RESEND_INTERVAL - now).total_seconds()
-                raise ResourceExhaustedError(
-                    "EMAIL_RECENTLY_SENT",
-                    "a verification message was sent less than a minute ago; "
-                    "check your inbox, or try again shortly",
-                    max(1.0, float(math.ceil(wait))),
-                )
+            refusal = _verification_refusal(session, user.id, now)
+            if refusal is not None:
+                raise refusal
             outbox.enqueue(session, VERIFY_EMAIL, user.email, now, user_id=user.id)
             return user.email
 
@@ -355,7 +381,7 @@ class EmailCodes:
         with self._sessions.write.begin() as session:
             again = _check(session, PASSWORD_RESET, proof, now)
             if isinstance(again, _Checked) and again.code.id != code_id:
-                again = invalid_code()  # a newer message superseded it meanwhile
+                again = _used()  # a newer message replaced it meanwhile
             revoked = PasswordChange(0, 0)
             if isinstance(again, _Checked):
                 user = again.user
@@ -384,9 +410,58 @@ class EmailCodes:
         return revoked
 
 
-def _newest(*times: dt.datetime | None) -> dt.datetime | None:
-    present = [t for t in times if t is not None]
-    return max(present) if present else None
+def _verification_refusal(
+    session: Session, user_id: uuid.UUID, now: dt.datetime
+) -> ResourceExhaustedError | None:
+    """Why no verification message may be queued now, if one may not: one queued or sent less
+    than RESEND_INTERVAL ago, or VERIFICATIONS_PER_WINDOW in the window.
+
+    A message counts by its outbox row until the worker takes it, then by its code
+    (email_codes; a retry reuses its message's row: issue()), so a message being sent, which
+    has both, counts once. A code spent or used still counts: the mail went out."""
+    since = now - VERIFICATION_WINDOW
+    coded = session.scalars(
+        select(EmailCode.create_time).where(
+            EmailCode.user_id == user_id,
+            EmailCode.purpose == VERIFY_EMAIL,
+            EmailCode.create_time > since,
+        )
+    ).all()
+    queued = session.execute(
+        select(MailMessage.create_time, MailMessage.attempts, MailMessage.lease_until).where(
+            MailMessage.user_id == user_id, MailMessage.kind == VERIFY_EMAIL
+        )
+    ).all()
+    untaken = [
+        row.create_time
+        for row in queued
+        if row.attempts == 0 and row.lease_until is None and row.create_time > since
+    ]
+    sent = sorted([*coded, *untaken])
+    last = max([*coded, *(row.create_time for row in queued)], default=None)
+    if len(sent) >= VERIFICATIONS_PER_WINDOW:
+        # Allowed again once enough of them have left the window to be under the cap.
+        free_at = sent[len(sent) - VERIFICATIONS_PER_WINDOW] + VERIFICATION_WINDOW
+        if last is not None:
+            free_at = max(free_at, last + RESEND_INTERVAL)
+        return ResourceExhaustedError(
+            "EMAIL_RECENTLY_SENT",
+            f"{VERIFICATIONS_PER_WINDOW} verification messages were sent in the last 24 hours; "
+            "check your inbox and spam folder, or try again later",
+            _seconds_until(free_at, now),
+        )
+    if last is not None and now - last < RESEND_INTERVAL:
+        return ResourceExhaustedError(
+            "EMAIL_RECENTLY_SENT",
+            "a verification message was sent less than a minute ago; "
+            "check your inbox, or try again shortly",
+            _seconds_until(last + RESEND_INTERVAL, now),
+        )
+    return None
+
+
+def _seconds_until(when: dt.datetime, now: dt.datetime) -> float:
+    return max(1.0, float(math.ceil((when - now).total_seconds())))
 
 
 def _duration(seconds: float) -> str:
@@ -397,6 +472,11 @@ def _duration(seconds: float) -> str:
     return "1 minute" if minutes == 1 else f"{minutes} minutes"
 
 
+def _retry_since(queued: Queued) -> dt.datetime | None:
+    """For issue(): a message sent again reuses the code row its earlier attempt made."""
+    return queued.create_time if queued.attempts > 0 else None
+
+
 def _link(public_url: str, path: str, token: str, email: str) -> str:
     """The page's link: the token decides; the address is only shown on the page."""
     return f"{public_url.rstrip('/')}{path}?token={token}&email={quote(email, safe='@')}"
@@ -404,15 +484,17 @@ def _link(public_url: str, path: str, token: str, email: str) -> str:
 
 def make_verification_renderer(public_url: str, ttl: float) -> Renderer:
     """Renders "verify_email" messages (Register, SendVerificationEmail): to the account's
-    address, while it is the one the message was queued for and not yet verified."""
+    address, while it is the one the message was queued for and not yet verified. The limits
+    are SendVerificationEmail's (a retry here is no new message)."""
 
     def render(session: Session, queued: Queued, now: dt.datetime) -> Mail | None:
         if queued.user_id is None:
             return None
-        user = AuthRepository(session).user(queued.user_id)
+        # The user's row first, then email_codes (the module docstring's lock order).
+        user = AuthRepository(session).lock_user(queued.user_id, key_share=True)
         if user is None or user.email_verify_time is not None or user.email != queued.recipient:
             return None
-        new = issue(session, user, VERIFY_EMAIL, now, ttl)
+        new = issue(session, user, VERIFY_EMAIL, now, ttl, retry_since=_retry_since(queued))
         return templates.render(
             "verify_email",
             user.email,
@@ -432,36 +514,47 @@ def make_verification_renderer(public_url: str, ttl: float) -> Renderer:
 def make_reset_renderer(public_url: str, ttl: float) -> Renderer:
     """Renders "password_reset" messages (RequestPasswordReset): only to an account whose
     address is this one and verified, at most one a minute and RESETS_PER_WINDOW an hour per
-    account; anything else is dropped, unseen by the caller."""
+    account (checked on a message's first attempt: its retries are the same request); anything
+    else is dropped, unseen by the caller."""
 
     def render(session: Session, queued: Queued, now: dt.datetime) -> Mail | None:
-        user = AuthRepository(session).user_by_email(queued.recipient)
-        if user is None or user.email_verify_time is None:
+        repo = AuthRepository(session)
+        found = repo.user_by_email(queued.recipient)
+        if found is None:
             return None
-        made = session.execute(
-            select(func.count(), func.max(EmailCode.create_time)).where(
-                EmailCode.user_id == user.id,
-                EmailCode.purpose == PASSWORD_RESET,
-                EmailCode.create_time > now - RESET_WINDOW,
+        # The user's row first, then email_codes (the module docstring's lock order); read
+        # again under the lock.
+        user = repo.lock_user(found.id, key_share=True)
+        if user is None or user.email != queued.recipient or user.email_verify_time is None:
+            return None
+        if queued.attempts == 0:
+            # A new request. A retry (attempts > 0) is the same request sent again: it passed
+            # these checks on its first attempt, and checking again would count it against
+            # itself.
+            made = session.execute(
+                select(func.count(), func.max(EmailCode.create_time)).where(
+                    EmailCode.user_id == user.id,
+                    EmailCode.purpose == PASSWORD_RESET,
+                    EmailCode.create_time > now - RESET_WINDOW,
+                )
+            ).one()
+            count, newest = int(made[0]), made[1]
+            too_soon = newest is not None and now - newest < RESET_INTERVAL
+            if count >= RESETS_PER_WINDOW or too_soon:
+                return None
+        new = issue(session, user, PASSWORD_RESET, now, ttl, retry_since=_retry_since(queued))
+        if queued.attempts == 0:
+            # The owner sees in their audit log that someone asked (once per request).
+            record(
+                session,
+                Event(
+                    "account.password_reset_requested",
+                    user_id=user.id,
+                    target_type="user",
+                    target_id=str(user.id),
+                ),
+                now,
             )
-        ).one()
-        count, newest = int(made[0]), made[1]
-        # A retry of this very message made the newest code: it is no new request.
-        too_soon = queued.attempts == 0 and newest is not None and now - newest < RESET_INTERVAL
-        if count >= RESETS_PER_WINDOW or too_soon:
-            return None
-        new = issue(session, user, PASSWORD_RESET, now, ttl)
-        # The owner sees in their audit log that someone asked.
-        record(
-            session,
-            Event(
-                "account.password_reset_requested",
-                user_id=user.id,
-                target_type="user",
-                target_id=str(user.id),
-            ),
-            now,
-        )
         return templates.render(
             "password_reset",
             user.email,

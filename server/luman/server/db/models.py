@@ -447,8 +447,10 @@ class MailMessage(Base):
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     next_attempt_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # A worker (of any replica) that took the message holds it until then.
+    # A worker (of any replica) that took the message holds it until then; each worker has an
+    # id of its own, and writes to a message only while the lease is its.
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    lease_owner: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     last_error: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 

@@ -65,11 +65,15 @@ EMAIL_PAGE_HEADERS: tuple[Header, ...] = tuple(
 _SERVICE = "/" + auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name + "/"
 
 INVALID = (
-    "This link is not valid: it may be incomplete, or a newer message replaced it. "
-    "Use the link in the newest message."
+    "This link is not valid: it may be incomplete or no longer work. "
+    "Use the link in the newest message, or ask for a new one."
 )
 EXPIRED = "This link has expired. Ask for a new message."
-USED = "This link was already used."
+# EMAIL_CODE_USED: this link's message was used, or a newer message replaced it.
+USED = (
+    "This link was already used, or a newer message replaced it. "
+    "Use the link in the newest message, or ask for a new one."
+)
 TOO_MANY = "Too many attempts. Wait a few minutes, then try again."
 UNAVAILABLE = "The service is unavailable right now. Try again in a moment."
 FAILED = "Something went wrong. Try again."

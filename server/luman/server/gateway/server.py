@@ -33,6 +33,7 @@ from luman.server.gateway.in_process import InProcessCalls
 from luman.server.gateway.openapi import build_document
 from luman.server.gateway.policy import ClientAddress, CorsPolicy
 from luman.server.gateway.routes import build_routes
+from luman.server.mail.renderers import build_renderers
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +189,14 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
             "PUBLIC_URL is https but TRUSTED_PROXIES is empty: set it to the TLS proxy's address "
             "so that clients' own addresses are used"
         )
-    if not settings.public_url and app.device_logins is not None:
-        # Development: the device login's page is this gateway, wherever it got bound.
-        app.device_logins.set_public_url(_local_url(settings.host, sock.getsockname()[1]))
+    if not settings.public_url:
+        # Development: the device login's page and the links in emails are this gateway,
+        # wherever it got bound.
+        local_url = _local_url(settings.host, sock.getsockname()[1])
+        if app.device_logins is not None:
+            app.device_logins.set_public_url(local_url)
+        if app.mail is not None:
+            app.mail.use_renderers(build_renderers(settings, local_url))
     return GatewayServer(gateway_app, sock, readiness)
 
 

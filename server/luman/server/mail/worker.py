@@ -1,17 +1,17 @@
 """The mail worker: one thread that renders queued messages (outbox.py) and sends them.
 
-Each message is taken with a lease (lease_until), so that replicas sharing the database never
-send one twice at once; rendered in a write transaction that commits (with any code the
+Each message is taken with a lease (lease_until, lease_owner), one at a time, so that replicas
+sharing the database never send one twice at once; every later write is conditional on still
+holding it; rendered in a write transaction that commits (with any code the
 renderer made) before the message leaves; then sent outside any transaction. Accepted: the
 row is deleted. A transient failure (mail server down, 4xx) retries after 30 s, 1 min, 2 min,
 ... at most an hour apart, up to MAX_ATTEMPTS (about a day), then the message is given up and
 logged; a permanent refusal (5xx) is given up at once.
 
 Nothing is lost when the server stops: a row leaves the table only once sent or given up.
-`close()` lets the message being sent finish (bounded by the SMTP timeout) and frees the ones
-taken but not yet sent; a message whose send was cut short (the process killed) keeps its
-lease and is taken again once the lease runs out, by this server after a restart or by
-another replica.
+`close()` lets the message being sent finish (within the shutdown grace); a message whose
+send was cut short (the grace ran out, the process was killed) keeps its lease and is taken
+again once the lease runs out, by this server after a restart or by another replica.
 
 The thread wakes when a transaction that queued a message commits (outbox.enqueue registers
 for that), and every POLL_INTERVAL seconds for retries and other replicas' messages.
@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from luman.server.clock import Clock
@@ -46,9 +46,9 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 5.0
 BATCH = 20
-# A taken message is someone else's to retry only after this long: more than one SMTP
-# conversation may take (transport.SMTP_TIMEOUT) plus rendering.
-LEASE = dt.timedelta(minutes=2)
+# A taken message is someone else's to retry only after this long: far more than one message's
+# rendering and SMTP conversation take (transport.SMTP_TIMEOUT bounds each of its steps).
+LEASE = dt.timedelta(minutes=5)
 FIRST_RETRY = dt.timedelta(seconds=30)
 LONGEST_RETRY = dt.timedelta(hours=1)
 # 30 s doubling to an hour, then hourly: the 30th attempt is about a day after the first.
@@ -90,17 +90,23 @@ class MailWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._database_down = False
+        # Whose lease a message is under (mail_outbox.lease_owner): this worker's, or not.
+        self._id = uuid.uuid4()
 
     def start(self) -> None:
         outbox.register_waker(self.wake)
         self._thread = threading.Thread(target=self._run, name="mail", daemon=True)
         self._thread.start()
 
+    def use_renderers(self, renderers: Mapping[str, Renderer]) -> None:
+        """Render with these from the next message on (the gateway's address, once bound)."""
+        self._renderers = dict(renderers)
+
     def wake(self) -> None:
         """Look at the queue now (a message was queued, or a test moved the clock)."""
         self._wake.set()
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Stop after the message being sent, waiting at most `timeout` seconds for it."""
         outbox.unregister_waker(self.wake)
         self._stop.set()
@@ -130,61 +136,66 @@ class MailWorker:
                         type(exc).__name__,
                     )
                     self._database_down = True
+            except Exception:
+                # A bug: the thread must outlive it, or no mail would leave until a restart.
+                busy = False
+                logger.exception("mail: the worker failed; trying again shortly")
             if not busy:
                 self._wake.wait(self._poll_interval)
                 self._wake.clear()
 
     def run_once(self) -> int:
-        """Take up to BATCH due messages and send each; returns how many were taken."""
-        taken = self._take_due()
-        for index, message_id in enumerate(taken):
-            if self._stop.is_set():
-                # Shutting down: the rest are free again at once, for the next start or
-                # another replica.
-                self._release(taken[index:])
+        """Send due messages, one at a time, up to BATCH; returns how many were taken."""
+        taken = 0
+        while taken < BATCH and not self._stop.is_set():
+            message_id = self._take_one()
+            if message_id is None:
                 break
+            taken += 1
             self._deliver(message_id)
-        return len(taken)
+        return taken
 
-    def _release(self, message_ids: list[uuid.UUID]) -> None:
-        with self._sessions.write.begin() as session:
-            session.execute(
-                update(MailMessage)
-                .where(MailMessage.id.in_(message_ids))
-                .values(lease_until=None)
-                .execution_options(synchronize_session=False)
-            )
-
-    def _take_due(self) -> list[uuid.UUID]:
+    def _take_one(self) -> uuid.UUID | None:
+        """Lease the most overdue free message to this worker. One at a time: a lease covers
+        one message's rendering and sending, never a batch waiting its turn."""
         now = self._clock()
         free = or_(MailMessage.lease_until.is_(None), MailMessage.lease_until < now)
-        with self._sessions.write.begin() as session:
-            due = session.scalars(
-                select(MailMessage.id)
-                .where(MailMessage.next_attempt_time <= now, free)
-                .order_by(MailMessage.next_attempt_time)
-                .limit(BATCH)
-            ).all()
-        taken = []
-        for message_id in due:
-            # Taken only if nobody (another replica) took it since the select.
+        while True:
             with self._sessions.write.begin() as session:
+                message_id = session.scalar(
+                    select(MailMessage.id)
+                    .where(MailMessage.next_attempt_time <= now, free)
+                    .order_by(MailMessage.next_attempt_time, MailMessage.id)
+                    .limit(1)
+                )
+                if message_id is None:
+                    return None
+                # Taken only if nobody (another replica) took it since the select.
                 result = session.execute(
                     update(MailMessage)
                     .where(MailMessage.id == message_id, free)
-                    .values(lease_until=now + LEASE)
+                    .values(lease_until=now + LEASE, lease_owner=self._id)
                     .execution_options(synchronize_session=False)
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
-                    taken.append(message_id)
-        return taken
+                    return message_id
+
+    def _mine(self, message_id: uuid.UUID) -> ColumnElement[bool]:
+        """The message, while this worker still holds its lease: every write after the take is
+        conditional on it, so a worker whose lease ran out (and was taken by another replica)
+        changes nothing."""
+        return and_(MailMessage.id == message_id, MailMessage.lease_owner == self._id)
 
     def _deliver(self, message_id: uuid.UUID) -> None:
         now = self._clock()
         try:
             rendered = self._render(message_id, now)
-        except SQLAlchemyError:
-            raise  # the database: _run waits for it; the lease keeps the message
+        except SQLAlchemyError as exc:
+            # A deadlock or a constraint in a renderer counts as a failed attempt, so that it
+            # backs off and is given up in the end; a database that is down fails this write
+            # too, and _run waits for it.
+            self._failed(message_id, f"rendering failed ({type(exc).__name__})", permanent=False)
+            return
         except Exception:
             # A bug in a renderer, not the mail server: keep the message, and say so loudly.
             logger.exception("mail: rendering message %s failed", message_id)
@@ -195,35 +206,46 @@ class MailWorker:
         queued, mail = rendered
         # Committed: the codes in `mail` hold before the message is out.
         attempt = queued.attempts + 1
-        message = build_message(mail, self._sender, f"<{message_id}.{attempt}@{self._domain}>")
         try:
+            message = build_message(mail, self._sender, f"<{message_id}.{attempt}@{self._domain}>")
             self._transport.send(message)
         except TransientMailError as exc:
             self._failed(message_id, str(exc), permanent=False)
             return
-        except PermanentMailError as exc:
-            self._failed(message_id, str(exc), permanent=True)
+        except (PermanentMailError, ValueError) as exc:
+            # ValueError: a header the email package refuses (a malformed address).
+            self._failed(message_id, str(exc) or type(exc).__name__, permanent=True)
             return
         with self._sessions.write.begin() as session:
-            session.execute(
+            result = session.execute(
                 delete(MailMessage)
-                .where(MailMessage.id == message_id)
+                .where(self._mine(message_id))
                 .execution_options(synchronize_session=False)
             )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                logger.warning(
+                    "mail: %s message %s was sent after its lease ran out; another worker may "
+                    "send it again",
+                    queued.kind,
+                    message_id,
+                )
         logger.info("mail: sent %s message %s", queued.kind, message_id)
 
     def _render(self, message_id: uuid.UUID, now: dt.datetime) -> tuple[Queued, Mail] | None:
         """The message to send, committed with whatever its renderer wrote; None when there is
-        nothing to send now (gone, dropped by its renderer, or of a kind unknown here)."""
+        nothing to send now (gone, no longer this worker's, dropped by its renderer, or of a
+        kind unknown here)."""
         with self._sessions.write.begin() as session:
-            row = session.get(MailMessage, message_id)
-            if row is None:  # its account was deleted meanwhile
+            row = session.scalars(
+                select(MailMessage).where(self._mine(message_id)).with_for_update()
+            ).one_or_none()
+            if row is None:  # its account was deleted, or the lease ran out
                 return None
             renderer = self._renderers.get(row.kind)
             if renderer is None:
                 logger.error("mail: no renderer for kind %r; message %s waits", row.kind, row.id)
                 row.next_attempt_time = now + UNKNOWN_KIND_DELAY
-                row.lease_until = None
+                row.lease_until = row.lease_owner = None
                 return None
             queued = Queued(
                 id=row.id,
@@ -237,6 +259,9 @@ class MailWorker:
             )
             mail = renderer(session, queued, now)
             if mail is None:
+                logger.info(
+                    "mail: %s message %s dropped: nothing to send any more", row.kind, row.id
+                )
                 session.delete(row)
                 return None
             return queued, mail
@@ -244,7 +269,9 @@ class MailWorker:
     def _failed(self, message_id: uuid.UUID, error: str, *, permanent: bool) -> None:
         now = self._clock()
         with self._sessions.write.begin() as session:
-            row = session.get(MailMessage, message_id)
+            row = session.scalars(
+                select(MailMessage).where(self._mine(message_id)).with_for_update()
+            ).one_or_none()
             if row is None:
                 return
             row.attempts += 1
@@ -269,4 +296,4 @@ class MailWorker:
             )
             row.last_error = error[:200]
             row.next_attempt_time = now + delay
-            row.lease_until = None
+            row.lease_until = row.lease_owner = None

@@ -112,6 +112,28 @@ class InvitationRepository:
             )
         ).one_or_none()
 
+    def last_send_time(self, organization_id: uuid.UUID, email: str) -> dt.datetime | None:
+        """When the organization last sent a message to `email`, whatever became of it."""
+        return self._session.scalars(
+            select(Invitation.send_time)
+            .where(Invitation.organization_id == organization_id, Invitation.email == email)
+            .order_by(Invitation.send_time.desc())
+            .limit(1)
+        ).one_or_none()
+
+    def nth_newest_created_by(
+        self, inviter_id: uuid.UUID, since: dt.datetime, n: int
+    ) -> dt.datetime | None:
+        """The create_time of the `n`-th newest invitation `inviter_id` created after `since`
+        (in any organization, whatever its state), or None when there are fewer."""
+        return self._session.scalars(
+            select(Invitation.create_time)
+            .where(Invitation.inviter_id == inviter_id, Invitation.create_time > since)
+            .order_by(Invitation.create_time.desc())
+            .offset(n - 1)
+            .limit(1)
+        ).one_or_none()
+
     def count_pending(self, organization_id: uuid.UUID, now: dt.datetime) -> int:
         """The organization's pending invitations that have not expired."""
         return (

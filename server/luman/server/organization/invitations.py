@@ -3,9 +3,19 @@ address, signed in with it verified, accepts or declines.
 
 - Sending, resending and cancelling follow AddMember's grant rules: owners may invite anyone,
   admins admins and members (and resend or cancel only those), members nothing; a non-member
-  learns nothing (ORGANIZATION_NOT_FOUND).
+  learns nothing (ORGANIZATION_NOT_FOUND). Sending and resending also need the caller's own
+  address verified (EMAIL_NOT_VERIFIED, checked after those rules): mail goes out in our name
+  only for someone we can reach.
+- Against mail floods: one message a minute per organization and address, whatever became of
+  the last invitation (so cancelling and inviting again does not send at once), and at most
+  DAILY_QUOTA invitations created per inviter in 24 hours, in all organizations, each sent at
+  most MAX_SENDS times (resends included). The subject
+  of the email holds no text a user chose; the names are in the body.
 - An invitation holds only while its inviter could still send it: on acceptance the inviter
-  must still be a member allowed to grant the role (a deleted inviter never is).
+  must still be a member allowed to grant the role (a deleted inviter never is). Resending
+  makes the caller (an owner, or an admin for a role they may grant) the inviter, so an
+  invitation whose inviter left, was demoted or deleted their account is repaired by
+  resending it.
 - Every change runs under the organization's row lock, taken first, as every membership
   change does (service.py): two accepts at once, an accept against a cancel, an invitation
   against the organization's deletion are serialised, and the loser sees the winner's result.
@@ -60,8 +70,15 @@ from luman.server.organization.service import (
 )
 
 MAIL_KIND = "invitation"
-# ResendInvitation sends at most one message a minute per invitation.
+# At most one message a minute per organization and address (Create and Resend).
 RESEND_INTERVAL = dt.timedelta(minutes=1)
+# Invitations one inviter may create in QUOTA_WINDOW, in all organizations.
+DAILY_QUOTA = 100
+QUOTA_WINDOW = dt.timedelta(hours=24)
+SUBJECT = "You are invited to an organization on Luman"
+# Messages one invitation may send (its first and 4 resends): with DAILY_QUOTA, what one
+# inviter can make the server send stays bounded, resends included.
+MAX_SENDS = 5
 
 _CLOSED = {
     ACCEPTED: ("INVITATION_ACCEPTED", "the invitation was accepted"),
@@ -69,6 +86,7 @@ _CLOSED = {
     CANCELLED: ("INVITATION_CANCELLED", "the invitation was cancelled"),
     EXPIRED: ("INVITATION_EXPIRED", "the invitation has expired"),
 }
+_OWNER_INVITATION = "only owners can manage an invitation to the owner role"
 
 
 def _invitation_not_found() -> NotFoundError:
@@ -78,6 +96,20 @@ def _invitation_not_found() -> NotFoundError:
 def may_grant(role_held: Role, role: Role) -> bool:
     """Whether a member holding `role_held` may grant `role` (AddMember's rule)."""
     return role_held is Role.OWNER or (role_held is Role.ADMIN and role is not Role.OWNER)
+
+
+def _recently_sent(send_time: dt.datetime | None, now: dt.datetime) -> None:
+    """Raises ResourceExhaustedError INVITATION_RECENTLY_SENT (with the seconds to wait) when
+    the last message went out less than RESEND_INTERVAL ago."""
+    if send_time is None:
+        return
+    wait = send_time + RESEND_INTERVAL - now
+    if wait > dt.timedelta(0):
+        raise ResourceExhaustedError(
+            "INVITATION_RECENTLY_SENT",
+            "an invitation was sent to this address less than a minute ago",
+            max(1.0, wait.total_seconds()),
+        )
 
 
 def _closed(state: str) -> FailedPreconditionError:
@@ -104,14 +136,17 @@ class InvitationService:
         *,
         ttl: float = 7 * 86400,
         max_pending: int = 500,
+        daily_quota: int = DAILY_QUOTA,
     ) -> None:
         """`ttl`: seconds an invitation holds after it is sent (INVITATION_TTL);
-        `max_pending`: pending invitations one organization may hold (MAX_PENDING_INVITATIONS).
+        `max_pending`: pending invitations one organization may hold (MAX_PENDING_INVITATIONS);
+        `daily_quota`: invitations one inviter may create in 24 hours.
         """
         self._sessions = sessions
         self._clock = clock
         self._ttl = dt.timedelta(seconds=ttl)
         self._max_pending = max_pending
+        self._daily_quota = daily_quota
 
     # --- The organization's side -----------------------------------------------------------
 
@@ -120,9 +155,12 @@ class InvitationService:
     ) -> InvitationRow:
         """Raises:
         NotFoundError: ORGANIZATION_NOT_FOUND.
-        PermissionDeniedError: a member, or an admin inviting an owner.
+        PermissionDeniedError: a member, or an admin inviting an owner or replacing an
+            expired invitation to the owner role.
+        FailedPreconditionError: EMAIL_NOT_VERIFIED (the caller's), TOO_MANY_INVITATIONS.
         AlreadyExistsError: ALREADY_MEMBER, INVITATION_PENDING.
-        FailedPreconditionError: TOO_MANY_INVITATIONS.
+        ResourceExhaustedError: INVITATION_RECENTLY_SENT, INVITATION_QUOTA_EXCEEDED (with the
+            seconds to wait).
         """
         now = self._clock()
         with self._sessions.write.begin() as session:
@@ -132,6 +170,7 @@ class InvitationService:
                 raise denied("members cannot invite")
             if not may_grant(caller.role, role):
                 raise denied("only owners can grant the owner role")
+            _verified(caller.user)
             repo = InvitationRepository(session)
             user = org_repo.user(None, email)
             if user is not None and org_repo.membership(organization.id, user.id) is not None:
@@ -142,6 +181,11 @@ class InvitationService:
                     "INVITATION_PENDING",
                     "an invitation to this address is pending; resend it instead",
                 )
+            # Closing the expired one is managing it: the same rule as CancelInvitation.
+            if replaced is not None and not may_grant(caller.role, replaced.role):
+                raise denied(_OWNER_INVITATION)
+            _recently_sent(repo.last_send_time(organization.id, email), now)
+            self._check_quota(repo, principal, now)
             if repo.count_pending(organization.id, now) >= self._max_pending:
                 raise FailedPreconditionError(
                     "TOO_MANY_INVITATIONS",
@@ -175,6 +219,23 @@ class InvitationService:
             record(session, _event("invitation.sent", invitation, **details), now)
             return row_of(invitation, organization, caller.user, now)
 
+    def _check_quota(
+        self, repo: InvitationRepository, principal: Principal, now: dt.datetime
+    ) -> None:
+        """Raises ResourceExhaustedError INVITATION_QUOTA_EXCEEDED, with the seconds until the
+        oldest counted invitation leaves the window, when the caller created `daily_quota` in
+        the last QUOTA_WINDOW. (Checked under this organization's lock only: calls racing in
+        several organizations at once may pass it by a few.)"""
+        oldest = repo.nth_newest_created_by(
+            principal.user_id, now - QUOTA_WINDOW, self._daily_quota
+        )
+        if oldest is not None:
+            raise ResourceExhaustedError(
+                "INVITATION_QUOTA_EXCEEDED",
+                f"you created {self._daily_quota} invitations in the last 24 hours",
+                max(1.0, (oldest + QUOTA_WINDOW - now).total_seconds()),
+            )
+
     def list(
         self,
         principal: Principal,
@@ -198,15 +259,21 @@ class InvitationService:
     def resend(
         self, principal: Principal, ref: OrganizationRef, invitation_id: uuid.UUID
     ) -> InvitationRow:
-        """Raises (beyond create's NOT_FOUND and PERMISSION_DENIED):
+        """Sends the invitation again, renewed, with the caller as its inviter (they passed
+        may_grant for its role), so that resending repairs an invitation whose inviter left,
+        was demoted or is deleted.
+
+        Raises (beyond create's NOT_FOUND and PERMISSION_DENIED):
         NotFoundError: INVITATION_NOT_FOUND.
-        FailedPreconditionError: INVITATION_ACCEPTED, _DECLINED, _CANCELLED.
+        FailedPreconditionError: EMAIL_NOT_VERIFIED (the caller's), INVITATION_ACCEPTED,
+            _DECLINED, _CANCELLED, INVITATION_SEND_LIMIT (sent MAX_SENDS times).
         AlreadyExistsError: ALREADY_MEMBER (the address is a member's now).
         ResourceExhaustedError: INVITATION_RECENTLY_SENT (with the seconds to wait).
         """
         now = self._clock()
         with self._sessions.write.begin() as session:
-            organization, _, invitation = self._managed(session, principal, ref, invitation_id)
+            organization, caller, invitation = self._managed(session, principal, ref, invitation_id)
+            _verified(caller.user)
             state = shown_state(invitation, now)
             if state not in (PENDING, EXPIRED):
                 raise _closed(state)
@@ -215,13 +282,20 @@ class InvitationService:
             user = org_repo.user(None, invitation.email)
             if user is not None and org_repo.membership(organization.id, user.id) is not None:
                 raise AlreadyExistsError("ALREADY_MEMBER", "the address belongs to a member")
-            wait = invitation.send_time + RESEND_INTERVAL - now
-            if wait > dt.timedelta(0):
-                raise ResourceExhaustedError(
-                    "INVITATION_RECENTLY_SENT",
-                    "the invitation was sent less than a minute ago",
-                    max(1.0, wait.total_seconds()),
+            if invitation.send_count >= MAX_SENDS:
+                raise FailedPreconditionError(
+                    "INVITATION_SEND_LIMIT",
+                    f"the invitation was sent {invitation.send_count} times; cancel it and "
+                    "invite the address again if it should still join",
                 )
+            # The pending invitation is the address's newest: its send_time is the last message.
+            _recently_sent(invitation.send_time, now)
+            details: dict[str, str | int | bool] = {"inviter": str(principal.user_id)}
+            if invitation.inviter_id != principal.user_id:
+                details["previous_inviter"] = (
+                    "" if invitation.inviter_id is None else str(invitation.inviter_id)
+                )
+            invitation.inviter_id = principal.user_id
             invitation.expire_time = now + self._ttl
             invitation.send_time = now
             invitation.send_count += 1
@@ -229,10 +303,12 @@ class InvitationService:
             outbox.enqueue(session, MAIL_KIND, invitation.email, now, subject_id=invitation.id)
             record(
                 session,
-                _event("invitation.resent", invitation, send_count=invitation.send_count),
+                _event(
+                    "invitation.resent", invitation, send_count=invitation.send_count, **details
+                ),
                 now,
             )
-            return row_of(invitation, organization, _inviter(session, invitation), now)
+            return row_of(invitation, organization, caller.user, now)
 
     def cancel(
         self, principal: Principal, ref: OrganizationRef, invitation_id: uuid.UUID
@@ -269,7 +345,7 @@ class InvitationService:
         if invitation is None or invitation.organization_id != organization.id:
             raise _invitation_not_found()
         if not may_grant(caller.role, invitation.role):
-            raise denied("only owners can manage an invitation to the owner role")
+            raise denied(_OWNER_INVITATION)
         return organization, caller, invitation
 
     # --- The invitee's side ----------------------------------------------------------------
@@ -308,7 +384,8 @@ class InvitationService:
             if inviter is None or not may_grant(inviter.role, invitation.role):
                 raise FailedPreconditionError(
                     "INVITER_NOT_ALLOWED",
-                    "whoever sent the invitation may no longer grant its role; ask for a new one",
+                    "whoever sent the invitation may no longer grant its role; "
+                    "ask an owner or admin to resend it",
                 )
             org_repo.add_membership(organization.id, user.id, invitation.role, now)
             invitation.state = ACCEPTED
@@ -428,7 +505,8 @@ def make_invitation_renderer(public_url: str) -> Renderer:
             "invitation_id": str(invitation.id),
             "public_url": public_url,
         }
-        subject = f"{values['inviter_name']} invited you to {organization.name} on Luman"
-        return templates.render("invitation", queued.recipient, subject, values)
+        # The subject holds no text a user chose (names are escaped in the body): mail from
+        # our domain must not carry an inviter's words in its most visible line.
+        return templates.render("invitation", queued.recipient, SUBJECT, values)
 
     return render

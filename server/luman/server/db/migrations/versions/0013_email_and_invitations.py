@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("next_attempt_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_owner", sa.Uuid(), nullable=True),
         sa.Column("last_error", sa.String(length=200), server_default="", nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"],
