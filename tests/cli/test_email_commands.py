@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.cli import account as account_commands
 from luman.server.app import App
 from luman.server.config import Settings
 from tests.cli.conftest import Luman
@@ -53,7 +54,11 @@ def test_verify_with_the_code_and_whoami_shows_it(
     luman: Luman, auth: Stub, mailbox: Mailbox
 ) -> None:
     email, _ = _signed_up(luman, auth)
-    assert "email not verified (luman account verify-email)" in luman("whoami").stdout
+    status = next(line for line in luman("whoami").stdout.splitlines() if "Status:" in line)
+    assert status == (
+        "Status:  email not verified (luman account verify CODE; "
+        "luman account verify-email sends a new message)"
+    )
     code = code_of(mailbox.wait_for(email, "verify"))
 
     result = luman("account", "verify", code.lower())
@@ -95,12 +100,69 @@ def test_verify_refuses_a_wrong_code_and_bad_usage(
 
     result = luman("account", "verify", wrong)
 
-    assert result.exit_code == UNAUTHENTICATED
-    assert luman("account", "verify").exit_code == USAGE
-    assert luman("account", "verify", code, "--token", "t").exit_code == USAGE
+    # A wrong code is a refused request, not a rejected login: the saved login still works.
+    assert result.exit_code == ERROR
+    assert result.stderr == (
+        "error: the link or code is not valid; check it, use the newest message, "
+        "or ask for a new one\n"
+    )
+    assert luman("whoami").exit_code == OK
+    missing = luman("account", "verify")
+    assert missing.exit_code == USAGE
+    assert "missing CODE" in missing.stderr
+    both = luman("account", "verify", code, "--token", "t")
+    assert both.exit_code == USAGE
+    assert "not both" in both.stderr
+    assert luman("account", "verify", "--token", "t", "--email", email).exit_code == USAGE
 
 
-def test_forgot_and_reset_password_with_prompts(luman: Luman, auth: Stub, mailbox: Mailbox) -> None:
+def test_a_wrong_code_signed_out_is_not_a_login_problem(
+    luman: Luman, auth: Stub, mailbox: Mailbox
+) -> None:
+    email = unique_email()
+    register(auth, email=email, name="Ada")
+    code = code_of(mailbox.wait_for(email, "verify"))
+    wrong = "BBBB-BBBB" if code != "BBBB-BBBB" else "CCCC-CCCC"
+
+    verify = luman("--json", "account", "verify", wrong, "--email", email)
+    reset = luman(
+        "--json",
+        "account",
+        "reset-password",
+        email,
+        "--code",
+        wrong,
+        "--password-stdin",
+        input=NEW_PASSWORD + "\n",
+    )
+
+    for result in (verify, reset):
+        assert result.exit_code == ERROR, result.output
+        error = json.loads(result.stderr)["error"]
+        assert (error["code"], error["reason"]) == ("UNAUTHENTICATED", "EMAIL_CODE_INVALID")
+        assert "luman login" not in error["message"]
+    assert "luman login" not in luman("account", "verify", wrong, "--email", email).stderr
+
+
+def test_verify_with_email_needs_no_login(luman: Luman, auth: Stub, mailbox: Mailbox) -> None:
+    email = unique_email()
+    register(auth, email=email, name="Ada")
+    code = code_of(mailbox.wait_for(email, "verify"))
+    signed_out = luman("account", "verify", code)
+    assert signed_out.exit_code == USAGE
+    assert "--email ADDRESS" in signed_out.stderr
+
+    result = luman("account", "verify", code, "--email", email)
+
+    assert result.exit_code == OK, result.output
+    assert f"Verified {email}." in result.stdout
+    assert not luman.auth_file.exists()
+
+
+def test_forgot_and_reset_password_with_prompts(
+    luman: Luman, auth: Stub, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(account_commands, "_at_terminal", lambda: True)
     email, web = _signed_up(luman, auth)
     assert luman("account", "verify", code_of(mailbox.wait_for(email, "verify"))).exit_code == OK
     anonymous = luman.machine("elsewhere")
@@ -109,6 +171,7 @@ def test_forgot_and_reset_password_with_prompts(luman: Luman, auth: Stub, mailbo
 
     assert asked.exit_code == OK, asked.output
     assert "a reset message is on its way" in asked.stdout
+    assert f"Then run `luman account reset-password {email}`." in asked.stdout
     code = code_of(mailbox.wait_for(email, "reset"))
     reset = anonymous(
         "account",
@@ -118,6 +181,7 @@ def test_forgot_and_reset_password_with_prompts(luman: Luman, auth: Stub, mailbo
         input=f"{code}\n{NEW_PASSWORD}\n{NEW_PASSWORD}\n",
     )
     assert reset.exit_code == OK, reset.output
+    assert f"Code from the message: {code}" in reset.output  # not a secret: shown as typed
     assert "revoked 1 CLI token(s)" in reset.stdout
     assert refused_reason(auth, web) == "TOKEN_REVOKED"
     assert luman("whoami").exit_code == UNAUTHENTICATED
@@ -144,6 +208,52 @@ def test_reset_password_for_scripts_and_a_used_code(
     }
     assert second.exit_code == ERROR
     assert json.loads(second.stderr)["error"]["reason"] == "EMAIL_CODE_USED"
+    # This machine's login is a CLI token: the reset signed out sessions, not it.
+    assert luman("whoami").exit_code == OK
+
+
+def test_reset_password_without_revoking_keeps_the_saved_login(
+    luman: Luman, auth: Stub, mailbox: Mailbox
+) -> None:
+    email, _ = _signed_up(luman, auth)
+    assert luman("account", "verify", code_of(mailbox.wait_for(email, "verify"))).exit_code == OK
+    assert luman("account", "forgot-password", email).exit_code == OK
+    code = code_of(mailbox.wait_for(email, "reset"))
+
+    reset = luman(
+        "account",
+        "reset-password",
+        email,
+        "--code",
+        code,
+        "--password-stdin",
+        input=NEW_PASSWORD + "\n",
+    )
+
+    assert reset.exit_code == OK, reset.output
+    assert "signed out 1 session(s)" in reset.stdout
+    assert "CLI tokens were not revoked" in reset.stdout
+    assert "luman login" not in reset.stdout
+    assert luman("whoami").exit_code == OK
+
+
+def test_reset_password_says_what_is_missing(luman: Luman) -> None:
+    email = unique_email()
+    for args in ((), ("--code", "BCDF-GHJK")):
+        result = luman("account", "reset-password", *args)
+        assert result.exit_code == USAGE
+        assert "missing EMAIL" in result.stderr
+    both = luman("account", "reset-password", email, "--token", "t")
+    assert both.exit_code == USAGE
+    assert "not both" in both.stderr
+
+    # No terminal to ask: a usage error naming the option, not a hidden prompt.
+    no_code = luman("account", "reset-password", email, input="")
+    assert no_code.exit_code == USAGE
+    assert "missing --code" in no_code.stderr
+    no_password = luman("account", "reset-password", email, "--code", "BCDF-GHJK", input="")
+    assert no_password.exit_code == USAGE
+    assert "--password-stdin" in no_password.stderr
 
 
 def test_forgot_password_answers_alike_for_an_unknown_address(luman: Luman) -> None:

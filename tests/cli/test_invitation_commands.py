@@ -50,7 +50,10 @@ def test_invite_list_and_accept_from_the_email(luman: Luman, mailbox: Mailbox) -
 
     result = luman("org", "invite", "acme-inv", email, "--role", "admin")
     assert result.exit_code == ERROR
-    assert "verif" in result.stderr.lower()
+    assert result.stderr == (
+        "error: verify your email address first: enter the code from the verification "
+        "email with `luman account verify CODE` (`luman account verify-email` sends a new one)\n"
+    )
     _verify(luman, mailbox, ada)
     result = luman("org", "invite", "acme-inv", email, "--role", "admin")
     assert result.exit_code == OK, result.output
@@ -72,7 +75,7 @@ def test_invite_list_and_accept_from_the_email(luman: Luman, mailbox: Mailbox) -
     _register(grace, "Grace", email)
     result = grace("invitations")
     assert result.exit_code == ERROR
-    assert "verif" in result.stderr.lower()
+    assert "`luman account verify CODE`" in result.stderr
     _verify(grace, mailbox, email)
 
     result = grace("invitations")
@@ -111,12 +114,20 @@ def test_decline_resend_and_cancel(luman: Luman, mailbox: Mailbox, clock: FakeCl
     # One message a minute to an address, even after a decline.
     result = luman("org", "invite", "acme-dec", email)
     assert result.exit_code == ERROR
-    assert "try again in 60s" in result.stderr
+    assert result.stderr == (
+        "error: an invitation was sent to this address less than a minute ago: try again in 60s\n"
+    )
     clock.advance(seconds=61)
     second = _json(luman("--json", "org", "invite", "acme-dec", email).stdout)
     result = luman("org", "resend-invite", "acme-dec", second["id"])
     assert result.exit_code == ERROR
-    assert "try again in 60s" in result.stderr
+    assert "less than a minute ago: try again in 60s" in result.stderr
+    # Inviting the address again names the invitation to resend.
+    result = luman("org", "invite", "acme-dec", email.upper())
+    assert result.exit_code == ERROR
+    assert f"resend it: luman org resend-invite acme-dec {second['id']}" in result.stderr
+    result = luman("--json", "org", "invite", "acme-dec", email)
+    assert _json(result.stderr)["error"]["invitation_id"] == second["id"]
     clock.advance(seconds=61)
     result = luman("--json", "org", "resend-invite", "acme-dec", second["id"])
     assert result.exit_code == OK, result.output
@@ -133,3 +144,4 @@ def test_decline_resend_and_cancel(luman: Luman, mailbox: Mailbox, clock: FakeCl
     assert luman("org", "invite", "acme-dec", email, "--role", "boss").exit_code == USAGE
     assert grace("org", "invite", "acme-dec", unique_email()).exit_code == ERROR
     assert grace("accept").exit_code == USAGE
+    assert "owners and admins" in " ".join(luman("org", "invite", "--help").stdout.split())

@@ -12,7 +12,14 @@ import httpx
 import pytest
 
 from luman.server.config import Settings
-from luman.server.gateway.email_pages import EXPIRED, MISMATCH, TOO_SHORT, USED
+from luman.server.gateway.email_pages import (
+    EXPIRED,
+    INVALID,
+    MISMATCH,
+    TOO_SHORT,
+    USED,
+    VERIFY_USED,
+)
 from luman.server.gateway.policy import PAGE_CSP
 from tests.gateway.device_page_support import alerts, csrf_of
 from tests.gateway.helpers import bearer, error_of, register
@@ -114,8 +121,9 @@ def test_a_replaced_link_says_to_use_the_newest_message(
     )
 
     assert posted.status_code == 409
-    assert USED in posted.text
-    assert "a newer message replaced it" in USED
+    assert "<h1>This link was already used</h1>" in posted.text
+    assert VERIFY_USED in posted.text
+    assert "a newer message replaced it" in VERIFY_USED
     assert _me(http, token).get("emailVerified", False) is False
 
 
@@ -152,7 +160,10 @@ def test_verify_page_changes_nothing_until_posted(
         "/email/verify", data={"csrf_token": csrf_of(page.text), "token": link_token(mail)}
     )
     assert again.status_code == 409
-    assert USED in again.text
+    assert "<h1>This link was already used</h1>" in again.text
+    assert "not verified" not in again.text
+    assert "may already be verified" in VERIFY_USED
+    assert "luman whoami" in VERIFY_USED
     # The token travels in the query string: no server log line may carry it. uvicorn's
     # access log (which would) is off: its logger has no handler of the server's and does not
     # propagate (pytest's caplog attaches one of its own, so its records are left out here).
@@ -182,6 +193,17 @@ def test_verify_page_needs_the_csrf_token(http: httpx.Client, mailbox: Mailbox) 
     assert _me(http, token).get("emailVerified", False) is False
 
 
+def test_a_bogus_verify_link_says_it_is_not_valid(http: httpx.Client) -> None:
+    page = http.get("/email/verify?token=bogus")
+
+    posted = http.post("/email/verify", data={"csrf_token": csrf_of(page.text), "token": "bogus"})
+
+    assert posted.status_code == 400
+    assert "<h1>This link is not valid</h1>" in posted.text
+    assert INVALID in posted.text
+    assert "not verified" not in posted.text
+
+
 def test_an_expired_verify_link_says_so(
     http: httpx.Client, mailbox: Mailbox, clock: FakeClock
 ) -> None:
@@ -195,6 +217,7 @@ def test_an_expired_verify_link_says_so(
     )
 
     assert posted.status_code == 410
+    assert "<h1>This link has expired</h1>" in posted.text
     assert EXPIRED in posted.text
 
 

@@ -603,17 +603,32 @@ def test_an_invitation_is_sent_at_most_five_times(
     assert invite(orgs, org.admin, org, email).send_count == 1
 
 
-def test_resending_to_an_address_that_became_a_member_is_refused(
-    auth: Auth, orgs: Orgs, org: Org, clock: FakeClock, mailbox: Mailbox
+def test_adding_the_invitee_as_a_member_closes_their_invitation(
+    auth: Auth,
+    orgs: Orgs,
+    org: Org,
+    clock: FakeClock,
+    mailbox: Mailbox,
+    sessions: Sessions,
+    audit: AuditStub,
 ) -> None:
     person = sign_up(auth, "joined")
     invitation = invite(orgs, org.owner, org, person.email)
     mailbox.wait_for(person.email, SUBJECT)
-    add_member(orgs, org.owner, org.organization, person, MEMBER)
+    verify(auth, mailbox, person.email)
+    assert [i.id for i in mine(orgs, person)] == [invitation.id]
+    add_member(orgs, org.admin, org.organization, person, MEMBER)
+    # Nobody's list shows an invitation that accepting would refuse.
+    assert mine(orgs, person) == []
+    assert invitation.id not in [i.id for i in listed(orgs, org.owner, org)]
+    (closed,) = [i for i in listed(orgs, org.owner, org, True) if i.id == invitation.id]
+    assert closed.state == CANCELLED
+    assert ("invitation.cancelled", invitation.id) in invitation_events(sessions)
+    assert {"invitation.cancelled", "member.added"} <= set(org_actions(audit, org.owner, org))
     clock.advance(seconds=61)
     assert reason_of(resend, orgs, org.owner, org, invitation.id) == (
-        grpc.StatusCode.ALREADY_EXISTS,
-        "ALREADY_MEMBER",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVITATION_CANCELLED",
     )
     assert len(mailbox.to(person.email, SUBJECT)) == 1
 
@@ -741,13 +756,15 @@ def test_only_the_verified_invitee_may_answer(
     assert accept(orgs, invitee, sent.id).caller_role == MEMBER
 
 
-def test_a_member_already_cannot_accept(auth: Auth, orgs: Orgs, mailbox: Mailbox, org: Org) -> None:
+def test_an_invitee_added_meanwhile_finds_the_invitation_closed(
+    auth: Auth, orgs: Orgs, mailbox: Mailbox, org: Org
+) -> None:
     invitee = verified(auth, mailbox)
     sent = invite(orgs, org.owner, org, invitee.email)
     add_member(orgs, org.owner, org.organization, invitee, MEMBER)
     assert reason_of(accept, orgs, invitee, sent.id) == (
-        grpc.StatusCode.ALREADY_EXISTS,
-        "ALREADY_MEMBER",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVITATION_CANCELLED",
     )
 
 

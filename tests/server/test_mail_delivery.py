@@ -369,6 +369,8 @@ def test_development_transports_write_a_folder_or_the_log(
     queue(sessions, clock, "dev@example.com", n=7, body="see the link")
     worker.run_once()
     (eml,) = folder.glob("*.eml")
+    # Owner only: the messages hold live links and codes.
+    assert (folder.stat().st_mode & 0o777, eml.stat().st_mode & 0o777) == (0o700, 0o600)
     content = eml.read_text()
     assert "Subject: Note 7" in content
     assert "see the link" in content

@@ -3,6 +3,7 @@ reset-password`: your own account, its email address, and a forgotten password."
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -10,7 +11,15 @@ import click
 from luman.cli import output
 from luman.cli.context import json_option, state_of
 from luman.cli.failures import CliFailure, ExitCode
-from luman.client import ClientError, FailedPrecondition, Unauthenticated, load_auth, remove_auth
+from luman.client import (
+    AuthFileError,
+    ClientError,
+    FailedPrecondition,
+    NotLoggedIn,
+    Unauthenticated,
+    load_auth,
+    remove_auth,
+)
 
 _PASSWORD_STDIN = click.option(
     "--password-stdin",
@@ -34,10 +43,15 @@ _ON_ARGV = (
 _STDIN_OR_PROMPT = "or ask for it (hidden) at a terminal; keeps it off the command line."
 
 
+def _at_terminal() -> bool:
+    """Whether standard input is a terminal, so a prompt can ask (tests replace it)."""
+    return sys.stdin.isatty()
+
+
 def _read_token() -> str:
     """The link's token: asked for (hidden) at a terminal, else the first line of standard
     input."""
-    if sys.stdin.isatty():
+    if _at_terminal():
         token = str(click.prompt("Token from the message's link", hide_input=True, err=True))
     else:
         token = sys.stdin.readline()
@@ -45,6 +59,17 @@ def _read_token() -> str:
     if not token:
         raise click.UsageError("--token-stdin: no token given")
     return token
+
+
+def _saved_login_for(email: str | None) -> bool:
+    """Whether this machine has a saved login, of the account at `email` when known."""
+    try:
+        saved = load_auth()
+    except AuthFileError:
+        return False
+    if saved is None:
+        return False
+    return not email or saved.email.lower() == email.strip().lower()
 
 
 def _wrong_password(exc: ClientError, *, as_json: bool) -> CliFailure | None:
@@ -250,6 +275,12 @@ def verify_email(ctx: click.Context) -> None:
 @account.command()
 @click.argument("code", required=False)
 @click.option(
+    "--email",
+    metavar="ADDRESS",
+    help="The address the message went to, with CODE (default: the logged-in account's); "
+    "needs no login.",
+)
+@click.option(
     "--token",
     metavar="TOKEN",
     help="The `token=` part of the message's link, instead of CODE. " + _ON_ARGV,
@@ -261,30 +292,53 @@ def verify_email(ctx: click.Context) -> None:
 )
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, code: str | None, token: str | None, token_stdin: bool) -> None:
+def verify(
+    ctx: click.Context,
+    code: str | None,
+    email: str | None,
+    token: str | None,
+    token_stdin: bool,
+) -> None:
     """Verify your email address with the code from the verification message (XXXX-XXXX;
     case and the dash do not matter), or the token of its link.
 
-    The code is checked against the logged-in account's address. Five wrong codes spend the
-    message: ask for a new one with `luman account verify-email`.
+    The code is checked against the logged-in account's address, or the one given with
+    --email (no login needed). Five wrong codes spend the message: ask for a new one with
+    `luman account verify-email`. The link's token needs neither.
 
     \b
     Examples:
       luman account verify BCDF-GHJK
+      luman account verify BCDF-GHJK --email ada@example.com   # not logged in
       luman account verify --token-stdin              # asks for the token
       printf '%s\\n' "$TOKEN" | luman account verify --token-stdin
     """
     state = state_of(ctx)
     if token and token_stdin:
         raise click.UsageError("--token and --token-stdin: give one")
-    if bool(code) == bool(token or token_stdin):
-        raise click.UsageError("give the CODE from the message, or the token, not both")
+    if not code and not (token or token_stdin):
+        raise click.UsageError(
+            "missing CODE: give the code from the verification message "
+            "(or its link's token with --token-stdin)"
+        )
+    if code and (token or token_stdin):
+        raise click.UsageError("give the CODE or the link's token, not both")
+    if email and not code:
+        raise click.UsageError("--email goes with CODE, not the token")
     if token_stdin:
         token = _read_token()
     if token:
         user = state.client(authenticated=False).auth.verify_email(token=token)
+    elif email:
+        user = state.client(authenticated=False).auth.verify_email(email=email, code=code or "")
     else:
-        client = state.client()
+        try:
+            client = state.client()
+        except NotLoggedIn:
+            raise click.UsageError(
+                "not logged in: give the address the message went to with --email ADDRESS "
+                "(or run `luman login` first)"
+            ) from None
         me = client.auth.get_me()
         user = client.auth.verify_email(email=me.email, code=code or "")
     output.message(
@@ -313,7 +367,7 @@ def forgot_password(ctx: click.Context, email: str) -> None:
     state.client(authenticated=False).auth.request_password_reset(email)
     output.message(
         f"If {email} belongs to an account with a verified address, a reset message is on "
-        "its way. Then run `luman account reset-password EMAIL`.",
+        f"its way. Then run `luman account reset-password {shlex.quote(email)}`.",
         as_json=state.as_json,
         data={"requested": True, "email": email},
     )
@@ -322,7 +376,9 @@ def forgot_password(ctx: click.Context, email: str) -> None:
 @account.command("reset-password")
 @click.argument("email", required=False)
 @click.option(
-    "--code", metavar="CODE", help="The code from the reset message (asked if not given)."
+    "--code",
+    metavar="CODE",
+    help="The code from the reset message (asked for at a terminal if not given).",
 )
 @click.option(
     "--token",
@@ -359,9 +415,9 @@ def reset_password(
 ) -> None:
     """Set a new password with the code (or link token) of a reset message. Needs no login.
 
-    Asks for the code and the new password (twice, hidden). Every session of the account is
-    signed out; CLI tokens keep working unless --revoke-cli-tokens is given. Five wrong codes
-    spend the message.
+    Asks for the code and the new password (twice, hidden) at a terminal; scripts give
+    --code and --password-stdin. Every session of the account is signed out; CLI tokens keep
+    working unless --revoke-cli-tokens is given. Five wrong codes spend the message.
 
     \b
     Examples:
@@ -374,14 +430,24 @@ def reset_password(
     state = state_of(ctx)
     if token and token_stdin:
         raise click.UsageError("--token and --token-stdin: give one")
-    if bool(email) == bool(token or token_stdin):
-        raise click.UsageError("give EMAIL (and the code), or the token, not both")
+    if email and (token or token_stdin):
+        raise click.UsageError("give EMAIL and the code, or the link's token, not both")
     if (token or token_stdin) and code:
         raise click.UsageError("--code goes with EMAIL, not the token")
+    if not email and not (token or token_stdin):
+        raise click.UsageError(
+            "missing EMAIL: give the address the reset message went to, and its code "
+            "(or the link's token with --token-stdin)"
+        )
+    if email and not code and not _at_terminal():
+        raise click.UsageError("missing --code: give the code from the reset message")
+    if not password_stdin and not _at_terminal():
+        raise click.UsageError("no terminal to ask for the new password: use --password-stdin")
     if token_stdin:
         token = _read_token()
     if email and not code:
-        code = str(click.prompt("Code from the message", hide_input=True, err=True))
+        # Not a secret on its own (it needs the address and expires): shown as typed.
+        code = str(click.prompt("Code from the message", err=True))
     if password_stdin:
         new = _stdin_line("new password")
     else:
@@ -397,11 +463,19 @@ def reset_password(
         code=code or "",
         revoke_cli_tokens=revoke_cli_tokens,
     )
-    text = f"Password reset; signed out {reset.revoked_sessions} session(s)"
+    text = f"Password reset; signed out {reset.revoked_sessions} session(s) (web and app sign-ins)"
     if revoke_cli_tokens:
-        text += f" and revoked {reset.revoked_cli_tokens} CLI token(s)"
+        text += (
+            f" and revoked {reset.revoked_cli_tokens} CLI token(s). "
+            "Log in with the new password: `luman login`."
+        )
+    else:
+        # A personal token survives a reset unless revoked: a saved login still works.
+        text += "; CLI tokens were not revoked, so the account's saved logins keep working."
+        if not _saved_login_for(email):
+            text += " Log in with the new password: `luman login`."
     output.message(
-        text + ". Log in with the new password: `luman login`.",
+        text,
         as_json=state.as_json,
         data={
             "reset": True,

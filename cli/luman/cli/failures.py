@@ -3,7 +3,8 @@
 0  success
 1  error (the server refused the request, a corrupt auth file, a server failure)
 2  usage error (click's own code: a bad option or argument)
-3  not logged in, or the credentials or saved token were rejected
+3  not logged in, or the credentials or saved token were rejected (CREDENTIAL_REASONS; a
+   wrong emailed code, EMAIL_CODE_INVALID, is 1: logging in again would not help)
 4  the backend cannot be reached or did not answer in time
 130  cancelled with Ctrl-C (`luman login` while it waits for the browser; 128 + SIGINT)
 """
@@ -22,12 +23,38 @@ from luman.client import (
     AuthFileError,
     ClientError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     RateLimited,
     ServerError,
     Unauthenticated,
     Unavailable,
+)
+
+# The UNAUTHENTICATED reasons that are about the caller's own credentials: the saved login
+# (or token) was missing, malformed or rejected, or `luman login` got a wrong password. Only
+# these mean exit 3 and "run `luman login`". An answer without a reason counts as one, as
+# before reasons existed.
+CREDENTIAL_REASONS = frozenset(
+    {
+        "",
+        "NOT_LOGGED_IN",
+        "INVALID_CREDENTIALS",
+        "CREDENTIALS_MISSING",
+        "CREDENTIALS_MALFORMED",
+        "TOKEN_INVALID",
+        "TOKEN_EXPIRED",
+        "TOKEN_REVOKED",
+        "REFRESH_TOKEN_REUSED",
+    }
+)
+
+# What to do about FAILED_PRECONDITION EMAIL_NOT_VERIFIED (inviting, listing or answering
+# invitations): the verification message holds the code.
+VERIFY_NEXT_STEP = (
+    "enter the code from the verification email with `luman account verify CODE` "
+    "(`luman account verify-email` sends a new one)"
 )
 
 
@@ -61,8 +88,14 @@ class CliFailure(click.ClickException):
         output.error(self.message, as_json=self.as_json, exit_code=self.exit_code, **self.details)
 
 
+def is_credential_failure(exc: ClientError) -> bool:
+    """Whether `exc` says the caller's own credentials were missing or rejected (exit 3),
+    rather than some other proof, such as an emailed code (exit 1)."""
+    return isinstance(exc, Unauthenticated) and exc.reason in CREDENTIAL_REASONS
+
+
 def exit_code_for(exc: ClientError) -> ExitCode:
-    if isinstance(exc, Unauthenticated):
+    if is_credential_failure(exc):
         return ExitCode.UNAUTHENTICATED
     if isinstance(exc, Unavailable):
         return ExitCode.UNREACHABLE
@@ -76,7 +109,7 @@ def describe(exc: ClientError, *, address: str, timeout: float) -> str:
         return f"the Luman backend at {address} did not answer within {timeout:g}s"
     if isinstance(exc, Unavailable):
         return f"cannot reach the Luman backend at {address} ({_unreachable_hint(exc.message)})"
-    if isinstance(exc, Unauthenticated):
+    if is_credential_failure(exc):
         if exc.reason == "NOT_LOGGED_IN":
             return f"not logged in: {relogin}"
         if exc.reason == "INVALID_CREDENTIALS":
@@ -90,9 +123,14 @@ def describe(exc: ClientError, *, address: str, timeout: float) -> str:
         lines = [f"  {field}: {why}" for field, why in exc.field_violations.items()]
         return "\n".join(["invalid input:", *lines])
     if isinstance(exc, RateLimited):
+        # The generic limiter's answer says nothing more than "too many"; the others
+        # (INVITATION_RECENTLY_SENT, EMAIL_RECENTLY_SENT, a quota) say what was refused.
+        what = exc.message if exc.reason not in ("", "RATE_LIMITED") else "too many requests"
         if exc.retry_after is not None:
-            return f"too many requests: try again in {math.ceil(exc.retry_after)}s"
-        return "too many requests: try again later"
+            return f"{what}: try again in {math.ceil(exc.retry_after)}s"
+        return f"{what}: try again later"
+    if isinstance(exc, FailedPrecondition) and exc.reason == "EMAIL_NOT_VERIFIED":
+        return f"{exc.message}: {VERIFY_NEXT_STEP}"
     if isinstance(exc, PermissionDenied):
         return f"permission denied: {exc.message}"
     if isinstance(exc, ServerError):

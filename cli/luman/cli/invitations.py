@@ -11,8 +11,9 @@ import click
 
 from luman.cli import output
 from luman.cli.context import json_option, state_of
-from luman.client import Role
-from luman.client.invitations import Invitation
+from luman.cli.failures import CliFailure
+from luman.client import AlreadyExists, Client, ClientError, Role
+from luman.client.invitations import Invitation, InvitationState
 
 _ROLE = click.Choice([r.value for r in Role], case_sensitive=False)
 
@@ -87,7 +88,9 @@ def invite(ctx: click.Context, slug: str, email: str, role: str) -> None:
     verifies it, and runs `luman accept ID`. It expires after the server's INVITATION_TTL (7
     days by default) unless resent; the expiry is printed. Owners may invite any role,
     admins admin or member; your own address must be verified. To add someone with an
-    account at once, without asking them, an owner can use `luman org add` instead.
+    account at once, without asking them, use `luman org add` instead (owners and admins, with
+    the same limits on the role). An address with a pending invitation gets it again with
+    `luman org resend-invite SLUG ID`.
 
     \b
     Examples:
@@ -95,8 +98,38 @@ def invite(ctx: click.Context, slug: str, email: str, role: str) -> None:
       luman org invite acme grace@example.com --role admin
     """
     state = state_of(ctx)
-    invitation = state.client().invitations.create(slug, email, Role.parse(role))
+    client = state.client()
+    try:
+        invitation = client.invitations.create(slug, email, Role.parse(role))
+    except AlreadyExists as exc:
+        if exc.reason != "INVITATION_PENDING":
+            raise
+        pending = _pending_id(client, slug, email)
+        step = (
+            f"resend it: luman org resend-invite {slug} {pending}"
+            if pending
+            else f"resend it with `luman org resend-invite {slug} ID` "
+            f"(`luman org invitations {slug}` shows its ID)"
+        )
+        raise CliFailure(
+            f"an invitation to {email} is already pending: {step}",
+            as_json=state.as_json,
+            details={"code": "ALREADY_EXISTS", "reason": exc.reason, "invitation_id": pending},
+        ) from exc
     _sent(invitation, "Invited", as_json=state.as_json)
+
+
+def _pending_id(client: Client, slug: str, email: str) -> str | None:
+    """The id of the pending invitation to `email` (the error does not carry it), or None if
+    listing fails or it is gone meanwhile."""
+    wanted = email.strip().lower()
+    try:
+        for invitation in client.invitations.iter(slug):
+            if invitation.email.lower() == wanted and invitation.state is InvitationState.PENDING:
+                return invitation.id
+    except ClientError:
+        pass
+    return None
 
 
 @click.command("invitations")

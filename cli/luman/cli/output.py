@@ -130,7 +130,10 @@ def user(
 def _email_status(value: User) -> str:
     if value.email_verified:
         return "email verified"
-    return "email not verified (luman account verify-email)"
+    return (
+        "email not verified (luman account verify CODE; "
+        "luman account verify-email sends a new message)"
+    )
 
 
 def _printable(text: str) -> str:

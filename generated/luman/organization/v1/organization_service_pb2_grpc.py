@@ -210,7 +210,8 @@ class OrganizationServiceServicer:
 
     def AddMember(self, request, context):
         """AddMember adds an existing user, by id or email, with a role. Owners may grant any
-        role; admins may grant admin or member.
+        role; admins may grant admin or member. A pending invitation to the user's address is
+        closed (cancelled).
 
         Errors: INVALID_ARGUMENT, NOT_FOUND (organization or user), PERMISSION_DENIED,
         ALREADY_EXISTS (already a member), UNAUTHENTICATED.

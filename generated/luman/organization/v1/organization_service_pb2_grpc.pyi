@@ -62,7 +62,8 @@ class OrganizationServiceStub:
     """
     AddMember: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.AddMemberRequest, _organization_service_pb2.AddMemberResponse]
     """AddMember adds an existing user, by id or email, with a role. Owners may grant any
-    role; admins may grant admin or member.
+    role; admins may grant admin or member. A pending invitation to the user's address is
+    closed (cancelled).
 
     Errors: INVALID_ARGUMENT, NOT_FOUND (organization or user), PERMISSION_DENIED,
     ALREADY_EXISTS (already a member), UNAUTHENTICATED.
@@ -274,7 +275,8 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     """
     AddMember: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.AddMemberRequest, _organization_service_pb2.AddMemberResponse]  # type: ignore[assignment]
     """AddMember adds an existing user, by id or email, with a role. Owners may grant any
-    role; admins may grant admin or member.
+    role; admins may grant admin or member. A pending invitation to the user's address is
+    closed (cancelled).
 
     Errors: INVALID_ARGUMENT, NOT_FOUND (organization or user), PERMISSION_DENIED,
     ALREADY_EXISTS (already a member), UNAUTHENTICATED.
@@ -513,7 +515,8 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_organization_service_pb2.AddMemberResponse, _abc.Awaitable[_organization_service_pb2.AddMemberResponse]]:
         """AddMember adds an existing user, by id or email, with a role. Owners may grant any
-        role; admins may grant admin or member.
+        role; admins may grant admin or member. A pending invitation to the user's address is
+        closed (cancelled).
 
         Errors: INVALID_ARGUMENT, NOT_FOUND (organization or user), PERMISSION_DENIED,
         ALREADY_EXISTS (already a member), UNAUTHENTICATED.

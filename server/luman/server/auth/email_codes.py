@@ -447,14 +447,13 @@ def _verification_refusal(
         return ResourceExhaustedError(
             "EMAIL_RECENTLY_SENT",
             f"{VERIFICATIONS_PER_WINDOW} verification messages were sent in the last 24 hours; "
-            "check your inbox and spam folder, or try again later",
+            "check your inbox and spam folder",
             _seconds_until(free_at, now),
         )
     if last is not None and now - last < RESEND_INTERVAL:
         return ResourceExhaustedError(
             "EMAIL_RECENTLY_SENT",
-            "a verification message was sent less than a minute ago; "
-            "check your inbox, or try again shortly",
+            "a verification message was sent less than a minute ago: check your inbox",
             _seconds_until(last + RESEND_INTERVAL, now),
         )
     return None

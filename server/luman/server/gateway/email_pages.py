@@ -74,6 +74,13 @@ USED = (
     "This link was already used, or a newer message replaced it. "
     "Use the link in the newest message, or ask for a new one."
 )
+# /email/verify: a used link most often means the address is verified already (the link was
+# pressed twice, or a mail scanner posted it); the page cannot tell who is asking.
+VERIFY_USED = (
+    "This link was already used, or a newer message replaced it. If you used it, your address "
+    "may already be verified: sign in to check (the CLI shows it with `luman whoami`). "
+    "Otherwise use the link in the newest message, or ask for a new one."
+)
 TOO_MANY = "Too many attempts. Wait a few minutes, then try again."
 UNAVAILABLE = "The service is unavailable right now. Try again in a moment."
 FAILED = "Something went wrong. Try again."
@@ -168,7 +175,7 @@ class EmailPages:
             visit, "VerifyEmail", auth_service_pb2.VerifyEmailRequest(token=token)
         )
         if result.response is None:
-            return self._failure(result, "Email address not verified")
+            return self._verify_failure(result)
         assert isinstance(result.response, auth_service_pb2.VerifyEmailResponse)
         return 200, templates.verified(email=result.response.user.email), []
 
@@ -203,6 +210,18 @@ class EmailPages:
             cli_tokens=revoke,
         )
         return 200, page, []
+
+    def _verify_failure(self, result: CallResult) -> Answer:
+        """A heading that names what is wrong with the link, not "not verified": a used link's
+        address is often verified already."""
+        code, reason = result.code, _reason(result)
+        if reason == "EMAIL_CODE_EXPIRED":
+            return 410, templates.message("This link has expired", EXPIRED), []
+        if reason == "EMAIL_CODE_USED":
+            return 409, templates.message("This link was already used", VERIFY_USED), []
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+            return 400, templates.message("This link is not valid", INVALID), []
+        return self._failure(result, "Email address not verified")
 
     def _failure(self, result: CallResult, title: str) -> Answer:
         code, reason = result.code, _reason(result)

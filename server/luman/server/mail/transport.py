@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.message
 import email.utils
 import logging
+import os
 import smtplib
 import socket
 import ssl
@@ -131,11 +132,14 @@ class DirectoryTransport:
 
     def send(self, message: email.message.EmailMessage) -> None:
         try:
-            self._folder.mkdir(parents=True, exist_ok=True)
+            # Owner only: the messages hold live links and codes.
+            self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             name = str(message["Message-ID"]).strip("<>").replace("/", "_")
             path = self._folder / f"{name}.eml"
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(message.as_bytes())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(message.as_bytes())
             tmp.replace(path)
         except OSError as exc:
             raise TransientMailError(f"cannot write to {self._folder}: {exc.strerror}") from None

@@ -234,18 +234,17 @@ class MailWorker:
     def _render(self, message_id: uuid.UUID, now: dt.datetime) -> tuple[Queued, Mail] | None:
         """The message to send, committed with whatever its renderer wrote; None when there is
         nothing to send now (gone, no longer this worker's, dropped by its renderer, or of a
-        kind unknown here)."""
+        kind unknown here).
+
+        The row is read without a lock (the lease is what makes it this worker's): a renderer
+        locks the account's row first (auth/email_codes.py), and DeleteMe, holding that row,
+        deletes the account's queued messages by cascade; a lock on the message taken before
+        the account's would be the opposite order, a deadlock. Writes to the message here come
+        after the renderer's locks and are conditional on the lease, so a message deleted
+        meanwhile is simply not there."""
         with self._sessions.write.begin() as session:
-            row = session.scalars(
-                select(MailMessage).where(self._mine(message_id)).with_for_update()
-            ).one_or_none()
+            row = session.scalars(select(MailMessage).where(self._mine(message_id))).one_or_none()
             if row is None:  # its account was deleted, or the lease ran out
-                return None
-            renderer = self._renderers.get(row.kind)
-            if renderer is None:
-                logger.error("mail: no renderer for kind %r; message %s waits", row.kind, row.id)
-                row.next_attempt_time = now + UNKNOWN_KIND_DELAY
-                row.lease_until = row.lease_owner = None
                 return None
             queued = Queued(
                 id=row.id,
@@ -257,12 +256,33 @@ class MailWorker:
                 create_time=row.create_time,
                 attempts=row.attempts,
             )
+            session.expunge(row)
+            renderer = self._renderers.get(queued.kind)
+            if renderer is None:
+                logger.error(
+                    "mail: no renderer for kind %r; message %s waits", queued.kind, message_id
+                )
+                session.execute(
+                    update(MailMessage)
+                    .where(self._mine(message_id))
+                    .values(
+                        next_attempt_time=now + UNKNOWN_KIND_DELAY,
+                        lease_until=None,
+                        lease_owner=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                return None
             mail = renderer(session, queued, now)
             if mail is None:
                 logger.info(
-                    "mail: %s message %s dropped: nothing to send any more", row.kind, row.id
+                    "mail: %s message %s dropped: nothing to send any more", queued.kind, message_id
                 )
-                session.delete(row)
+                session.execute(
+                    delete(MailMessage)
+                    .where(self._mine(message_id))
+                    .execution_options(synchronize_session=False)
+                )
                 return None
             return queued, mail
 
