@@ -10,6 +10,9 @@ An entry holds the time, full method name, status code name ("OK", "UNAUTHENTICA
 duration, user id, client IP and user agent: never a request or response body, and never
 metadata values such as tokens. The `rpc …` line in the process log is written at DEBUG only:
 the request log itself is the record of every call.
+
+It is also where the server's metrics count calls (`observe`: started, then code and duration),
+health checks and reflection included, so that per-call counting happens in one place.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
@@ -44,6 +47,20 @@ class RequestLogEntry(NamedTuple):
 Sink = Callable[[RequestLogEntry], None]
 
 
+class MethodObserver(Protocol):
+    """Counts one method's calls (the server's metrics): told as each call starts, and once it
+    is over, with its status name ("OK", …), its duration and its context (for the trailing
+    metadata of a failed call). Both must return at once and never raise."""
+
+    def started(self) -> None: ...
+
+    def finished(self, status: str, seconds: float, context: grpc.ServicerContext) -> None: ...
+
+
+# Resolved once per method, when the chain wraps it, so a call pays no label lookup.
+Observe = Callable[[MethodInfo], MethodObserver]
+
+
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -59,6 +76,8 @@ class RequestLoggingInterceptor(MethodInterceptor):
         timer: monotonic seconds for the duration.
         skip: method names kept out of the sink (health checks and reflection, which would
             bury the calls an operator is looking for); they still get the DEBUG log line.
+        observe: the metrics' observer of each method (all of them, skipped ones included);
+            None: no metrics.
     """
 
     def __init__(
@@ -69,8 +88,10 @@ class RequestLoggingInterceptor(MethodInterceptor):
         clock: Callable[[], dt.datetime] = _utc_now,
         timer: Callable[[], float] = time.perf_counter,
         skip: Callable[[str], bool] = lambda _: False,
+        observe: Observe | None = None,
     ) -> None:
         self._sink = sink
+        self._observe = observe
         self._resolver = resolver
         self._clock = clock
         self._timer = timer
@@ -80,12 +101,15 @@ class RequestLoggingInterceptor(MethodInterceptor):
         name = method.name
         sink = None if self._skip(name) else self._sink
         resolver, clock, timer = self._resolver, self._clock, self._timer
+        observer = None if self._observe is None else self._observe(method)
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 # Runs while grpcio iterates the responses: the call ends with the stream.
                 record = call_context.open_record(resolver, context)
                 started_at, started = clock(), timer()
+                if observer is not None:
+                    observer.started()
                 failed = True
                 token = call_context.enter(record)
                 try:
@@ -93,13 +117,15 @@ class RequestLoggingInterceptor(MethodInterceptor):
                     failed = False
                 finally:
                     call_context.leave(token)
-                    self._finish(sink, name, record, context, started_at, started, failed)
+                    self._finish(sink, observer, name, record, context, started_at, started, failed)
 
             return streamed
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
             record = call_context.open_record(resolver, context)
             started_at, started = clock(), timer()
+            if observer is not None:
+                observer.started()
             failed = True
             token = call_context.enter(record)
             try:
@@ -108,13 +134,14 @@ class RequestLoggingInterceptor(MethodInterceptor):
                 return response
             finally:
                 call_context.leave(token)
-                self._finish(sink, name, record, context, started_at, started, failed)
+                self._finish(sink, observer, name, record, context, started_at, started, failed)
 
         return logged
 
     def _finish(
         self,
         sink: Sink | None,
+        observer: MethodObserver | None,
         method_name: str,
         record: CallRecord,
         context: grpc.ServicerContext,
@@ -130,6 +157,8 @@ class RequestLoggingInterceptor(MethodInterceptor):
             status = code.name
         else:
             status = grpc.StatusCode.UNKNOWN.name if failed else grpc.StatusCode.OK.name
+        if observer is not None:
+            observer.finished(status, duration_ms / 1000, context)
         caller = record.caller
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("rpc %s %s %.1fms ip=%s", method_name, status, duration_ms, caller.ip)

@@ -45,13 +45,19 @@ from luman.server.db.session import Sessions
 from luman.server.mail.delivery import build_transport
 from luman.server.mail.renderers import build_renderers
 from luman.server.mail.worker import MailWorker
+from luman.server.metrics import Metrics, MetricsListener
 from luman.server.organization.config_service import OrganizationConfigService
 from luman.server.organization.config_servicer import OrganizationConfigServicer
 from luman.server.organization.invitations import InvitationService
 from luman.server.organization.service import OrganizationService
 from luman.server.organization.servicer import OrganizationServicer
-from luman.server.rate_limits import build_code_attempt_limiters, build_rate_limit_stages
+from luman.server.rate_limits import (
+    build_code_attempt_limiters,
+    build_rate_limit_stages,
+    policy_resolver,
+)
 from luman.server.request_logs.writer import RequestLogWriter
+from luman.server.tls import ServerCertificates
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,12 @@ class App:
     audit: AuditWorker | None = None
     # Sends queued email (mail/worker.py).
     mail: MailWorker | None = None
+    # Prometheus metrics (metrics.py); None with METRICS_ENABLED=false. The listener serves
+    # them on METRICS_PORT; without it the gateway serves them on the HTTP port.
+    metrics: Metrics | None = None
+    metrics_listener: MetricsListener | None = None
+    # TLS_CERT_FILE/TLS_KEY_FILE for both ports (tls.py); None: plaintext. reload() on SIGHUP.
+    tls: ServerCertificates | None = None
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -100,6 +112,8 @@ class App:
         )
 
     def start(self) -> None:
+        if self.metrics_listener is not None:
+            self.metrics_listener.start()
         if self.request_log is not None:
             self.request_log.start()
         if self.audit is not None:
@@ -127,6 +141,8 @@ class App:
             self.mail.close() if grace is None else self.mail.close(grace)
         if self.database is not None:
             self.database.close()
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()
         if self.own_hasher is not None:
             self.own_hasher.close()
 
@@ -183,7 +199,14 @@ def build_server(
     Raises:
         BindError: the address is taken or invalid.
         SigningKeyError: SIGNING_KEY_SECRET does not decrypt the stored signing keys.
+        TlsError: TLS_CERT_FILE/TLS_KEY_FILE/TLS_CLIENT_CA_FILE cannot be loaded.
     """
+    # First: unreadable certificate files fail the start before any thread is running.
+    tls = None
+    if settings.tls_cert_file:
+        tls = ServerCertificates(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
     # Access tokens: the signing keys, created on the first start (none with HS256).
     keys = None
     if settings.jwt_algorithm != "HS256":
@@ -253,6 +276,17 @@ def build_server(
             max_queue=settings.request_log_max_queue,
             on_error=database.notice,
         )
+    # Prometheus metrics (metrics.py): the logging stage counts each call; the rest is read
+    # from the parts' own counters when Prometheus scrapes.
+    metrics = None
+    if settings.metrics_enabled:
+        metrics = Metrics(policy_resolver())
+        metrics.watch(
+            request_log=request_log,
+            engine=sessions.engine,
+            hasher=hasher,
+            token_cache=auth.token_cache,
+        )
     per_ip_limit, per_user_limit = build_rate_limit_stages(
         settings, public, monotonic, wall=lambda: clock().timestamp()
     )
@@ -266,6 +300,7 @@ def build_server(
                 CallerResolver(parse_trusted_proxies(settings.trusted_proxies)),
                 clock=clock,
                 skip=methods.is_infrastructure,
+                observe=None if metrics is None else metrics.method,
             ),
             # Turns whatever the stages below raise into a status with ErrorInfo.
             ErrorMappingInterceptor(translate=database.translate),
@@ -328,11 +363,26 @@ def build_server(
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if tls is not None:
+            port = server.add_secure_port(address, tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address}: is another server using the port?") from exc
     if port == 0:
         raise BindError(f"cannot listen on {address}: is another server using the port?")
+    metrics_listener = None
+    if metrics is not None and settings.metrics_port is not None:
+        try:
+            metrics_listener = MetricsListener(
+                settings.host, settings.metrics_port, metrics.exposition
+            )
+        except OSError as exc:
+            server.stop(None)
+            raise BindError(
+                f"cannot listen on {host}:{settings.metrics_port} (METRICS_PORT): "
+                f"is another server using the port? ({exc})"
+            ) from exc
     return App(
         server=server,
         port=port,
@@ -357,6 +407,9 @@ def build_server(
         device_logins=device_logins,
         clock=clock,
         audit=audit,
+        metrics=metrics,
+        metrics_listener=metrics_listener,
+        tls=tls,
         mail=MailWorker(
             sessions,
             build_transport(settings),

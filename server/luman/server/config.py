@@ -132,6 +132,19 @@ class Settings:
     organization_config_max_bytes: int = 32 * 1024
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # "text" (one line for people) or "json" (one JSON object per line, for log collectors).
+    log_format: str = "text"
+    # TLS on both ports (PEM files; reloaded on SIGHUP); empty: plaintext. With TLS, HTTP
+    # responses carry Strict-Transport-Security unless HSTS is false. TLS_CLIENT_CA_FILE asks
+    # callers for a client certificate signed by that CA (optional for them).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    hsts: bool = True
+    # Prometheus metrics: GET /metrics on the HTTP port, or on a port of their own when
+    # METRICS_PORT is set (keeps them off the public port); METRICS_ENABLED=false: none.
+    metrics_enabled: bool = True
+    metrics_port: int | None = None
 
     @property
     def production(self) -> bool:
@@ -251,6 +264,15 @@ class Settings:
             ),
             shutdown_grace_seconds=r.duration("SHUTDOWN_GRACE_PERIOD", "10s"),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=r.choice("LOG_FORMAT", "text", ("text", "json")),
+            tls_cert_file=r.text("TLS_CERT_FILE", ""),
+            tls_key_file=r.text("TLS_KEY_FILE", ""),
+            tls_client_ca_file=r.text("TLS_CLIENT_CA_FILE", ""),
+            hsts=r.flag("HSTS", True),
+            metrics_enabled=r.flag("METRICS_ENABLED", True),
+            metrics_port=(
+                r.integer("METRICS_PORT", 0, 0, 65535) if r.text("METRICS_PORT", "") else None
+            ),
         )
         if settings.bcrypt_max_waiting + settings.max_workers > settings.max_concurrent_rpcs:
             # Waiting sign-ins count as RPCs in progress: they must leave other calls room.
@@ -265,6 +287,10 @@ class Settings:
                 f"({settings.organization_config_max_bytes}) must be at most half of "
                 f"GRPC_MAX_MESSAGE_BYTES ({settings.max_message_bytes})"
             )
+        if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both, or neither")
+        if settings.tls_client_ca_file and not settings.tls_cert_file:
+            raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
         settings = settings.with_secrets()
         if settings.production and not settings.smtp_url:
             raise ConfigError(

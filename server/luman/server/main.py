@@ -7,11 +7,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from luman.server import backup as sqlite_backup
 from luman.server.app import BindError, build_server, wait_for_stop
 from luman.server.auth.signing_keys import SigningKeyError
 from luman.server.config import ConfigError, Settings
@@ -19,22 +21,25 @@ from luman.server.db import migrate as migrations
 from luman.server.db.session import make_engine, make_sessions
 from luman.server.gateway import build_gateway
 from luman.server.keys_cli import keys
+from luman.server.log_format import configure_logging, holding_records
 from luman.server.request_logs import query as request_log_query
+from luman.server.tls import TlsError
 
 logger = logging.getLogger("luman.server")
 
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        # What reading the settings logs is written once they say how (LOG_FORMAT).
+        with holding_records():
+            return Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _configure_logging(settings: Settings) -> None:
+    # LOG_FORMAT=json: one JSON object per line (log_format.py).
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +59,7 @@ def serve() -> None:
     refused: run `luman-server migrate` first.
     """
     settings = _settings()
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     engine = make_engine(settings.database_url, pool_size=settings.max_workers)
     try:
         current, head = migrations.pending(engine)
@@ -71,7 +76,7 @@ def serve() -> None:
         try:
             app = build_server(settings, sessions)
             gateway = build_gateway(settings, sessions, app)
-        except (BindError, SigningKeyError) as exc:
+        except (BindError, SigningKeyError, TlsError) as exc:
             raise click.ClickException(str(exc)) from None
         stop = threading.Event()
 
@@ -81,15 +86,30 @@ def serve() -> None:
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+        if app.tls is not None:
+            tls = app.tls
+
+            def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
+                # Both ports, from the next handshake on; a failure keeps the old files (logged).
+                logger.info("received SIGHUP: reloading the TLS certificates")
+                tls.reload()
+
+            signal.signal(signal.SIGHUP, _on_hangup)
         app.start()
         logger.info(
-            "serving gRPC on %s:%d (database: %s)",
+            "serving gRPC%s on %s:%d (database: %s)",
+            " over TLS" if app.tls is not None else "",
             settings.host,
             app.port,
             engine.url.render_as_string(hide_password=True),
         )
         gateway.start()
-        logger.info("serving HTTP/JSON on %s:%d", settings.host, gateway.port)
+        logger.info(
+            "serving HTTP/JSON%s on %s:%d",
+            " over TLS" if app.tls is not None else "",
+            settings.host,
+            gateway.port,
+        )
         wait_for_stop(stop)
         # HTTP first: its requests in flight still need gRPC to finish. Both share the grace.
         deadline = time.monotonic() + settings.shutdown_grace_seconds
@@ -117,7 +137,7 @@ def serve() -> None:
 def migrate() -> None:
     """Apply pending schema migrations to DATABASE_URL (or the embedded database)."""
     settings = _settings()
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         migrations.upgrade(engine)
@@ -128,10 +148,35 @@ def migrate() -> None:
 
 
 @cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+def backup(path: Path, force: bool) -> None:
+    """Copy the embedded SQLite database to PATH, consistently, while the server may be running.
+
+    The copy is written next to PATH and renamed into place once complete; an existing PATH is
+    kept unless --force. Restoring it also needs the same SIGNING_KEY_SECRET. For PostgreSQL,
+    use pg_dump (exit status 2).
+    """
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        size = sqlite_backup.backup(settings.database_url, path, force=force)
+    except sqlite_backup.NotSQLiteError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except sqlite_backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"backed up {sqlite_backup.sqlite_path(settings.database_url)} to {path} ({size} bytes)"
+    )
+
+
+@cli.command()
 @click.argument("message")
 def makemigration(message: str) -> None:
     """Autogenerate a migration from the models (for developers)."""
     settings = _settings()
+    _configure_logging(settings)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         migrations.revision_autogenerate(engine, message)
@@ -156,6 +201,7 @@ def logs(
 ) -> None:
     """Show recent requests from the request log, oldest first."""
     settings = _settings()
+    _configure_logging(settings)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         log_filter = request_log_query.LogFilter(

@@ -139,6 +139,8 @@ class PasswordHasher:
             self._fair = ThreadPoolExecutor(self.slots, thread_name_prefix="bcrypt-fair")
         self._refused = False  # a caller was turned away since the last hash began
         self._free = self.slots
+        # Callers turned away with SERVER_BUSY since start (the metrics read it).
+        self.shed = 0
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._changed = threading.Condition()
         # A real hash at the configured cost: checking against it takes as long as checking a
@@ -156,6 +158,11 @@ class PasswordHasher:
         """Callers waiting for a hash slot right now."""
         return len(self._queue)
 
+    @property
+    def busy(self) -> int:
+        """Hash slots taken right now."""
+        return self.slots - self._free
+
     def check_capacity(self) -> None:
         """Refuse early, before any database work, when a hash would be refused anyway: every
         slot taken and the queue full. A cheap unlocked look: the authoritative check is made
@@ -165,7 +172,9 @@ class PasswordHasher:
             OverloadedError: SERVER_BUSY.
         """
         if self._free <= 0 and len(self._queue) >= self.max_waiting:
-            self._refused = True
+            with self._changed:
+                self._refused = True
+                self.shed += 1
             raise _busy()
 
     def wait_for_waiting(self, count: int, timeout: float) -> bool:
@@ -241,9 +250,11 @@ class PasswordHasher:
                 self._free -= 1
                 waiter = None
             elif not wait:
+                self.shed += 1
                 raise _busy()
             elif len(self._queue) >= self.max_waiting:
                 self._refused = True
+                self.shed += 1
                 raise _busy()
             else:
                 waiter = _Waiter()
@@ -284,6 +295,7 @@ class PasswordHasher:
                 with contextlib.suppress(ValueError):  # _hand_on may have dropped it already
                     self._queue.remove(waiter)
                 self._changed.notify_all()
+            self.shed += 1
         raise OverloadedError(
             "SERVER_BUSY",
             "the call ended while waiting for the server to hash passwords",

@@ -88,6 +88,9 @@ class TokenCache:
         self._latest_check: dict[uuid.UUID, _Entry] = {}
         self._generation = 0
         self._lock = threading.Lock()
+        # Lookups answered from the cache, and not (expired or absent), since start; counted
+        # under the lock get() takes anyway (the metrics read them).
+        self.hits = self.misses = 0
 
     @property
     def enabled(self) -> bool:
@@ -104,11 +107,14 @@ class TokenCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
+                self.misses += 1
                 return None
             if now >= entry.recheck_time:
                 self._remove(key)
+                self.misses += 1
                 return None
             self._entries.move_to_end(key)
+            self.hits += 1
             return entry.cached
 
     def user(self, user_id: uuid.UUID) -> UserRecord | None:

@@ -14,8 +14,9 @@ import importlib.metadata
 import logging
 import math
 import socket
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -92,13 +93,16 @@ class GatewayServer:
         app: GatewayApp,
         sock: socket.socket,
         readiness: DatabaseReadiness,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        hsts: bool = True,
     ) -> None:
         self.app = app
         self.port: int = sock.getsockname()[1]
         self._socket = sock
         self._readiness = readiness
         config = uvicorn.Config(
-            app,
+            app if hsts else _without_hsts(app),
             loop="none",  # _run() makes the loop: uvloop when available
             http="httptools",
             ws="none",
@@ -110,6 +114,8 @@ class GatewayServer:
             proxy_headers=False,  # X-Forwarded-For is judged by TRUSTED_PROXIES in policy.py
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             backlog=BACKLOG,
+            # TLS (app.tls): the SSLContext follows certificate reloads by itself (tls.py).
+            ssl_context_factory=(lambda _c, _d: ssl_context) if ssl_context is not None else None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="http-gateway", daemon=True)
@@ -176,13 +182,19 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
         email_pages=EmailPages(
             calls, routes, addresses, public_origin=public_origin(settings.public_url)
         ),
+        # Prometheus metrics on this port, unless METRICS_PORT gives them one of their own.
+        metrics=(
+            app.metrics.exposition
+            if app.metrics is not None and app.metrics_listener is None
+            else None
+        ),
     )
     try:
         sock = _bind(settings.host, settings.http_port)
     except BindError:
         readiness.close()
         raise
-    if settings.public_url.startswith("https://") and not settings.trusted_proxies:
+    if settings.public_url.startswith("https://") and not settings.trusted_proxies and not app.tls:
         # TLS ends at a proxy (the gateway serves plain HTTP): unless the proxy is trusted, every
         # client has its address (one rate-limit budget for all, no network warnings on /device).
         logger.warning(
@@ -192,20 +204,45 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
     if not settings.public_url:
         # Development: the device login's page and the links in emails are this gateway,
         # wherever it got bound.
-        local_url = _local_url(settings.host, sock.getsockname()[1])
+        local_url = _local_url(settings.host, sock.getsockname()[1], https=app.tls is not None)
         if app.device_logins is not None:
             app.device_logins.set_public_url(local_url)
         if app.mail is not None:
             app.mail.use_renderers(build_renderers(settings, local_url))
-    return GatewayServer(gateway_app, sock, readiness)
+    return GatewayServer(
+        gateway_app,
+        sock,
+        readiness,
+        ssl_context=app.tls.ssl_context() if app.tls is not None else None,
+        hsts=settings.hsts,
+    )
 
 
-def _local_url(host: str, port: int) -> str:
+def _without_hsts(app: GatewayApp) -> Callable[..., Awaitable[None]]:
+    """`app` without Strict-Transport-Security (HSTS=false): the header is set in several
+    places (policy.HSTS), the setting is honoured in one."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        async def strip(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    (name, value)
+                    for name, value in message["headers"]
+                    if name != b"strict-transport-security"
+                ]
+            await send(message)
+
+        await app(scope, receive, strip)
+
+    return asgi
+
+
+def _local_url(host: str, port: int, *, https: bool = False) -> str:
     if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - naming the wildcard, not binding it
         host = "localhost"
     elif ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if https else 'http'}://{host}:{port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
