@@ -4,6 +4,7 @@ a verification message each, which the server renders and sends off the request 
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from types import TracebackType
@@ -28,6 +29,8 @@ class MailSink:
         return "250 OK"
 
     def __enter__(self) -> MailSink:
+        # aiosmtpd logs every SMTP command at INFO: noise in the harness's own log.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         self._controller.start()
         return self
 

@@ -190,6 +190,10 @@ def test_json_logs_hold_no_secret_at_debug(
         assert set(entry) <= KEYS | {"request_id", "trace_id", "exception", "stack"}, entry
         if "request_id" in entry:
             assert entry["request_id"] == REQUEST_ID, entry
+    # The call that sent an x-request-id has its per-call line tagged with it.
+    assert any(
+        e.get("request_id") == REQUEST_ID and e["message"].startswith("rpc ") for e in entries
+    )
 
 
 def _format(record: logging.LogRecord) -> dict[str, Any]:

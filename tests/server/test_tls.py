@@ -281,3 +281,25 @@ def test_serve_reloads_on_sighup(tmp_path: Path, database_url: str, pki: Pki) ->
     assert "serving gRPC over TLS" in stderr
     assert "received SIGHUP: reloading the TLS certificates" in stderr
     assert "TLS certificates reloaded" in stderr
+
+
+@pytest.mark.slow
+def test_sighup_without_tls_changes_nothing(tmp_path: Path, database_url: str) -> None:
+    """`systemctl reload` on a plaintext server: logged, and the server keeps serving (SIGHUP's
+    default action would end it without draining, and systemd would not restart it)."""
+    port = free_port()
+    with serving(tmp_path, serve_env(tmp_path, database_url, port)) as process:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                process.kill()
+                raise AssertionError(f"no server: {process.communicate()[1]}") from None
+            process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)  # the main thread acts on it within half a second
+            assert process.poll() is None, "server exited on SIGHUP"
+            assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "received SIGHUP: nothing to reload" in stderr

@@ -116,8 +116,13 @@ class RequestLoggingInterceptor(MethodInterceptor):
                     yield from behavior(request, context)
                     failed = False
                 finally:
-                    call_context.leave(token)
-                    self._finish(sink, observer, name, record, context, started_at, started, failed)
+                    # Inside the call's context: the log line carries its request id.
+                    try:
+                        self._finish(
+                            sink, observer, name, record, context, started_at, started, failed
+                        )
+                    finally:
+                        call_context.leave(token)
 
             return streamed
 
@@ -133,8 +138,11 @@ class RequestLoggingInterceptor(MethodInterceptor):
                 failed = False
                 return response
             finally:
-                call_context.leave(token)
-                self._finish(sink, observer, name, record, context, started_at, started, failed)
+                # Inside the call's context: the log line carries its request id.
+                try:
+                    self._finish(sink, observer, name, record, context, started_at, started, failed)
+                finally:
+                    call_context.leave(token)
 
         return logged
 

@@ -114,6 +114,7 @@ class App:
     def start(self) -> None:
         if self.metrics_listener is not None:
             self.metrics_listener.start()
+            logger.info("serving metrics on %s", self.metrics_listener.address)
         if self.request_log is not None:
             self.request_log.start()
         if self.audit is not None:
@@ -158,14 +159,17 @@ def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(service, status)
 
 
-def wait_for_stop(stop: threading.Event) -> None:
-    """Block the main thread until `stop` is set, typically by a SIGTERM/SIGINT handler.
+def wait_for_stop(stop: threading.Event, tick: Callable[[], None] = lambda: None) -> None:
+    """Block the main thread until `stop` is set, typically by a SIGTERM/SIGINT handler,
+    calling `tick` at each wake-up (the work a signal handler only asks for, such as a
+    certificate reload: handlers themselves must stay trivial, since they can interrupt each
+    other and anything the main thread holds).
 
     Python runs signal handlers on the main thread only, between bytecodes, while the kernel
     may deliver SIGTERM to any thread, grpcio's included; a main thread asleep in an untimed
     wait would then never run the handler. It wakes now and then instead."""
     while not stop.wait(0.5):
-        pass
+        tick()
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -375,12 +379,13 @@ def build_server(
     if metrics is not None and settings.metrics_port is not None:
         try:
             metrics_listener = MetricsListener(
-                settings.host, settings.metrics_port, metrics.exposition
+                settings.metrics_host, settings.metrics_port, metrics.exposition
             )
         except OSError as exc:
             server.stop(None)
             raise BindError(
-                f"cannot listen on {host}:{settings.metrics_port} (METRICS_PORT): "
+                f"cannot listen on {settings.metrics_host}:{settings.metrics_port} "
+                "(METRICS_HOST:METRICS_PORT): "
                 f"is another server using the port? ({exc})"
             ) from exc
     return App(

@@ -145,6 +145,9 @@ class Settings:
     # METRICS_PORT is set (keeps them off the public port); METRICS_ENABLED=false: none.
     metrics_enabled: bool = True
     metrics_port: int | None = None
+    # Where the METRICS_PORT listener binds: loopback unless told otherwise (a scraper on
+    # another host needs METRICS_HOST=0.0.0.0 or the host's private address).
+    metrics_host: str = "127.0.0.1"
 
     @property
     def production(self) -> bool:
@@ -270,6 +273,7 @@ class Settings:
             tls_client_ca_file=r.text("TLS_CLIENT_CA_FILE", ""),
             hsts=r.flag("HSTS", True),
             metrics_enabled=r.flag("METRICS_ENABLED", True),
+            metrics_host=r.text("METRICS_HOST", "127.0.0.1"),
             metrics_port=(
                 r.integer("METRICS_PORT", 0, 0, 65535) if r.text("METRICS_PORT", "") else None
             ),

@@ -60,6 +60,10 @@ def serve() -> None:
     """
     settings = _settings()
     _configure_logging(settings)
+    # SIGHUP (`systemctl reload`) only asks for a reload, from the start: its default action
+    # would end the process without draining, and systemd would not restart it.
+    hangup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: hangup.set())
     engine = make_engine(settings.database_url, pool_size=settings.max_workers)
     try:
         current, head = migrations.pending(engine)
@@ -86,15 +90,18 @@ def serve() -> None:
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
-        if app.tls is not None:
-            tls = app.tls
 
-            def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
-                # Both ports, from the next handshake on; a failure keeps the old files (logged).
-                logger.info("received SIGHUP: reloading the TLS certificates")
-                tls.reload()
+        def _reload_if_asked() -> None:
+            if not hangup.is_set():
+                return
+            hangup.clear()
+            if app.tls is None:
+                logger.info("received SIGHUP: nothing to reload (no TLS_CERT_FILE)")
+                return
+            # Both ports, from the next handshake on; a failure keeps the old files (logged).
+            logger.info("received SIGHUP: reloading the TLS certificates")
+            app.tls.reload()
 
-            signal.signal(signal.SIGHUP, _on_hangup)
         app.start()
         logger.info(
             "serving gRPC%s on %s:%d (database: %s)",
@@ -110,7 +117,7 @@ def serve() -> None:
             settings.host,
             gateway.port,
         )
-        wait_for_stop(stop)
+        wait_for_stop(stop, _reload_if_asked)
         # HTTP first: its requests in flight still need gRPC to finish. Both share the grace.
         deadline = time.monotonic() + settings.shutdown_grace_seconds
         gateway.stop(settings.shutdown_grace_seconds)

@@ -302,6 +302,10 @@ class MetricsListener:
         server_class = _IPv6Server if ":" in host else _IPv4Server
         self._server = server_class((host.strip("[]"), port), handler)
         self.port: int = self._server.server_address[1]
+        bare = host.strip("[]")
+        shown = f"[{bare}]" if ":" in bare else bare
+        # For the log: where a scraper finds them.
+        self.address = f"http://{shown}:{self.port}{METRICS_PATH}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True
         )
@@ -329,6 +333,9 @@ def _handler(
     exposition: Callable[[], tuple[bytes, str]],
 ) -> type[http.server.BaseHTTPRequestHandler]:
     class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+        # A connection that sends nothing gives its thread back after this long.
+        timeout = 10
+
         def do_GET(self) -> None:
             if self.path.partition("?")[0] != METRICS_PATH:
                 self._reply(404, b"not found\n", "text/plain; charset=utf-8")

@@ -116,8 +116,13 @@ class ServerCertificates:
             client_ca = self._client_ca_file.read_bytes() if self._client_ca_file else None
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            # Checks that the key belongs to the certificate, for gRPC's sake too.
-            context.load_cert_chain(self._cert_file, self._key_file)
+            # Checks that the key belongs to the certificate. An encrypted key is refused
+            # instead of OpenSSL asking for its passphrase on the terminal.
+            context.load_cert_chain(self._cert_file, self._key_file, password=_no_passphrase)
+            # gRPC gets the bytes read above: they must be the pair just checked (files being
+            # replaced one after the other, mid-reload, would hand it a mismatched pair).
+            if (self._cert_file.read_bytes(), self._key_file.read_bytes()) != (cert, key):
+                raise TlsError("the files changed while they were read; try again")
             if client_ca is not None:
                 context.load_verify_locations(cadata=client_ca.decode("ascii"))
                 context.verify_mode = ssl.CERT_OPTIONAL
@@ -127,3 +132,7 @@ class ServerCertificates:
             ) from exc
         grpc_config = grpc.ssl_server_certificate_configuration([(key, cert)])
         return _Loaded(grpc_config, context)
+
+
+def _no_passphrase() -> str:
+    raise ValueError("TLS_KEY_FILE is encrypted: give an unencrypted key (mode 0600)")

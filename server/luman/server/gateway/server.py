@@ -201,6 +201,17 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
             "PUBLIC_URL is https but TRUSTED_PROXIES is empty: set it to the TLS proxy's address "
             "so that clients' own addresses are used"
         )
+    if settings.production and app.metrics is not None and settings.metrics_port is None:
+        # An identity service's metrics (failures by reason, hashing load) are for operators.
+        logger.warning(
+            "GET /metrics is served on the public HTTP port: set METRICS_PORT (loopback by "
+            "default, METRICS_HOST) or block /metrics at the proxy"
+        )
+    if settings.production and app.tls is None and not settings.trusted_proxies:
+        logger.warning(
+            "serving plaintext gRPC and HTTP in production without TRUSTED_PROXIES: set "
+            "TLS_CERT_FILE/TLS_KEY_FILE, or put a TLS proxy in front and list it there"
+        )
     if not settings.public_url:
         # Development: the device login's page and the links in emails are this gateway,
         # wherever it got bound.
