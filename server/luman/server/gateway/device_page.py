@@ -94,7 +94,7 @@ class PageRequest(Protocol):
     def header(self, name: str) -> str | None: ...
 
 
-class _RefusedError(Exception):
+class RefusedError(Exception):
     """A request answered with a message page (403 CSRF, 415, 413)."""
 
     def __init__(self, status: int, title: str, text: str) -> None:
@@ -102,11 +102,23 @@ class _RefusedError(Exception):
         self.status, self.title, self.text = status, title, text
 
 
-class _Visit:
+class Visit:
     """One request: its cookies, client address, and the response cookies it sets."""
 
-    def __init__(self, request: PageRequest, addresses: ClientAddress, public_https: bool) -> None:
+    def __init__(
+        self,
+        request: PageRequest,
+        addresses: ClientAddress,
+        public_https: bool,
+        *,
+        path: str = PAGE_PATH,
+        csrf_cookie: str = CSRF_COOKIE,
+    ) -> None:
+        """`path` scopes the cookies it sets; `csrf_cookie` names the CSRF cookie (each page
+        has its own, so that one page's token never stands for another's)."""
         self.request = request
+        self._path = path
+        self.csrf_cookie = csrf_cookie
         # A PUBLIC_URL on https means people reach the page over TLS, even if the proxy in
         # front is not in TRUSTED_PROXIES (so its X-Forwarded-Proto is not believed): the
         # cookie that carries an access token must never travel in clear.
@@ -115,18 +127,18 @@ class _Visit:
         )
         forwarded = ", ".join(request.headers.get("x-forwarded-for", ())) or None
         self.client_ip = addresses.client_ip(request.peer, forwarded)
-        self.cookies = _parse_cookies(request.headers.get("cookie", []))
+        self.cookies = parse_cookies(request.headers.get("cookie", []))
         self.set_cookies: list[str] = []
-        csrf = self.cookies.get(CSRF_COOKIE, "")
-        if not _is_token(csrf):
+        csrf = self.cookies.get(csrf_cookie, "")
+        if not is_token(csrf):
             csrf = secrets.token_urlsafe(32)
-            self.set_cookies.append(self._cookie(CSRF_COOKIE, csrf, "Strict", None))
+            self.set_cookies.append(self._cookie(csrf_cookie, csrf, "Strict", None))
         self.csrf = csrf
         token = self.cookies.get(SESSION_COOKIE, "")
-        self.session = token if _is_token(token) else ""
+        self.session = token if is_token(token) else ""
 
     def _cookie(self, name: str, value: str, same_site: str, max_age: int | None) -> str:
-        parts = [f"{name}={value}", f"Path={PAGE_PATH}", "HttpOnly", f"SameSite={same_site}"]
+        parts = [f"{name}={value}", f"Path={self._path}", "HttpOnly", f"SameSite={same_site}"]
         if max_age is not None:
             parts.append(f"Max-Age={max_age}")
         if self.https:
@@ -163,12 +175,12 @@ class DevicePage:
         self._public_https = self._public_origin.startswith("https://")
 
     async def handle(self, request: PageRequest, receive: Receive, send: Send, path: str) -> None:
-        visit = _Visit(request, self._addresses, self._public_https)
+        visit = Visit(request, self._addresses, self._public_https)
         try:
             status, body, headers = await self._dispatch(visit, path, receive)
         except bodies.ClientGoneError:
             return
-        except _RefusedError as exc:
+        except RefusedError as exc:
             status, body, headers = (
                 exc.status,
                 templates.message(exc.title, exc.text, csrf=visit.csrf),
@@ -181,7 +193,7 @@ class DevicePage:
             visit, send, status, body.encode() if isinstance(body, str) else body, headers
         )
 
-    async def _dispatch(self, visit: _Visit, path: str, receive: Receive) -> Answer:
+    async def _dispatch(self, visit: Visit, path: str, receive: Receive) -> Answer:
         method = visit.request.method
         if path == templates.STYLESHEET_PATH:
             if method not in ("GET", "HEAD"):
@@ -198,7 +210,7 @@ class DevicePage:
         if path in (PAGE_PATH, DONE_PATH):
             if method not in ("GET", "HEAD"):
                 return _not_allowed("GET")
-            query = _first_values(visit.request.query.decode("latin-1"))
+            query = first_values(visit.request.query.decode("latin-1"))
             if path == DONE_PATH:
                 return await self._done(visit, query.get("outcome", ""))
             return await self._show(visit, query.get("user_code", ""))
@@ -212,7 +224,7 @@ class DevicePage:
 
     # Views.
 
-    async def _show(self, visit: _Visit, user_code: str, *, error: str = "") -> Answer:
+    async def _show(self, visit: Visit, user_code: str, *, error: str = "") -> Answer:
         user_code = _clean_code(user_code)
         if not visit.session:
             return 200, templates.sign_in(csrf=visit.csrf, user_code=user_code), []
@@ -237,7 +249,7 @@ class DevicePage:
         return 200, templates.confirm(csrf=visit.csrf, email=email, requester=requester), []
 
     def _requester(
-        self, visit: _Visit, response: auth_service_pb2.GetDeviceLoginResponse
+        self, visit: Visit, response: auth_service_pb2.GetDeviceLoginResponse
     ) -> templates.Requester:
         login = response.device_login
         age_seconds = max(
@@ -269,7 +281,7 @@ class DevicePage:
 
     # Form posts.
 
-    async def _sign_in(self, visit: _Visit, form: dict[str, str]) -> Answer:
+    async def _sign_in(self, visit: Visit, form: dict[str, str]) -> Answer:
         email, password = form.get("email", "").strip(), form.get("password", "")
         user_code = _clean_code(form.get("user_code", ""))
         if not email or not password:
@@ -296,16 +308,16 @@ class DevicePage:
         visit.start_session(tokens.access_token, max_age)
         return _see_other(_page_url(user_code))
 
-    async def _code(self, visit: _Visit, form: dict[str, str]) -> Answer:
+    async def _code(self, visit: Visit, form: dict[str, str]) -> Answer:
         return _see_other(_page_url(_clean_code(form.get("user_code", ""))))
 
-    async def _approve(self, visit: _Visit, form: dict[str, str]) -> Answer:
+    async def _approve(self, visit: Visit, form: dict[str, str]) -> Answer:
         return await self._decide(visit, form, approve=True)
 
-    async def _deny(self, visit: _Visit, form: dict[str, str]) -> Answer:
+    async def _deny(self, visit: Visit, form: dict[str, str]) -> Answer:
         return await self._decide(visit, form, approve=False)
 
-    async def _decide(self, visit: _Visit, form: dict[str, str], *, approve: bool) -> Answer:
+    async def _decide(self, visit: Visit, form: dict[str, str], *, approve: bool) -> Answer:
         user_code = _clean_code(form.get("user_code", ""))
         if not visit.session:
             page = templates.sign_in(csrf=visit.csrf, user_code=user_code, notice=SESSION_EXPIRED)
@@ -340,7 +352,7 @@ class DevicePage:
         # code used and count a wrong attempt).
         return _see_other(f"{DONE_PATH}?outcome={'approved' if approve else 'denied'}")
 
-    async def _done(self, visit: _Visit, outcome: str) -> Answer:
+    async def _done(self, visit: Visit, outcome: str) -> Answer:
         if outcome not in ("approved", "denied") or not visit.session:
             return _see_other(PAGE_PATH)
         me = await self._rpc(visit, "GetMe", auth_service_pb2.GetMeRequest())
@@ -352,14 +364,14 @@ class DevicePage:
             return 200, templates.approved(csrf=visit.csrf, email=email), []
         return 200, templates.denied(csrf=visit.csrf, email=email), []
 
-    async def _sign_out(self, visit: _Visit, form: dict[str, str]) -> Answer:
+    async def _sign_out(self, visit: Visit, form: dict[str, str]) -> Answer:
         visit.end_session()
         return _see_other(PAGE_PATH)
 
     # Plumbing.
 
     def _failure(
-        self, visit: _Visit, result: CallResult, email: str, *, user_code: str = ""
+        self, visit: Visit, result: CallResult, email: str, *, user_code: str = ""
     ) -> Answer:
         """A failed call as a page: an expired session goes back to sign-in, a wrong code to
         the code form, anything else to a message."""
@@ -386,10 +398,10 @@ class DevicePage:
             return 403, "Your sign-in cannot approve device logins. Sign out and sign in again."
         if code == grpc.StatusCode.UNAVAILABLE:
             return 503, UNAVAILABLE
-        logger.warning("device page: %s answered %s", code.name, _reason(result) or "no reason")
+        logger.warning("device page: %s answered %s", code.name, reason_of(result) or "no reason")
         return 500, FAILED
 
-    async def _rpc(self, visit: _Visit, name: str, message: Message) -> CallResult:
+    async def _rpc(self, visit: Visit, name: str, message: Message) -> CallResult:
         route: Route = self._routes[_SERVICE + name]
         metadata: list[tuple[str, str | bytes]] = []
         if visit.session:
@@ -400,7 +412,7 @@ class DevicePage:
             metadata.append((metadata_keys.USER_AGENT, cleaned[:MAX_USER_AGENT]))
         return await self._calls.call(route, message, tuple(metadata), grpc_peer(visit.client_ip))
 
-    async def _form(self, visit: _Visit, receive: Receive) -> dict[str, str]:
+    async def _form(self, visit: Visit, receive: Receive) -> dict[str, str]:
         """The POSTed form, once its origin and CSRF token are checked."""
         # The page sends Referrer-Policy: same-origin, so browsers post its forms with its own
         # Origin; `null` (a sandboxed frame, a data: URL, a redirect across origins) is
@@ -413,7 +425,7 @@ class DevicePage:
         )
 
     async def _send(
-        self, visit: _Visit, send: Send, status: int, body: bytes, headers: list[Header]
+        self, visit: Visit, send: Send, status: int, body: bytes, headers: list[Header]
     ) -> None:
         if not headers or headers[0][0] != b"content-type":
             headers = [(b"content-type", b"text/html; charset=utf-8"), *headers]
@@ -451,7 +463,7 @@ async def read_form(
     sent, must say same-origin; the form's csrf_token must match `expected_csrf` (its cookie).
 
     Raises:
-        _RefusedError: 403, 413, 415 or 400, as a message page.
+        RefusedError: 403, 413, 415 or 400, as a message page.
     """
     origin = request.header("origin")
     if origin is not None:
@@ -464,11 +476,11 @@ async def read_form(
     media_type = (request.header("content-type") or "").partition(";")[0].strip().lower()
     body = await _read_body(request, receive)
     if media_type != "application/x-www-form-urlencoded":
-        raise _RefusedError(415, "Unsupported form", "This page only accepts its own forms.")
+        raise RefusedError(415, "Unsupported form", "This page only accepts its own forms.")
     try:
-        form = _first_values(body.decode("utf-8"))
+        form = first_values(body.decode("utf-8"))
     except UnicodeDecodeError:
-        raise _RefusedError(400, "Bad form", "The form could not be read.") from None
+        raise RefusedError(400, "Bad form", "The form could not be read.") from None
     sent = form.get(CSRF_FIELD, "")
     if (
         not sent
@@ -523,20 +535,20 @@ def _not_allowed(allowed: str) -> Answer:
     return 405, page, [(b"content-type", b"text/html; charset=utf-8"), (b"allow", allowed.encode())]
 
 
-def _forbidden() -> _RefusedError:
-    return _RefusedError(
+def _forbidden() -> RefusedError:
+    return RefusedError(
         403,
         "Request refused",
         "This form could not be verified. Go back to the start, reload the page and try again.",
     )
 
 
-def _is_token(value: str) -> bool:
+def is_token(value: str) -> bool:
     # Cookie values we set: URL-safe base64 and JWT dots, nothing that needs escaping.
     return 0 < len(value) <= 4096 and all(c.isalnum() or c in "-_." for c in value)
 
 
-def _parse_cookies(headers: list[str]) -> dict[str, str]:
+def parse_cookies(headers: list[str]) -> dict[str, str]:
     cookies: dict[str, str] = {}
     for header in headers:
         for part in header.split(";"):
@@ -546,11 +558,11 @@ def _parse_cookies(headers: list[str]) -> dict[str, str]:
     return cookies
 
 
-def _first_values(text: str) -> dict[str, str]:
+def first_values(text: str) -> dict[str, str]:
     try:
         parsed = parse_qs(text, keep_blank_values=True, max_num_fields=20)
     except ValueError:
-        raise _RefusedError(400, "Bad form", "The form could not be read.") from None
+        raise RefusedError(400, "Bad form", "The form could not be read.") from None
     return {key: values[0] for key, values in parsed.items()}
 
 
@@ -558,7 +570,7 @@ async def _read_body(request: PageRequest, receive: Receive) -> bytes:
     try:
         return await bodies.read_body(receive, request.header("content-length"), MAX_FORM_BYTES)
     except bodies.BodyTooLargeError:
-        raise _RefusedError(
+        raise RefusedError(
             413, "Form too large", "The form is larger than this page accepts."
         ) from None
 
@@ -573,7 +585,7 @@ def _rich_status(result: CallResult) -> status_pb2.Status | None:
     return None
 
 
-def _reason(result: CallResult) -> str:
+def reason_of(result: CallResult) -> str:
     status = _rich_status(result)
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -22,7 +22,6 @@ and another origin refused; Fetch Metadata, where sent, must say same-origin.
 from __future__ import annotations
 
 import logging
-import secrets
 
 import grpc
 from google.protobuf.message import Message
@@ -36,14 +35,13 @@ from luman.server.gateway.device_page import (
     Answer,
     PageRequest,
     Receive,
+    RefusedError,
     Send,
-    _first_values,
-    _is_token,
-    _parse_cookies,
-    _reason,
-    _RefusedError,
+    Visit,
+    first_values,
     own_origins,
     read_form,
+    reason_of,
 )
 from luman.server.gateway.in_process import CallResult, InProcessCalls, grpc_peer
 from luman.server.gateway.policy import HSTS, PAGE_SECURITY_HEADERS, ClientAddress, Header
@@ -93,30 +91,6 @@ def is_email_page_path(path: str) -> bool:
     return path in (VERIFY_PATH, RESET_PATH)
 
 
-class _Visit:
-    """One request: its cookies, client address, CSRF token and the cookie to set."""
-
-    def __init__(
-        self, request: PageRequest, addresses: ClientAddress, public_https: bool, path: str
-    ) -> None:
-        self.request = request
-        self.https = public_https or addresses.is_https(
-            request.scheme, request.peer, request.header("x-forwarded-proto")
-        )
-        forwarded = ", ".join(request.headers.get("x-forwarded-for", ())) or None
-        self.client_ip = addresses.client_ip(request.peer, forwarded)
-        self.cookies = _parse_cookies(request.headers.get("cookie", []))
-        self.set_cookies: list[str] = []
-        csrf = self.cookies.get(CSRF_COOKIE, "")
-        if not _is_token(csrf):
-            csrf = secrets.token_urlsafe(32)
-            parts = [f"{CSRF_COOKIE}={csrf}", f"Path={path}", "HttpOnly", "SameSite=Strict"]
-            if self.https:
-                parts.append("Secure")
-            self.set_cookies.append("; ".join(parts))
-        self.csrf = csrf
-
-
 class EmailPages:
     """Serves /email/verify and /password/reset. Args as DevicePage's."""
 
@@ -135,10 +109,12 @@ class EmailPages:
         self._public_https = self._public_origin.startswith("https://")
 
     async def handle(self, request: PageRequest, receive: Receive, send: Send, path: str) -> None:
-        visit = _Visit(request, self._addresses, self._public_https, path)
+        visit = Visit(
+            request, self._addresses, self._public_https, path=path, csrf_cookie=CSRF_COOKIE
+        )
         try:
             status, body, headers = await self._dispatch(visit, path, receive)
-        except _RefusedError as exc:
+        except RefusedError as exc:
             status, body, headers = exc.status, templates.message(exc.title, exc.text), []
         except Exception:
             # The path only: the query holds the token.
@@ -148,10 +124,10 @@ class EmailPages:
             visit, send, status, body.encode() if isinstance(body, str) else body, headers
         )
 
-    async def _dispatch(self, visit: _Visit, path: str, receive: Receive) -> Answer:
+    async def _dispatch(self, visit: Visit, path: str, receive: Receive) -> Answer:
         method = visit.request.method
         if method in ("GET", "HEAD"):
-            query = _first_values(visit.request.query.decode("latin-1"))
+            query = first_values(visit.request.query.decode("latin-1"))
             token, email = (
                 _clean_token(query.get("token", "")),
                 _clean_email(query.get("email", "")),
@@ -170,7 +146,7 @@ class EmailPages:
             return await self._verify(visit, token)
         return await self._reset(visit, form, token)
 
-    async def _verify(self, visit: _Visit, token: str) -> Answer:
+    async def _verify(self, visit: Visit, token: str) -> Answer:
         result = await self._rpc(
             visit, "VerifyEmail", auth_service_pb2.VerifyEmailRequest(token=token)
         )
@@ -179,7 +155,7 @@ class EmailPages:
         assert isinstance(result.response, auth_service_pb2.VerifyEmailResponse)
         return 200, templates.verified(email=result.response.user.email), []
 
-    async def _reset(self, visit: _Visit, form: dict[str, str], token: str) -> Answer:
+    async def _reset(self, visit: Visit, form: dict[str, str], token: str) -> Answer:
         password = form.get("new_password", "")
         revoke = form.get("revoke_cli_tokens", "") == "on"
         email = _clean_email(form.get("email", ""))
@@ -214,7 +190,7 @@ class EmailPages:
     def _verify_failure(self, result: CallResult) -> Answer:
         """A heading that names what is wrong with the link, not "not verified": a used link's
         address is often verified already."""
-        code, reason = result.code, _reason(result)
+        code, reason = result.code, reason_of(result)
         if reason == "EMAIL_CODE_EXPIRED":
             return 410, templates.message("This link has expired", EXPIRED), []
         if reason == "EMAIL_CODE_USED":
@@ -224,7 +200,7 @@ class EmailPages:
         return self._failure(result, "Email address not verified")
 
     def _failure(self, result: CallResult, title: str) -> Answer:
-        code, reason = result.code, _reason(result)
+        code, reason = result.code, reason_of(result)
         if reason == "EMAIL_CODE_EXPIRED":
             return 410, templates.message(title, EXPIRED), []
         if reason == "EMAIL_CODE_USED":
@@ -238,7 +214,7 @@ class EmailPages:
         logger.warning("email page: %s answered %s", code.name, reason or "no reason")
         return 500, templates.message(title, FAILED), []
 
-    async def _rpc(self, visit: _Visit, name: str, message: Message) -> CallResult:
+    async def _rpc(self, visit: Visit, name: str, message: Message) -> CallResult:
         route: Route = self._routes[_SERVICE + name]
         metadata: list[tuple[str, str | bytes]] = []
         user_agent = visit.request.header("user-agent")
@@ -247,7 +223,7 @@ class EmailPages:
             metadata.append((metadata_keys.USER_AGENT, cleaned[:MAX_USER_AGENT]))
         return await self._calls.call(route, message, tuple(metadata), grpc_peer(visit.client_ip))
 
-    async def _form(self, visit: _Visit, receive: Receive) -> dict[str, str]:
+    async def _form(self, visit: Visit, receive: Receive) -> dict[str, str]:
         """The POSTed form, once its origin and CSRF token are checked. With no-referrer,
         browsers send `Origin: null` with the page's own posts: allowed, the CSRF token and
         its SameSite=Strict cookie decide."""
@@ -260,7 +236,7 @@ class EmailPages:
         )
 
     async def _send(
-        self, visit: _Visit, send: Send, status: int, body: bytes, headers: list[Header]
+        self, visit: Visit, send: Send, status: int, body: bytes, headers: list[Header]
     ) -> None:
         headers = [(b"content-type", b"text/html; charset=utf-8"), *headers]
         headers += caching.security_headers(EMAIL_PAGE_HEADERS, headers)
@@ -274,8 +250,8 @@ class EmailPages:
         )
 
 
-def _forbidden() -> _RefusedError:
-    return _RefusedError(
+def _forbidden() -> RefusedError:
+    return RefusedError(
         403,
         "Request refused",
         "This form could not be verified. Open the link from the message again and retry.",
