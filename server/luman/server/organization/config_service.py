@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import uuid
 
-from luman.interceptors.errors import AbortedError, NotFoundError, PermissionDeniedError
+from luman.interceptors.errors import AbortedError, PermissionDeniedError
 from luman.interceptors.principal import Principal
 from luman.server.audit.record import Event, record
 from luman.server.clock import Clock
@@ -30,7 +30,7 @@ from luman.server.db.session import Sessions
 from luman.server.organization import config_repository, repository
 from luman.server.organization.config_repository import ConfigRow
 from luman.server.organization.repository import OrganizationRepository
-from luman.server.organization.service import OrganizationRef
+from luman.server.organization.service import OrganizationRef, org_not_found
 
 EMPTY_DOCUMENT = "{}"
 AUDIT_ACTION = "organization.config_updated"
@@ -63,10 +63,6 @@ class OrganizationConfigView:
         return cls(organization_id, row.document, row.version, row.update_time, row.updated_by)
 
 
-def _org_not_found() -> NotFoundError:
-    return NotFoundError("ORGANIZATION_NOT_FOUND", "organization not found")
-
-
 class OrganizationConfigService:
     def __init__(self, sessions: Sessions, clock: Clock) -> None:
         self._sessions = sessions
@@ -80,7 +76,7 @@ class OrganizationConfigService:
             )
             # A non-member learns nothing, not even that the organization exists.
             if organization is None:
-                raise _org_not_found()
+                raise org_not_found()
             organization_id = uuid.UUID(organization.id)
             return OrganizationConfigView.of(
                 organization_id, config_repository.current(conn, organization_id)
@@ -102,7 +98,7 @@ class OrganizationConfigService:
             organization = repo.find(ref.organization_id, ref.slug, lock=True)
             caller = repo.membership(organization.id, principal.user_id) if organization else None
             if organization is None or caller is None:
-                raise _org_not_found()
+                raise org_not_found()
             if caller.role is Role.MEMBER:
                 raise PermissionDeniedError(
                     "PERMISSION_DENIED", "only owners and admins can change the configuration"

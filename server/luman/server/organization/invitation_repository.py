@@ -1,16 +1,19 @@
-"""Queries for invitations (organization/invitations.py has the rules). Never commits."""
+"""Queries for invitations, and the two things every change of one writes: its closing state
+and its audit event (organization/invitations.py has the rules). Never commits."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from luman.interceptors.errors import AlreadyExistsError
+from luman.server.audit.record import Event
 from luman.server.db.integrity import violates
 from luman.server.db.models import Invitation, Organization, Role, User
 
@@ -44,6 +47,32 @@ class InvitationRow:
     expire_time: dt.datetime
     send_time: dt.datetime
     send_count: int
+
+
+def close(invitation: Invitation, state: str, by: uuid.UUID, now: dt.datetime) -> None:
+    """Accepted, declined or cancelled (`state`), now, by `by`."""
+    invitation.state = state
+    invitation.decide_time = now
+    invitation.decided_by = by
+
+
+def invitation_event(
+    action: str,
+    invitation: Invitation,
+    *,
+    user_id: uuid.UUID | None = None,
+    details: Mapping[str, str | int | bool] | None = None,
+) -> Event:
+    """An invitation event of the organization's, with the address and role and `details`;
+    with `user_id`, of that account's too (the invitee answering)."""
+    return Event(
+        action,
+        user_id=user_id,
+        organization_id=invitation.organization_id,
+        target_type="invitation",
+        target_id=str(invitation.id),
+        details={"email": invitation.email, "role": invitation.role.value, **(details or {})},
+    )
 
 
 def shown_state(invitation: Invitation, now: dt.datetime) -> str:

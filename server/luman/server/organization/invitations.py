@@ -55,6 +55,8 @@ from luman.server.organization.invitation_repository import (
     InvitationRepository,
     InvitationRow,
     PageKey,
+    close,
+    invitation_event,
     of_organization,
     pending_to,
     row_of,
@@ -115,17 +117,6 @@ def _recently_sent(send_time: dt.datetime | None, now: dt.datetime) -> None:
 def _closed(state: str) -> FailedPreconditionError:
     reason, message = _CLOSED[state]
     return FailedPreconditionError(reason, message)
-
-
-def _event(action: str, invitation: Invitation, **details: str | int | bool) -> Event:
-    """An invitation event of the organization's."""
-    return Event(
-        action,
-        organization_id=invitation.organization_id,
-        target_type="invitation",
-        target_id=str(invitation.id),
-        details={"email": invitation.email, "role": invitation.role.value, **details},
-    )
 
 
 class InvitationService:
@@ -194,9 +185,7 @@ class InvitationService:
                 )
             if replaced is not None:
                 # Expired: closed here so that the new one is the address's only pending one.
-                replaced.state = CANCELLED
-                replaced.decide_time = now
-                replaced.decided_by = principal.user_id
+                close(replaced, CANCELLED, principal.user_id, now)
                 session.flush()
             invitation = repo.add(
                 Invitation(
@@ -216,7 +205,7 @@ class InvitationService:
             details: dict[str, str | int | bool] = {}
             if replaced is not None:
                 details["replaced"] = str(replaced.id)
-            record(session, _event("invitation.sent", invitation, **details), now)
+            record(session, invitation_event("invitation.sent", invitation, details=details), now)
             return row_of(invitation, organization, caller.user, now)
 
     def _check_quota(
@@ -303,8 +292,10 @@ class InvitationService:
             outbox.enqueue(session, MAIL_KIND, invitation.email, now, subject_id=invitation.id)
             record(
                 session,
-                _event(
-                    "invitation.resent", invitation, send_count=invitation.send_count, **details
+                invitation_event(
+                    "invitation.resent",
+                    invitation,
+                    details={"send_count": invitation.send_count, **details},
                 ),
                 now,
             )
@@ -320,11 +311,9 @@ class InvitationService:
             state = shown_state(invitation, now)
             if state not in (PENDING, EXPIRED):
                 raise _closed(state)
-            invitation.state = CANCELLED
-            invitation.decide_time = now
-            invitation.decided_by = principal.user_id
+            close(invitation, CANCELLED, principal.user_id, now)
             session.flush()
-            record(session, _event("invitation.cancelled", invitation), now)
+            record(session, invitation_event("invitation.cancelled", invitation), now)
             return row_of(invitation, organization, _inviter(session, invitation), now)
 
     def _managed(
@@ -388,22 +377,13 @@ class InvitationService:
                     "ask an owner or admin to resend it",
                 )
             org_repo.add_membership(organization.id, user.id, invitation.role, now)
-            invitation.state = ACCEPTED
-            invitation.decide_time = now
-            invitation.decided_by = user.id
+            close(invitation, ACCEPTED, user.id, now)
             session.flush()
             membership = org_repo.membership(organization.id, user.id)
             assert membership is not None
             record(
                 session,
-                Event(
-                    "invitation.accepted",
-                    user.id,
-                    organization.id,
-                    target_type="invitation",
-                    target_id=str(invitation.id),
-                    details={"email": invitation.email, "role": invitation.role.value},
-                ),
+                invitation_event("invitation.accepted", invitation, user_id=user.id),
                 now,
             )
             record(
@@ -424,21 +404,12 @@ class InvitationService:
         """Raises: as accept, without ALREADY_MEMBER and INVITER_NOT_ALLOWED."""
         now = self._clock()
         with self._sessions.write.begin() as session:
-            organization, invitation, user = self._invitee_side(session, principal, invitation_id)
-            invitation.state = DECLINED
-            invitation.decide_time = now
-            invitation.decided_by = user.id
+            _, invitation, user = self._invitee_side(session, principal, invitation_id)
+            close(invitation, DECLINED, user.id, now)
             session.flush()
             record(
                 session,
-                Event(
-                    "invitation.declined",
-                    user.id,
-                    organization.id,
-                    target_type="invitation",
-                    target_id=str(invitation.id),
-                    details={"email": invitation.email, "role": invitation.role.value},
-                ),
+                invitation_event("invitation.declined", invitation, user_id=user.id),
                 now,
             )
 

@@ -28,7 +28,12 @@ from luman.server.clock import Clock
 from luman.server.db.models import Membership, Organization, OwnershipOffer, Role, ServiceAccount
 from luman.server.db.session import Sessions
 from luman.server.organization import repository
-from luman.server.organization.invitation_repository import CANCELLED, InvitationRepository
+from luman.server.organization.invitation_repository import (
+    CANCELLED,
+    InvitationRepository,
+    close,
+    invitation_event,
+)
 from luman.server.organization.repository import (
     MemberRow,
     OrganizationRepository,
@@ -206,24 +211,10 @@ class OrganizationService:
             # that nobody's list shows an invitation that accepting would refuse.
             invitation = InvitationRepository(session).pending_for(organization.id, user.email)
             if invitation is not None:
-                invitation.state = CANCELLED
-                invitation.decide_time = now
-                invitation.decided_by = principal.user_id
-                record(
-                    session,
-                    Event(
-                        "invitation.cancelled",
-                        organization_id=organization.id,
-                        target_type="invitation",
-                        target_id=str(invitation.id),
-                        details={
-                            "email": invitation.email,
-                            "role": invitation.role.value,
-                            "member_added": True,
-                        },
-                    ),
-                    now,
-                )
+                close(invitation, CANCELLED, principal.user_id, now)
+                details = {"member_added": True}
+                event = invitation_event("invitation.cancelled", invitation, details=details)
+                record(session, event, now)
             return MemberRow.of(membership)
 
     def remove_member(self, principal: Principal, ref: OrganizationRef, user_id: uuid.UUID) -> None:
