@@ -142,3 +142,27 @@ def with_tls(settings: Settings, cert: Path, key: Path, client_ca: Path | None =
         tls_key_file=str(key),
         tls_client_ca_file=str(client_ca) if client_ca else "",
     )
+
+
+@dataclasses.dataclass
+class Pki:
+    """A CA (its certificate in `ca_file`) and a server certificate it issued, written to
+    `cert_file` and `key_file` in `folder`."""
+
+    folder: Path
+    ca: Authority
+    ca_file: Path
+    server: Issued
+    cert_file: Path
+    key_file: Path
+
+
+def make_pki(folder: Path) -> Pki:
+    """A fresh CA and a server certificate for 127.0.0.1 and localhost, written in `folder`."""
+    ca = make_authority("Luman Test CA")
+    folder.mkdir()
+    ca_file = folder / "ca.pem"
+    ca_file.write_bytes(ca.pem)
+    server = issue(ca)
+    cert_file, key_file = server.write(folder)
+    return Pki(folder, ca, ca_file, server, cert_file, key_file)

@@ -19,17 +19,15 @@ from luman.server.db.session import Sessions
 from luman.server.gateway import GatewayServer, build_gateway
 from tests.gateway.helpers import access_token, bearer
 from tests.support import FakeClock
-from tests.tls_support import Authority, Issued, issue, make_authority, serial_of, with_tls
-
-
-@dataclasses.dataclass
-class Pki:
-    folder: Path
-    ca: Authority
-    ca_file: Path
-    server: Issued
-    cert_file: Path
-    key_file: Path
+from tests.tls_support import (
+    Issued,
+    Pki,
+    issue,
+    make_authority,
+    make_pki,
+    serial_of,
+    with_tls,
+)
 
 
 @dataclasses.dataclass
@@ -45,14 +43,7 @@ class TlsGateway:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    ca = make_authority("Luman Test CA")
-    folder = tmp_path / "tls"
-    folder.mkdir()
-    ca_file = folder / "ca.pem"
-    ca_file.write_bytes(ca.pem)
-    server = issue(ca)
-    cert_file, key_file = server.write(folder)
-    return Pki(folder, ca, ca_file, server, cert_file, key_file)
+    return make_pki(tmp_path / "tls")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ CLI over grpcs://, a wrong CA, an expired certificate, and reloading the files (
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import socket
@@ -27,31 +26,21 @@ from luman.server.db.session import Sessions
 from luman.server.tls import ServerCertificates, TlsError
 from tests.serve_process import free_port, serve_env, serving
 from tests.support import PASSWORD, FakeClock, unique_email
-from tests.tls_support import Authority, Issued, issue, make_authority, serial_of, with_tls
+from tests.tls_support import (
+    Pki,
+    issue,
+    make_authority,
+    make_pki,
+    serial_of,
+    with_tls,
+)
 
 START_TIMEOUT = 30  # seconds: only a broken test waits this long
 
 
-@dataclasses.dataclass
-class Pki:
-    folder: Path
-    ca: Authority
-    ca_file: Path
-    server: Issued
-    cert_file: Path
-    key_file: Path
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    ca = make_authority("Luman Test CA")
-    folder = tmp_path / "tls"
-    folder.mkdir()
-    ca_file = folder / "ca.pem"
-    ca_file.write_bytes(ca.pem)
-    server = issue(ca)
-    cert_file, key_file = server.write(folder)
-    return Pki(folder, ca, ca_file, server, cert_file, key_file)
+    return make_pki(tmp_path / "tls")
 
 
 @pytest.fixture
