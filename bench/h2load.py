@@ -93,12 +93,12 @@ class HttpCall:
 Call = GrpcCall | HttpCall
 
 
-def load_for(call: Call, concurrency: int, *, duration: int) -> Load:
+def load_for(call: Call, concurrency: int, *, duration: int, connections: int = 1) -> Load:
     """`concurrency` calls in flight: streams on one HTTP/2 connection for gRPC (as a gRPC
-    client multiplexes), one HTTP/1.1 connection each for HTTP."""
+    client multiplexes; or spread over `connections`), one HTTP/1.1 connection each for HTTP."""
     if isinstance(call, HttpCall):
         return Load(1, clients=concurrency, duration=duration)
-    return Load(concurrency, duration=duration)
+    return Load(max(1, concurrency // connections), clients=connections, duration=duration)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,3 +184,43 @@ def settle(port: int, timeout: float = SETTLE_TIMEOUT_SECONDS) -> None:
             "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
         )
         check(b"", timeout=timeout)
+
+
+@contextlib.contextmanager
+def served_with_workers(
+    name: str, workers: int, *, env: Mapping[str, str], workdir: Path
+) -> Iterator[ServerProcess]:
+    """`luman-server serve --workers N` exactly as an operator runs it (1: the single-process
+    serve), on fresh loopback ports, not pinned: N workers need N cores. Ready once the log
+    says every worker serves."""
+    grpc_port, http_port = _free_port(), _free_port()
+    log_path = workdir / f"{name}.log"
+    command = [sys.executable, "-m", "luman.server", "serve", "--workers", str(workers)]
+    ready = "serving with" if workers > 1 else "serving HTTP/JSON"
+    with log_path.open("w") as log:
+        # Our own interpreter and module; no shell.
+        process = subprocess.Popen(  # noqa: S603
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**env, "PORT": str(grpc_port), "HTTP_PORT": str(http_port)},
+            cwd=workdir,
+        )
+    server = ServerProcess(name, process, log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while ready not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ServerError(f"{name} did not start: {server.log_tail()}")
+            time.sleep(0.1)
+        server.port, server.http_port = grpc_port, http_port
+        yield server
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -23,6 +23,7 @@ from bench.scenarios import (
     HTTP_SCENARIOS,
     SCENARIOS,
     TARGET_STREAMS,
+    WORKERS_CONNECTIONS,
     BackendResult,
     Results,
     Series,
@@ -254,6 +255,12 @@ def render(results: Results) -> str:
     if o.wants("logging") or any(b.log_rows is not None for b in results.backends):
         lines += ["", "### Request log", ""]
         lines += _logging(results)
+    if any(b.workers for b in results.backends):
+        lines += ["", "### Workers (serve --workers)", ""]
+        lines += _workers(results)
+    if any(b.observability for b in results.backends):
+        lines += ["", "### What metrics and tracing cost", ""]
+        lines += _observability(results)
     if results.verification:
         lines += ["", "### Access-token verification", ""]
         lines += _verification(results)
@@ -453,6 +460,107 @@ def log_on_off(
         return off.paired, off, _paired_ratio(off.paired, off)
     on = backend.series.get("getme_access", {}).get(streams)
     return on, off, ratio(on, off)
+
+
+def _workers(results: Results) -> list[str]:
+    header = [
+        "Backend",
+        "Call",
+        f"req/s @{TARGET_STREAMS}, 1 worker",
+        "2 workers",
+        "2 / 1",
+        "p99 ms, 1 worker",
+        "2 workers",
+    ]
+    rows = []
+    for backend in _measured(results):
+        for scenario, two in backend.workers.items():
+            one = two.paired
+            assert one is not None
+            rows.append(
+                [
+                    backend.label,
+                    SCENARIOS[scenario],
+                    _rps_cell(one),
+                    _rps_cell(two),
+                    _ratio(_paired_ratio(two, one)),
+                    _ms(one.p99_ms()),
+                    _ms(two.p99_ms()),
+                ]
+            )
+    return [
+        *_table(header, rows),
+        "",
+        f"- `luman-server serve --workers 1` and `--workers 2`, started as an operator starts "
+        "them, side by side on the same database; each 2-worker run right after a 1-worker "
+        f"run; {TARGET_STREAMS} calls in flight over {WORKERS_CONNECTIONS} HTTP/2 connections "
+        "(the kernel spreads connections, not calls, over the workers). **Nothing is pinned "
+        "here**: the two workers and h2load share this machine's two cores, so 2 / 1 is what "
+        "a second worker gains on a 2-core host that also runs the load generator, not the "
+        "scaling of a dedicated host (there, expect close to one worker's figure per core). "
+        "Each side is what an operator gets: `--workers 1` is the single-process server (rate "
+        "limits in process, no spool), while each of two workers also checks the shared "
+        "rate-limit file and writes every call to its request-log spool.",
+    ]
+
+
+def cost_per_call_us(series: Series, feature_on: bool) -> float | None:
+    """The CPU a feature adds to one GetMe, in µs: the server is pinned to one core and kept
+    busy, so a call costs 1 / (req/s) of it; the difference between the two servers of each
+    pair (the variant `series` and the product's paired run just before it), median of pairs.
+    `feature_on`: the variant has the feature (tracing); else the product has it (metrics)."""
+    if series.paired is None or not series.ok or not series.paired.ok:
+        return None
+    costs = []
+    for variant, product in zip(series.runs, series.paired.runs, strict=False):
+        if variant.summary is None or product.summary is None:
+            return None
+        variant_rps, product_rps = variant.summary.req_per_s, product.summary.req_per_s
+        if not variant_rps or not product_rps:
+            return None
+        with_it, without = (variant_rps, product_rps) if feature_on else (product_rps, variant_rps)
+        costs.append(1e6 / with_it - 1e6 / without)
+    return statistics.median(costs) if costs else None
+
+
+def _observability(results: Results) -> list[str]:
+    header = [
+        "Backend",
+        "Feature",
+        f"GetMe req/s @{TARGET_STREAMS}, with it",
+        "without it",
+        "µs of CPU per call",
+    ]
+    rows = []
+    for backend in _measured(results):
+        for feature, series in backend.observability.items():
+            on = feature == "tracing"
+            with_it, without = (series, series.paired) if on else (series.paired, series)
+            cost = cost_per_call_us(series, feature_on=on)
+            rows.append(
+                [
+                    backend.label,
+                    feature,
+                    _rps_cell(with_it),
+                    _rps_cell(without),
+                    "—" if cost is None else f"{cost:+.1f}",
+                ]
+            )
+    notes = [
+        "Paired: a server that differs from the product only by the feature (METRICS_ENABLED="
+        "false; tracing on with OTEL_EXPORTER_OTLP_ENDPOINT at a receiver in the harness, "
+        "which decodes every export) ran beside it, each of its runs right after a product "
+        "run. The server is pinned to one busy core, so a call's CPU is 1 / (req/s); the cost "
+        "is the difference within each pair, median of the pairs (run-to-run noise is a few "
+        "µs).",
+    ]
+    for backend in _measured(results):
+        if backend.spans_exported is not None:
+            notes.append(
+                f"{backend.label}: the receiver got {backend.spans_exported:,} spans from the "
+                "tracing-on server (one per RPC plus its database and hashing children)."
+            )
+    return _table(header, rows) + [""] + [f"- {n}" for n in notes]
 
 
 def _verification(results: Results) -> list[str]:

@@ -58,7 +58,15 @@ from bench.databases import (
 )
 from bench.h2load import Call, GrpcCall, Load, Run, Verdict, load_for
 from bench.mail_sink import MailSink
-from bench.processes import CpuPlan, ServerProcess, harness_env, python_server, settle
+from bench.otlp_sink import OtlpSink
+from bench.processes import (
+    CpuPlan,
+    ServerProcess,
+    harness_env,
+    python_server,
+    served_with_workers,
+    settle,
+)
 from bench.stats import Spread
 from bench.token_verification import VerificationCost
 from bench.workload import GET_ME, OWNER_EMAIL, PASSWORD, Workload, prepare
@@ -76,6 +84,8 @@ SCENARIOS: dict[str, str] = {
     "login": "Login vs raw bcrypt",
     "overload": "sign-ins under overload (callers that retry at once)",
     "logging": "request log on/off",
+    "observability": "the cost per call of metrics and of tracing (paired on/off)",
+    "workers": "GetMe and ListMembers with 1 and 2 workers (serve --workers)",
 }
 CHAIN_SCENARIOS = ("getme_access", "getme_cli", "list_members")
 # Series with a target ratio to the bare server: each of their runs comes right after a bare
@@ -99,6 +109,22 @@ BENCH_RATE_LIMIT = str(10**9)
 LOGGING_OFF_ENV: dict[str, str] = {"REQUEST_LOG_ENABLED": "false"}
 BASELINE = "bare grpcio, thread pool"
 LOGGING_ON = "GetMe, access token, request log on"
+# The "workers" scenario: `serve --workers 2` against `--workers 1`, both unpinned, at
+# TARGET_STREAMS calls in flight over this many connections (SO_REUSEPORT spreads connections
+# over the workers, not streams).
+WORKERS_CONNECTIONS = 4
+WORKERS_CALLS = ("getme_access", "list_members")
+# What the "observability" scenario prices: a feature -> (the environment of a server beside
+# the product that differs from it only by that feature, which way it differs). The product
+# runs with metrics on (the default) and tracing off (no OTEL_* variable: the default).
+# "{otlp}" is replaced by the harness's OTLP/HTTP receiver (otlp_sink.py).
+OBSERVABILITY: dict[str, tuple[dict[str, str], str]] = {
+    "metrics": ({"METRICS_ENABLED": "false"}, "off"),
+    "tracing": (
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp}", "OTEL_SERVICE_NAME": "luman-bench"},
+        "on",
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +270,13 @@ class BackendResult:
     login: LoginResult | None = None
     overload: list[OverloadSeries] = dataclasses.field(default_factory=list)
     logging_off: dict[int, Series] = dataclasses.field(default_factory=dict)
+    # "metrics"/"tracing" -> GetMe at TARGET_STREAMS on the server beside the product that
+    # differs by that feature, paired with product runs (OBSERVABILITY).
+    observability: dict[str, Series] = dataclasses.field(default_factory=dict)
+    # Spans the OTLP receiver got from the tracing-on server.
+    spans_exported: int | None = None
+    # WORKERS_CALLS -> the call on `serve --workers 2`, paired with `--workers 1`.
+    workers: dict[str, Series] = dataclasses.field(default_factory=dict)
     peak_rss_bytes: int | None = None
     log_rows: int | None = None  # request_logs rows written while the server ran
     log_bytes: int | None = None  # growth of request_logs (table and indexes) meanwhile
@@ -409,6 +442,10 @@ class Bench:
                 ]
             if options.wants("logging"):
                 result.logging_off = self._logging_off(env, result.label, workload, server.port)
+            if options.wants("observability"):
+                self._observability(env, result, workload, server.port)
+            if options.wants("workers"):
+                self._workers(env, result, workload)
             result.peak_rss_bytes = server.peak_rss_bytes()
         # Stopped gracefully: the request log is flushed.
         result.writer = server.stats
@@ -447,6 +484,55 @@ class Bench:
                 )
                 for streams in streams_off
             }
+
+    def _observability(
+        self, env: Mapping[str, str], result: BackendResult, workload: Workload, on_port: int
+    ) -> None:
+        """GetMe at TARGET_STREAMS on a server beside the product that differs from it by one
+        feature (OBSERVABILITY), each run right after a product run: what metrics and what
+        tracing cost per call, measured on the same minutes of the machine."""
+        product_call = workload.getme_access
+        with OtlpSink() as sink:
+            for feature, (changes, way) in OBSERVABILITY.items():
+                variant = {key: value.format(otlp=sink.endpoint) for key, value in changes.items()}
+                title = f"GetMe, access token, {feature} {way}"
+                call = dataclasses.replace(product_call, name=f"getme_access_{feature}_{way}")
+                with self._product({**env, **variant}, f"{result.label}, {feature} {way}") as srv:
+                    result.observability[feature] = self.series(
+                        call,
+                        port=srv.port,
+                        backend=result.label,
+                        title=title,
+                        streams=TARGET_STREAMS,
+                        paired=(product_call, on_port),
+                        paired_title="GetMe, access token, as the product runs",
+                    )
+            # The server flushed its last spans when it stopped.
+            result.spans_exported = sink.received()
+
+    def _workers(self, env: Mapping[str, str], result: BackendResult, workload: Workload) -> None:
+        """GetMe and ListMembers on `serve --workers 2`, each run right after one on
+        `serve --workers 1`, both as an operator starts them and neither pinned: two workers
+        need both cores, which h2load then shares with them (the product server beside them
+        stays idle meanwhile)."""
+        name = result.label.lower()
+        with (
+            served_with_workers(f"{name}-1-worker", 1, env=env, workdir=self.workdir) as one,
+            served_with_workers(f"{name}-2-workers", 2, env=env, workdir=self.workdir) as two,
+        ):
+            for scenario in WORKERS_CALLS:
+                call: GrpcCall = getattr(workload, scenario)
+                result.workers[scenario] = self.series(
+                    dataclasses.replace(call, name=f"{scenario}_2_workers"),
+                    port=two.port,
+                    backend=result.label,
+                    title=f"{SCENARIOS[scenario]}, 2 workers",
+                    streams=TARGET_STREAMS,
+                    paired=(call, one.port),
+                    paired_title=f"{SCENARIOS[scenario]}, 1 worker",
+                    connections=WORKERS_CONNECTIONS,
+                    pinned=False,
+                )
 
     def _product(self, env: Mapping[str, str], name: str) -> AbstractContextManager[ServerProcess]:
         return python_server(
@@ -525,6 +611,8 @@ class Bench:
         paired: tuple[Call, int] | None = None,
         paired_title: str = BASELINE,
         grpc_port: int | None = None,
+        connections: int = 1,
+        pinned: bool = True,
     ) -> Series:
         """Probe, warm up, then measure `call` with `streams` calls in flight (HTTP: clients,
         each on its own connection) `runs` times.
@@ -533,6 +621,8 @@ class Bench:
         else), each run comes right after a run of that server, kept in `series.paired`: the
         two halves of a pair see the same machine. `grpc_port` is where the server of an HTTP
         `call` answers gRPC, for settle() between runs (HTTP and gRPC share its workers).
+        `connections`: gRPC calls spread over that many HTTP/2 connections; `pinned`: h2load
+        on its own CPU (False: wherever the kernel puts it).
         """
         series = Series(backend, title, streams, len(call.expected_response))
         targets = [(call, port, series, grpc_port or port)]
@@ -548,8 +638,10 @@ class Bench:
                 if probe is not None and not probe.ok:
                     target.failure = probe.reason
                     return self._failed(series, target)
-            warm_load = load_for(target_call, streams, duration=self.options.warmup)
-            warm = self._h2load(target_call, warm_load, target_port)
+            warm_load = load_for(
+                target_call, streams, duration=self.options.warmup, connections=connections
+            )
+            warm = self._h2load(target_call, warm_load, target_port, pinned=pinned)
             settle(settle_port)
             if not warm.ok:
                 target.failure = f"warm-up: {warm.verdict.reason}"
@@ -561,8 +653,14 @@ class Bench:
                 began = time.monotonic()
                 run = self._h2load(
                     target_call,
-                    load_for(target_call, streams, duration=self.options.duration),
+                    load_for(
+                        target_call,
+                        streams,
+                        duration=self.options.duration,
+                        connections=connections,
+                    ),
                     target_port,
+                    pinned=pinned,
                 )
                 after = counted() if counted else None
                 settle(settle_port)
@@ -575,9 +673,16 @@ class Bench:
             self._report(series.paired)
         return self._report(series)
 
-    def _h2load(self, call: Call, load: Load, port: int, tag: str = "") -> Run:
+    def _h2load(
+        self, call: Call, load: Load, port: int, tag: str = "", *, pinned: bool = True
+    ) -> Run:
         return h2load.start(
-            call, load, port=port, workdir=self.workdir, pin=self._load_pin, tag=tag
+            call,
+            load,
+            port=port,
+            workdir=self.workdir,
+            pin=self._load_pin if pinned else (),
+            tag=tag,
         ).finish()
 
     def _login(

@@ -83,14 +83,19 @@ def issue(
     common_name: str = "localhost",
     expired: bool = False,
     client: bool = False,
+    uris: tuple[str, ...] = (),
+    not_after: datetime.datetime | None = None,
 ) -> Issued:
     """A leaf certificate signed by `authority`: a server one for localhost and 127.0.0.1, or a
-    client one; `expired` ended yesterday."""
+    client one (with subject alternative name `uris`, if any); `expired` ended yesterday;
+    `not_after` ends it then instead of in a week."""
     key = ec.generate_private_key(ec.SECP256R1())
     if expired:
         start, end = _NOW - datetime.timedelta(days=10), _NOW - datetime.timedelta(days=1)
     else:
         start, end = _NOW - datetime.timedelta(days=1), _NOW + datetime.timedelta(days=7)
+    if not_after is not None:
+        end = not_after
     serial = x509.random_serial_number()
     builder = (
         x509.CertificateBuilder()
@@ -112,6 +117,11 @@ def issue(
             critical=False,
         )
     )
+    if client and uris:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri) for uri in uris]),
+            critical=False,
+        )
     if not client:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(

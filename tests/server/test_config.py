@@ -158,6 +158,9 @@ def test_env_example_documents_exactly_the_variables_read() -> None:
 
     source = (ROOT / "server/luman/server/config.py").read_text()
     read = set(re.findall(r'r\.\w+\(\s*"([A-Z0-9_]+)"', source))
+    # The OTEL_* variables, which tracing.py reads (README "Tracing").
+    tracing = (ROOT / "server/luman/server/tracing.py").read_text()
+    read |= set(re.findall(r'"(OTEL_[A-Z0-9_]+)"', tracing))
     assert read == set(_example_values())
 
 

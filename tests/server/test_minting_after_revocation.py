@@ -1,10 +1,11 @@
 """A credential revoked on one replica mints nothing on another that still has it cached.
 
 Two replicas share one database. The caller's token is verified (and so cached) on replica A;
-the revocation runs on replica B; within TOKEN_CACHE_TTL replica A still believes the token for
-ordinary calls (the documented bound), but CreateCliToken and CreateServiceAccount re-read the
-caller's credential under a lock (auth/credential_locks.py) and refuse, so no new secret
-outlives the revocation."""
+the revocation runs on replica B. Replica A's invalidation channel is down (closed: see
+auth/invalidations.py), so within TOKEN_CACHE_TTL it still believes the token for ordinary
+calls (the documented bound while the channel is down), but CreateCliToken and
+CreateServiceAccount re-read the caller's credential under a lock (auth/credential_locks.py)
+and refuse, so no new secret outlives the revocation."""
 
 from __future__ import annotations
 
@@ -43,12 +44,15 @@ ReplicaFactory = Callable[[Settings], Replica]
 def replicas(
     sessions: Sessions, clock: FakeClock, hasher: PasswordHasher
 ) -> Iterator[ReplicaFactory]:
-    """Starts servers on the one database and clock, each with its own verified-token cache."""
+    """Starts servers on the one database and clock, each with its own verified-token cache
+    and its invalidation channel down: nothing but the TTL bounds what a cache believes."""
     started: list[tuple[App, grpc.Channel]] = []
 
     def start(settings: Settings) -> Replica:
         app = build_server(settings, sessions, clock=clock, hasher=hasher)
         app.start()
+        assert app.invalidations is not None
+        app.invalidations.close()
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         started.append((app, channel))
         return Replica(

@@ -146,7 +146,7 @@ def test_no_row_holds_a_secret(start_server: StartServer, sessions: Sessions) ->
     assert running.writer.flush(timeout=CALL_TIMEOUT)
 
     rows = _rows(sessions)
-    assert len(rows) == 6
+    assert len(rows) == 6, [(r.method, r.status, r.time, r.user_agent, r.client_ip) for r in rows]
     dumped = repr([[getattr(r, c.key) for c in sa.inspect(RequestLog).columns] for r in rows])
     for secret in (
         PASSWORD,

@@ -33,6 +33,9 @@ class CallRecord:
     # The client's x-request-id metadata as sent (the last one); only an audit event reads
     # it, and checks it then (audit/record.py): a call that records nothing pays nothing more.
     request_id: str = ""
+    # The OpenTelemetry trace id (32 hex digits) when tracing is on and the call's span is
+    # sampled (interceptors/tracing.py); the request log and the process log carry it.
+    trace_id: str = ""
 
 
 _current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(

@@ -12,6 +12,10 @@ USER_AGENT = "user-agent"
 FORWARDED_FOR = "x-forwarded-for"
 # The client's id for the call, kept on its audit events (audit/record.py).
 REQUEST_ID = "x-request-id"
+# W3C trace-context: the caller's trace, which the call's span joins when tracing is on
+# (tracing.py). HTTP headers of the same names.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 # Written on the answer (trailing metadata), under their usual HTTP names.
 RATE_LIMIT_LIMIT = "x-ratelimit-limit"

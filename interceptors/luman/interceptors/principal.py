@@ -19,6 +19,13 @@ class Credential(enum.Enum):
     ACCESS_TOKEN = "access_token"  # noqa: S105 - a label, not a secret
     CLI_TOKEN = "cli_token"  # noqa: S105 - a label, not a secret
     SERVICE_TOKEN = "service_token"  # noqa: S105 - a label, not a secret
+    # A TLS client certificate naming a service account (MTLS_PORT, or the HTTP port with
+    # TLS_CLIENT_CA_FILE): the account's principal, with no token at all.
+    CLIENT_CERTIFICATE = "client_certificate"
+
+
+# The credentials of service accounts, not users.
+SERVICE_CREDENTIALS = frozenset({Credential.SERVICE_TOKEN, Credential.CLIENT_CERTIFICATE})
 
 
 class UserRequiredError(PermissionDeniedError):
@@ -36,7 +43,7 @@ class Principal:
 
     `subject_id` is the user id, or the service account id for a service token.
     `credential_id` is the login session id for an access token, the token id for a CLI token
-    and the service account id for a service token.
+    and the service account id for a service token or client certificate.
     `scopes` limits what the credential may do on top of the caller's own permissions; None
     means every user scope (an access token from a sign-in), never SERVICE_ONLY_SCOPES.
     `organization_id` is the service account's organization; None for a user.
@@ -53,7 +60,7 @@ class Principal:
 
     @property
     def is_service(self) -> bool:
-        return self.credential is Credential.SERVICE_TOKEN
+        return self.credential in SERVICE_CREDENTIALS
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -63,7 +70,7 @@ class Principal:
         Raises:
             UserRequiredError: the caller is a service account.
         """
-        if self.credential is Credential.SERVICE_TOKEN:
+        if self.credential in SERVICE_CREDENTIALS:
             raise UserRequiredError()
         return self.subject_id
 

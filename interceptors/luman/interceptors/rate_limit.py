@@ -309,12 +309,16 @@ class ClientRateLimitInterceptor(MethodInterceptor):
         public_methods: frozenset[str] = frozenset(),
         ipv6_prefix: int = 64,
         accounts: AccountLimit | None = None,
+        has_certificate: Callable[[grpc.ServicerContext], bool] | None = None,
     ) -> None:
         self._policy_of = policy_of
         self._limiters = dict(limiters)
         self._public = public_methods
         self._ipv6_prefix = ipv6_prefix
         self._accounts = accounts
+        # TLS_CLIENT_CA_FILE: a client certificate is a credential, as a token is: counted
+        # per account if it checks out, per address if token authentication refuses it.
+        self._has_certificate = has_certificate
         self._in_flight = _InFlight()
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
@@ -327,16 +331,20 @@ class ClientRateLimitInterceptor(MethodInterceptor):
                 raise ValueError(f"{method.name}: auth-policy methods must be unary")
             return self._sign_in(method.name, limiter, behavior)
         public = method.name in self._public
+        has_certificate = self._has_certificate
 
-        def counted_first(record: CallRecord, request: Any) -> bool:
+        def counted_first(record: CallRecord, request: Any, context: grpc.ServicerContext) -> bool:
             """Count the call now (True), or leave it to token authentication (False)."""
-            return public or not record.authorization or isinstance(request, MalformedRequest)
+            credentialed = bool(record.authorization) or (
+                has_certificate is not None and has_certificate(context)
+            )
+            return public or not credentialed or isinstance(request, MalformedRequest)
 
         if method.response_streaming:
             # Token authentication runs when grpcio starts iterating the responses.
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 record = call_context.current_call()
-                if counted_first(record, request):
+                if counted_first(record, request, context):
                     _admit(context, limiter.hit(self._key(record.caller.ip)))
                     yield from behavior(request, context)
                     return
@@ -351,7 +359,7 @@ class ClientRateLimitInterceptor(MethodInterceptor):
 
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
             record = call_context.current_call()
-            if counted_first(record, request):
+            if counted_first(record, request, context):
                 _admit(context, limiter.hit(self._key(record.caller.ip)))
                 return behavior(request, context)
             try:

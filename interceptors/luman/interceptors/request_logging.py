@@ -7,9 +7,10 @@ authorization values) for the stages inside and reads back the user that token a
 recorded on it.
 
 An entry holds the time, full method name, status code name ("OK", "UNAUTHENTICATED", …),
-duration, user id, client IP and user agent: never a request or response body, and never
-metadata values such as tokens. The `rpc …` line in the process log is written at DEBUG only:
-the request log itself is the record of every call.
+duration, user id, client IP, user agent and, when the call was traced, its trace id: never a
+request or response body, and never metadata values such as tokens. The `rpc …` line in the
+process log (with `trace=` when traced) is written at DEBUG only: the request log itself is the
+record of every call.
 
 It is also where the server's metrics count calls (`observe`: started, then code and duration),
 health checks and reflection included, so that per-call counting happens in one place.
@@ -42,6 +43,8 @@ class RequestLogEntry(NamedTuple):
     user_id: uuid.UUID | None
     client_ip: str
     user_agent: str
+    # The call's trace id when it was traced (interceptors/tracing.py), else None.
+    trace_id: str | None = None
 
 
 Sink = Callable[[RequestLogEntry], None]
@@ -169,7 +172,17 @@ class RequestLoggingInterceptor(MethodInterceptor):
             observer.finished(status, duration_ms / 1000, context)
         caller = record.caller
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("rpc %s %s %.1fms ip=%s", method_name, status, duration_ms, caller.ip)
+            if record.trace_id:
+                logger.debug(
+                    "rpc %s %s %.1fms ip=%s trace=%s",
+                    method_name,
+                    status,
+                    duration_ms,
+                    caller.ip,
+                    record.trace_id,
+                )
+            else:
+                logger.debug("rpc %s %s %.1fms ip=%s", method_name, status, duration_ms, caller.ip)
         if sink is None:
             return
         principal = record.principal
@@ -182,6 +195,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
             None if principal is None else principal.subject_id,
             caller.ip,
             caller.user_agent,
+            record.trace_id or None,
         )
         try:
             sink(entry)

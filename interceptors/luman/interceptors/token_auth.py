@@ -14,6 +14,10 @@ a non-public method the scope table does not know at all (a service nobody liste
 UNKNOWN_METHOD_SCOPE: the check fails closed, never open. Infrastructure (health, reflection)
 never looks at credentials.
 
+Client certificates: a call without a bearer token whose TLS connection carried a verified
+client certificate (`verify_certificate` set: TLS_CLIENT_CA_FILE) is authenticated by it, as the
+service account it names; the same scope and service-method rules then apply.
+
 Service accounts: a service token is accepted only by RPCs the contract opens to service
 accounts (`service_accounts: true`); every other non-public RPC acts for a user and refuses it
 with PERMISSION_DENIED, reason USER_REQUIRED (Principal.user_id refuses it too, as a backstop).
@@ -21,7 +25,7 @@ with PERMISSION_DENIED, reason USER_REQUIRED (Principal.user_id refuses it too, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +38,11 @@ from luman.interceptors.malformed import MalformedRequest
 from luman.interceptors.principal import Principal, UserRequiredError
 
 Verifier = Callable[[str], Principal]
+# A verified client certificate (PEM) -> the Principal it proves.
+CertificateVerifier = Callable[[bytes], Principal]
+
+# Where grpcio's auth_context() holds the peer's verified certificate (the gateway's too).
+PEM_CERT_PROPERTY = "x509_pem_cert"
 
 # What a non-public method missing from the scope table needs: a restricted token is refused
 # rather than let through (a sign-in's access token, with every scope, still passes).
@@ -96,6 +105,8 @@ class TokenAuthInterceptor(MethodInterceptor):
         required_scopes: full method name -> the scope a token needs to call it, None for
             none; a non-public method missing here needs UNKNOWN_METHOD_SCOPE.
         service_methods: full method names a service account's token may call.
+        verify_certificate: turns the connection's verified client certificate into a
+            Principal, for calls without a bearer token; None: certificates are not read.
     """
 
     def __init__(
@@ -105,8 +116,10 @@ class TokenAuthInterceptor(MethodInterceptor):
         is_infrastructure: Callable[[str], bool] = lambda _: False,
         required_scopes: Mapping[str, str | None] | None = None,
         service_methods: Collection[str] = (),
+        verify_certificate: CertificateVerifier | None = None,
     ) -> None:
         self._verify = verify
+        self._verify_certificate = verify_certificate
         self._public = frozenset(public_methods)
         self._is_infrastructure = is_infrastructure
         self._scopes = dict(required_scopes or {})
@@ -122,13 +135,17 @@ class TokenAuthInterceptor(MethodInterceptor):
         if method.response_streaming:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                self._authenticate(call_context.current_call(), request, public, scope, services)
+                self._authenticate(
+                    call_context.current_call(), context, request, public, scope, services
+                )
                 yield from behavior(request, context)
 
             return streamed
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            self._authenticate(call_context.current_call(), request, public, scope, services)
+            self._authenticate(
+                call_context.current_call(), context, request, public, scope, services
+            )
             return behavior(request, context)
 
         return authenticated
@@ -136,6 +153,7 @@ class TokenAuthInterceptor(MethodInterceptor):
     def _authenticate(
         self,
         record: CallRecord,
+        context: grpc.ServicerContext,
         request: Any,
         public: bool,
         scope: str | None,
@@ -143,12 +161,15 @@ class TokenAuthInterceptor(MethodInterceptor):
     ) -> None:
         if isinstance(request, MalformedRequest):
             return  # refused innermost; a request that cannot be read is not worth a token check
-        if not record.authorization:
-            if not public:
-                raise UnauthenticatedError("CREDENTIALS_MISSING", "missing authorization metadata")
+        if not record.authorization and public:
+            # A public RPC serves anyone: a client certificate changes nothing there (a service
+            # on MTLS_PORT must still reach GetJwks and CreateServiceToken).
             return
         try:
-            record.principal = self._verify(bearer_from(record.authorization))
+            if record.authorization:
+                record.principal = self._verify(bearer_from(record.authorization))
+            else:
+                record.principal = self._certificate_principal(context)
         except UnauthenticatedError:
             if not public:
                 raise
@@ -157,3 +178,24 @@ class TokenAuthInterceptor(MethodInterceptor):
             raise ServiceCallerRefusedError()
         if scope is not None and not record.principal.has_scope(scope):
             raise InsufficientScopeError(scope)
+
+    def _certificate_principal(self, context: grpc.ServicerContext) -> Principal:
+        """The principal of the connection's verified client certificate, if certificates are
+        read (TLS_CLIENT_CA_FILE) and one was presented.
+
+        Raises:
+            UnauthenticatedError: CREDENTIALS_MISSING (no certificate), or the verifier's.
+        """
+        if self._verify_certificate is not None:
+            certificate = client_certificate(context)
+            if certificate is not None:
+                return self._verify_certificate(certificate)
+        raise UnauthenticatedError("CREDENTIALS_MISSING", "missing authorization metadata")
+
+
+def client_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """The connection's verified client certificate (PEM): on MTLS_PORT, or an HTTPS client's
+    (the gateway's context gives it where grpcio does); None without one."""
+    # grpcio gives each property as a list of values; its stubs say bytes.
+    values: Iterable[bytes] = context.auth_context().get(PEM_CERT_PROPERTY, ())  # type: ignore[assignment]
+    return next(iter(values), None)

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,12 +16,13 @@ from grpc_reflection.v1alpha import reflection
 
 from luman.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from luman.interceptors.base import Behavior, MethodInfo
+from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.chain import InterceptorChain
 from luman.interceptors.client_address import CallerResolver, parse_trusted_proxies
 from luman.interceptors.error_mapping import ErrorMappingInterceptor
 from luman.interceptors.request_logging import RequestLoggingInterceptor
 from luman.interceptors.token_auth import TokenAuthInterceptor
+from luman.interceptors.tracing import TracingInterceptor
 from luman.organization.v1 import (
     config_service_pb2,
     config_service_pb2_grpc,
@@ -32,7 +33,9 @@ from luman.server import methods
 from luman.server.audit.service import AuditService
 from luman.server.audit.servicer import AuditServicer
 from luman.server.audit.worker import AuditWorker
+from luman.server.auth.client_certificates import ClientCertificates
 from luman.server.auth.device_logins import CodeAttempts, DeviceLogins
+from luman.server.auth.invalidations import InvalidationChannel, open_channel
 from luman.server.auth.key_ring import KeyRing
 from luman.server.auth.passwords import PasswordHasher
 from luman.server.auth.service import AuthService
@@ -56,8 +59,13 @@ from luman.server.rate_limits import (
     build_rate_limit_stages,
     policy_resolver,
 )
+from luman.server.request_logs.spool import RequestLogSpool, spool_directory
 from luman.server.request_logs.writer import RequestLogWriter
 from luman.server.tls import ServerCertificates
+from luman.server.tracing import build_tracer_provider, trace_statements, without_credentials
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,17 @@ class App:
     metrics_listener: MetricsListener | None = None
     # TLS_CERT_FILE/TLS_KEY_FILE for both ports (tls.py); None: plaintext. reload() on SIGHUP.
     tls: ServerCertificates | None = None
+    # Revocations and key rotations to and from the other processes on this database
+    # (auth/invalidations.py); None for an in-memory SQLite database.
+    invalidations: InvalidationChannel | None = None
+    # MTLS_PORT as bound (a client certificate required there); None without one.
+    mtls_port: int | None = None
+    # OpenTelemetry (tracing.py); None: tracing off. `own_tracer_provider`: build_server made
+    # it from the settings, and stop() shuts it down (an injected one is only flushed).
+    tracer_provider: TracerProvider | None = None
+    own_tracer_provider: bool = False
+    # Removes the database statement hooks from the engine (tracing.trace_statements).
+    untrace_statements: Callable[[], None] | None = None
 
     def behavior(self, method: str) -> Behavior:
         """The unary method `method` ("/package.Service/Method") inside the whole chain, as a
@@ -121,6 +140,9 @@ class App:
             self.audit.start()
         if self.mail is not None:
             self.mail.start()
+        # Listening before the first call can cache anything.
+        if self.invalidations is not None:
+            self.invalidations.start()
         self.server.start()
         set_serving(self.health, True)
         if self.database is not None:
@@ -142,10 +164,20 @@ class App:
             self.mail.close() if grace is None else self.mail.close(grace)
         if self.database is not None:
             self.database.close()
+        if self.invalidations is not None:
+            self.invalidations.close()
         if self.metrics_listener is not None:
             self.metrics_listener.stop()
         if self.own_hasher is not None:
             self.own_hasher.close()
+        if self.untrace_statements is not None:
+            self.untrace_statements()
+        # Last: every call's spans have ended; send what the batch still holds.
+        if self.tracer_provider is not None:
+            if self.own_tracer_provider:
+                self.tracer_provider.shutdown()
+            else:
+                self.tracer_provider.force_flush()
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
@@ -176,8 +208,9 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """The grpc.server options; the benchmark's bare baseline server uses them too."""
     return [
         # grpcio enables SO_REUSEPORT by default, which lets a second server silently share
-        # the port; a second start must fail instead.
-        ("grpc.so_reuseport", 0),
+        # the port; a second start must fail instead. The workers of `serve --workers N` share
+        # it on purpose, behind the supervisor's reservation (supervisor.py).
+        ("grpc.so_reuseport", 0 if settings.worker_slot is None else 1),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_metadata_size", 16 * 1024),
@@ -192,13 +225,15 @@ def build_server(
     hasher: PasswordHasher | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     request_log: RequestLogWriter | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> App:
     """Build the server and bind it to settings.host:settings.port (0 picks a free port).
 
     `monotonic` drives the rate limiters and the log writer's schedule; `request_log` replaces
     the writer built from `sessions.engine` (tests use it to break or slow the log database).
     With REQUEST_LOG_ENABLED=false there is no writer: the logging stage only opens each call's
-    record.
+    record. `tracer_provider` turns tracing on with that provider (tests pass one with an
+    in-memory exporter); without it, the settings' OTEL_* variables decide (tracing.py).
 
     Raises:
         BindError: the address is taken or invalid.
@@ -247,6 +282,10 @@ def build_server(
         slug_redirect_days=settings.organization_slug_redirect_days,
         forget_credential=lambda account_id: auth.token_cache.forget(credential_id=account_id),
     )
+    # What the token cache forgets and a rotation of the keys, told to the other processes.
+    invalidations = open_channel(sessions.engine)
+    if invalidations is not None:
+        invalidations.attach(auth.token_cache, keys)
     device_logins = DeviceLogins(
         sessions,
         clock,
@@ -279,6 +318,12 @@ def build_server(
             monotonic=monotonic,
             max_queue=settings.request_log_max_queue,
             on_error=database.notice,
+            # A worker of `serve --workers N` spools each entry: SIGKILL loses none (spool.py).
+            spool=(
+                None
+                if settings.worker_slot is None
+                else RequestLogSpool(spool_directory(settings.data_dir), settings.worker_slot)
+            ),
         )
     # Prometheus metrics (metrics.py): the logging stage counts each call; the rest is read
     # from the parts' own counters when Prometheus scrapes.
@@ -294,6 +339,26 @@ def build_server(
     per_ip_limit, per_user_limit = build_rate_limit_stages(
         settings, public, monotonic, wall=lambda: clock().timestamp()
     )
+    # OpenTelemetry (tracing.py): off, neither a stage nor an engine hook exists.
+    own_tracer_provider = False
+    if tracer_provider is None and settings.tracing is not None:
+        tracer_provider = build_tracer_provider(settings.tracing)
+        own_tracer_provider = True
+        logger.info(
+            "tracing on: spans to %s",
+            "standard output"
+            if settings.tracing.exporter == "console"
+            else without_credentials(settings.tracing.endpoint),
+        )
+    tracing_stages: list[MethodInterceptor] = []
+    untrace_statements = None
+    if tracer_provider is not None:
+        tracing_stages.append(
+            TracingInterceptor(
+                tracer_provider.get_tracer("luman.server"), skip=methods.is_infrastructure
+            )
+        )
+        untrace_statements = trace_statements(sessions.engine)
     # The chain, outermost first. Every call crosses these stages in this order (chain.py):
     chain = InterceptorChain(
         [
@@ -306,6 +371,9 @@ def build_server(
                 skip=methods.is_infrastructure,
                 observe=None if metrics is None else metrics.method,
             ),
+            # With tracing on: the call's SERVER span, a child of the caller's traceparent;
+            # inside the logging stage, so its trace id reaches the call's log row and line.
+            *tracing_stages,
             # Turns whatever the stages below raise into a status with ErrorInfo.
             ErrorMappingInterceptor(translate=database.translate),
             # Sign-ins, public calls and calls without credentials per client address, before
@@ -319,6 +387,13 @@ def build_server(
                 methods.is_infrastructure,
                 methods.required_scopes(policies),
                 methods.service_methods(policies),
+                # TLS_CLIENT_CA_FILE: a client certificate naming a service account is its
+                # credential on calls without a token (auth/client_certificates.py).
+                verify_certificate=(
+                    ClientCertificates(sessions, auth.token_cache, clock).verify
+                    if tls is not None and tls.client_ca
+                    else None
+                ),
             ),
             # Calls with a valid token, per user.
             per_user_limit,
@@ -375,6 +450,19 @@ def build_server(
         raise BindError(f"cannot listen on {address}: is another server using the port?") from exc
     if port == 0:
         raise BindError(f"cannot listen on {address}: is another server using the port?")
+    # MTLS_PORT: the same server, for callers with a client certificate (required there).
+    mtls_port = None
+    if tls is not None and settings.mtls_port is not None:
+        mtls_address = f"{host}:{settings.mtls_port}"
+        try:
+            mtls_port = server.add_secure_port(mtls_address, tls.grpc_mtls_credentials())
+        except RuntimeError:
+            mtls_port = 0
+        if mtls_port == 0:
+            server.stop(None)
+            raise BindError(
+                f"cannot listen on {mtls_address} (MTLS_PORT): is another server using the port?"
+            )
     metrics_listener = None
     if metrics is not None and settings.metrics_port is not None:
         try:
@@ -391,6 +479,7 @@ def build_server(
     return App(
         server=server,
         port=port,
+        mtls_port=mtls_port,
         health=health_servicer,
         auth=auth,
         chain=chain,
@@ -415,6 +504,10 @@ def build_server(
         metrics=metrics,
         metrics_listener=metrics_listener,
         tls=tls,
+        tracer_provider=tracer_provider,
+        own_tracer_provider=own_tracer_provider,
+        untrace_statements=untrace_statements,
+        invalidations=invalidations,
         mail=MailWorker(
             sessions,
             build_transport(settings),

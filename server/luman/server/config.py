@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from luman.server.tracing import TracingConfig, TracingConfigError, tracing_config
+
 logger = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
@@ -136,10 +138,14 @@ class Settings:
     log_format: str = "text"
     # TLS on both ports (PEM files; reloaded on SIGHUP); empty: plaintext. With TLS, HTTP
     # responses carry Strict-Transport-Security unless HSTS is false. TLS_CLIENT_CA_FILE asks
-    # callers for a client certificate signed by that CA (optional for them).
+    # callers for a client certificate signed by that CA (optional for them) on the HTTP port,
+    # and serves gRPC for callers that present one on MTLS_PORT (required there: grpcio cannot
+    # ask for a certificate without requiring it). A certificate that names a service account
+    # (SAN URI urn:luman:service-account:<id>) authenticates as that account (tls.py).
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    mtls_port: int | None = None
     hsts: bool = True
     # Prometheus metrics: GET /metrics on the HTTP port, or on a port of their own when
     # METRICS_PORT is set (keeps them off the public port); METRICS_ENABLED=false: none.
@@ -148,6 +154,12 @@ class Settings:
     # Where the METRICS_PORT listener binds: loopback unless told otherwise (a scraper on
     # another host needs METRICS_HOST=0.0.0.0 or the host's private address).
     metrics_host: str = "127.0.0.1"
+    # OpenTelemetry tracing from the standard OTEL_* variables (tracing.py); None: off, the
+    # default unless OTEL_EXPORTER_OTLP_ENDPOINT or another of them says where spans go.
+    tracing: TracingConfig | None = None
+    # Not from the environment: a worker of `serve --workers N` (supervisor.py) is told its
+    # slot, 0..N-1, and then binds with SO_REUSEPORT. None: a single `serve`.
+    worker_slot: int | None = None
 
     @property
     def production(self) -> bool:
@@ -164,6 +176,10 @@ class Settings:
         env.update(os.environ if environ is None else environ)
         r = _Reader(env)
         data_dir = Path(r.text("LUMAN_DATA_DIR", "data"))
+        try:
+            tracing = tracing_config(env)
+        except TracingConfigError as exc:
+            raise ConfigError(str(exc)) from None
         settings = cls(
             env=r.choice("LUMAN_ENV", "development", ("development", "production", "test")),
             host=r.text("HOST", cls.host),
@@ -182,8 +198,9 @@ class Settings:
             bcrypt_rounds=r.integer("BCRYPT_ROUNDS", 10, 4, 16),
             bcrypt_nice=r.integer("BCRYPT_NICE", 10, 0, 19),
             bcrypt_max_waiting=r.integer("BCRYPT_MAX_WAITING", 128, 0, 10000),
-            # 0 is allowed here only: it turns the cache off. At most an hour, because a
-            # revocation on another replica goes unnoticed for up to this long.
+            # 0 is allowed here only: it turns the cache off. At most an hour, because while
+            # the invalidation channel is down a revocation on another replica goes unnoticed
+            # for up to this long.
             token_cache_ttl=r.duration("TOKEN_CACHE_TTL", "30s", allow_zero=True, most=3600),
             token_cache_max_entries=r.integer("TOKEN_CACHE_MAX_ENTRIES", 10000, 1, 10**7),
             # 0: no cap. At most 10 years, so that now + the cap always fits a timestamp.
@@ -271,12 +288,14 @@ class Settings:
             tls_cert_file=r.text("TLS_CERT_FILE", ""),
             tls_key_file=r.text("TLS_KEY_FILE", ""),
             tls_client_ca_file=r.text("TLS_CLIENT_CA_FILE", ""),
+            mtls_port=r.integer("MTLS_PORT", 0, 0, 65535) if r.text("MTLS_PORT", "") else None,
             hsts=r.flag("HSTS", True),
             metrics_enabled=r.flag("METRICS_ENABLED", True),
             metrics_host=r.text("METRICS_HOST", "127.0.0.1"),
             metrics_port=(
                 r.integer("METRICS_PORT", 0, 0, 65535) if r.text("METRICS_PORT", "") else None
             ),
+            tracing=tracing,
         )
         if settings.bcrypt_max_waiting + settings.max_workers > settings.max_concurrent_rpcs:
             # Waiting sign-ins count as RPCs in progress: they must leave other calls room.
@@ -295,6 +314,10 @@ class Settings:
             raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both, or neither")
         if settings.tls_client_ca_file and not settings.tls_cert_file:
             raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        if settings.mtls_port is not None and not settings.tls_client_ca_file:
+            raise ConfigError(
+                "MTLS_PORT needs TLS_CLIENT_CA_FILE (and TLS_CERT_FILE, TLS_KEY_FILE)"
+            )
         settings = settings.with_secrets()
         if settings.production and not settings.smtp_url:
             raise ConfigError(

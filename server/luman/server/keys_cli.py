@@ -9,6 +9,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from luman.server.auth.invalidations import open_channel
 from luman.server.auth.key_ring import KeyRing, KeyState, LoadedKey
 from luman.server.auth.signing_keys import ALGORITHMS, Algorithm, SigningKeyError
 from luman.server.clock import Clock, system_clock
@@ -141,8 +142,9 @@ def rotate(obj: dict[str, Clock] | None, immediately: bool, algorithm: Algorithm
     cached the set already hold it. The old key keeps verifying until every token it signed
     has expired, then retires: each server retires it JWT_EXPIRES_IN + 2 minutes after it
     stops signing, by the server's own JWT_EXPIRES_IN, whatever this shell's is (the time
-    printed uses this shell's). Running servers pick the change up within a minute. A server
-    whose JWT_ALGORITHM differs from the new key's rotates back to its own when it restarts.
+    printed uses this shell's). Running servers reload their keys at once (told through the
+    database; within a minute if they cannot be told). A server whose JWT_ALGORITHM differs
+    from the new key's rotates back to its own when it restarts.
 
     \b
     Examples:
@@ -152,6 +154,12 @@ def rotate(obj: dict[str, Clock] | None, immediately: bool, algorithm: Algorithm
     """
     clock = (obj or {}).get("clock", system_clock)
     ring, engine = _key_ring(_settings(), clock)
+    # Running servers reload their keys at once (auth/invalidations.py): rotate() announces
+    # the new key once committed, and waits until they have acknowledged it.
+    invalidations = open_channel(engine, peer=False)
+    if invalidations is not None:
+        invalidations.attach(None, ring)
+        invalidations.start()
     try:
         new = ring.rotate(immediately=immediately, algorithm=algorithm)
         rows = ring.all_keys()
@@ -160,6 +168,8 @@ def rotate(obj: dict[str, Clock] | None, immediately: bool, algorithm: Algorithm
     except SQLAlchemyError as exc:
         raise _database_error(exc) from None
     finally:
+        if invalidations is not None:
+            invalidations.close()
         engine.dispose()
     click.echo(
         f"key {new.kid} ({new.algorithm}) is published and signs from {_time(new.activate_time)}"

@@ -3,8 +3,9 @@ JSON object per line for log collectors.
 
 A JSON line holds `time` (RFC 3339, UTC, milliseconds), `level`, `logger` and `message`; then,
 when known, `request_id` (the x-request-id the client sent with the call being served, checked
-as audit events check it: printable ASCII of at most 64 characters), `trace_id` (a `trace_id`
-attribute on the record, which tracing will set; absent until then) and `exception` (the
+as audit events check it: printable ASCII of at most 64 characters), `trace_id` (the
+OpenTelemetry trace id of the call being served, when tracing is on and the call's span is
+sampled: interceptors/tracing.py; or a `trace_id` attribute on the record) and `exception` (the
 traceback of `logger.exception(...)`, as one string). Nothing else from the record is copied:
 what a line says is exactly its message, which never holds a secret (STYLE.md, section 6).
 """
@@ -39,11 +40,12 @@ class JsonFormatter(logging.Formatter):
         # The call being served on this thread (its record is a ContextVar that
         # RequestLoggingInterceptor sets for the call's duration); None outside a call.
         call = optional_call()
+        trace_id = getattr(record, "trace_id", "")
         if call is not None:
             request_id = checked_request_id(call.request_id)
             if request_id:
                 entry["request_id"] = request_id
-        trace_id = getattr(record, "trace_id", "")
+            trace_id = trace_id or call.trace_id
         if isinstance(trace_id, str) and trace_id:
             entry["trace_id"] = trace_id
         if record.exc_info:

@@ -9,11 +9,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from luman.server import backup as sqlite_backup
+from luman.server import supervisor
 from luman.server.app import BindError, build_server, wait_for_stop
 from luman.server.auth.signing_keys import SigningKeyError
 from luman.server.config import ConfigError, Settings
@@ -23,6 +25,7 @@ from luman.server.gateway import build_gateway
 from luman.server.keys_cli import keys
 from luman.server.log_format import configure_logging, holding_records
 from luman.server.request_logs import query as request_log_query
+from luman.server.request_logs import spool
 from luman.server.tls import TlsError
 
 logger = logging.getLogger("luman.server")
@@ -51,15 +54,39 @@ def cli() -> None:
 
 
 @cli.command()
-def serve() -> None:
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    help="Worker processes serving the same ports (auto: one per CPU), restarted when they "
+    "die. Threads and database pool (GRPC_MAX_WORKERS) are per worker; rate limits are shared "
+    "(Redis, or a SQLite file in LUMAN_DATA_DIR).",
+)
+@click.option("--worker-slot", type=int, hidden=True)  # set by the supervisor only
+@click.option("--worker-channel", type=int, hidden=True)
+def serve(workers: str, worker_slot: int | None, worker_channel: int | None) -> None:
     """Serve gRPC on HOST:PORT and HTTP/JSON on HOST:HTTP_PORT until SIGTERM or SIGINT.
 
     With DATABASE_URL unset, the embedded SQLite database under LUMAN_DATA_DIR is created and
     migrated automatically. With DATABASE_URL set, a database whose schema is behind is
     refused: run `luman-server migrate` first.
+
+    With --workers N (N > 1), this process supervises N workers on the same ports: SIGTERM
+    drains them all, SIGHUP reaches each, a worker that dies is started again (logged).
     """
+    try:
+        count = supervisor.worker_count(workers)
+    except ValueError:
+        raise click.BadParameter("a positive number or 'auto'", param_hint="--workers") from None
     settings = _settings()
+    channel = None
+    if worker_slot is not None:
+        settings = supervisor.worker_settings(settings, worker_slot)
+        _name_the_worker(worker_slot)
     _configure_logging(settings)
+    if worker_slot is not None and worker_channel is not None:
+        channel = supervisor.watch_supervisor(worker_channel, worker_slot)
     # SIGHUP (`systemctl reload`) only asks for a reload, from the start: its default action
     # would end the process without draining, and systemd would not restart it.
     hangup = threading.Event()
@@ -76,6 +103,15 @@ def serve() -> None:
                     f"database schema is at {current or 'nothing'}, this server needs {head}: "
                     "run `luman-server migrate` (or `make migrate`)"
                 )
+        if count > 1 and worker_slot is None:
+            engine.dispose()
+            try:
+                sys.exit(supervisor.Supervisor(settings, count, hangup).run())
+            except supervisor.SupervisorError as exc:
+                raise click.ClickException(str(exc)) from None
+        # What killed workers left unwritten (request_logs/spool.py); the worker in each slot
+        # takes its own slot's, a single serve or worker 0 those of slots nobody runs now.
+        spool.recover(engine, settings.data_dir, spool.slots_to_recover(worker_slot, count))
         sessions = make_sessions(engine)
         try:
             app = build_server(settings, sessions)
@@ -110,6 +146,12 @@ def serve() -> None:
             app.port,
             engine.url.render_as_string(hide_password=True),
         )
+        if app.mtls_port is not None:
+            logger.info(
+                "serving gRPC for client certificates (MTLS_PORT) on %s:%d",
+                settings.host,
+                app.mtls_port,
+            )
         gateway.start()
         logger.info(
             "serving HTTP/JSON%s on %s:%d",
@@ -117,6 +159,8 @@ def serve() -> None:
             settings.host,
             gateway.port,
         )
+        if channel is not None:
+            supervisor.tell_ready(channel)
         wait_for_stop(stop, _reload_if_asked)
         # HTTP first: its requests in flight still need gRPC to finish. Both share the grace.
         deadline = time.monotonic() + settings.shutdown_grace_seconds
@@ -138,6 +182,18 @@ def serve() -> None:
             logger.info("stopped")
     finally:
         engine.dispose()
+
+
+def _name_the_worker(slot: int) -> None:
+    """Every log line of a worker names it: `luman.server[worker 1]: ...`."""
+    make_record = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make_record(*args, **kwargs)
+        made.name = f"{made.name}[worker {slot}]"
+        return made
+
+    logging.setLogRecordFactory(record)
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from typing import Any
 
 from luman.api.v1 import annotations_pb2
 from luman.auth.v1 import auth_service_pb2
+from luman.interceptors import rate_limit_sqlite
 from luman.interceptors.errors import UnauthenticatedError
 from luman.interceptors.rate_limit import (
     AccountLimit,
@@ -26,7 +27,8 @@ from luman.interceptors.rate_limit import (
     SlidingWindowLimiter,
     UserRateLimitInterceptor,
 )
-from luman.server import methods
+from luman.interceptors.token_auth import client_certificate
+from luman.server import methods, supervisor
 from luman.server.config import Settings
 from luman.server.validation import normalize_email
 
@@ -88,14 +90,20 @@ def limiter_factory(
     settings: Settings, monotonic: Callable[[], float], wall: Callable[[], float]
 ) -> Callable[[str, int, float], RateLimiter]:
     """`(name, limit, window seconds) -> RateLimiter`: in process, or in Redis under
-    luman:ratelimit:<name>: when RATE_LIMIT_REDIS_URL is set."""
+    luman:ratelimit:<name>: when RATE_LIMIT_REDIS_URL is set, or else, in the workers of
+    `serve --workers N`, in the SQLite file they share (rate_limit_sqlite.py says why)."""
     client = None
+    shared = None
     if settings.rate_limit_redis_url:
         from luman.interceptors import rate_limit_redis
 
         client = rate_limit_redis.redis_client(settings.rate_limit_redis_url)
+    elif (path := supervisor.rate_limit_store(settings)) is not None:
+        shared = rate_limit_sqlite.SqliteStore(path, clock=wall)
 
     def limiter(name: str, limit: int, window: float) -> RateLimiter:
+        if shared is not None:
+            return rate_limit_sqlite.SqliteSlidingWindowLimiter(shared, name, limit, window)
         if client is None:
             return SlidingWindowLimiter(limit, window, monotonic)
         return rate_limit_redis.RedisSlidingWindowLimiter(
@@ -158,6 +166,11 @@ def build_rate_limit_stages(
         public_methods=public_methods,
         ipv6_prefix=settings.rate_limit_ipv6_prefix,
         accounts=accounts,
+        has_certificate=(
+            (lambda context: client_certificate(context) is not None)
+            if settings.tls_client_ca_file
+            else None
+        ),
     )
     per_user = UserRateLimitInterceptor(
         policy_of=policy_of,

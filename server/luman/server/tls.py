@@ -12,8 +12,10 @@ logs an error.
 Client certificates (TLS_CLIENT_CA_FILE): the HTTP port requests one and verifies it against
 the CA when presented, without requiring it. grpcio's Python API can only require client
 certificates or not ask for them (server_credentials_ssl_dynamic_cert_config), and requiring
-would lock out every caller without one, so the gRPC port does not ask. Mapping a certificate
-to a service principal is not done yet.
+would lock out every caller without one (the CLI, browsers' services), so the gRPC port does
+not ask; MTLS_PORT, when set, is a second gRPC port on the same server that requires one.
+A verified certificate authenticates a call that carries no bearer token as the service account
+it names (auth/client_certificates.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class TlsError(Exception):
 class _Loaded:
     grpc_config: grpc.ServerCertificateConfiguration
     ssl_context: ssl.SSLContext
+    # The same key pair with the client CA, for MTLS_PORT; None without TLS_CLIENT_CA_FILE.
+    grpc_mtls_config: grpc.ServerCertificateConfiguration | None
 
 
 class ServerCertificates:
@@ -53,7 +57,8 @@ class ServerCertificates:
         self._lock = threading.Lock()
         self._current = self._load()
         self._generation = 0
-        self._fetched_generation = 0
+        # Per gRPC port: the reload generation its fetcher last handed to grpcio.
+        self._fetched_generation = {"plain": 0, "mtls": 0}
         # What the gateway serves: every handshake moves onto the current reload's context.
         self._http_context = self._current.ssl_context
         self._http_context.sni_callback = self._choose_context
@@ -68,8 +73,23 @@ class ServerCertificates:
             self._current.grpc_config,
             # The stubs say the fetcher always returns a configuration; grpcio takes None as
             # "unchanged" (_server_cert_config_fetcher_wrapper in credentials.pyx.pxi).
-            self._fetch,  # type: ignore[arg-type]
+            lambda: self._fetch("plain"),  # type: ignore[arg-type,return-value]
             require_client_authentication=False,
+        )
+
+    def grpc_mtls_credentials(self) -> grpc.ServerCredentials:
+        """Credentials for MTLS_PORT: a client certificate signed by TLS_CLIENT_CA_FILE is
+        required (the handshake fails without one). Follows every reload.
+
+        Raises:
+            TlsError: there is no TLS_CLIENT_CA_FILE.
+        """
+        if self._current.grpc_mtls_config is None:
+            raise TlsError("MTLS_PORT needs TLS_CLIENT_CA_FILE")
+        return grpc.dynamic_ssl_server_credentials(
+            self._current.grpc_mtls_config,
+            lambda: self._fetch("mtls"),  # type: ignore[arg-type,return-value]
+            require_client_authentication=True,
         )
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -94,12 +114,14 @@ class ServerCertificates:
         logger.info("TLS certificates reloaded from %s", self._cert_file)
         return True
 
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+    def _fetch(self, port: str) -> grpc.ServerCertificateConfiguration | None:
         # Called by grpcio on each new handshake; None means "unchanged".
         with self._lock:
-            if self._fetched_generation == self._generation:
+            if self._fetched_generation[port] == self._generation:
                 return None
-            self._fetched_generation = self._generation
+            self._fetched_generation[port] = self._generation
+            if port == "mtls":
+                return self._current.grpc_mtls_config
             return self._current.grpc_config
 
     def _choose_context(
@@ -131,7 +153,12 @@ class ServerCertificates:
                 f"cannot load TLS_CERT_FILE/TLS_KEY_FILE/TLS_CLIENT_CA_FILE: {exc}"
             ) from exc
         grpc_config = grpc.ssl_server_certificate_configuration([(key, cert)])
-        return _Loaded(grpc_config, context)
+        mtls_config = None
+        if client_ca is not None:
+            mtls_config = grpc.ssl_server_certificate_configuration(
+                [(key, cert)], root_certificates=client_ca
+            )
+        return _Loaded(grpc_config, context, mtls_config)
 
 
 def _no_passphrase() -> str:

@@ -11,7 +11,7 @@ every token created from it in turn: revoking a leaked token kills what it minte
 created with a sign-in's access token, and CliLogin's, have no parent.
 
 Revocations call `token_cache.forget()` once committed, so the very next call on this replica
-fails; other replicas notice within TOKEN_CACHE_TTL.
+fails, and on the others too (invalidations.py; within TOKEN_CACHE_TTL while that is down).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The calling credential, re-checked and locked inside a transaction that mints another one.
 
 The token check (AuthService.verify_token) may answer from the verified-token cache, which
-another replica's revocation reaches only within TOKEN_CACHE_TTL. That is the documented bound
-for ordinary calls, but a call that mints a credential (CreateCliToken, CreateServiceAccount)
-would turn it into forever: the new secret outlives the revocation. So these calls read the
-calling credential again in their write transaction, locked, and refuse with UNAUTHENTICATED
-TOKEN_REVOKED when it no longer stands:
+another replica's revocation reaches before the next call through the invalidation channel
+(invalidations.py), but only within TOKEN_CACHE_TTL while that channel is down. That is the
+documented bound for ordinary calls, but a call that mints a credential (CreateCliToken,
+CreateServiceAccount) would turn it into forever: the new secret outlives the revocation. So
+these calls read the calling credential again in their write transaction, locked, and refuse
+with UNAUTHENTICATED TOKEN_REVOKED when it no longer stands:
 
 - A sign-in's access token: its login session must be open (not revoked by RevokeSession or
   LogoutAll), and its iat not earlier than the user's LogoutAll not-before time.

@@ -16,6 +16,11 @@ them every RELOAD_INTERVAL, and at once (at most every UNKNOWN_KID_RELOAD_INTERV
 tokens with made-up kids cannot turn into a query each) when a token names a kid it does not
 know: a token signed by another replica right after a rotation verifies immediately.
 
+A rotation is also announced on the invalidation channel (invalidations.py, the same one
+that carries token revocations): every running server, whichever process rotated, marks its
+keys stale and reloads them before it next signs, verifies or publishes, instead of within
+RELOAD_INTERVAL. Without the channel (it is down) the reloads above still apply.
+
 Rotation publishes first: by default the new key starts signing PUBLISH_AHEAD after
 `luman-server keys rotate` (the JWKS max-age plus one reload interval), so a verifier that
 cached the JWKS for its max-age already holds the new key when the first token signed with it
@@ -44,7 +49,7 @@ import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -139,6 +144,21 @@ class KeyRing:
         self._load_time: dt.datetime | None = None
         self._unknown_kid_time: dt.datetime | None = None
         self._reload_lock = threading.Lock()
+        # Set by the invalidation channel (link(), mark_stale()): another process rotated.
+        self._stale = False
+        self._catch_up: Callable[[], None] = _nothing
+        self._rotated: Callable[[], None] = _nothing
+
+    def link(self, *, catch_up: Callable[[], None], rotated: Callable[[], None]) -> None:
+        """Connect the keys to the invalidation channel (invalidations.py): `catch_up` applies
+        other processes' events before the keys are used; `rotated` announces a rotation made
+        here, once committed."""
+        self._catch_up = catch_up
+        self._rotated = rotated
+
+    def mark_stale(self) -> None:
+        """Another process changed the keys: reload them before their next use."""
+        self._stale = True
 
     @classmethod
     def from_settings(cls, settings: Settings, sessions: Sessions, clock: Clock) -> KeyRing:
@@ -278,6 +298,7 @@ class KeyRing:
                 "another rotation committed at the same moment: see `luman-server keys list`"
             ) from None
         self._load(strict=True)
+        self._rotated()
         return self._snapshot.by_kid[kid]
 
     def all_keys(self) -> list[tuple[LoadedKey, KeyState]]:
@@ -324,6 +345,15 @@ class KeyRing:
         return new.kid
 
     def _reload_if_due(self) -> None:
+        self._catch_up()
+        if self._stale:
+            # Another process rotated: every thread waits for the new keys, none goes on with
+            # the old ones.
+            with self._reload_lock:
+                if self._stale:
+                    self._stale = False
+                    self._load(strict=False)
+            return
         last = self._load_time
         if last is not None and self._clock() - last < RELOAD_INTERVAL:
             return
@@ -381,6 +411,10 @@ class KeyRing:
 
     def _private_key(self, row: SigningKey) -> PrivateKey:
         return self._cipher.decrypt(row.kid, row.algorithm, row.private_key_encrypted)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _rows(session: Session) -> list[SigningKey]:

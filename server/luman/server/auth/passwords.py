@@ -60,6 +60,7 @@ from typing import Protocol, TypeVar
 
 import bcrypt
 
+from luman.interceptors import tracing
 from luman.interceptors.errors import OverloadedError
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class PasswordHasher:
             OverloadedError: SERVER_BUSY, when the queue is full (or, with wait=False, any
                 caller would have to wait), or `call` ended while it waited.
         """
-        return self._run(call, wait, self._hash, password.encode()).decode()
+        return self._run(call, wait, "bcrypt hash", self._hash, password.encode()).decode()
 
     def verify(
         self, password: str, password_hash: str | None, call: WaitingCall | None = None
@@ -210,7 +211,7 @@ class PasswordHasher:
             OverloadedError: SERVER_BUSY, when the queue is full or `call` ended while waiting.
         """
         candidate = password_hash.encode() if password_hash else self._dummy
-        ok = self._run(call, True, self._check, password.encode(), candidate)
+        ok = self._run(call, True, "bcrypt verify", self._check, password.encode(), candidate)
         return ok and password_hash is not None
 
     def close(self) -> None:
@@ -224,16 +225,30 @@ class PasswordHasher:
         return len(parts) < 3 or parts[2] != f"{self.rounds:02d}"
 
     def _run(
-        self, call: WaitingCall | None, wait: bool, work: Callable[..., _T], *args: bytes
+        self,
+        call: WaitingCall | None,
+        wait: bool,
+        span_name: str,
+        work: Callable[..., _T],
+        *args: bytes,
     ) -> _T:
         """Run bcrypt `work` on a hashing thread once a slot is free (one thread per slot and
         priority, so with the slot a thread is free too); the caller waits with the GIL
-        released."""
+        released. In a traced call the work gets a span of its own (`span_name`), a child of
+        the call's: the hashing thread does not inherit the caller's context, so it is
+        handed over."""
         with self._slot(call, wait):
             with self._changed:
                 threads = self._fair if self._refused else self._niced
                 self._refused = False
-            return threads.submit(work, *args).result()
+            parent = tracing.traced_context()
+            if parent is None:
+                return threads.submit(work, *args).result()
+            # The cost only: never the password or the hash.
+            attributes = {"luman.bcrypt.cost": self.rounds}
+            return threads.submit(
+                tracing.run_in_child_span, parent, span_name, attributes, work, *args
+            ).result()
 
     def _hash(self, password: bytes) -> bytes:
         """The bcrypt work itself, run on a hashing thread while the caller holds a slot."""

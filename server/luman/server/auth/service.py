@@ -4,8 +4,8 @@ bcrypt runs outside database transactions so that a slow hash never holds a conn
 or, on SQLite, the write lock.
 
 Token verification is on every authenticated call's path. A verified token is remembered for
-TOKEN_CACHE_TTL (token_cache.py: never past the token's expiry, dropped at once when this
-process revokes it; other replicas notice a revocation within the TTL), and the check that
+TOKEN_CACHE_TTL (token_cache.py: never past the token's expiry, dropped at once when any
+process revokes it, through the invalidation channel, invalidations.py), and the check that
 fills the cache reads the login session or CLI token together with its user in one Core query
 (token_checks.py), which the cache keeps for GetMe. A call with a cached token touches no
 database at all. Whatever revokes a credential or changes a user calls `token_cache.forget()`

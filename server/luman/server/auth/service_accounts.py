@@ -9,7 +9,7 @@
 - An access token is checked like a user's: signature and claims, then the account's row (one
   indexed read), then remembered in the verified-token cache under the account's id.
   Deleting the account deletes the row and forgets the id: on this replica the next call
-  fails; on others within TOKEN_CACHE_TTL; the secret fails at once everywhere (its check is
+  fails, and on others (invalidations.py); the secret fails at once everywhere (its check is
   always a database read).
 """
 

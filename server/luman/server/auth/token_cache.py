@@ -15,9 +15,14 @@ GetMe at 16 streams ran at 0.18 instead of 0.59 x bare (BENCHMARKS.md, "What the
   it once the change has committed; the call after that checks in full. A check that read the
   database before the change committed cannot put a stale entry back afterwards: `put()` is
   refused when anything was forgotten since that check began (the generation counter).
-- Several replicas: a revocation made on one server process reaches the caches of the others
-  only when their entries come up for a recheck, that is within TOKEN_CACHE_TTL. TOKEN_CACHE_TTL=0
-  turns the cache off and checks every call against the database.
+- Several processes (workers, replicas) on one database: `forget()` also publishes what it
+  forgot on the invalidation channel (invalidations.py: PostgreSQL LISTEN/NOTIFY, or a shared
+  file next to an SQLite database), and every other process applies it before it answers its
+  next call: `get()` first applies whatever the channel holds that this process has not seen
+  (`forgotten_elsewhere()`). While the channel is down, another process's revocation reaches
+  this cache when the entry comes up for a recheck, within TOKEN_CACHE_TTL; when it is back,
+  the cache is emptied (`forget_everything()`), since events may have been missed.
+  TOKEN_CACHE_TTL=0 turns the cache off and checks every call against the database.
 - Bounded: at most `max_entries` tokens; the least recently used goes first.
 - Only successes are cached: an invalid token is checked in full every time (rate limiting
   bounds how often).
@@ -31,6 +36,7 @@ import datetime as dt
 import hashlib
 import threading
 import uuid
+from collections.abc import Callable
 
 from luman.interceptors.principal import Principal
 from luman.server.auth.token_checks import UserRecord
@@ -59,6 +65,18 @@ class CachedToken:
 class _Entry:
     cached: CachedToken
     recheck_time: dt.datetime
+
+
+# What forget() tells the invalidation channel: (credential_id, user_id), as forgotten.
+Forgotten = Callable[[uuid.UUID | None, uuid.UUID | None], None]
+
+
+def _nothing() -> None:
+    return None
+
+
+def _unannounced(_credential_id: uuid.UUID | None, _user_id: uuid.UUID | None) -> None:
+    return None
 
 
 class TokenCache:
@@ -91,6 +109,16 @@ class TokenCache:
         # Lookups answered from the cache, and not (expired or absent), since start; counted
         # under the lock get() takes anyway (the metrics read them).
         self.hits = self.misses = 0
+        # The invalidation channel's hooks (link()); no channel: nothing to do.
+        self._catch_up: Callable[[], None] = _nothing
+        self._announce: Forgotten = _unannounced
+
+    def link(self, *, catch_up: Callable[[], None], announce: Forgotten) -> None:
+        """Connect the cache to the invalidation channel (invalidations.py): `catch_up` applies
+        other processes' events and runs before every lookup; `announce` publishes what
+        `forget()` forgot, after it dropped it here."""
+        self._catch_up = catch_up
+        self._announce = announce
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +131,11 @@ class TokenCache:
         """The cached verification of the token with this key, or None when it must be checked."""
         if not self._enabled:
             return None
+        # Another process's revocation, committed before this call began, is applied before
+        # an entry is believed (invalidations.py). +0.8 µs a lookup on PostgreSQL (a poll()),
+        # +1.4 µs with SQLite (an fstat), against 0.8 µs for the lookup itself: measured in
+        # invalidations.py.
+        self._catch_up()
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -171,7 +204,16 @@ class TokenCache:
         self, *, credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
     ) -> None:
         """Drop every cached token of a login session, CLI token or service account, or of a
-        user. Call once the change (revocation, user update, deletion) has committed."""
+        user, here and (through the invalidation channel) in every other process. Call once
+        the change (revocation, user update, deletion) has committed."""
+        self.forgotten_elsewhere(credential_id=credential_id, user_id=user_id)
+        self._announce(credential_id, user_id)
+
+    def forgotten_elsewhere(
+        self, *, credential_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+    ) -> None:
+        """Drop what another process forgot (its event, from the invalidation channel): as
+        `forget()`, without announcing it again."""
         with self._lock:
             self._generation += 1
             keys = set()
@@ -181,6 +223,16 @@ class TokenCache:
                 keys |= self._by_user.get(user_id, set())
             for key in keys:
                 self._remove(key)
+
+    def forget_everything(self) -> None:
+        """Drop every entry: the invalidation channel came back after an outage, and events
+        sent meanwhile may have been missed."""
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+            self._by_credential.clear()
+            self._by_user.clear()
+            self._latest_check.clear()
 
     def claim_use(
         self, key: bytes, now: dt.datetime, resolution: dt.timedelta, ip: str | None = None

@@ -244,6 +244,18 @@ class RequestLog(Base):
     user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     client_ip: Mapped[str] = mapped_column(String(45))
     user_agent: Mapped[str] = mapped_column(String(256))
+    # The OpenTelemetry trace id (32 hex digits) when the call was traced, else NULL.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class RequestLogSpool(Base):
+    """How far a worker's request-log spool is written (request_logs/spool.py): set in the
+    transaction of each batch, so that a replacement worker replays exactly the rest."""
+
+    __tablename__ = "request_log_spools"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    written: Mapped[int] = mapped_column(BigInteger)  # sequence number of the last entry written
 
 
 class SigningKey(Base):

@@ -72,6 +72,9 @@ class _Request:
         self.scheme: str = scope.get("scheme", "http")
         client = scope.get("client")
         self.peer: str = client[0] if client else ""
+        # The ASGI TLS extension's verified client certificate (server.py puts it there).
+        chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or ()
+        self.client_certificate: bytes | None = chain[0].encode("ascii") if chain else None
         self.headers: dict[str, list[str]] = {}
         for name, value in scope.get("headers", ()):
             self.headers.setdefault(name.decode("latin-1").lower(), []).append(
@@ -201,7 +204,9 @@ class GatewayApp:
     async def _call(self, request: _Request, match: RouteMatch, message: Any, send: Send) -> None:
         metadata = self._metadata(request, oauth_endpoint=match.route.oauth_endpoint)
         peer = grpc_peer(self._addresses.client_ip(request.peer, _forwarded_for(request)))
-        result = await self._calls.call(match.route, message, metadata, peer)
+        result = await self._calls.call(
+            match.route, message, metadata, peer, request.client_certificate
+        )
         headers = _forwarded_headers(result.metadata)
         if result.response is not None:
             body = response_json(match.route, result.response)
@@ -226,8 +231,8 @@ class GatewayApp:
         await self._respond_error(request, send, error, headers)
 
     def _metadata(self, request: _Request, *, oauth_endpoint: bool = False) -> Metadata:
-        """The call's metadata, as a gRPC client would send it: credentials and user agent.
-        (The client's address is the call's peer.)"""
+        """The call's metadata, as a gRPC client would send it: credentials, user agent,
+        request id and trace context. (The client's address is the call's peer.)"""
         metadata: list[tuple[str, str | bytes]] = []
         # An OAuth endpoint is public: its Authorization header can only be the client's Basic
         # credentials (read in _oauth_request), never a token for the call.
@@ -247,6 +252,13 @@ class GatewayApp:
         if request_id:
             # Kept on audit events only if printable ASCII of at most 64 (audit/record.py).
             metadata.append((metadata_keys.REQUEST_ID, request_id))
+        # W3C trace-context, for the call's span when tracing is on (interceptors/tracing.py:
+        # a malformed one is ignored there, as the specification says).
+        # Several tracestate headers are one list (W3C trace-context 3.3.1.1).
+        for key in (metadata_keys.TRACEPARENT, metadata_keys.TRACESTATE):
+            value = ",".join(request.headers.get(key, ()))
+            if value and value.isascii() and value.isprintable():
+                metadata.append((key, value))
         return tuple(metadata)
 
     async def _read_body(self, request: _Request, receive: Receive) -> bytes:

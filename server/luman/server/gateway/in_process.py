@@ -34,6 +34,7 @@ from luman.interceptors.base import Behavior
 from luman.interceptors.client_address import parse_address
 from luman.interceptors.error_mapping import status_for
 from luman.interceptors.errors import OverloadedError
+from luman.interceptors.token_auth import PEM_CERT_PROPERTY
 from luman.server.gateway.routes import Route
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,20 @@ class InProcessContext(grpc.ServicerContext):
     servicers, with the same semantics (abort records the status and raises; the status and
     trailing metadata are read back once the behaviour returns)."""
 
-    def __init__(self, metadata: Metadata, peer: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        peer: str,
+        timeout_seconds: float,
+        client_certificate: bytes | None = None,
+    ) -> None:
         self._metadata = metadata
         self._peer = peer
+        # The HTTPS connection's verified client certificate (PEM), given where grpcio's
+        # auth_context() gives a gRPC peer's: token authentication reads it from there.
+        self._auth_context: dict[str, list[bytes]] = (
+            {} if client_certificate is None else {PEM_CERT_PROPERTY: [client_certificate]}
+        )
         self._deadline = time.monotonic() + timeout_seconds
         self._code: grpc.StatusCode | None = None
         self._details = ""
@@ -98,7 +110,8 @@ class InProcessContext(grpc.ServicerContext):
         return None
 
     def auth_context(self) -> Mapping[str, bytes]:
-        return {}
+        # As grpcio gives it: each property a list of values (its stubs say bytes).
+        return self._auth_context  # type: ignore[return-value]
 
     def time_remaining(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -210,13 +223,20 @@ class InProcessCalls:
         self._timeout = timeout_seconds
 
     async def call(
-        self, route: Route, request: Message, metadata: Metadata, peer: str
+        self,
+        route: Route,
+        request: Message,
+        metadata: Metadata,
+        peer: str,
+        client_certificate: bytes | None = None,
     ) -> CallResult:
         """Make the call. Cancelling the awaiting task (the client went away, or the gateway
-        stops without grace) cancels the call: its context is no longer active."""
+        stops without grace) cancels the call: its context is no longer active.
+
+        `client_certificate`: the HTTPS client's verified certificate (PEM), if it sent one."""
         if not self._slots.acquire(blocking=False):
             return _busy(route.grpc_path)
-        context = InProcessContext(metadata, peer, self._timeout)
+        context = InProcessContext(metadata, peer, self._timeout, client_certificate)
         behavior = self._behaviors[route.grpc_path]
         try:
             future = self._executor.submit(context.run, behavior, request, route.grpc_path)

@@ -34,6 +34,7 @@ from luman.server.gateway.in_process import InProcessCalls
 from luman.server.gateway.openapi import build_document
 from luman.server.gateway.policy import ClientAddress, CorsPolicy
 from luman.server.gateway.routes import build_routes
+from luman.server.gateway.tls_protocol import ClientCertificateHttpProtocol
 from luman.server.mail.renderers import build_renderers
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class GatewayServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         hsts: bool = True,
+        client_certificates: bool = False,
     ) -> None:
         self.app = app
         self.port: int = sock.getsockname()[1]
@@ -104,7 +106,8 @@ class GatewayServer:
         config = uvicorn.Config(
             app if hsts else _without_hsts(app),
             loop="none",  # _run() makes the loop: uvloop when available
-            http="httptools",
+            # httptools, plus the verified client certificate in the scope (tls_protocol.py).
+            http=ClientCertificateHttpProtocol if client_certificates else "httptools",
             ws="none",
             lifespan="off",
             interface="asgi3",
@@ -190,7 +193,7 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
         ),
     )
     try:
-        sock = _bind(settings.host, settings.http_port)
+        sock = _bind(settings.host, settings.http_port, reuse_port=settings.worker_slot is not None)
     except BindError:
         readiness.close()
         raise
@@ -226,6 +229,7 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
         readiness,
         ssl_context=app.tls.ssl_context() if app.tls is not None else None,
         hsts=settings.hsts,
+        client_certificates=app.tls is not None and app.tls.client_ca,
     )
 
 
@@ -256,7 +260,8 @@ def _local_url(host: str, port: int, *, https: bool = False) -> str:
     return f"{'https' if https else 'http'}://{host}:{port}"
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Listen on host:port; with `reuse_port`, beside the other workers (supervisor.py)."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     options: dict[str, Any] = {}
@@ -264,7 +269,11 @@ def _bind(host: str, port: int) -> socket.socket:
         options["dualstack_ipv6"] = socket.has_dualstack_ipv6()
     try:
         return socket.create_server(
-            (host.strip("[]"), port), family=family, backlog=BACKLOG, **options
+            (host.strip("[]"), port),
+            family=family,
+            backlog=BACKLOG,
+            reuse_port=reuse_port,
+            **options,
         )
     except OSError as exc:
         raise BindError(

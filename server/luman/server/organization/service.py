@@ -373,7 +373,7 @@ class OrganizationService:
             ).all()
             repo.delete_organization(organization.id)
         # Committed: its service accounts' access tokens fail on their very next call here, as
-        # after DeleteServiceAccount (other replicas: within TOKEN_CACHE_TTL).
+        # after DeleteServiceAccount (other replicas too: auth/invalidations.py).
         for account_id in accounts:
             self._forget_credential(account_id)
 

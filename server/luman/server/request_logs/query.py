@@ -40,6 +40,8 @@ class LogRow:
     user_id: uuid.UUID | None
     client_ip: str
     user_agent: str
+    # The call's OpenTelemetry trace id when it was traced (README, "Tracing").
+    trace_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -50,6 +52,7 @@ class LogRow:
             "user_id": str(self.user_id) if self.user_id else None,
             "client_ip": self.client_ip,
             "user_agent": self.user_agent,
+            "trace_id": self.trace_id,
         }
 
 
@@ -104,6 +107,7 @@ def recent(engine: Engine, log_filter: LogFilter) -> list[LogRow]:
             user_id=row.user_id,
             client_ip=row.client_ip,
             user_agent=row.user_agent,
+            trace_id=row.trace_id,
         )
         for row in reversed(rows)
     ]

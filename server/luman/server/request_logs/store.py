@@ -28,14 +28,32 @@ from luman.server.db.models import RequestLog
 
 TABLE = cast(Table, RequestLog.__table__)
 PRUNE_BATCH = 5000
-# Rows per multi-row INSERT: 7 parameters each stays under 999, the variable limit of SQLite
+# Rows per multi-row INSERT: 8 parameters each stays under 999, the variable limit of SQLite
 # builds before 3.32.
 ROWS_PER_STATEMENT = 100
 # The entry's fields, in this order, are the row; text is cut to the column sizes.
-COLUMNS = ("time", "method", "status", "duration_ms", "user_id", "client_ip", "user_agent")
+COLUMNS = (
+    "time",
+    "method",
+    "status",
+    "duration_ms",
+    "user_id",
+    "client_ip",
+    "user_agent",
+    "trace_id",
+)
 # Their PostgreSQL types, for binary COPY (the migrations' types; a mismatch fails the batch,
 # which the writer counts and reports, and the request-log tests run on PostgreSQL).
-PG_TYPES = ("timestamptz", "varchar", "varchar", "float8", "uuid", "varchar", "varchar")
+PG_TYPES = (
+    "timestamptz",
+    "varchar",
+    "varchar",
+    "float8",
+    "uuid",
+    "varchar",
+    "varchar",
+    "varchar",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +98,13 @@ def _compiled_insert(dialect: Dialect) -> _Insert:
     return _Insert(compiled.string, copy, order, processors)
 
 
-def insert_entries(engine: Engine, entries: Sequence[RequestLogEntry]) -> None:
+def insert_entries(
+    engine: Engine,
+    entries: Sequence[RequestLogEntry],
+    *,
+    also: Callable[[Connection], None] | None = None,
+) -> None:
+    """Insert `entries`, and run `also` in the same transaction (a spool's mark, spool.py)."""
     statement = _compiled_insert(engine.dialect)
     rows: list[Any] = []
     for e in entries:
@@ -92,6 +116,7 @@ def insert_entries(engine: Engine, entries: Sequence[RequestLogEntry]) -> None:
             e.user_id,
             e.client_ip[:45],
             e.user_agent[:256],
+            e.trace_id,
         ]
         for index, processor in statement.processors:
             if row[index] is not None:
@@ -105,6 +130,8 @@ def insert_entries(engine: Engine, entries: Sequence[RequestLogEntry]) -> None:
         else:
             named = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
             connection.exec_driver_sql(statement.sql, named)
+        if also is not None:
+            also(connection)
 
 
 def _copy(connection: Connection, sql: str, rows: list[list[Any]]) -> None:

@@ -47,6 +47,7 @@ from luman.interceptors.request_logging import RequestLogEntry
 from luman.server.clock import Clock, system_clock
 from luman.server.db.availability import is_unavailable
 from luman.server.request_logs import store
+from luman.server.request_logs.spool import RequestLogSpool
 from luman.server.request_logs.store import WriterStats
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class RequestLogWriter:
             is kept and retried, False that the batch is lost.
         retry_min: seconds before the first retry; each failed retry doubles the wait...
         retry_max: ...up to this.
+        spool: a supervised worker's spool (spool.py): every queued entry is also appended
+            to it, and each batch records in its transaction how far the spool is written.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class RequestLogWriter:
         on_error: Callable[[Exception], bool] = is_unavailable,
         retry_min: float = DEFAULT_RETRY_MIN,
         retry_max: float = DEFAULT_RETRY_MAX,
+        spool: RequestLogSpool | None = None,
     ) -> None:
         self._engine = engine
         self._retention = dt.timedelta(days=retention_days)
@@ -109,6 +113,7 @@ class RequestLogWriter:
         self._on_error = on_error
         self._retry_min = retry_min
         self._retry_max = retry_max
+        self._spool = spool
         # submit() runs on every RPC: it takes the plain Lock directly (a C-level `with`),
         # the Condition over the same lock only to wake the thread.
         self._lock = threading.Lock()
@@ -153,6 +158,8 @@ class RequestLogWriter:
                 self._dropped += 1
                 return
             self._queue.append(entry)
+            if self._spool is not None:  # in the queue's order, before the call answers
+                self._spool.append(entry)
             queued = len(self._queue)
             # Wake the thread for the first entry (it starts the max_delay countdown) and for a
             # full batch; in between it is waiting for exactly that.
@@ -199,6 +206,8 @@ class RequestLogWriter:
                 # The batch being written, if any, ends as written or failed when its attempt
                 # does (within the connect timeout); wait a little for the count to be right.
                 thread.join(1.0)
+        if self._spool is not None and not (thread is not None and thread.is_alive()):
+            self._spool.close(self._engine)
         stats = self.stats
         if stats.dropped or stats.failed or stats.after_close:
             logger.warning(
@@ -296,8 +305,11 @@ class RequestLogWriter:
 
     def _write(self, batch: list[RequestLogEntry]) -> bool:
         """Insert `batch`; False if it failed because the database is away (retry it)."""
+        spool = self._spool
         try:
-            store.insert_entries(self._engine, batch)
+            store.insert_entries(
+                self._engine, batch, also=None if spool is None else spool.marker(len(batch))
+            )
         except Exception as exc:
             logger.debug("request log insert failed: %s", type(exc).__name__, exc_info=True)
             if self._on_error(exc):
@@ -308,6 +320,8 @@ class RequestLogWriter:
         else:
             with self._cond:
                 self._written += len(batch)
+        if spool is not None:
+            spool.advance(len(batch))
         return True
 
     def _prune_if_due(self) -> None:
