@@ -15,6 +15,11 @@ worker runs) replays the entries after the mark, in one transaction that moves t
 the end, then deletes the files and the mark. Killed between commit and unlink, the next start
 finds the mark at the end and replays nothing: no loss, no duplicate.
 
+A live spool is locked: its process holds an flock on `<name>.lock` for as long as it runs
+(the kernel releases it when the process dies, however it dies). Recovery skips a spool whose
+lock it cannot take, so a second `serve` sharing LUMAN_DATA_DIR never replays the spool of a
+worker that is still writing it.
+
 Files rotate at ROTATE_BYTES; a file all of whose entries are written is deleted. A graceful
 stop that wrote everything deletes the whole spool; one that could not (the database away past
 the close timeout) leaves it for the next start.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import functools
 import json
 import logging
@@ -95,6 +101,10 @@ class RequestLogSpool:
         self._appended = 0  # sequence number of the last entry appended
         self._consumed = 0  # ... and of the last one the writer is done with
         self._failures = 0
+        # Held until close() or the process's end: recovery leaves a locked spool alone.
+        self._lock_fd: int | None = _lock_spool(directory, self.name)
+        if self._lock_fd is None:
+            raise OSError(f"cannot lock the new request-log spool {self.name}")
         self._open_file()
 
     @property
@@ -165,11 +175,19 @@ class RequestLogSpool:
             for file in self._files:
                 _unlink(file.path)
             self._files.clear()
+            self._release()
         try:
             with engine.begin() as connection:
                 connection.execute(sa.delete(_MARKS).where(_MARKS.c.name == self.name))
         except Exception as exc:  # a leftover mark is a few bytes, never replayed from
             logger.debug("request log spool: mark not deleted (%s)", type(exc).__name__)
+
+    def _release(self) -> None:
+        """Holding the lock, everything written: the spool's lock file goes."""
+        if self._lock_fd is not None:
+            _unlink(_lock_path(self._directory, self.name))
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @staticmethod
     def _close_fd(file: _File) -> None:
@@ -194,26 +212,55 @@ def recover(engine: Engine, data_dir: Path, slots: Callable[[int], bool]) -> int
             spools.setdefault(name, []).append(path)
     total = 0
     for name, paths in spools.items():
-        with engine.connect() as connection:
-            done = connection.execute(
-                sa.select(_MARKS.c.written).where(_MARKS.c.name == name)
-            ).scalar()
-        try:
-            entries, last = _read(paths, done or 0)
-            if entries:
-                store.insert_entries(engine, entries, also=functools.partial(_mark, name, last))
-        except Exception:
-            # Kept for the next start; this one serves meanwhile.
-            logger.exception("request log: cannot replay the spool %s; kept", name)
+        held = _lock_spool(directory, name)
+        if held is None:
+            logger.info(
+                "request log: the spool %s is in use by a running process; left alone", name
+            )
             continue
-        if entries:
-            logger.info("request log: replayed %d entries from the spool %s", len(entries), name)
-            total += len(entries)
-        for path in paths:
-            _unlink(path)
-        with engine.begin() as connection:
-            connection.execute(sa.delete(_MARKS).where(_MARKS.c.name == name))
+        try:
+            total += _replay(engine, directory, name, paths)
+        finally:
+            os.close(held)
     return total
+
+
+def _replay(engine: Engine, directory: Path, name: str, paths: list[Path]) -> int:
+    """Replay one spool whose lock this process holds; the number of entries written."""
+    with engine.connect() as connection:
+        done = connection.execute(sa.select(_MARKS.c.written).where(_MARKS.c.name == name)).scalar()
+    try:
+        entries, last = _read(paths, done or 0)
+        if entries:
+            store.insert_entries(engine, entries, also=functools.partial(_mark, name, last))
+    except Exception:
+        # Kept for the next start; this one serves meanwhile.
+        logger.exception("request log: cannot replay the spool %s; kept", name)
+        return 0
+    if entries:
+        logger.info("request log: replayed %d entries from the spool %s", len(entries), name)
+    for path in paths:
+        _unlink(path)
+    _unlink(_lock_path(directory, name))
+    with engine.begin() as connection:
+        connection.execute(sa.delete(_MARKS).where(_MARKS.c.name == name))
+    return len(entries)
+
+
+def _lock_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}.lock"
+
+
+def _lock_spool(directory: Path, name: str) -> int | None:
+    """An open descriptor holding the spool's exclusive flock; None when another process
+    holds it (the spool is live)."""
+    fd = os.open(_lock_path(directory, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _read(paths: list[Path], done: int) -> tuple[list[RequestLogEntry], int]:
