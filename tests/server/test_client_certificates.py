@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from luman.organization.v1 import organization_service_pb2
+from luman.organization.v1 import organization_pb2, organization_service_pb2
 from luman.organization.v1 import organization_service_pb2_grpc as org_grpc
 from luman.server.app import App, build_server
 from luman.server.auth.client_certificates import SAN_URI_PREFIX
@@ -106,6 +106,13 @@ def stubs(servers: Servers) -> Iterator[tuple[AuthStub, org_grpc.OrganizationSer
 def _service_account(
     orgs: org_grpc.OrganizationServiceStub, owner: Account, scopes: tuple[str, ...]
 ) -> str:
+    return _organization_and_account(orgs, owner, scopes)[1]
+
+
+def _organization_and_account(
+    orgs: org_grpc.OrganizationServiceStub, owner: Account, scopes: tuple[str, ...]
+) -> tuple[organization_pb2.Organization, str]:
+    """A new organization of `owner`'s and a service account in it (its id)."""
     organization = create_organization(orgs, owner)
     created = orgs.CreateServiceAccount(
         organization_service_pb2.CreateServiceAccountRequest(
@@ -114,7 +121,7 @@ def _service_account(
         metadata=owner.metadata,
     )
     account_id: str = created.service_account.id
-    return account_id
+    return organization, account_id
 
 
 def _certificate(authority: Authority, account_id: str, **kwargs: object) -> Issued:
@@ -268,21 +275,15 @@ def test_deleting_the_account_refuses_its_certificate_on_the_next_call(
 ) -> None:
     auth, orgs = stubs
     owner = sign_up(auth)
-    organization = create_organization(orgs, owner)
-    created = orgs.CreateServiceAccount(
-        organization_service_pb2.CreateServiceAccountRequest(
-            slug=organization.slug, name="billing", scopes=("introspect",)
-        ),
-        metadata=owner.metadata,
-    )
-    certificate = _certificate(servers.pki.ca, created.service_account.id)
+    organization, account_id = _organization_and_account(orgs, owner, ("introspect",))
+    certificate = _certificate(servers.pki.ca, account_id)
     with servers.channel(certificate) as channel:
         service = AuthStub(channel)
         for _ in range(2):  # verified, then from the cache
             assert _introspect(service, owner.token).active
         orgs.DeleteServiceAccount(
             organization_service_pb2.DeleteServiceAccountRequest(
-                slug=organization.slug, service_account_id=created.service_account.id
+                slug=organization.slug, service_account_id=account_id
             ),
             metadata=owner.metadata,
         )

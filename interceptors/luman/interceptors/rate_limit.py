@@ -116,6 +116,18 @@ class RateLimiter(Protocol):
 DEFAULT_SLOTS = 1000
 
 
+def slot_length(limit: int, window: float, slots: int) -> float:
+    """How close in time requests must be to share a log entry: window/slots above `slots`
+    requests per window, 0.0 (every request its own entry: exact) at or below it.
+
+    Raises:
+        ValueError: limit < 1, window <= 0 or slots < 1.
+    """
+    if limit < 1 or window <= 0 or slots < 1:
+        raise ValueError("a limiter needs limit >= 1, window > 0 and slots >= 1")
+    return window / slots if limit > slots else 0.0
+
+
 class _Log:
     """One key's counted requests: entries [time, slot, count], oldest first."""
 
@@ -146,13 +158,11 @@ class SlidingWindowLimiter:
         sweep_batch: int = 1024,
         slots: int = DEFAULT_SLOTS,
     ) -> None:
-        if limit < 1 or window <= 0 or slots < 1:
-            raise ValueError("a limiter needs limit >= 1, window > 0 and slots >= 1")
+        self._quantum = slot_length(limit, window, slots)
         self._limit = limit
         self._window = window
         self._clock = clock
         self._sweep_batch = sweep_batch
-        self._quantum = window / slots if limit > slots else 0.0
         self._lock = threading.Lock()
         # key -> its log; keys ordered by last counted hit.
         self._logs: collections.OrderedDict[str, _Log] = collections.OrderedDict()

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from luman.interceptors.rate_limit import DEFAULT_SLOTS, Decision
+from luman.interceptors.rate_limit import DEFAULT_SLOTS, Decision, slot_length
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +183,11 @@ class SqliteSlidingWindowLimiter:
         *,
         slots: int = DEFAULT_SLOTS,
     ) -> None:
-        if limit < 1 or window <= 0 or slots < 1:
-            raise ValueError("a limiter needs limit >= 1, window > 0 and slots >= 1")
+        self._quantum = slot_length(limit, window, slots)
         self._store = store
         self._name = name
         self._limit = limit
         self._window = window
-        self._quantum = window / slots if limit > slots else 0.0
         self._next_sweep = float("-inf")
 
     @property
