@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed-stamp
+# The test OpenID provider (tests/federation/oidc_provider): panva's oidc-provider from npm.
+OIDC_PROVIDER := tests/federation/oidc_provider
+NODE_STAMP := $(OIDC_PROVIDER)/node_modules/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 # google/api/*.proto ships with googleapis-common-protos; its site-packages folder is the include root.
 GOOGLEAPIS = $(shell $(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(list(google.api.__path__)[0])))')
@@ -21,7 +24,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its dev tools
+# `npm ci` installs exactly package-lock.json, from a clean node_modules.
+$(NODE_STAMP): $(OIDC_PROVIDER)/package-lock.json $(OIDC_PROVIDER)/package.json
+	npm ci --prefix $(OIDC_PROVIDER) --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP) ## create .venv with the project and its dev tools; the test OpenID provider's node_modules
 
 # descriptors.binpb keeps the proto comments, which the generated _pb2 modules drop: the HTTP
 # gateway reads it to describe the API in /openapi.json.
@@ -82,4 +90,4 @@ bench: $(STAMP) ## run the benchmarks and rewrite BENCHMARKS.md
 	$(PY) -m bench
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(OIDC_PROVIDER)/node_modules

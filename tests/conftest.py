@@ -162,6 +162,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         device_code_attempts_per_account=1_000_000,
         device_code_attempts_global=1_000_000,
         email_rate_limit_max_requests=1_000_000,
+        provider_login_rate_limit_max_requests=1_000_000,
         # Every organization may introspect here (tests make them with random slugs);
         # tests/server/test_introspection_trust.py covers the production default, nobody.
         introspection_organizations=frozenset({"*"}),

@@ -143,6 +143,7 @@ def test_json_output_parses_back(luman: Luman, clock: FakeClock) -> None:
             "scopes": ["read", "write"],
             "expire_time": None,
         },
+        "identities": [],
     }
     created = _json(luman("org", "create", "Acme", "--slug", "acme", "--json").stdout)
     assert (created["slug"], created["name"], created["role"]) == ("acme", "Acme", "owner")

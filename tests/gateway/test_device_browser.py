@@ -9,61 +9,32 @@ Screenshots of the sign-in, approval and done pages go to test-artifacts/screens
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from luman.auth.v1 import auth_service_pb2_grpc
 from luman.server.app import App
 from luman.server.config import Settings
 from luman.server.gateway import GatewayServer
 from luman.server.gateway.device_page import WRONG_CODE
+from tests.browser_support import MovingClock, launched_chromium
 from tests.gateway.helpers import register
 from tests.server.device_login_support import poll_failure, start
 from tests.support import PASSWORD, unique_email
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CLI_TIMEOUT = 60.0
-
-
-class MovingClock:
-    """The wall clock plus whatever the test advanced it by. The real CLI polls in real time,
-    so the server's clock has to move (a frozen one would answer every poll SLOW_DOWN)."""
-
-    def __init__(self) -> None:
-        self._offset = dt.timedelta()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> dt.datetime:
-        with self._lock:
-            return dt.datetime.now(dt.UTC) + self._offset
-
-    def advance(self, **delta: float) -> None:
-        with self._lock:
-            self._offset += dt.timedelta(**delta)
 
 
 @pytest.fixture
@@ -79,14 +50,8 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    with launched_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -101,6 +101,10 @@ def test_public_rpcs_need_no_security_and_the_rest_bearer(document: dict[str, An
         "AuthService_VerifyEmail",
         "AuthService_RequestPasswordReset",
         "AuthService_ResetPassword",
+        "AuthService_ListIdentityProviders",
+        "AuthService_StartProviderLogin",
+        "AuthService_CompleteProviderLogin",
+        "AuthService_LinkProviderIdentity",
         "Health_Live",
         "Health_Ready",
     }

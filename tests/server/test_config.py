@@ -161,6 +161,9 @@ def test_env_example_documents_exactly_the_variables_read() -> None:
     # The OTEL_* variables, which tracing.py reads (README "Tracing").
     tracing = (ROOT / "server/luman/server/tracing.py").read_text()
     read |= set(re.findall(r'"(OTEL_[A-Z0-9_]+)"', tracing))
+    # IDENTITY_PROVIDERS, which federation/providers.py reads (with the IDP_<ID>_* it names).
+    providers = (ROOT / "server/luman/server/federation/providers.py").read_text()
+    read |= set(re.findall(r'env\.get\("([A-Z0-9_]+)"', providers))
     assert read == set(_example_values())
 
 
@@ -193,3 +196,22 @@ def test_bad_token_cache_setting_names_the_variable(tmp_path: Path, name: str, v
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), name: value})
     assert str(caught.value).startswith(name)
+
+
+def test_identity_providers_are_read_and_their_errors_name_the_variable(tmp_path: Path) -> None:
+    env = {
+        "LUMAN_DATA_DIR": str(tmp_path),
+        "IDENTITY_PROVIDERS": "github",
+        "IDP_GITHUB_CLIENT_ID": "Ov23li",
+        "IDP_GITHUB_CLIENT_SECRET": "s3cret-value",
+    }
+    (github,) = Settings.from_env(env).identity_providers
+    assert (github.id, github.kind, github.display_name) == ("github", "github", "GitHub")
+    assert "s3cret-value" not in repr(Settings.from_env(env))
+    with pytest.raises(ConfigError, match="IDP_GITHUB_CLIENT_ID"):
+        Settings.from_env({**env, "IDP_GITHUB_CLIENT_ID": ""})
+
+
+def test_password_login_off_needs_a_provider(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PASSWORD_LOGIN=false needs IDENTITY_PROVIDERS"):
+        Settings.from_env({"LUMAN_DATA_DIR": str(tmp_path), "PASSWORD_LOGIN": "false"})

@@ -108,12 +108,12 @@ def test_one_row_per_call_with_status_user_ip_and_agent(
     assert running.writer.flush(timeout=CALL_TIMEOUT)
 
     rows = _rows(sessions)
-    assert [(r.method, r.status) for r in rows] == [
-        (REGISTER, "OK"),
-        (GET_ME, "OK"),
-        (GET_ME, "UNAUTHENTICATED"),
-        (LOGIN, "UNAUTHENTICATED"),
-        (REGISTER, "RESOURCE_EXHAUSTED"),
+    assert [(r.method, r.status, r.reason) for r in rows] == [
+        (REGISTER, "OK", None),
+        (GET_ME, "OK", None),
+        (GET_ME, "UNAUTHENTICATED", "TOKEN_INVALID"),
+        (LOGIN, "UNAUTHENTICATED", "INVALID_CREDENTIALS"),
+        (REGISTER, "RESOURCE_EXHAUSTED", "RATE_LIMITED"),
     ]
     assert [str(r.user_id) if r.user_id else None for r in rows] == [
         None,  # Register is public: no token, so no user on the call

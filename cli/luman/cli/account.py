@@ -97,6 +97,8 @@ def account() -> None:
       luman account verify BCDF-GHJK
       luman account forgot-password ada@example.com
       luman account reset-password ada@example.com
+      luman account identities
+      luman account unlink github
       luman account delete
     """
 
@@ -482,4 +484,52 @@ def reset_password(
             "revoked_sessions": reset.revoked_sessions,
             "revoked_cli_tokens": reset.revoked_cli_tokens,
         },
+    )
+
+
+@account.command()
+@json_option
+@click.pass_context
+def identities(ctx: click.Context) -> None:
+    """List the provider accounts (GitHub, Google, GitLab, your company's sign-in) linked to
+    your account. A provider account is linked the first time you sign in with it on the login
+    page (`luman login` opens it).
+
+    \b
+    Example:
+      luman account identities
+      luman --json account identities | jq '.[].provider'
+    """
+    state = state_of(ctx)
+    output.identities(state.client().auth.list_identities(), as_json=state.as_json)
+
+
+@account.command()
+@click.argument("identity")
+@json_option
+@click.pass_context
+def unlink(ctx: click.Context, identity: str) -> None:
+    """Unlink a provider account: it no longer signs you in. IDENTITY is an id from
+    `luman account identities`, or a provider (github) when one account of it is linked.
+    Refused when it would leave no way to sign in (no password, no other provider).
+
+    \b
+    Examples:
+      luman account unlink github
+      luman account unlink 0b9d3f7e-5c1a-4a51-9d43-1e3f0c6f2a77
+    """
+    state = state_of(ctx)
+    client = state.client()
+    linked = client.auth.list_identities()
+    matches = [i for i in linked if identity in (i.id, i.provider)]
+    if len(matches) != 1:
+        known = ", ".join(f"{i.provider} ({i.id})" for i in linked) or "none"
+        why = "several accounts of that provider are linked" if matches else "no such identity"
+        raise click.UsageError(f"{why}: use an id from `luman account identities` ({known})")
+    target = matches[0]
+    client.auth.unlink_identity(target.id)
+    output.message(
+        f"Unlinked {target.provider_display_name} ({target.username or target.email}).",
+        as_json=state.as_json,
+        data={"unlinked": output.to_jsonable(target)},
     )

@@ -9,6 +9,7 @@ import sys
 from typing import IO, Any
 
 import click
+import grpc
 
 from luman.cli import device_login, output
 from luman.cli.context import State, json_option, state_of
@@ -18,7 +19,9 @@ from luman.client import (
     AuthFileError,
     Client,
     ClientError,
+    Identity,
     PermissionDenied,
+    ServerError,
     Unauthenticated,
     Unavailable,
     auth_file_path,
@@ -348,8 +351,8 @@ def logout(ctx: click.Context, everywhere: bool, include_cli_tokens: bool) -> No
 @json_option
 @click.pass_context
 def whoami(ctx: click.Context) -> None:
-    """Show the logged-in user and the saved token's name, scopes and expiry, as the backend
-    sees them.
+    """Show the logged-in user, the provider accounts linked to it (GitHub, Google, ...) and
+    the saved token's name, scopes and expiry, as the backend sees them.
 
     Exit code 3 when not logged in or the token was revoked.
 
@@ -361,7 +364,23 @@ def whoami(ctx: click.Context) -> None:
     state = state_of(ctx)
     client = state.client()
     user = client.auth.get_me()
-    output.user(user, as_json=state.as_json, api_url=str(state.address), token=_saved_token(client))
+    output.user(
+        user,
+        as_json=state.as_json,
+        api_url=str(state.address),
+        token=_saved_token(client),
+        identities=_identities(client),
+    )
+
+
+def _identities(client: Client) -> list[Identity] | None:
+    """The linked provider accounts; None from a server older than them (UNIMPLEMENTED)."""
+    try:
+        return client.auth.list_identities()
+    except ServerError as exc:
+        if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        raise
 
 
 def _saved_token(client: Client) -> dict[str, object] | None:

@@ -23,6 +23,7 @@ from luman.client import (
     CreatedCliToken,
     CreatedServiceAccount,
     DeviceAuthorization,
+    Identity,
     Introspection,
     Member,
     Organization,
@@ -102,12 +103,20 @@ def error(message: str, *, as_json: bool, exit_code: int, **details: Any) -> Non
 
 
 def user(
-    value: User, *, as_json: bool, api_url: str, token: Mapping[str, Any] | None = None
+    value: User,
+    *,
+    as_json: bool,
+    api_url: str,
+    token: Mapping[str, Any] | None = None,
+    identities: Sequence[Identity] | None = None,
 ) -> None:
-    """The user; with `token` ({"id", "name", "scopes", "expire_time"}), the saved token too."""
+    """The user; with `token` ({"id", "name", "scopes", "expire_time"}), the saved token too;
+    with `identities`, the provider accounts linked to it."""
     if as_json:
         # "cli_token", not "token": the metadata, never the secret.
-        extra = {"cli_token": to_jsonable(token)} if token is not None else {}
+        extra: dict[str, Any] = {"cli_token": to_jsonable(token)} if token is not None else {}
+        if identities is not None:
+            extra["identities"] = to_jsonable(list(identities))
         emit_json({**to_jsonable(value), "api_url": api_url, **extra})
         return
     pairs = [
@@ -117,6 +126,8 @@ def user(
         ("User ID", value.id),
         ("Backend", api_url),
     ]
+    if identities is not None:
+        pairs.append(("Linked", ", ".join(_identity_label(i) for i in identities) or "none"))
     if token is not None:
         expires = token.get("expire_time")
         pairs += [
@@ -125,6 +136,34 @@ def user(
             ("Expires", _when(expires) if isinstance(expires, dt.datetime) else "never"),
         ]
     fields(pairs)
+
+
+def _identity_label(value: Identity) -> str:
+    name = _printable(value.username or value.email)
+    return f"{_printable(value.provider_display_name)} ({name})" if name else value.provider
+
+
+def identities(values: Sequence[Identity], *, as_json: bool) -> None:
+    if as_json:
+        emit_json(list(values))
+        return
+    if not values:
+        click.echo("No linked accounts. Sign in with a provider on the login page to link one.")
+        return
+    table(
+        ("ID", "PROVIDER", "USERNAME", "EMAIL", "LINKED", "LAST SIGN-IN"),
+        (
+            (
+                i.id,
+                _printable(i.provider_display_name),
+                _printable(i.username) or "-",
+                _printable(i.email) or "-",
+                _when(i.create_time),
+                _when(i.last_sign_in_time),
+            )
+            for i in values
+        ),
+    )
 
 
 def _email_status(value: User) -> str:

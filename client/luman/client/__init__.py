@@ -69,6 +69,7 @@ from luman.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from luman.client.identities import Identity, IdentityProvider, SignInOptions
 from luman.client.models import (
     CliLogin,
     CliToken,
@@ -113,6 +114,8 @@ __all__ = [
     "DeviceToken",
     "ExpiredToken",
     "FailedPrecondition",
+    "Identity",
+    "IdentityProvider",
     "Introspection",
     "InvalidAddress",
     "InvalidArgument",
@@ -134,6 +137,7 @@ __all__ = [
     "ServiceToken",
     "Session",
     "SignIn",
+    "SignInOptions",
     "SlowDown",
     "TokenPair",
     "Unauthenticated",

@@ -26,6 +26,7 @@ from luman.client.audit import AuditAPI
 from luman.client.channel import USER_AGENT, open_channel
 from luman.client.device_login import DeviceAuthorization, DeviceLogin, DeviceToken
 from luman.client.errors import InvalidArgument, NotFound, NotLoggedIn, from_rpc_error
+from luman.client.identities import Identity, SignInOptions
 from luman.client.invitations import InvitationsAPI
 from luman.client.models import (
     CliLogin,
@@ -404,6 +405,34 @@ class AuthAPI:
                 of the organizations the caller is the last owner of, comma-separated.
         """
         self._client.call(self._stub.DeleteMe, auth_service_pb2.DeleteMeRequest(password=password))
+
+    def list_identity_providers(self) -> SignInOptions:
+        """The identity providers the server signs people in with, and whether it takes
+        passwords. Needs no token."""
+        response = self._client.call(
+            self._stub.ListIdentityProviders, auth_service_pb2.ListIdentityProvidersRequest()
+        )
+        return SignInOptions.from_proto(response)
+
+    def list_identities(self) -> list[Identity]:
+        """The provider accounts linked to the caller's account, oldest first."""
+        response = self._client.call(
+            self._stub.ListIdentities, auth_service_pb2.ListIdentitiesRequest()
+        )
+        return [Identity.from_proto(i) for i in response.identities]
+
+    def unlink_identity(self, identity_id: str | uuid.UUID) -> None:
+        """Unlink a provider account: it no longer signs in as the caller.
+
+        Raises:
+            NotFound: reason IDENTITY_NOT_FOUND.
+            FailedPrecondition: reason LAST_SIGN_IN_METHOD (no password and no other
+                provider would be left).
+        """
+        self._client.call(
+            self._stub.UnlinkIdentity,
+            auth_service_pb2.UnlinkIdentityRequest(identity_id=str(identity_id)),
+        )
 
     def list_sessions(self, page_size: int = 0, page_token: str = "") -> Page[Session]:
         """One page of the caller's open sessions (sign-ins), oldest first."""

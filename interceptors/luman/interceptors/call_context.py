@@ -36,6 +36,9 @@ class CallRecord:
     # The OpenTelemetry trace id (32 hex digits) when tracing is on and the call's span is
     # sampled (interceptors/tracing.py); the request log and the process log carry it.
     trace_id: str = ""
+    # The ErrorInfo reason of the call's error ("PROVIDER_ACCESS_DENIED"), set as the error is
+    # mapped (error_mapping.py); the request log keeps it.
+    reason: str = ""
 
 
 _current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(

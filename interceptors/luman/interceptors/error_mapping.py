@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from luman.interceptors import metadata_keys
+from luman.interceptors import call_context, metadata_keys
 from luman.interceptors.base import Behavior, MethodInfo, MethodInterceptor
 from luman.interceptors.errors import (
     DomainError,
@@ -89,6 +89,9 @@ def _abort_for(
         raise exc
     known = exc if isinstance(exc, DomainError) else translate(exc)
     if known is not None:
+        record = call_context.optional_call()
+        if record is not None:
+            record.reason = known.reason
         context.abort_with_status(status_for(known, method_name, _trailing(context)))
     else:
         logger.exception("unhandled exception in %s", method_name)

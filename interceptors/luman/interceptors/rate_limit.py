@@ -69,6 +69,8 @@ class Policy(enum.Enum):
     DEVICE_POLL = "device_poll"
     # Per client IP: public calls that send mail or check an emailed code.
     EMAIL = "email"
+    # Per client IP: sign-ins through an identity provider, started and completed.
+    PROVIDER_LOGIN = "provider_login"
 
 
 class Decision(NamedTuple):

@@ -45,6 +45,8 @@ class RequestLogEntry(NamedTuple):
     user_agent: str
     # The call's trace id when it was traced (interceptors/tracing.py), else None.
     trace_id: str | None = None
+    # The ErrorInfo reason of a failed call ("INVALID_CREDENTIALS"), else None.
+    reason: str | None = None
 
 
 Sink = Callable[[RequestLogEntry], None]
@@ -196,6 +198,7 @@ class RequestLoggingInterceptor(MethodInterceptor):
             caller.ip,
             caller.user_agent,
             record.trace_id or None,
+            record.reason or None,
         )
         try:
             sink(entry)

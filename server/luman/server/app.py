@@ -45,6 +45,8 @@ from luman.server.clock import Clock, system_clock
 from luman.server.config import Settings
 from luman.server.db.availability import DatabaseAvailability
 from luman.server.db.session import Sessions
+from luman.server.federation.adapters import build_adapters
+from luman.server.federation.logins import ProviderLogins
 from luman.server.mail.delivery import build_transport
 from luman.server.mail.renderers import build_renderers
 from luman.server.mail.worker import MailWorker
@@ -94,6 +96,8 @@ class App:
     keys: KeyRing | None = None
     # Device logins (RFC 8628); the gateway sets their verification address once it is bound.
     device_logins: DeviceLogins | None = None
+    # Sign-ins through identity providers; the gateway sets their redirect URIs' address too.
+    provider_logins: ProviderLogins | None = None
     # The server's clock, for the gateway's device page (how old a code is, cookie lifetimes).
     clock: Clock = system_clock
     # The audit log's thread: deferred events (failed sign-ins) and retention (audit/worker.py).
@@ -275,6 +279,7 @@ def build_server(
         max_token_lifetime=settings.max_token_lifetime,
         introspection_organizations=settings.introspection_organizations,
         defer_audit=audit.defer,
+        password_login=settings.password_login,
     )
     organizations = OrganizationService(
         sessions,
@@ -411,7 +416,20 @@ def build_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    auth_servicer = AuthServicer(auth, device_logins)
+    # Sign-in through identity providers (federation/): IDENTITY_PROVIDERS.
+    provider_logins = ProviderLogins(
+        sessions,
+        clock,
+        hasher,
+        auth,
+        build_adapters(settings.identity_providers, clock=clock),
+        settings.identity_providers,
+        ttl=settings.provider_login_ttl,
+        password_login=settings.password_login,
+        public_url=settings.public_url or f"http://localhost:{settings.http_port}",
+        defer_audit=audit.defer,
+    )
+    auth_servicer = AuthServicer(auth, device_logins, provider_logins)
     invitations = InvitationService(
         sessions,
         clock,
@@ -499,6 +517,7 @@ def build_server(
         database=database,
         keys=keys,
         device_logins=device_logins,
+        provider_logins=provider_logins,
         clock=clock,
         audit=audit,
         metrics=metrics,

@@ -14,6 +14,11 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from luman.server.federation.providers import (
+    ProviderConfig,
+    ProviderConfigError,
+    providers_from_env,
+)
 from luman.server.tracing import TracingConfig, TracingConfigError, tracing_config
 
 logger = logging.getLogger(__name__)
@@ -122,6 +127,17 @@ class Settings:
     # SendVerificationEmail, VerifyEmail and RequestPasswordReset, per client IP.
     email_rate_limit_window_ms: int = 15 * 60 * 1000
     email_rate_limit_max_requests: int = 20
+    # Sign-in through identity providers (federation/): IDENTITY_PROVIDERS and the IDP_<ID>_*
+    # variables (federation/providers.py); none by default. PASSWORD_LOGIN=false refuses
+    # Register, Login and CliLogin: accounts sign in through a provider only.
+    identity_providers: tuple[ProviderConfig, ...] = ()
+    password_login: bool = True
+    # How long a provider sign-in may take between StartProviderLogin and its completion (and
+    # a link_required answer stays usable).
+    provider_login_ttl: float = 600.0
+    # StartProviderLogin and CompleteProviderLogin, per client IP.
+    provider_login_rate_limit_window_ms: int = 15 * 60 * 1000
+    provider_login_rate_limit_max_requests: int = 60
     cors_origin: str = "http://localhost:3000"
     http_port: int = 8080
     http_max_body_bytes: int = 64 * 1024
@@ -179,6 +195,10 @@ class Settings:
         try:
             tracing = tracing_config(env)
         except TracingConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            identity_providers = providers_from_env(env)
+        except ProviderConfigError as exc:
             raise ConfigError(str(exc)) from None
         settings = cls(
             env=r.choice("LUMAN_ENV", "development", ("development", "production", "test")),
@@ -273,6 +293,16 @@ class Settings:
             max_pending_invitations=r.integer("MAX_PENDING_INVITATIONS", 500, 1, 100000),
             email_rate_limit_window_ms=r.integer("EMAIL_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000),
             email_rate_limit_max_requests=r.integer("EMAIL_RATE_LIMIT_MAX_REQUESTS", 20, 0, 10**9),
+            identity_providers=identity_providers,
+            password_login=r.flag("PASSWORD_LOGIN", True),
+            # At most an hour: a pending sign-in holds a PKCE verifier.
+            provider_login_ttl=r.duration("PROVIDER_LOGIN_TTL", "10m", most=3600),
+            provider_login_rate_limit_window_ms=r.integer(
+                "PROVIDER_LOGIN_RATE_LIMIT_WINDOW_MS", 900000, 0, 86400000
+            ),
+            provider_login_rate_limit_max_requests=r.integer(
+                "PROVIDER_LOGIN_RATE_LIMIT_MAX_REQUESTS", 60, 0, 10**9
+            ),
             cors_origin=r.text("CORS_ORIGIN", cls.cors_origin),
             http_port=r.integer("HTTP_PORT", 8080, 0, 65535),
             http_max_body_bytes=r.integer("HTTP_MAX_BODY_BYTES", 65536, 1024, 16 * 1024 * 1024),
@@ -317,6 +347,10 @@ class Settings:
         if settings.mtls_port is not None and not settings.tls_client_ca_file:
             raise ConfigError(
                 "MTLS_PORT needs TLS_CLIENT_CA_FILE (and TLS_CERT_FILE, TLS_KEY_FILE)"
+            )
+        if not settings.password_login and not settings.identity_providers:
+            raise ConfigError(
+                "PASSWORD_LOGIN=false needs IDENTITY_PROVIDERS: nobody could sign in otherwise"
             )
         settings = settings.with_secrets()
         if settings.production and not settings.smtp_url:

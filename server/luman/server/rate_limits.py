@@ -78,6 +78,11 @@ def build_limiters(
             settings.device_poll_rate_limit_window_ms,
         ),
         (Policy.EMAIL, settings.email_rate_limit_max_requests, settings.email_rate_limit_window_ms),
+        (
+            Policy.PROVIDER_LOGIN,
+            settings.provider_login_rate_limit_max_requests,
+            settings.provider_login_rate_limit_window_ms,
+        ),
     ):
         if limit > 0 and window_ms > 0:
             limiters[policy] = limiter(policy.value, limit, window_ms / 1000)
@@ -189,6 +194,7 @@ _POLICIES = {
     annotations_pb2.RATE_LIMIT_POLICY_DEVICE_START: Policy.DEVICE_START,
     annotations_pb2.RATE_LIMIT_POLICY_DEVICE_POLL: Policy.DEVICE_POLL,
     annotations_pb2.RATE_LIMIT_POLICY_EMAIL: Policy.EMAIL,
+    annotations_pb2.RATE_LIMIT_POLICY_PROVIDER_LOGIN: Policy.PROVIDER_LOGIN,
 }
 
 

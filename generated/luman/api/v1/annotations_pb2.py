@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eluman/api/v1/annotations.proto\x12\x0cluman.api.v1\x1a google/protobuf/descriptor.proto\"\xa1\x01\n\x0cMethodAccess\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x31\n\nrate_limit\x18\x02 \x01(\x0e\x32\x1d.luman.api.v1.RateLimitPolicy\x12\"\n\x05scope\x18\x03 \x01(\x0e\x32\x13.luman.api.v1.Scope\x12\x18\n\x10service_accounts\x18\x04 \x01(\x08\x12\x10\n\x08no_scope\x18\x05 \x01(\x08*\x9d\x02\n\x0fRateLimitPolicy\x12!\n\x1dRATE_LIMIT_POLICY_UNSPECIFIED\x10\x00\x12\x1d\n\x19RATE_LIMIT_POLICY_DEFAULT\x10\x01\x12\x1a\n\x16RATE_LIMIT_POLICY_AUTH\x10\x02\x12#\n\x1fRATE_LIMIT_POLICY_INTROSPECTION\x10\x03\x12#\n\x1fRATE_LIMIT_POLICY_SERVICE_TOKEN\x10\x04\x12\"\n\x1eRATE_LIMIT_POLICY_DEVICE_START\x10\x05\x12!\n\x1dRATE_LIMIT_POLICY_DEVICE_POLL\x10\x06\x12\x1b\n\x17RATE_LIMIT_POLICY_EMAIL\x10\x07*U\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x14\n\x10SCOPE_INTROSPECT\x10\x03:3\n\nomit_empty\x12\x1d.google.protobuf.FieldOptions\x18\xaa\x8b\x03 \x01(\x08:L\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xa9\x8b\x03 \x01(\x0b\x32\x1a.luman.api.v1.MethodAccess:8\n\x0eoauth_endpoint\x12\x1e.google.protobuf.MethodOptions\x18\xab\x8b\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eluman/api/v1/annotations.proto\x12\x0cluman.api.v1\x1a google/protobuf/descriptor.proto\"\xa1\x01\n\x0cMethodAccess\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x31\n\nrate_limit\x18\x02 \x01(\x0e\x32\x1d.luman.api.v1.RateLimitPolicy\x12\"\n\x05scope\x18\x03 \x01(\x0e\x32\x13.luman.api.v1.Scope\x12\x18\n\x10service_accounts\x18\x04 \x01(\x08\x12\x10\n\x08no_scope\x18\x05 \x01(\x08*\xc3\x02\n\x0fRateLimitPolicy\x12!\n\x1dRATE_LIMIT_POLICY_UNSPECIFIED\x10\x00\x12\x1d\n\x19RATE_LIMIT_POLICY_DEFAULT\x10\x01\x12\x1a\n\x16RATE_LIMIT_POLICY_AUTH\x10\x02\x12#\n\x1fRATE_LIMIT_POLICY_INTROSPECTION\x10\x03\x12#\n\x1fRATE_LIMIT_POLICY_SERVICE_TOKEN\x10\x04\x12\"\n\x1eRATE_LIMIT_POLICY_DEVICE_START\x10\x05\x12!\n\x1dRATE_LIMIT_POLICY_DEVICE_POLL\x10\x06\x12\x1b\n\x17RATE_LIMIT_POLICY_EMAIL\x10\x07\x12$\n RATE_LIMIT_POLICY_PROVIDER_LOGIN\x10\x08*U\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x14\n\x10SCOPE_INTROSPECT\x10\x03:3\n\nomit_empty\x12\x1d.google.protobuf.FieldOptions\x18\xaa\x8b\x03 \x01(\x08:L\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xa9\x8b\x03 \x01(\x0b\x32\x1a.luman.api.v1.MethodAccess:8\n\x0eoauth_endpoint\x12\x1e.google.protobuf.MethodOptions\x18\xab\x8b\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'luman.api.v1.annotations_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RATELIMITPOLICY']._serialized_start=247
-  _globals['_RATELIMITPOLICY']._serialized_end=532
-  _globals['_SCOPE']._serialized_start=534
-  _globals['_SCOPE']._serialized_end=619
+  _globals['_RATELIMITPOLICY']._serialized_end=570
+  _globals['_SCOPE']._serialized_start=572
+  _globals['_SCOPE']._serialized_end=657
   _globals['_METHODACCESS']._serialized_start=83
   _globals['_METHODACCESS']._serialized_end=244
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,11 @@ class _RateLimitPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateL
     public RPCs that send mail or check a code from one (VerifyEmail, RequestPasswordReset).
     Each address also gets at most a few messages an hour.
     """
+    RATE_LIMIT_POLICY_PROVIDER_LOGIN: _RateLimitPolicy.ValueType  # 8
+    """RATE_LIMIT_POLICY_PROVIDER_LOGIN counts per client IP in a bucket of its own
+    (PROVIDER_LOGIN_RATE_LIMIT_*): sign-ins through an identity provider, started and
+    completed (StartProviderLogin, CompleteProviderLogin). Each start stores a pending login.
+    """
 
 class RateLimitPolicy(_RateLimitPolicy, metaclass=_RateLimitPolicyEnumTypeWrapper):
     """RateLimitPolicy names the rate-limit bucket an RPC is counted in."""
@@ -86,6 +91,11 @@ RATE_LIMIT_POLICY_EMAIL: RateLimitPolicy.ValueType  # 7
 """RATE_LIMIT_POLICY_EMAIL counts per client IP in a bucket of its own (EMAIL_RATE_LIMIT_*):
 public RPCs that send mail or check a code from one (VerifyEmail, RequestPasswordReset).
 Each address also gets at most a few messages an hour.
+"""
+RATE_LIMIT_POLICY_PROVIDER_LOGIN: RateLimitPolicy.ValueType  # 8
+"""RATE_LIMIT_POLICY_PROVIDER_LOGIN counts per client IP in a bucket of its own
+(PROVIDER_LOGIN_RATE_LIMIT_*): sign-ins through an identity provider, started and
+completed (StartProviderLogin, CompleteProviderLogin). Each start stores a pending login.
 """
 Global___RateLimitPolicy: _TypeAlias = RateLimitPolicy  # noqa: Y015
 

@@ -304,3 +304,89 @@ class DeviceLogin(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceLogin: _TypeAlias = DeviceLogin  # noqa: Y015
+
+@_typing.final
+class IdentityProvider(_message.Message):
+    """IdentityProvider is an identity provider people can sign in with (IDENTITY_PROVIDERS)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id names the provider in URLs and on linked identities ("github", "google", "corp")."""
+    display_name: _builtins.str
+    """display_name is what a sign-in button shows ("GitHub")."""
+    kind: _builtins.str
+    """kind is the protocol: "github", "gitlab", "google" or "oidc" (any OpenID Connect issuer)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "id", b"id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentityProvider: _TypeAlias = IdentityProvider  # noqa: Y015
+
+@_typing.final
+class Identity(_message.Message):
+    """Identity is an account at an identity provider linked to a Luman account: signing in with
+    it signs in as that account.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_SIGN_IN_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the link's UUID (UnlinkIdentity takes it)."""
+    provider: _builtins.str
+    """provider is the IdentityProvider.id ("github")."""
+    provider_display_name: _builtins.str
+    """provider_display_name is the provider's display name, or its id when the provider is no
+    longer configured.
+    """
+    email: _builtins.str
+    """email is the address the provider gave for the account at its last sign-in (or at
+    linking).
+    """
+    username: _builtins.str
+    """username is the account's name at the provider (a GitHub login); empty if it has none."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the identity was linked."""
+
+    @_builtins.property
+    def last_sign_in_time(self) -> _timestamp_pb2.Timestamp:
+        """last_sign_in_time is when the identity last signed in (linking counts as one)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        provider_display_name: _builtins.str = ...,
+        email: _builtins.str = ...,
+        username: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        last_sign_in_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_sign_in_time", b"last_sign_in_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "id", b"id", "last_sign_in_time", b"last_sign_in_time", "provider", b"provider", "provider_display_name", b"provider_display_name", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Identity: _TypeAlias = Identity  # noqa: Y015

@@ -1608,3 +1608,400 @@ class DenyDeviceLoginResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DenyDeviceLoginResponse: _TypeAlias = DenyDeviceLoginResponse  # noqa: Y015
+
+@_typing.final
+class ListIdentityProvidersRequest(_message.Message):
+    """ListIdentityProvidersRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdentityProvidersRequest: _TypeAlias = ListIdentityProvidersRequest  # noqa: Y015
+
+@_typing.final
+class ListIdentityProvidersResponse(_message.Message):
+    """ListIdentityProvidersResponse lists the configured providers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    PASSWORD_LOGIN_FIELD_NUMBER: _builtins.int
+    password_login: _builtins.bool
+    """password_login is false when the server refuses sign-in and registration with a
+    password (PASSWORD_LOGIN=false).
+    """
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[_auth_pb2.IdentityProvider]:
+        """providers are the providers people can sign in with, in the configured order."""
+
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[_auth_pb2.IdentityProvider] | None = ...,
+        password_login: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password_login", b"password_login", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdentityProvidersResponse: _TypeAlias = ListIdentityProvidersResponse  # noqa: Y015
+
+@_typing.final
+class StartProviderLoginRequest(_message.Message):
+    """StartProviderLoginRequest names the provider to sign in with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """provider is an IdentityProvider.id. Required."""
+    user_code: _builtins.str
+    """user_code is the device login the person is approving, if any (8 letters, with or
+    without its dash): CompleteProviderLogin gives it back, so that the page can return to it.
+    """
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        user_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartProviderLoginRequest: _TypeAlias = StartProviderLoginRequest  # noqa: Y015
+
+@_typing.final
+class StartProviderLoginResponse(_message.Message):
+    """StartProviderLoginResponse says where to send the browser."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORIZATION_URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    authorization_url: _builtins.str
+    """authorization_url is the provider's authorization endpoint with the request's parameters."""
+    state: _builtins.str
+    """state identifies this sign-in: bind it to the browser and give it to
+    CompleteProviderLogin. A secret: it is stored only as a hash.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the pending sign-in expires (PROVIDER_LOGIN_TTL)."""
+
+    def __init__(
+        self,
+        *,
+        authorization_url: _builtins.str = ...,
+        state: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_url", b"authorization_url", "expire_time", b"expire_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartProviderLoginResponse: _TypeAlias = StartProviderLoginResponse  # noqa: Y015
+
+@_typing.final
+class CompleteProviderLoginRequest(_message.Message):
+    """CompleteProviderLoginRequest is what the provider redirected the browser back with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """provider is the IdentityProvider.id the sign-in was started with. Required."""
+    state: _builtins.str
+    """state is StartProviderLoginResponse.state, as the provider returned it. Required."""
+    code: _builtins.str
+    """code is the authorization code; required unless error is set."""
+    error: _builtins.str
+    """error is the provider's error code ("access_denied"), when it sent one instead of a code."""
+    error_description: _builtins.str
+    """error_description is the provider's explanation of error, if any (recorded, not shown)."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        state: _builtins.str = ...,
+        code: _builtins.str = ...,
+        error: _builtins.str = ...,
+        error_description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "error", b"error", "error_description", b"error_description", "provider", b"provider", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteProviderLoginRequest: _TypeAlias = CompleteProviderLoginRequest  # noqa: Y015
+
+@_typing.final
+class ProviderSignIn(_message.Message):
+    """ProviderSignIn is a completed sign-in through a provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_CREATED_FIELD_NUMBER: _builtins.int
+    account_created: _builtins.bool
+    """account_created is true when this sign-in created the account."""
+    @_builtins.property
+    def user(self) -> _auth_pb2.User:
+        """user is the signed-in account."""
+
+    @_builtins.property
+    def tokens(self) -> _auth_pb2.TokenPair:
+        """tokens authenticates later calls, as Login's do."""
+
+    def __init__(
+        self,
+        *,
+        user: _auth_pb2.User | None = ...,
+        tokens: _auth_pb2.TokenPair | None = ...,
+        account_created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_created", b"account_created", "tokens", b"tokens", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderSignIn: _TypeAlias = ProviderSignIn  # noqa: Y015
+
+@_typing.final
+class ProviderLinkRequired(_message.Message):
+    """ProviderLinkRequired says that an account with the provider's verified email exists and is
+    not linked to this provider account yet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_TOKEN_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    link_token: _builtins.str
+    """link_token is a single-use secret for LinkProviderIdentity."""
+    email: _builtins.str
+    """email is the existing account's email, which the provider also gave."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when link_token expires."""
+
+    def __init__(
+        self,
+        *,
+        link_token: _builtins.str = ...,
+        email: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "expire_time", b"expire_time", "link_token", b"link_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderLinkRequired: _TypeAlias = ProviderLinkRequired  # noqa: Y015
+
+@_typing.final
+class CompleteProviderLoginResponse(_message.Message):
+    """CompleteProviderLoginResponse is a sign-in, or the request to link an existing account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGN_IN_FIELD_NUMBER: _builtins.int
+    LINK_REQUIRED_FIELD_NUMBER: _builtins.int
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    user_code: _builtins.str
+    """user_code is StartProviderLoginRequest.user_code, given back."""
+    @_builtins.property
+    def sign_in(self) -> Global___ProviderSignIn:
+        """sign_in is set when the person is signed in."""
+
+    @_builtins.property
+    def link_required(self) -> Global___ProviderLinkRequired:
+        """link_required is set when an existing account must be linked first."""
+
+    def __init__(
+        self,
+        *,
+        sign_in: Global___ProviderSignIn | None = ...,
+        link_required: Global___ProviderLinkRequired | None = ...,
+        user_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["link_required", b"link_required", "result", b"result", "sign_in", b"sign_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_required", b"link_required", "result", b"result", "sign_in", b"sign_in", "user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["sign_in", "link_required"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___CompleteProviderLoginResponse: _TypeAlias = CompleteProviderLoginResponse  # noqa: Y015
+
+@_typing.final
+class LinkProviderIdentityRequest(_message.Message):
+    """LinkProviderIdentityRequest proves the existing account is the person's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_TOKEN_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    link_token: _builtins.str
+    """link_token is ProviderLinkRequired.link_token. Required."""
+    password: _builtins.str
+    """password is the existing account's password. Required."""
+    def __init__(
+        self,
+        *,
+        link_token: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_token", b"link_token", "password", b"password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkProviderIdentityRequest: _TypeAlias = LinkProviderIdentityRequest  # noqa: Y015
+
+@_typing.final
+class LinkProviderIdentityResponse(_message.Message):
+    """LinkProviderIdentityResponse is the linked identity and the sign-in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    USER_CODE_FIELD_NUMBER: _builtins.int
+    user_code: _builtins.str
+    """user_code is StartProviderLoginRequest.user_code, given back."""
+    @_builtins.property
+    def user(self) -> _auth_pb2.User:
+        """user is the signed-in account."""
+
+    @_builtins.property
+    def tokens(self) -> _auth_pb2.TokenPair:
+        """tokens authenticates later calls, as Login's do."""
+
+    @_builtins.property
+    def identity(self) -> _auth_pb2.Identity:
+        """identity is the new link."""
+
+    def __init__(
+        self,
+        *,
+        user: _auth_pb2.User | None = ...,
+        tokens: _auth_pb2.TokenPair | None = ...,
+        identity: _auth_pb2.Identity | None = ...,
+        user_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "tokens", b"tokens", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "tokens", b"tokens", "user", b"user", "user_code", b"user_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkProviderIdentityResponse: _TypeAlias = LinkProviderIdentityResponse  # noqa: Y015
+
+@_typing.final
+class ListIdentitiesRequest(_message.Message):
+    """ListIdentitiesRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdentitiesRequest: _TypeAlias = ListIdentitiesRequest  # noqa: Y015
+
+@_typing.final
+class ListIdentitiesResponse(_message.Message):
+    """ListIdentitiesResponse lists the caller's linked identities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[_auth_pb2.Identity]:
+        """identities are the caller's linked provider accounts, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        identities: _abc.Iterable[_auth_pb2.Identity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identities", b"identities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdentitiesResponse: _TypeAlias = ListIdentitiesResponse  # noqa: Y015
+
+@_typing.final
+class UnlinkIdentityRequest(_message.Message):
+    """UnlinkIdentityRequest names the identity to unlink."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_ID_FIELD_NUMBER: _builtins.int
+    identity_id: _builtins.str
+    """identity_id is Identity.id. Required."""
+    def __init__(
+        self,
+        *,
+        identity_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_id", b"identity_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkIdentityRequest: _TypeAlias = UnlinkIdentityRequest  # noqa: Y015
+
+@_typing.final
+class UnlinkIdentityResponse(_message.Message):
+    """UnlinkIdentityResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkIdentityResponse: _TypeAlias = UnlinkIdentityResponse  # noqa: Y015

@@ -175,6 +175,36 @@ class AuthServiceStub:
                 request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginRequest.SerializeToString,
                 response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginResponse.FromString,
                 _registered_method=True)
+        self.ListIdentityProviders = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ListIdentityProviders',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentityProvidersRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentityProvidersResponse.FromString,
+                _registered_method=True)
+        self.StartProviderLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/StartProviderLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartProviderLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartProviderLoginResponse.FromString,
+                _registered_method=True)
+        self.CompleteProviderLogin = channel.unary_unary(
+                '/luman.auth.v1.AuthService/CompleteProviderLogin',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CompleteProviderLoginRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CompleteProviderLoginResponse.FromString,
+                _registered_method=True)
+        self.LinkProviderIdentity = channel.unary_unary(
+                '/luman.auth.v1.AuthService/LinkProviderIdentity',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LinkProviderIdentityRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LinkProviderIdentityResponse.FromString,
+                _registered_method=True)
+        self.ListIdentities = channel.unary_unary(
+                '/luman.auth.v1.AuthService/ListIdentities',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentitiesRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentitiesResponse.FromString,
+                _registered_method=True)
+        self.UnlinkIdentity = channel.unary_unary(
+                '/luman.auth.v1.AuthService/UnlinkIdentity',
+                request_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UnlinkIdentityRequest.SerializeToString,
+                response_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UnlinkIdentityResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -555,6 +585,103 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIdentityProviders(self, request, context):
+        """Identity providers: sign-in with GitHub, GitLab, Google or any OpenID Connect provider
+        (README "Sign in with GitHub, Google, GitLab or OIDC"). The browser flow is the /device
+        page's "Continue with ..." buttons; these RPCs are what it calls.
+
+        ListIdentityProviders lists the providers people can sign in with, in the configured
+        order, and whether password sign-in is on (PASSWORD_LOGIN). Public.
+
+        Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartProviderLogin(self, request, context):
+        """StartProviderLogin begins a sign-in through a provider: an authorization code request
+        with PKCE (S256), state and, for OpenID Connect, nonce. The answer is the provider's
+        authorization URL to send the browser to, and the state, which the caller binds to the
+        browser (the /device page keeps it in a cookie) and gives back to CompleteProviderLogin.
+        The redirect URI is the server's own, <PUBLIC_URL>/device/providers/<provider>/callback.
+        The pending login is stored server-side (the state only as a hash) and expires after
+        PROVIDER_LOGIN_TTL. Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (user_code malformed), NOT_FOUND (PROVIDER_NOT_FOUND: no such
+        provider configured), FAILED_PRECONDITION (PROVIDER_MISCONFIGURED: the provider's
+        discovery document is missing or names another issuer), UNAVAILABLE
+        (PROVIDER_UNAVAILABLE, with RetryInfo: the provider does not answer, or is answering
+        slowly to several sign-ins already).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteProviderLogin(self, request, context):
+        """CompleteProviderLogin finishes a sign-in with what the provider redirected back with:
+        the code (exchanged with the PKCE verifier, the id_token checked: signature, issuer,
+        audience, expiry, nonce) or the provider's error. A state works once. The provider's
+        account signs in as the Luman account it is linked to; a first sign-in creates an
+        account from the provider's name and verified email, unless an account with that email
+        exists: then the answer is link_required, and LinkProviderIdentity links the two once the
+        person gives that account's password. Nothing is ever merged on an unverified email.
+        Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (state or code missing or malformed), NOT_FOUND
+        (PROVIDER_NOT_FOUND), FAILED_PRECONDITION (PROVIDER_LOGIN_STATE_INVALID: unknown or used
+        state, or another provider's; PROVIDER_LOGIN_EXPIRED; PROVIDER_EMAIL_NOT_VERIFIED: the
+        provider gave no verified email; ACCOUNT_USES_OTHER_PROVIDER: an account with that email
+        exists and has no password, sign in with its provider; PROVIDER_ERROR: the provider
+        answered with an error other than access_denied; PROVIDER_MISCONFIGURED), PERMISSION_DENIED
+        (PROVIDER_ACCESS_DENIED: the person declined at the provider; EMAIL_DOMAIN_NOT_ALLOWED:
+        the provider's ALLOWED_DOMAINS exclude the email), UNAUTHENTICATED (CODE_REJECTED,
+        ID_TOKEN_INVALID, NONCE_MISMATCH, PROVIDER_RESPONSE_INVALID: the provider's answer was
+        refused or could not be trusted), UNAVAILABLE (PROVIDER_UNAVAILABLE, with RetryInfo).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkProviderIdentity(self, request, context):
+        """LinkProviderIdentity links the provider account of a link_required answer to the
+        existing Luman account with its email, once the person proves the account is theirs with
+        its password, and signs in. The link token works once and expires with the pending
+        login (PROVIDER_LOGIN_TTL). The password is asked even when PASSWORD_LOGIN=false: it is
+        the proof that the account is the person's. Public, counted with the sign-ins
+        (AUTH_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (link_token missing, password missing or not 8 to 72 bytes),
+        FAILED_PRECONDITION (LINK_TOKEN_INVALID: unknown, used, expired, or five passwords tried),
+        UNAUTHENTICATED (INVALID_CREDENTIALS), ALREADY_EXISTS (IDENTITY_ALREADY_LINKED: linked
+        meanwhile), RESOURCE_EXHAUSTED (SERVER_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdentities(self, request, context):
+        """ListIdentities lists the provider accounts linked to the caller's account, oldest first.
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkIdentity(self, request, context):
+        """UnlinkIdentity removes a linked provider account: it no longer signs in. Refused when it
+        would leave the account with no way to sign in: no password (or PASSWORD_LOGIN=false)
+        and no other identity of a configured provider.
+
+        Errors: INVALID_ARGUMENT (identity_id not a UUID), NOT_FOUND (IDENTITY_NOT_FOUND: none
+        of the caller's), FAILED_PRECONDITION (LAST_SIGN_IN_METHOD), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -697,6 +824,36 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.DenyDeviceLogin,
                     request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginRequest.FromString,
                     response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginResponse.SerializeToString,
+            ),
+            'ListIdentityProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdentityProviders,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentityProvidersRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentityProvidersResponse.SerializeToString,
+            ),
+            'StartProviderLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartProviderLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartProviderLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.StartProviderLoginResponse.SerializeToString,
+            ),
+            'CompleteProviderLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteProviderLogin,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CompleteProviderLoginRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.CompleteProviderLoginResponse.SerializeToString,
+            ),
+            'LinkProviderIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkProviderIdentity,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LinkProviderIdentityRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.LinkProviderIdentityResponse.SerializeToString,
+            ),
+            'ListIdentities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdentities,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentitiesRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentitiesResponse.SerializeToString,
+            ),
+            'UnlinkIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkIdentity,
+                    request_deserializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UnlinkIdentityRequest.FromString,
+                    response_serializer=luman_dot_auth_dot_v1_dot_auth__service__pb2.UnlinkIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1456,6 +1613,168 @@ class AuthService:
             '/luman.auth.v1.AuthService/DenyDeviceLogin',
             luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginRequest.SerializeToString,
             luman_dot_auth_dot_v1_dot_auth__service__pb2.DenyDeviceLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdentityProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ListIdentityProviders',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentityProvidersRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentityProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartProviderLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/StartProviderLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.StartProviderLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.StartProviderLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteProviderLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/CompleteProviderLogin',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.CompleteProviderLoginRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.CompleteProviderLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkProviderIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/LinkProviderIdentity',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.LinkProviderIdentityRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.LinkProviderIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdentities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/ListIdentities',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentitiesRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.ListIdentitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/luman.auth.v1.AuthService/UnlinkIdentity',
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.UnlinkIdentityRequest.SerializeToString,
+            luman_dot_auth_dot_v1_dot_auth__service__pb2.UnlinkIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -295,6 +295,79 @@ class AuthServiceStub:
 
     Errors: as GetDeviceLogin.
     """
+    ListIdentityProviders: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListIdentityProvidersRequest, _auth_service_pb2.ListIdentityProvidersResponse]
+    """Identity providers: sign-in with GitHub, GitLab, Google or any OpenID Connect provider
+    (README "Sign in with GitHub, Google, GitLab or OIDC"). The browser flow is the /device
+    page's "Continue with ..." buttons; these RPCs are what it calls.
+
+    ListIdentityProviders lists the providers people can sign in with, in the configured
+    order, and whether password sign-in is on (PASSWORD_LOGIN). Public.
+
+    Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+    """
+    StartProviderLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.StartProviderLoginRequest, _auth_service_pb2.StartProviderLoginResponse]
+    """StartProviderLogin begins a sign-in through a provider: an authorization code request
+    with PKCE (S256), state and, for OpenID Connect, nonce. The answer is the provider's
+    authorization URL to send the browser to, and the state, which the caller binds to the
+    browser (the /device page keeps it in a cookie) and gives back to CompleteProviderLogin.
+    The redirect URI is the server's own, <PUBLIC_URL>/device/providers/<provider>/callback.
+    The pending login is stored server-side (the state only as a hash) and expires after
+    PROVIDER_LOGIN_TTL. Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (user_code malformed), NOT_FOUND (PROVIDER_NOT_FOUND: no such
+    provider configured), FAILED_PRECONDITION (PROVIDER_MISCONFIGURED: the provider's
+    discovery document is missing or names another issuer), UNAVAILABLE
+    (PROVIDER_UNAVAILABLE, with RetryInfo: the provider does not answer, or is answering
+    slowly to several sign-ins already).
+    """
+    CompleteProviderLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CompleteProviderLoginRequest, _auth_service_pb2.CompleteProviderLoginResponse]
+    """CompleteProviderLogin finishes a sign-in with what the provider redirected back with:
+    the code (exchanged with the PKCE verifier, the id_token checked: signature, issuer,
+    audience, expiry, nonce) or the provider's error. A state works once. The provider's
+    account signs in as the Luman account it is linked to; a first sign-in creates an
+    account from the provider's name and verified email, unless an account with that email
+    exists: then the answer is link_required, and LinkProviderIdentity links the two once the
+    person gives that account's password. Nothing is ever merged on an unverified email.
+    Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (state or code missing or malformed), NOT_FOUND
+    (PROVIDER_NOT_FOUND), FAILED_PRECONDITION (PROVIDER_LOGIN_STATE_INVALID: unknown or used
+    state, or another provider's; PROVIDER_LOGIN_EXPIRED; PROVIDER_EMAIL_NOT_VERIFIED: the
+    provider gave no verified email; ACCOUNT_USES_OTHER_PROVIDER: an account with that email
+    exists and has no password, sign in with its provider; PROVIDER_ERROR: the provider
+    answered with an error other than access_denied; PROVIDER_MISCONFIGURED), PERMISSION_DENIED
+    (PROVIDER_ACCESS_DENIED: the person declined at the provider; EMAIL_DOMAIN_NOT_ALLOWED:
+    the provider's ALLOWED_DOMAINS exclude the email), UNAUTHENTICATED (CODE_REJECTED,
+    ID_TOKEN_INVALID, NONCE_MISMATCH, PROVIDER_RESPONSE_INVALID: the provider's answer was
+    refused or could not be trusted), UNAVAILABLE (PROVIDER_UNAVAILABLE, with RetryInfo).
+    """
+    LinkProviderIdentity: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.LinkProviderIdentityRequest, _auth_service_pb2.LinkProviderIdentityResponse]
+    """LinkProviderIdentity links the provider account of a link_required answer to the
+    existing Luman account with its email, once the person proves the account is theirs with
+    its password, and signs in. The link token works once and expires with the pending
+    login (PROVIDER_LOGIN_TTL). The password is asked even when PASSWORD_LOGIN=false: it is
+    the proof that the account is the person's. Public, counted with the sign-ins
+    (AUTH_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (link_token missing, password missing or not 8 to 72 bytes),
+    FAILED_PRECONDITION (LINK_TOKEN_INVALID: unknown, used, expired, or five passwords tried),
+    UNAUTHENTICATED (INVALID_CREDENTIALS), ALREADY_EXISTS (IDENTITY_ALREADY_LINKED: linked
+    meanwhile), RESOURCE_EXHAUSTED (SERVER_BUSY).
+    """
+    ListIdentities: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListIdentitiesRequest, _auth_service_pb2.ListIdentitiesResponse]
+    """ListIdentities lists the provider accounts linked to the caller's account, oldest first.
+
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    UnlinkIdentity: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.UnlinkIdentityRequest, _auth_service_pb2.UnlinkIdentityResponse]
+    """UnlinkIdentity removes a linked provider account: it no longer signs in. Refused when it
+    would leave the account with no way to sign in: no password (or PASSWORD_LOGIN=false)
+    and no other identity of a configured provider.
+
+    Errors: INVALID_ARGUMENT (identity_id not a UUID), NOT_FOUND (IDENTITY_NOT_FOUND: none
+    of the caller's), FAILED_PRECONDITION (LAST_SIGN_IN_METHOD), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -562,6 +635,79 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """DenyDeviceLogin refuses the pending device login: its polls get ACCESS_DENIED.
 
     Errors: as GetDeviceLogin.
+    """
+    ListIdentityProviders: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListIdentityProvidersRequest, _auth_service_pb2.ListIdentityProvidersResponse]  # type: ignore[assignment]
+    """Identity providers: sign-in with GitHub, GitLab, Google or any OpenID Connect provider
+    (README "Sign in with GitHub, Google, GitLab or OIDC"). The browser flow is the /device
+    page's "Continue with ..." buttons; these RPCs are what it calls.
+
+    ListIdentityProviders lists the providers people can sign in with, in the configured
+    order, and whether password sign-in is on (PASSWORD_LOGIN). Public.
+
+    Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+    """
+    StartProviderLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.StartProviderLoginRequest, _auth_service_pb2.StartProviderLoginResponse]  # type: ignore[assignment]
+    """StartProviderLogin begins a sign-in through a provider: an authorization code request
+    with PKCE (S256), state and, for OpenID Connect, nonce. The answer is the provider's
+    authorization URL to send the browser to, and the state, which the caller binds to the
+    browser (the /device page keeps it in a cookie) and gives back to CompleteProviderLogin.
+    The redirect URI is the server's own, <PUBLIC_URL>/device/providers/<provider>/callback.
+    The pending login is stored server-side (the state only as a hash) and expires after
+    PROVIDER_LOGIN_TTL. Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (user_code malformed), NOT_FOUND (PROVIDER_NOT_FOUND: no such
+    provider configured), FAILED_PRECONDITION (PROVIDER_MISCONFIGURED: the provider's
+    discovery document is missing or names another issuer), UNAVAILABLE
+    (PROVIDER_UNAVAILABLE, with RetryInfo: the provider does not answer, or is answering
+    slowly to several sign-ins already).
+    """
+    CompleteProviderLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CompleteProviderLoginRequest, _auth_service_pb2.CompleteProviderLoginResponse]  # type: ignore[assignment]
+    """CompleteProviderLogin finishes a sign-in with what the provider redirected back with:
+    the code (exchanged with the PKCE verifier, the id_token checked: signature, issuer,
+    audience, expiry, nonce) or the provider's error. A state works once. The provider's
+    account signs in as the Luman account it is linked to; a first sign-in creates an
+    account from the provider's name and verified email, unless an account with that email
+    exists: then the answer is link_required, and LinkProviderIdentity links the two once the
+    person gives that account's password. Nothing is ever merged on an unverified email.
+    Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (state or code missing or malformed), NOT_FOUND
+    (PROVIDER_NOT_FOUND), FAILED_PRECONDITION (PROVIDER_LOGIN_STATE_INVALID: unknown or used
+    state, or another provider's; PROVIDER_LOGIN_EXPIRED; PROVIDER_EMAIL_NOT_VERIFIED: the
+    provider gave no verified email; ACCOUNT_USES_OTHER_PROVIDER: an account with that email
+    exists and has no password, sign in with its provider; PROVIDER_ERROR: the provider
+    answered with an error other than access_denied; PROVIDER_MISCONFIGURED), PERMISSION_DENIED
+    (PROVIDER_ACCESS_DENIED: the person declined at the provider; EMAIL_DOMAIN_NOT_ALLOWED:
+    the provider's ALLOWED_DOMAINS exclude the email), UNAUTHENTICATED (CODE_REJECTED,
+    ID_TOKEN_INVALID, NONCE_MISMATCH, PROVIDER_RESPONSE_INVALID: the provider's answer was
+    refused or could not be trusted), UNAVAILABLE (PROVIDER_UNAVAILABLE, with RetryInfo).
+    """
+    LinkProviderIdentity: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LinkProviderIdentityRequest, _auth_service_pb2.LinkProviderIdentityResponse]  # type: ignore[assignment]
+    """LinkProviderIdentity links the provider account of a link_required answer to the
+    existing Luman account with its email, once the person proves the account is theirs with
+    its password, and signs in. The link token works once and expires with the pending
+    login (PROVIDER_LOGIN_TTL). The password is asked even when PASSWORD_LOGIN=false: it is
+    the proof that the account is the person's. Public, counted with the sign-ins
+    (AUTH_RATE_LIMIT_*).
+
+    Errors: INVALID_ARGUMENT (link_token missing, password missing or not 8 to 72 bytes),
+    FAILED_PRECONDITION (LINK_TOKEN_INVALID: unknown, used, expired, or five passwords tried),
+    UNAUTHENTICATED (INVALID_CREDENTIALS), ALREADY_EXISTS (IDENTITY_ALREADY_LINKED: linked
+    meanwhile), RESOURCE_EXHAUSTED (SERVER_BUSY).
+    """
+    ListIdentities: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListIdentitiesRequest, _auth_service_pb2.ListIdentitiesResponse]  # type: ignore[assignment]
+    """ListIdentities lists the provider accounts linked to the caller's account, oldest first.
+
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+    """
+    UnlinkIdentity: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.UnlinkIdentityRequest, _auth_service_pb2.UnlinkIdentityResponse]  # type: ignore[assignment]
+    """UnlinkIdentity removes a linked provider account: it no longer signs in. Refused when it
+    would leave the account with no way to sign in: no password (or PASSWORD_LOGIN=false)
+    and no other identity of a configured provider.
+
+    Errors: INVALID_ARGUMENT (identity_id not a UUID), NOT_FOUND (IDENTITY_NOT_FOUND: none
+    of the caller's), FAILED_PRECONDITION (LAST_SIGN_IN_METHOD), UNAUTHENTICATED,
+    PERMISSION_DENIED (INSUFFICIENT_SCOPE).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -995,6 +1141,115 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """DenyDeviceLogin refuses the pending device login: its polls get ACCESS_DENIED.
 
         Errors: as GetDeviceLogin.
+        """
+
+    @_abc_1.abstractmethod
+    def ListIdentityProviders(
+        self,
+        request: _auth_service_pb2.ListIdentityProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListIdentityProvidersResponse, _abc.Awaitable[_auth_service_pb2.ListIdentityProvidersResponse]]:
+        """Identity providers: sign-in with GitHub, GitLab, Google or any OpenID Connect provider
+        (README "Sign in with GitHub, Google, GitLab or OIDC"). The browser flow is the /device
+        page's "Continue with ..." buttons; these RPCs are what it calls.
+
+        ListIdentityProviders lists the providers people can sign in with, in the configured
+        order, and whether password sign-in is on (PASSWORD_LOGIN). Public.
+
+        Errors: none beyond RESOURCE_EXHAUSTED (rate limit).
+        """
+
+    @_abc_1.abstractmethod
+    def StartProviderLogin(
+        self,
+        request: _auth_service_pb2.StartProviderLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.StartProviderLoginResponse, _abc.Awaitable[_auth_service_pb2.StartProviderLoginResponse]]:
+        """StartProviderLogin begins a sign-in through a provider: an authorization code request
+        with PKCE (S256), state and, for OpenID Connect, nonce. The answer is the provider's
+        authorization URL to send the browser to, and the state, which the caller binds to the
+        browser (the /device page keeps it in a cookie) and gives back to CompleteProviderLogin.
+        The redirect URI is the server's own, <PUBLIC_URL>/device/providers/<provider>/callback.
+        The pending login is stored server-side (the state only as a hash) and expires after
+        PROVIDER_LOGIN_TTL. Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (user_code malformed), NOT_FOUND (PROVIDER_NOT_FOUND: no such
+        provider configured), FAILED_PRECONDITION (PROVIDER_MISCONFIGURED: the provider's
+        discovery document is missing or names another issuer), UNAVAILABLE
+        (PROVIDER_UNAVAILABLE, with RetryInfo: the provider does not answer, or is answering
+        slowly to several sign-ins already).
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteProviderLogin(
+        self,
+        request: _auth_service_pb2.CompleteProviderLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.CompleteProviderLoginResponse, _abc.Awaitable[_auth_service_pb2.CompleteProviderLoginResponse]]:
+        """CompleteProviderLogin finishes a sign-in with what the provider redirected back with:
+        the code (exchanged with the PKCE verifier, the id_token checked: signature, issuer,
+        audience, expiry, nonce) or the provider's error. A state works once. The provider's
+        account signs in as the Luman account it is linked to; a first sign-in creates an
+        account from the provider's name and verified email, unless an account with that email
+        exists: then the answer is link_required, and LinkProviderIdentity links the two once the
+        person gives that account's password. Nothing is ever merged on an unverified email.
+        Public; counted per client IP (PROVIDER_LOGIN_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (state or code missing or malformed), NOT_FOUND
+        (PROVIDER_NOT_FOUND), FAILED_PRECONDITION (PROVIDER_LOGIN_STATE_INVALID: unknown or used
+        state, or another provider's; PROVIDER_LOGIN_EXPIRED; PROVIDER_EMAIL_NOT_VERIFIED: the
+        provider gave no verified email; ACCOUNT_USES_OTHER_PROVIDER: an account with that email
+        exists and has no password, sign in with its provider; PROVIDER_ERROR: the provider
+        answered with an error other than access_denied; PROVIDER_MISCONFIGURED), PERMISSION_DENIED
+        (PROVIDER_ACCESS_DENIED: the person declined at the provider; EMAIL_DOMAIN_NOT_ALLOWED:
+        the provider's ALLOWED_DOMAINS exclude the email), UNAUTHENTICATED (CODE_REJECTED,
+        ID_TOKEN_INVALID, NONCE_MISMATCH, PROVIDER_RESPONSE_INVALID: the provider's answer was
+        refused or could not be trusted), UNAVAILABLE (PROVIDER_UNAVAILABLE, with RetryInfo).
+        """
+
+    @_abc_1.abstractmethod
+    def LinkProviderIdentity(
+        self,
+        request: _auth_service_pb2.LinkProviderIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.LinkProviderIdentityResponse, _abc.Awaitable[_auth_service_pb2.LinkProviderIdentityResponse]]:
+        """LinkProviderIdentity links the provider account of a link_required answer to the
+        existing Luman account with its email, once the person proves the account is theirs with
+        its password, and signs in. The link token works once and expires with the pending
+        login (PROVIDER_LOGIN_TTL). The password is asked even when PASSWORD_LOGIN=false: it is
+        the proof that the account is the person's. Public, counted with the sign-ins
+        (AUTH_RATE_LIMIT_*).
+
+        Errors: INVALID_ARGUMENT (link_token missing, password missing or not 8 to 72 bytes),
+        FAILED_PRECONDITION (LINK_TOKEN_INVALID: unknown, used, expired, or five passwords tried),
+        UNAUTHENTICATED (INVALID_CREDENTIALS), ALREADY_EXISTS (IDENTITY_ALREADY_LINKED: linked
+        meanwhile), RESOURCE_EXHAUSTED (SERVER_BUSY).
+        """
+
+    @_abc_1.abstractmethod
+    def ListIdentities(
+        self,
+        request: _auth_service_pb2.ListIdentitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListIdentitiesResponse, _abc.Awaitable[_auth_service_pb2.ListIdentitiesResponse]]:
+        """ListIdentities lists the provider accounts linked to the caller's account, oldest first.
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (INSUFFICIENT_SCOPE).
+        """
+
+    @_abc_1.abstractmethod
+    def UnlinkIdentity(
+        self,
+        request: _auth_service_pb2.UnlinkIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.UnlinkIdentityResponse, _abc.Awaitable[_auth_service_pb2.UnlinkIdentityResponse]]:
+        """UnlinkIdentity removes a linked provider account: it no longer signs in. Refused when it
+        would leave the account with no way to sign in: no password (or PASSWORD_LOGIN=false)
+        and no other identity of a configured provider.
+
+        Errors: INVALID_ARGUMENT (identity_id not a UUID), NOT_FOUND (IDENTITY_NOT_FOUND: none
+        of the caller's), FAILED_PRECONDITION (LAST_SIGN_IN_METHOD), UNAUTHENTICATED,
+        PERMISSION_DENIED (INSUFFICIENT_SCOPE).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

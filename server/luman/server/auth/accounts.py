@@ -318,6 +318,13 @@ class AccountService:
             user = AuthRepository(session).user(user_id)
         if user is None:
             raise _account_gone()
+        if not user.password_hash:
+            # Made through an identity provider (federation/): no password to confirm with.
+            raise FailedPreconditionError(
+                "NO_PASSWORD",
+                "this account has no password: it signs in through an identity provider; "
+                "set a password with RequestPasswordReset first",
+            )
         if not self._hasher.verify(password, user.password_hash, call):
             raise _wrong_password()
         return user.password_hash

@@ -212,7 +212,8 @@ class PasswordHasher:
         """
         candidate = password_hash.encode() if password_hash else self._dummy
         ok = self._run(call, True, "bcrypt verify", self._check, password.encode(), candidate)
-        return ok and password_hash is not None
+        # "" is an account without a password (federation/): nothing matches it.
+        return ok and bool(password_hash)
 
     def close(self) -> None:
         """End the hashing threads once the hashes in progress are done."""

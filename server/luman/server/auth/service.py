@@ -20,6 +20,8 @@ import hmac
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy.orm import Session
+
 from luman.client.token_format import is_legacy_token, verify_checksum
 from luman.interceptors.call_context import optional_call
 from luman.interceptors.client_address import Caller
@@ -103,6 +105,8 @@ class AuthService:
         (REFRESH_REUSE_GRACE_SECONDS).
     defer_audit: records an audit event off the request path (audit/worker.py), for the
         failed sign-ins of existing accounts; None records none.
+    password_login: False refuses Register, Login and CliLogin (PASSWORD_LOGIN=false):
+        accounts sign in through identity providers only (federation/).
     """
 
     def __init__(
@@ -118,8 +122,10 @@ class AuthService:
         refresh_reuse_grace_seconds: float = 0.0,
         introspection_organizations: frozenset[str] = frozenset(),
         defer_audit: Callable[[Event], None] | None = None,
+        password_login: bool = True,
     ) -> None:
         self._sessions = sessions
+        self._password_login = password_login
         self._defer_audit = defer_audit
         self._hasher = hasher
         self._codec = codec
@@ -154,6 +160,7 @@ class AuthService:
     ) -> SignIn:
         """`call` bounds how long the sign-in waits for a hash slot (passwords.py); `caller`
         is recorded on the sign-in for ListSessions."""
+        self._check_password_login()
         password_hash = self._hasher.hash(password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
@@ -184,6 +191,7 @@ class AuthService:
         call: WaitingCall | None = None,
         caller: Caller = NO_CALLER,
     ) -> SignIn:
+        self._check_password_login()
         checked, checked_hash = self._check_credentials(email, password, call)
         now = self._clock()
         with self._sessions.write.begin() as session:
@@ -252,6 +260,7 @@ class AuthService:
     def cli_login(
         self, email: str, password: str, token_name: str, call: WaitingCall | None = None
     ) -> CliSignIn:
+        self._check_password_login()
         user, checked_hash = self._check_credentials(email, password, call)
         now = self._clock()
         # The CLI's own token: read and write, as long-lived as MAX_TOKEN_LIFETIME allows.
@@ -387,6 +396,14 @@ class AuthService:
             with self._sessions.write.begin() as session:
                 CliTokenRepository(session).touch(token_id, now, ip)
 
+    def _check_password_login(self) -> None:
+        if not self._password_login:
+            raise FailedPreconditionError(
+                "PASSWORD_LOGIN_DISABLED",
+                "this server does not accept passwords to sign in or register; sign in "
+                "through an identity provider (ListIdentityProviders)",
+            )
+
     def _check_credentials(
         self, email: str, password: str, call: WaitingCall | None
     ) -> tuple[User, str]:
@@ -419,6 +436,13 @@ class AuthService:
                     stored.password_hash = new_hash
                     return user, new_hash
         return user, user.password_hash
+
+    def start_sign_in(
+        self, session: Session, user: User, now: dt.datetime, caller: Caller = NO_CALLER
+    ) -> TokenPair:
+        """A new sign-in of `user` (locked by the caller) in `session`'s transaction, as Login
+        makes one: for sign-ins proved otherwise than by password (federation/logins.py)."""
+        return self._start_login_session(AuthRepository(session), user, now, caller)
 
     def _start_login_session(
         self, repo: AuthRepository, user: User, now: dt.datetime, caller: Caller

@@ -14,6 +14,8 @@ from luman.server.auth.email_servicer import EmailRpcs
 from luman.server.auth.service import AuthService
 from luman.server.auth.service_token_servicer import ServiceTokenRpcs
 from luman.server.auth.session_servicer import SessionRpcs, current_caller
+from luman.server.federation.logins import ProviderLogins
+from luman.server.federation.servicer import ProviderLoginRpcs
 from luman.server.validation import (
     Violations,
     check_email,
@@ -30,10 +32,14 @@ class AuthServicer(
     EmailRpcs,
     ServiceTokenRpcs,
     DeviceLoginRpcs,
+    ProviderLoginRpcs,
     auth_service_pb2_grpc.AuthServiceServicer,
 ):
-    def __init__(self, service: AuthService, device_logins: DeviceLogins) -> None:
+    def __init__(
+        self, service: AuthService, device_logins: DeviceLogins, provider_logins: ProviderLogins
+    ) -> None:
         self._service = service
+        self._provider_logins = provider_logins
         self._session_service = service.session_service
         self._account_service = service.accounts
         self._email_codes = service.email_codes

@@ -23,6 +23,7 @@ _SQLITE_COLUMNS = {
     "uq_users_email": "users.email",
     "uq_organizations_slug": "organizations.slug",
     "uq_cli_tokens_token_hash": "cli_tokens.token_hash",
+    "uq_identities_provider": "identities.provider, identities.issuer, identities.subject",
     "pk_memberships": "memberships.organization_id, memberships.user_id",
     "uq_invitations_organization_id_email_pending": (
         "invitations.organization_id, invitations.email"

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -63,6 +64,8 @@ class User(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(100))
+    # bcrypt; "" when the account has no password (created by a sign-in through an identity
+    # provider, federation/): no password matches it, and a password reset sets one.
     password_hash: Mapped[str] = mapped_column(String(60))
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     # LogoutAll: access and refresh tokens issued (iat) before this are refused. A whole
@@ -246,6 +249,8 @@ class RequestLog(Base):
     user_agent: Mapped[str] = mapped_column(String(256))
     # The OpenTelemetry trace id (32 hex digits) when the call was traced, else NULL.
     trace_id: Mapped[str | None] = mapped_column(String(32))
+    # The ErrorInfo reason of a failed call ("PROVIDER_ACCESS_DENIED"); None for OK.
+    reason: Mapped[str | None] = mapped_column(String(64))
 
 
 class RequestLogSpool(Base):
@@ -514,3 +519,73 @@ class Invitation(Base):
     # Accepted, declined or cancelled: when, and by whom (no foreign key: kept as history).
     decide_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     decided_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class Identity(Base):
+    """An account at an identity provider linked to a user (federation/): signing in with it
+    signs in as the user. `provider` is the configured provider id, `subject` the provider's
+    stable id for the account (OIDC sub, GitHub's numeric id) at `issuer`."""
+
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("provider", "issuer", "subject"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    # The OIDC issuer, or GitHub's web address: sub is unique only within it (logins.issuer_of).
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    # What the provider said when the identity was linked (ListIdentities shows it).
+    email: Mapped[str] = mapped_column(String(254))
+    username: Mapped[str] = mapped_column(String(100))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_sign_in_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class ProviderLogin(Base):
+    """A sign-in through an identity provider between StartProviderLogin and
+    CompleteProviderLogin (federation/logins.py). The state is the browser's secret and is
+    stored only as its SHA-256; the PKCE verifier and the nonce must be sent or compared later,
+    so they are kept until the state is used (then blanked) or the row expires. Rows are kept a
+    day past their expiry, then deleted by the next start."""
+
+    __tablename__ = "provider_logins"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    state_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[str] = mapped_column(String(64))
+    # The device login the person was approving ("" if none), given back on completion.
+    user_code: Mapped[str] = mapped_column(String(8))
+    client_ip: Mapped[str] = mapped_column(String(45))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class IdentityLink(Base):
+    """A provider account waiting to be linked to the existing account with its verified email
+    (CompleteProviderLogin's link_required), until LinkProviderIdentity gets that account's
+    password. The link token is stored only as its SHA-256."""
+
+    __tablename__ = "identity_links"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str] = mapped_column(String(254))
+    username: Mapped[str] = mapped_column(String(100))
+    user_code: Mapped[str] = mapped_column(String(8))
+    # Passwords tried with the token (federation/logins.py, MAX_LINK_ATTEMPTS).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

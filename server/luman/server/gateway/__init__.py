@@ -10,6 +10,7 @@ comments.py   proto comments, read from the descriptor set `make proto` writes
 bodies.py     request bodies read with a size bound (JSON routes and the /device page)
 app.py        the ASGI application tying these together (+ /healthz, /readyz, /openapi.json)
 device_page.py the device login's approval page, /device (device_templates.py, static/)
+provider_pages.py /device/providers/…: sign-in through an identity provider, and linking
 server.py     uvicorn (httptools, uvloop) on its own thread; build_gateway() wires it up
 """
 

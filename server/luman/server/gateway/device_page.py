@@ -5,8 +5,16 @@ The page is a client of the API like any other: every action is an RPC run in pr
 the server's interceptor chain (InProcessCalls, as the JSON routes are), so request logging,
 rate limits, token authentication and error mapping all apply. It reads no database itself.
 
-    GET  /device[?user_code=…]   sign-in form, code form, or the confirmation of that code
+    GET  /device[?user_code=…]   sign-in view (a "Continue with …" link per identity provider,
+                                 and the email/password form unless PASSWORD_LOGIN=false),
+                                 code form, or the confirmation of that code
     POST /device/sign-in         Login -> session cookie -> 303 back to the code
+    GET  /device/providers/<id>/start[?user_code=…]
+                                 StartProviderLogin -> state cookie -> 303 to the provider
+    GET  /device/providers/<id>/callback?state=…&code=… (or &error=…)
+                                 CompleteProviderLogin -> session cookie -> 303 back to the
+                                 code, or the "Link your account" password form
+    POST /device/providers/link  LinkProviderIdentity -> session cookie -> 303 back to the code
     POST /device/code            303 to /device?user_code=…
     POST /device/approve|deny    ApproveDeviceLogin / DenyDeviceLogin -> 303 to the outcome
     GET  /device/done?outcome=…  approved or denied (a GET, so a reload posts nothing again)
@@ -17,7 +25,8 @@ rate limits, token authentication and error mapping all apply. It reads no datab
 Cookies, both Path=/device, HttpOnly, Secure behind TLS (and whenever PUBLIC_URL is https):
 the session (the access token from Login, SameSite=Lax, Max-Age its remaining life) and a
 per-browser CSRF token (SameSite=Strict) that every form echoes in a hidden field; a POST
-without the matching token, or with another Origin, gets a 403 page.
+without the matching token, or with another Origin, gets a 403 page. The sign-in through an
+identity provider adds its own, under Path=/device/providers (provider_pages.py).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
-from luman.auth.v1 import auth_service_pb2
+from luman.auth.v1 import auth_pb2, auth_service_pb2
 from luman.interceptors import metadata_keys
 from luman.interceptors.client_address import parse_address
 from luman.server.clock import Clock
@@ -76,6 +85,9 @@ BAD_CREDENTIALS = "That email and password do not match an account."
 SESSION_EXPIRED = "Your session has expired. Sign in again."
 UNAVAILABLE = "The service is unavailable right now. Try again in a moment."
 FAILED = "Something went wrong. Try again."
+PROVIDERS_ONLY = (
+    "This server does not accept passwords. Sign in with one of the accounts offered instead."
+)
 
 
 def is_page_path(path: str) -> bool:
@@ -137,13 +149,26 @@ class Visit:
         token = self.cookies.get(SESSION_COOKIE, "")
         self.session = token if is_token(token) else ""
 
-    def _cookie(self, name: str, value: str, same_site: str, max_age: int | None) -> str:
-        parts = [f"{name}={value}", f"Path={self._path}", "HttpOnly", f"SameSite={same_site}"]
+    def _cookie(
+        self, name: str, value: str, same_site: str, max_age: int | None, path: str = ""
+    ) -> str:
+        parts = [
+            f"{name}={value}",
+            f"Path={path or self._path}",
+            "HttpOnly",
+            f"SameSite={same_site}",
+        ]
         if max_age is not None:
             parts.append(f"Max-Age={max_age}")
         if self.https:
             parts.append("Secure")
         return "; ".join(parts)
+
+    def set_cookie(
+        self, name: str, value: str, *, same_site: str, max_age: int, path: str = ""
+    ) -> None:
+        """Sets an HttpOnly cookie (Secure over https) on `path`, by default the page's."""
+        self.set_cookies.append(self._cookie(name, value, same_site, max_age, path))
 
     def start_session(self, token: str, max_age: int) -> None:
         self.session = token
@@ -173,6 +198,14 @@ class DevicePage:
         self._clock = clock
         self._public_origin = public_origin.rstrip("/").lower()
         self._public_https = self._public_origin.startswith("https://")
+        # Imported here: provider_pages builds on this module's Visit and helpers.
+        from luman.server.gateway.provider_pages import ProviderPages
+
+        # ListIdentityProviders' first answer: the providers are read from the environment at
+        # start and never change while the server runs, so asking once spares every later
+        # sign-in view an RPC, a rate-limit hit and a request-log row.
+        self._sign_in_options: auth_service_pb2.ListIdentityProvidersResponse | None = None
+        self._provider_pages = ProviderPages(self._rpc, self._form, clock, self.sign_in_options)
 
     async def handle(self, request: PageRequest, receive: Receive, send: Send, path: str) -> None:
         visit = Visit(request, self._addresses, self._public_https)
@@ -200,6 +233,8 @@ class DevicePage:
                 return _not_allowed("GET")
             css = [(b"content-type", b"text/css; charset=utf-8"), _CSS_CACHE]
             return 200, STYLESHEET, css
+        if path.startswith(templates.PROVIDERS_PATH + "/"):
+            return await self._provider_pages.dispatch(visit, path, receive)
         posts = {
             "/device/sign-in": self._sign_in,
             "/device/code": self._code,
@@ -225,16 +260,16 @@ class DevicePage:
     # Views.
 
     async def _show(self, visit: Visit, user_code: str, *, error: str = "") -> Answer:
-        user_code = _clean_code(user_code)
+        user_code = clean_code(user_code)
         if not visit.session:
-            return 200, templates.sign_in(csrf=visit.csrf, user_code=user_code), []
+            return 200, await self._sign_in_view(visit, user_code), []
         me = await self._rpc(visit, "GetMe", auth_service_pb2.GetMeRequest())
         if me.code == grpc.StatusCode.UNAUTHENTICATED:
             visit.end_session()
-            page = templates.sign_in(csrf=visit.csrf, user_code=user_code, notice=SESSION_EXPIRED)
+            page = await self._sign_in_view(visit, user_code, notice=SESSION_EXPIRED)
             return 200, page, []
         if me.response is None:
-            return self._failure(visit, me, "")
+            return await self._failure(visit, me, "")
         assert isinstance(me.response, auth_service_pb2.GetMeResponse)
         email = me.response.user.email
         if not user_code:
@@ -243,7 +278,7 @@ class DevicePage:
             visit, "GetDeviceLogin", auth_service_pb2.GetDeviceLoginRequest(user_code=user_code)
         )
         if got.response is None:
-            return self._failure(visit, got, email, user_code=user_code)
+            return await self._failure(visit, got, email, user_code=user_code)
         assert isinstance(got.response, auth_service_pb2.GetDeviceLoginResponse)
         requester = self._requester(visit, got.response)
         return 200, templates.confirm(csrf=visit.csrf, email=email, requester=requester), []
@@ -283,13 +318,10 @@ class DevicePage:
 
     async def _sign_in(self, visit: Visit, form: dict[str, str]) -> Answer:
         email, password = form.get("email", "").strip(), form.get("password", "")
-        user_code = _clean_code(form.get("user_code", ""))
+        user_code = clean_code(form.get("user_code", ""))
         if not email or not password:
-            page = templates.sign_in(
-                csrf=visit.csrf,
-                user_code=user_code,
-                email=email,
-                error="Enter your email and password.",
+            page = await self._sign_in_view(
+                visit, user_code, email=email, error="Enter your email and password."
             )
             return 400, page, []
         result = await self._rpc(
@@ -299,17 +331,17 @@ class DevicePage:
             status, text = self._error_text(result)
             if result.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                 status, text = 401, BAD_CREDENTIALS
-            page = templates.sign_in(csrf=visit.csrf, user_code=user_code, email=email, error=text)
+            page = await self._sign_in_view(visit, user_code, email=email, error=text)
             return status, page, []
         assert isinstance(result.response, auth_service_pb2.LoginResponse)
-        tokens = result.response.tokens
-        expires = tokens.access_token_expire_time.ToDatetime(tzinfo=dt.UTC)
-        max_age = max(1, int((expires - self._clock()).total_seconds()))
-        visit.start_session(tokens.access_token, max_age)
-        return _see_other(_page_url(user_code))
+        visit.start_session(
+            result.response.tokens.access_token,
+            session_max_age(result.response.tokens, self._clock),
+        )
+        return see_other(page_url(user_code))
 
     async def _code(self, visit: Visit, form: dict[str, str]) -> Answer:
-        return _see_other(_page_url(_clean_code(form.get("user_code", ""))))
+        return see_other(page_url(clean_code(form.get("user_code", ""))))
 
     async def _approve(self, visit: Visit, form: dict[str, str]) -> Answer:
         return await self._decide(visit, form, approve=True)
@@ -318,21 +350,21 @@ class DevicePage:
         return await self._decide(visit, form, approve=False)
 
     async def _decide(self, visit: Visit, form: dict[str, str], *, approve: bool) -> Answer:
-        user_code = _clean_code(form.get("user_code", ""))
+        user_code = clean_code(form.get("user_code", ""))
         if not visit.session:
-            page = templates.sign_in(csrf=visit.csrf, user_code=user_code, notice=SESSION_EXPIRED)
+            page = await self._sign_in_view(visit, user_code, notice=SESSION_EXPIRED)
             return 401, page, []
         # What the page showed, read again for the outcome page (and the session's email).
         me = await self._rpc(visit, "GetMe", auth_service_pb2.GetMeRequest())
         if me.response is None:
-            return self._failure(visit, me, "", user_code=user_code)
+            return await self._failure(visit, me, "", user_code=user_code)
         assert isinstance(me.response, auth_service_pb2.GetMeResponse)
         email = me.response.user.email
         got = await self._rpc(
             visit, "GetDeviceLogin", auth_service_pb2.GetDeviceLoginRequest(user_code=user_code)
         )
         if got.response is None:
-            return self._failure(visit, got, email, user_code=user_code)
+            return await self._failure(visit, got, email, user_code=user_code)
         assert isinstance(got.response, auth_service_pb2.GetDeviceLoginResponse)
         if approve:
             result = await self._rpc(
@@ -347,17 +379,17 @@ class DevicePage:
                 auth_service_pb2.DenyDeviceLoginRequest(user_code=user_code),
             )
         if result.response is None:
-            return self._failure(visit, result, email, user_code=user_code)
+            return await self._failure(visit, result, email, user_code=user_code)
         # Post/redirect/get: reloading the outcome repeats no decision (which would find the
         # code used and count a wrong attempt).
-        return _see_other(f"{DONE_PATH}?outcome={'approved' if approve else 'denied'}")
+        return see_other(f"{DONE_PATH}?outcome={'approved' if approve else 'denied'}")
 
     async def _done(self, visit: Visit, outcome: str) -> Answer:
         if outcome not in ("approved", "denied") or not visit.session:
-            return _see_other(PAGE_PATH)
+            return see_other(PAGE_PATH)
         me = await self._rpc(visit, "GetMe", auth_service_pb2.GetMeRequest())
         if me.response is None:
-            return self._failure(visit, me, "")
+            return await self._failure(visit, me, "")
         assert isinstance(me.response, auth_service_pb2.GetMeResponse)
         email = me.response.user.email
         if outcome == "approved":
@@ -366,18 +398,61 @@ class DevicePage:
 
     async def _sign_out(self, visit: Visit, form: dict[str, str]) -> Answer:
         visit.end_session()
-        return _see_other(PAGE_PATH)
+        return see_other(PAGE_PATH)
 
     # Plumbing.
 
-    def _failure(
+    async def sign_in_options(
+        self, visit: Visit
+    ) -> auth_service_pb2.ListIdentityProvidersResponse | None:
+        """The server's identity providers and password setting (ListIdentityProviders, asked
+        once); None while that call fails."""
+        if self._sign_in_options is None:
+            listed = await self._rpc(
+                visit, "ListIdentityProviders", auth_service_pb2.ListIdentityProvidersRequest()
+            )
+            if not isinstance(listed.response, auth_service_pb2.ListIdentityProvidersResponse):
+                logger.warning(
+                    "device page: ListIdentityProviders answered %s %s",
+                    listed.code.name,
+                    reason_of(listed) or "no reason",
+                )
+                return None
+            self._sign_in_options = listed.response
+        return self._sign_in_options
+
+    async def _sign_in_view(
+        self, visit: Visit, user_code: str, *, email: str = "", error: str = "", notice: str = ""
+    ) -> str:
+        """The sign-in view, with the server's identity providers. Should they be unknown
+        (ListIdentityProviders failing), the view offers the password form alone: Login then
+        says whether the server takes passwords."""
+        options = await self.sign_in_options(visit)
+        providers: tuple[templates.ProviderButton, ...] = ()
+        password_login = True
+        if options is not None:
+            providers = tuple(
+                templates.ProviderButton(p.id, p.display_name or p.id) for p in options.providers
+            )
+            password_login = options.password_login
+        return templates.sign_in(
+            csrf=visit.csrf,
+            user_code=user_code,
+            email=email,
+            error=error,
+            notice=notice,
+            providers=providers,
+            password_login=password_login,
+        )
+
+    async def _failure(
         self, visit: Visit, result: CallResult, email: str, *, user_code: str = ""
     ) -> Answer:
         """A failed call as a page: an expired session goes back to sign-in, a wrong code to
         the code form, anything else to a message."""
         if result.code == grpc.StatusCode.UNAUTHENTICATED:
             visit.end_session()
-            page = templates.sign_in(csrf=visit.csrf, user_code=user_code, notice=SESSION_EXPIRED)
+            page = await self._sign_in_view(visit, user_code, notice=SESSION_EXPIRED)
             return 401, page, []
         status, text = self._error_text(result)
         if email:
@@ -390,7 +465,7 @@ class DevicePage:
         if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             return 400 if code == grpc.StatusCode.INVALID_ARGUMENT else 404, WRONG_CODE
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            seconds = _retry_seconds(result) or 60
+            seconds = retry_seconds(result) or 60
             minutes = max(1, math.ceil(seconds / 60))
             unit = "minute" if minutes == 1 else "minutes"
             return 429, f"Too many attempts, try again in {minutes} {unit}."
@@ -398,6 +473,8 @@ class DevicePage:
             return 403, "Your sign-in cannot approve device logins. Sign out and sign in again."
         if code == grpc.StatusCode.UNAVAILABLE:
             return 503, UNAVAILABLE
+        if reason_of(result) == "PASSWORD_LOGIN_DISABLED":
+            return 403, PROVIDERS_ONLY
         logger.warning("device page: %s answered %s", code.name, reason_of(result) or "no reason")
         return 500, FAILED
 
@@ -504,6 +581,12 @@ def same_network(a: str, b: str) -> bool:
     )
 
 
+def session_max_age(tokens: auth_pb2.TokenPair, clock: Clock) -> int:
+    """The session cookie's Max-Age: the access token's remaining life, at least 1 s."""
+    expires = tokens.access_token_expire_time.ToDatetime(tzinfo=dt.UTC)
+    return max(1, int((expires - clock()).total_seconds()))
+
+
 def _ago(seconds: float) -> str:
     if seconds < 60:
         return "less than a minute ago"
@@ -514,7 +597,7 @@ def _ago(seconds: float) -> str:
     return "1 hour ago" if hours == 1 else f"{hours} hours ago"
 
 
-def _clean_code(value: str) -> str:
+def clean_code(value: str) -> str:
     """A user code as typed, for the URL and the forms: letters and dashes, 20 at most. The
     server judges it (GetDeviceLogin); this only keeps junk out of the page."""
     return "".join(c for c in value.strip().upper() if c.isascii() and (c.isalpha() or c == "-"))[
@@ -522,11 +605,11 @@ def _clean_code(value: str) -> str:
     ]
 
 
-def _page_url(user_code: str) -> str:
+def page_url(user_code: str) -> str:
     return f"{PAGE_PATH}?user_code={quote(user_code)}" if user_code else PAGE_PATH
 
 
-def _see_other(location: str) -> Answer:
+def see_other(location: str) -> Answer:
     return 303, "", [(b"location", location.encode())]
 
 
@@ -596,7 +679,7 @@ def reason_of(result: CallResult) -> str:
     return ""
 
 
-def _retry_seconds(result: CallResult) -> int | None:
+def retry_seconds(result: CallResult) -> int | None:
     return statuses.from_rpc_error(result.code, result.message, result.metadata).retry_after_seconds
 
 

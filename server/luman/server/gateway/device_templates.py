@@ -1,17 +1,26 @@
 """HTML of the device approval page (device_page.py): plain strings, every value escaped.
 
-No template engine: the page is six small views, and `html.escape` on each interpolated value
-(the `_e` helper, quotes included, so values are safe in attributes too) keeps them readable
-without a dependency. Nothing here runs script or carries a style attribute: the CSP allows
-neither, and the stylesheet is /device/style.css.
+No template engine: the page is a handful of small views (two of them provider_pages.py's),
+and `html.escape` on each interpolated value (the `_e` helper, quotes included, so values are
+safe in attributes too) keeps them readable without a dependency. Nothing here runs script
+or carries a style attribute: the CSP allows neither, and the stylesheet is /device/style.css.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import html
+from collections.abc import Sequence
+from urllib.parse import quote
 
 STYLESHEET_PATH = "/device/style.css"
+PROVIDERS_PATH = "/device/providers"
+LINK_PATH = PROVIDERS_PATH + "/link"
+PROVIDERS_ONLY_NOTE = "This server does not use passwords: sign in with one of the accounts above."
+NO_SIGN_IN_METHOD = (
+    "This server has no way to sign in set up: it accepts no passwords and no other accounts. "
+    "Ask its administrator."
+)
 ALWAYS_WARNING = "Only approve if you just ran <code>luman login</code> yourself."
 
 
@@ -81,9 +90,45 @@ def _csrf_field(csrf: str) -> str:
     return f'<input type="hidden" name="csrf_token" value="{_e(csrf)}">'
 
 
+@dataclasses.dataclass(frozen=True)
+class ProviderButton:
+    """An identity provider people can sign in with (ListIdentityProviders)."""
+
+    id: str  # the URL segment: ^[a-z][a-z0-9-]{0,31}$
+    display_name: str  # "GitHub"
+
+
+def provider_start_url(provider_id: str, user_code: str) -> str:
+    path = f"{PROVIDERS_PATH}/{quote(provider_id, safe='')}/start"
+    return f"{path}?user_code={quote(user_code)}" if user_code else path
+
+
+def _provider_buttons(providers: Sequence[ProviderButton], user_code: str) -> str:
+    # Links, not forms: the CSP's form-action 'self' also covers the redirect a form post
+    # gets (Chromium), which would block the hop to the provider. The GET only starts a
+    # pending sign-in bound to this browser.
+    if not providers:
+        return ""
+    links = "".join(
+        f'<a class="button-link provider" href="{_e(provider_start_url(p.id, user_code))}">'
+        f"Continue with {_e(p.display_name)}</a>\n"
+        for p in providers
+    )
+    return f'<div class="providers">\n{links}</div>\n'
+
+
 def sign_in(
-    *, csrf: str, user_code: str, email: str = "", error: str = "", notice: str = ""
+    *,
+    csrf: str,
+    user_code: str,
+    email: str = "",
+    error: str = "",
+    notice: str = "",
+    providers: Sequence[ProviderButton] = (),
+    password_login: bool = True,
 ) -> str:
+    """The sign-in view: one "Continue with …" link per provider, then the email and password
+    form (left out, with a sentence saying so, when the server has password sign-in off)."""
     code_line = ""
     if user_code:
         code_line = (
@@ -92,21 +137,28 @@ def sign_in(
         )
     else:
         code_line = '<p class="lead">Sign in to connect a terminal to your account.</p>'
-    body = (
-        "<h1>Sign in</h1>\n"
-        f"{code_line}\n{_error(error)}{_notice(notice)}\n"
-        '<form method="post" action="/device/sign-in" class="stack">\n'
-        f"{_csrf_field(csrf)}\n"
-        f'<input type="hidden" name="user_code" value="{_e(user_code)}">\n'
-        '<label for="email">Email</label>\n'
-        f'<input id="email" name="email" type="email" value="{_e(email)}" '
-        'autocomplete="username" required autofocus>\n'
-        '<label for="password">Password</label>\n'
-        '<input id="password" name="password" type="password" '
-        'autocomplete="current-password" required>\n'
-        '<button type="submit" class="primary">Sign in</button>\n'
-        "</form>"
-    )
+    buttons = _provider_buttons(providers, user_code)
+    if password_login:
+        divider = '<p class="divider"><span>or</span></p>\n' if buttons else ""
+        form = (
+            f"{divider}"
+            '<form method="post" action="/device/sign-in" class="stack">\n'
+            f"{_csrf_field(csrf)}\n"
+            f'<input type="hidden" name="user_code" value="{_e(user_code)}">\n'
+            '<label for="email">Email</label>\n'
+            f'<input id="email" name="email" type="email" value="{_e(email)}" '
+            'autocomplete="username" required autofocus>\n'
+            '<label for="password">Password</label>\n'
+            '<input id="password" name="password" type="password" '
+            'autocomplete="current-password" required>\n'
+            '<button type="submit" class="primary">Sign in</button>\n'
+            "</form>"
+        )
+    elif buttons:
+        form = f'<p class="help">{_e(PROVIDERS_ONLY_NOTE)}</p>'
+    else:
+        form = f'<p class="help">{_e(NO_SIGN_IN_METHOD)}</p>'
+    body = f"<h1>Sign in</h1>\n{code_line}\n{_error(error)}{_notice(notice)}\n{buttons}{form}"
     return _layout("Sign in", body)
 
 
@@ -193,3 +245,47 @@ def message(title: str, text: str, *, csrf: str = "", email: str = "", back: boo
     link = '<p><a class="button-link" href="/device">Back to the start</a></p>' if back else ""
     body = f'<h1>{_e(title)}</h1>\n<p class="lead">{_e(text)}</p>\n{link}'
     return _layout(title, body, email=email, csrf=csrf)
+
+
+def _sign_in_url(user_code: str) -> str:
+    return f"/device?user_code={quote(user_code)}" if user_code else "/device"
+
+
+def provider_failure(title: str, text: str, *, user_code: str) -> str:
+    """A sign-in through a provider that did not happen: one plain sentence, and the way back
+    to the sign-in view (with the device code, if there was one)."""
+    body = (
+        f'<h1>{_e(title)}</h1>\n<p class="lead">{_e(text)}</p>\n'
+        f'<p><a class="button-link" href="{_e(_sign_in_url(user_code))}">Back to sign-in</a></p>'
+    )
+    return _layout(title, body)
+
+
+def link_account(
+    *, csrf: str, provider: str, provider_name: str, email: str, user_code: str, error: str = ""
+) -> str:
+    """The password form that links a provider's account to the existing account with its
+    email (LinkProviderIdentity). `provider` and `email` are shown only: the link token in
+    its cookie decides."""
+    body = (
+        "<h1>Link your account</h1>\n"
+        f'<p class="lead">An account with the email <strong>{_e(email)}</strong> already exists. '
+        f"Enter its password to link it to your {_e(provider_name)} account: after that, "
+        f"Continue with {_e(provider_name)} signs you in to it.</p>\n"
+        f"{_error(error)}\n"
+        f'<form method="post" action="{LINK_PATH}" class="stack">\n'
+        f"{_csrf_field(csrf)}\n"
+        f'<input type="hidden" name="user_code" value="{_e(user_code)}">\n'
+        f'<input type="hidden" name="provider" value="{_e(provider)}">\n'
+        f'<input type="hidden" name="email" value="{_e(email)}">\n'
+        # A hidden username lets password managers offer the right entry.
+        f'<input type="hidden" name="username" value="{_e(email)}" autocomplete="username">\n'
+        '<label for="password">Password</label>\n'
+        '<input id="password" name="password" type="password" '
+        'autocomplete="current-password" required autofocus>\n'
+        '<button type="submit" class="primary">Link and sign in</button>\n'
+        "</form>\n"
+        f'<p class="help"><a href="{_e(_sign_in_url(user_code))}">Back to sign-in</a>: '
+        "nothing is linked unless you enter the password.</p>"
+    )
+    return _layout("Link your account", body)

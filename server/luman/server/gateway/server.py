@@ -221,6 +221,8 @@ def build_gateway(settings: Settings, sessions: Sessions, app: App) -> GatewaySe
         local_url = _local_url(settings.host, sock.getsockname()[1], https=app.tls is not None)
         if app.device_logins is not None:
             app.device_logins.set_public_url(local_url)
+        if app.provider_logins is not None:
+            app.provider_logins.set_public_url(local_url)
         if app.mail is not None:
             app.mail.use_renderers(build_renderers(settings, local_url))
     return GatewayServer(

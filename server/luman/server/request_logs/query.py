@@ -42,6 +42,8 @@ class LogRow:
     user_agent: str
     # The call's OpenTelemetry trace id when it was traced (README, "Tracing").
     trace_id: str | None = None
+    # The ErrorInfo reason of a failed call, when it had one.
+    reason: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -53,6 +55,7 @@ class LogRow:
             "client_ip": self.client_ip,
             "user_agent": self.user_agent,
             "trace_id": self.trace_id,
+            "reason": self.reason,
         }
 
 
@@ -108,6 +111,7 @@ def recent(engine: Engine, log_filter: LogFilter) -> list[LogRow]:
             client_ip=row.client_ip,
             user_agent=row.user_agent,
             trace_id=row.trace_id,
+            reason=row.reason,
         )
         for row in reversed(rows)
     ]
@@ -134,7 +138,7 @@ def render_table(rows: list[LogRow]) -> str:
     lines = [
         (
             row.time.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            row.status,
+            f"{row.status} {row.reason}" if row.reason else row.status,
             f"{row.duration_ms:.1f}",
             row.method,
             str(row.user_id) if row.user_id else "-",

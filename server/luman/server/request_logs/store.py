@@ -28,7 +28,7 @@ from luman.server.db.models import RequestLog
 
 TABLE = cast(Table, RequestLog.__table__)
 PRUNE_BATCH = 5000
-# Rows per multi-row INSERT: 8 parameters each stays under 999, the variable limit of SQLite
+# Rows per multi-row INSERT: 9 parameters each stays under 999, the variable limit of SQLite
 # builds before 3.32.
 ROWS_PER_STATEMENT = 100
 # The entry's fields, in this order, are the row; text is cut to the column sizes.
@@ -41,6 +41,7 @@ COLUMNS = (
     "client_ip",
     "user_agent",
     "trace_id",
+    "reason",
 )
 # Their PostgreSQL types, for binary COPY (the migrations' types; a mismatch fails the batch,
 # which the writer counts and reports, and the request-log tests run on PostgreSQL).
@@ -50,6 +51,7 @@ PG_TYPES = (
     "varchar",
     "float8",
     "uuid",
+    "varchar",
     "varchar",
     "varchar",
     "varchar",
@@ -117,6 +119,7 @@ def insert_entries(
             e.client_ip[:45],
             e.user_agent[:256],
             e.trace_id,
+            e.reason[:64] if e.reason else None,
         ]
         for index, processor in statement.processors:
             if row[index] is not None:
