@@ -25,12 +25,9 @@ provider's button, the approval after a provider sign-in, the link form, a failu
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 import secrets
 import socket
-import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -49,7 +46,15 @@ from luman.server.federation.providers import ProviderConfig
 from luman.server.gateway import GatewayServer, build_gateway
 from luman.server.gateway.device_page import SESSION_COOKIE
 from luman.server.gateway.provider_pages import LINK_REFUSED, NOT_THIS_BROWSER, STATE_COOKIE
-from tests.browser_support import MovingClock, launched_chromium, loopback_context
+from tests.browser_support import (
+    MovingClock,
+    cli_environment,
+    cli_login,
+    cli_whoami,
+    launched_chromium,
+    loopback_context,
+    screenshot,
+)
 from tests.federation.oidc_provider import OidcClient, OidcProvider, running_oidc_provider
 from tests.server.device_login_support import start
 from tests.support import PASSWORD, bearer, register, unique_email
@@ -67,9 +72,6 @@ ELSEWHERE = "http://127.0.0.1:9/other-app/callback"
 COMPLETE = "/luman.auth.v1.AuthService/CompleteProviderLogin"
 START = "/luman.auth.v1.AuthService/StartProviderLogin"
 TIMEOUT_MS = 15_000
-CLI_TIMEOUT = 60.0
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 # Below Linux's default ephemeral range (32768-60999): the kernel gives none of these to an
 # outgoing connection or a port-0 bind, so the port stays free between the module's tests.
 PORTS = range(20_000, 32_000)
@@ -188,8 +190,7 @@ def page(browser: Browser, base: str) -> Iterator[Page]:
 
 
 def _shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"provider-{name}.png"), full_page=True)
+    screenshot(page, f"provider-{name}")
 
 
 def _continue_with_provider(page: Page, provider: OidcProvider, *, shot: bool = False) -> None:
@@ -303,17 +304,6 @@ def _start_rewritten(page: Page, provider: OidcProvider, base: str, **changes: s
     return original
 
 
-def _cli_env(config_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and not k.startswith("LUMAN_")
-    }
-    env["LUMAN_CONFIG_DIR"] = str(config_dir)
-    env["NO_COLOR"] = "1"
-    return env
-
-
 # -- the happy paths -------------------------------------------------------------------------
 
 
@@ -321,52 +311,25 @@ def test_first_sign_in_creates_the_account_and_approves_the_cli(
     page: Page, provider: OidcProvider, app: App, sessions: Sessions, base: str, tmp_path: Path
 ) -> None:
     email = unique_email("ada")
-    env = _cli_env(tmp_path / "config")
+    env = cli_environment(tmp_path / "config")
     command = [sys.executable, "-m", "luman.cli", "--api-url", f"127.0.0.1:{app.port}"]
-    with (tmp_path / "login.err").open("w") as stderr:
-        cli = subprocess.Popen(
-            [*command, "login", "--no-browser", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        try:
-            assert cli.stdout is not None
-            started = json.loads(cli.stdout.readline())
-            assert started["verification_uri_complete"].startswith(f"{base}/device?")
-            page.goto(started["verification_uri_complete"])
-            expect(page.locator(".code-inline")).to_have_text(started["user_code"])
-            _continue_with_provider(page, provider, shot=True)
-            _sign_in_at_provider(page, provider, email)
-            # Back on Luman, signed in: straight to the code's approval.
-            expect(page.get_by_role("heading", name="Approve this device?")).to_be_visible()
-            assert page.url.startswith(f"{base}/device?user_code=")
-            expect(page.locator(".code-big")).to_have_text(started["user_code"])
-            expect(page.locator(".who")).to_have_text(f"Signed in as {email}")
-            _shot(page, "approve")
-            page.get_by_role("button", name="Approve").click()
-            expect(page.get_by_role("heading", name="Device approved")).to_be_visible()
-            out, _ = cli.communicate(timeout=CLI_TIMEOUT)
-        finally:
-            if cli.poll() is None:
-                cli.kill()
-                cli.wait()
-    errors = (tmp_path / "login.err").read_text()
-    assert cli.returncode == 0, errors + out
-    assert email in out
-
-    whoami = subprocess.run(
-        [*command, "--json", "whoami"],
-        capture_output=True,
-        env=env,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    assert whoami.returncode == 0, whoami.stderr
-    assert json.loads(whoami.stdout)["email"] == email
+    with cli_login(command, env, tmp_path / "login.err") as login:
+        started = login.started
+        assert started["verification_uri_complete"].startswith(f"{base}/device?")
+        page.goto(started["verification_uri_complete"])
+        expect(page.locator(".code-inline")).to_have_text(started["user_code"])
+        _continue_with_provider(page, provider, shot=True)
+        _sign_in_at_provider(page, provider, email)
+        # Back on Luman, signed in: straight to the code's approval.
+        expect(page.get_by_role("heading", name="Approve this device?")).to_be_visible()
+        assert page.url.startswith(f"{base}/device?user_code=")
+        expect(page.locator(".code-big")).to_have_text(started["user_code"])
+        expect(page.locator(".who")).to_have_text(f"Signed in as {email}")
+        _shot(page, "approve")
+        page.get_by_role("button", name="Approve").click()
+        expect(page.get_by_role("heading", name="Device approved")).to_be_visible()
+    assert email in login.output
+    assert cli_whoami(command, env)["email"] == email
 
     user = _user(sessions, email)
     assert user is not None

@@ -9,9 +9,6 @@ Screenshots of the sign-in, approval and done pages go to test-artifacts/screens
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +23,19 @@ from luman.server.app import App
 from luman.server.config import Settings
 from luman.server.gateway import GatewayServer
 from luman.server.gateway.device_page import WRONG_CODE
-from tests.browser_support import MovingClock, launched_chromium
+from tests.browser_support import (
+    MovingClock,
+    cli_environment,
+    cli_login,
+    cli_whoami,
+    launched_chromium,
+    screenshot,
+)
 from tests.gateway.helpers import register
 from tests.server.device_login_support import poll_failure, start
 from tests.support import PASSWORD, unique_email
 
 Stub = auth_service_pb2_grpc.AuthServiceStub
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-CLI_TIMEOUT = 60.0
 
 
 @pytest.fixture
@@ -82,8 +83,7 @@ def _base(gateway: GatewayServer) -> str:
 
 
 def _shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"device-{name}.png"), full_page=True)
+    screenshot(page, f"device-{name}")
 
 
 def _sign_in(page: Page, email: str, *, shot: bool = False) -> None:
@@ -98,65 +98,28 @@ def _sign_in(page: Page, email: str, *, shot: bool = False) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
-def _cli_env(config_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and not k.startswith("LUMAN_")
-    }
-    env["LUMAN_CONFIG_DIR"] = str(config_dir)
-    env["NO_COLOR"] = "1"
-    return env
-
-
 def test_device_browser_approve_with_the_real_cli(
     page: Page, app: App, email: str, tmp_path: Path
 ) -> None:
-    env = _cli_env(tmp_path / "config")
+    env = cli_environment(tmp_path / "config")
     command = [sys.executable, "-m", "luman.cli", "--api-url", f"127.0.0.1:{app.port}"]
-    with (tmp_path / "login.err").open("w") as stderr:
-        cli = subprocess.Popen(
-            [*command, "login", "--no-browser", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        try:
-            assert cli.stdout is not None
-            started = json.loads(cli.stdout.readline())
-            page.goto(started["verification_uri_complete"])
-            _sign_in(page, email, shot=True)
-            expect(page.get_by_role("heading", name="Approve this device?")).to_be_visible()
-            expect(page.locator(".code-big")).to_have_text(started["user_code"])
-            expect(page.locator(".details")).to_contain_text("luman-cli")
-            expect(page.locator(".details")).to_contain_text("127.0.0.1")
-            expect(page.locator(".details")).to_contain_text("less than a minute ago")
-            expect(page.get_by_text("Only approve if you just ran")).to_be_visible()
-            _shot(page, "approve")
-            page.get_by_role("button", name="Approve").click()
-            expect(page.get_by_role("heading", name="Device approved")).to_be_visible()
-            expect(page.get_by_text("You can use the terminal now")).to_be_visible()
-            _shot(page, "done")
-            out, _ = cli.communicate(timeout=CLI_TIMEOUT)
-        finally:
-            if cli.poll() is None:
-                cli.kill()
-                cli.wait()
-    errors = (tmp_path / "login.err").read_text()
-    assert cli.returncode == 0, errors + out
-    assert email in out
-    whoami = subprocess.run(
-        [*command, "--json", "whoami"],
-        capture_output=True,
-        env=env,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    assert whoami.returncode == 0, whoami.stderr
-    assert json.loads(whoami.stdout)["email"] == email
+    with cli_login(command, env, tmp_path / "login.err") as login:
+        started = login.started
+        page.goto(started["verification_uri_complete"])
+        _sign_in(page, email, shot=True)
+        expect(page.get_by_role("heading", name="Approve this device?")).to_be_visible()
+        expect(page.locator(".code-big")).to_have_text(started["user_code"])
+        expect(page.locator(".details")).to_contain_text("luman-cli")
+        expect(page.locator(".details")).to_contain_text("127.0.0.1")
+        expect(page.locator(".details")).to_contain_text("less than a minute ago")
+        expect(page.get_by_text("Only approve if you just ran")).to_be_visible()
+        _shot(page, "approve")
+        page.get_by_role("button", name="Approve").click()
+        expect(page.get_by_role("heading", name="Device approved")).to_be_visible()
+        expect(page.get_by_text("You can use the terminal now")).to_be_visible()
+        _shot(page, "done")
+    assert email in login.output
+    assert cli_whoami(command, env)["email"] == email
 
 
 def test_device_browser_deny(page: Page, auth: Stub, email: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import hmac
 import logging
 import secrets
@@ -33,7 +32,6 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from luman.interceptors.call_context import optional_call
 from luman.interceptors.client_address import Caller
 from luman.interceptors.errors import (
     AlreadyExistsError,
@@ -46,6 +44,7 @@ from luman.interceptors.errors import (
 )
 from luman.interceptors.principal import Principal
 from luman.server.audit.record import Event, record
+from luman.server.auth.cli_tokens import hash_secret
 from luman.server.auth.passwords import PasswordHasher, WaitingCall
 from luman.server.auth.repository import AuthRepository
 from luman.server.auth.service import NO_CALLER, AuthService, TokenPair
@@ -56,7 +55,7 @@ from luman.server.db.session import Sessions
 from luman.server.federation.adapters import Adapter, ProviderIdentity, code_challenge
 from luman.server.federation.errors import ProviderRejectedError, ProviderUnavailableError
 from luman.server.federation.providers import ProviderConfig
-from luman.server.validation import MAX_EMAIL_LENGTH, Violations, check_email
+from luman.server.validation import Violations, check_email
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -89,7 +88,7 @@ class SignedIn:
     tokens: TokenPair
     account_created: bool
     user_code: str
-    identity: Identity | None = None
+    identity: Identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,15 +110,6 @@ class _Pending:
 class LinkedIdentity:
     identity: Identity
     display_name: str
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _client_ip() -> str:
-    record_ = optional_call()
-    return "" if record_ is None else record_.caller.ip[:45]
 
 
 def _state_invalid() -> FailedPreconditionError:
@@ -204,7 +194,7 @@ class ProviderLogins:
 
     # StartProviderLogin.
 
-    def start(self, provider_id: str, user_code: str) -> StartedLogin:
+    def start(self, provider_id: str, user_code: str, caller: Caller = NO_CALLER) -> StartedLogin:
         """`user_code`: a normalised device-login user code, or ""."""
         config = self.config(provider_id)
         state = secrets.token_urlsafe(32)
@@ -238,7 +228,7 @@ class ProviderLogins:
                     code_verifier=verifier,
                     nonce=nonce,
                     user_code=user_code,
-                    client_ip=_client_ip(),
+                    client_ip=caller.ip[:45],
                     create_time=now,
                     expire_time=expire_time,
                 )
@@ -360,16 +350,7 @@ class ProviderLogins:
                     email_verify_time=now,
                 )
             )
-            linked = _new_identity(user, config, identity, now)
-            session.add(linked)
-            try:
-                session.flush()
-            except IntegrityError as exc:
-                if violates(exc, "uq_identities_provider"):
-                    raise AlreadyExistsError(
-                        "IDENTITY_ALREADY_LINKED", "linked meanwhile"
-                    ) from None
-                raise
+            linked = _add_identity(session, _new_identity(user, config, identity, now))
             tokens = self._auth.start_sign_in(session, user, now, caller)
             record(
                 session,
@@ -485,27 +466,20 @@ class ProviderLogins:
             if locked.email_verify_time is None and locked.email == stored.email:
                 # The password proves the account, the provider the address.
                 locked.email_verify_time = now
-            identity = Identity(
-                id=uuid.uuid4(),
-                user_id=locked.id,
-                provider=stored.provider,
-                issuer=stored.issuer,
-                subject=stored.subject,
-                email=stored.email,
-                username=stored.username,
-                create_time=now,
-                last_sign_in_time=now,
+            identity = _add_identity(
+                session,
+                Identity(
+                    id=uuid.uuid4(),
+                    user_id=locked.id,
+                    provider=stored.provider,
+                    issuer=stored.issuer,
+                    subject=stored.subject,
+                    email=stored.email,
+                    username=stored.username,
+                    create_time=now,
+                    last_sign_in_time=now,
+                ),
             )
-            session.add(identity)
-            try:
-                session.flush()
-            except IntegrityError as exc:
-                if violates(exc, "uq_identities_provider"):
-                    raise AlreadyExistsError(
-                        "IDENTITY_ALREADY_LINKED",
-                        "this provider account was linked to an account meanwhile; sign in",
-                    ) from None
-                raise
             tokens = self._auth.start_sign_in(session, locked, now, caller)
             record(session, _identity_event("identity.linked", locked, identity), now)
             record(session, _signed_in(locked, config), now)
@@ -542,8 +516,6 @@ class ProviderLogins:
                 .where(Identity.user_id == principal.user_id)
                 .order_by(Identity.create_time, Identity.id)
             ).all()
-            for row_ in rows:
-                session.expunge(row_)
         return [LinkedIdentity(row_, self.display_name(row_.provider)) for row_ in rows]
 
     def unlink(self, principal: Principal, identity_id: uuid.UUID) -> None:
@@ -646,8 +618,8 @@ def checked_identity(config: ProviderConfig, identity: ProviderIdentity) -> Prov
     email = identity.email
     if email:
         v = Violations()
-        email = check_email(v, "email", email)
-        if v.items or len(email) > MAX_EMAIL_LENGTH:
+        email = check_email(v, "email", email)  # its length bound included
+        if v.items:
             email = ""
     username = "".join(c for c in identity.username if c.isprintable())[:MAX_USERNAME]
     identity = dataclasses.replace(
@@ -721,6 +693,22 @@ def _new_identity(
         create_time=now,
         last_sign_in_time=now,
     )
+
+
+def _add_identity(session: Session, identity: Identity) -> Identity:
+    """`identity`, inserted; one linked meanwhile (a sign-in or link of the same provider
+    account committed first) is ALREADY_EXISTS, which complete() answers by signing in again."""
+    session.add(identity)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if violates(exc, "uq_identities_provider"):
+            raise AlreadyExistsError(
+                "IDENTITY_ALREADY_LINKED",
+                "this provider account was linked to an account meanwhile; sign in",
+            ) from None
+        raise
+    return identity
 
 
 def _signed_in(user: User, config: ProviderConfig) -> Event:

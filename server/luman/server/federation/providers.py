@@ -30,7 +30,9 @@ from pathlib import Path
 KINDS = ("github", "gitlab", "google", "oidc")
 OIDC_KINDS = frozenset({"gitlab", "google", "oidc"})
 
-_ID = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+# A provider id: the URL segment of its pages (gateway/provider_pages.py) and the name stored
+# with its identities.
+PROVIDER_ID = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _SEPARATORS = re.compile(r"[\s,]+")
@@ -89,7 +91,7 @@ def providers_from_env(env: Mapping[str, str]) -> tuple[ProviderConfig, ...]:
     ids = _split(env.get("IDENTITY_PROVIDERS", ""), separators=",")
     seen: set[str] = set()
     for provider_id in ids:
-        if not _ID.match(provider_id):
+        if not PROVIDER_ID.match(provider_id):
             raise ProviderConfigError(
                 f"IDENTITY_PROVIDERS: {provider_id!r} is not a provider id (a lower-case letter, "
                 "then up to 31 lower-case letters, digits or '-')"

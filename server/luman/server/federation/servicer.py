@@ -87,7 +87,7 @@ class ProviderLoginRpcs:
         provider = _check(v, "provider", request.provider, MAX_PROVIDER, required=True)
         user_code = _user_code(v, request.user_code)
         v.raise_if_any()
-        started = self._provider_logins.start(provider, user_code)
+        started = self._provider_logins.start(provider, user_code, current_caller())
         response = auth_service_pb2.StartProviderLoginResponse(
             authorization_url=started.authorization_url, state=started.state
         )
@@ -132,7 +132,6 @@ class ProviderLoginRpcs:
         signed_in = self._provider_logins.link(
             link_token, request.password, context, current_caller()
         )
-        assert signed_in.identity is not None
         return auth_service_pb2.LinkProviderIdentityResponse(
             user=convert.user_to_proto(signed_in.user),
             tokens=convert.token_pair_to_proto(signed_in.tokens),

@@ -40,7 +40,7 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -230,7 +230,7 @@ class DevicePage:
         method = visit.request.method
         if path == templates.STYLESHEET_PATH:
             if method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
+                return not_allowed("GET")
             css = [(b"content-type", b"text/css; charset=utf-8"), _CSS_CACHE]
             return 200, STYLESHEET, css
         if path.startswith(templates.PROVIDERS_PATH + "/"):
@@ -244,7 +244,7 @@ class DevicePage:
         }
         if path in (PAGE_PATH, DONE_PATH):
             if method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
+                return not_allowed("GET")
             query = first_values(visit.request.query.decode("latin-1"))
             if path == DONE_PATH:
                 return await self._done(visit, query.get("outcome", ""))
@@ -253,7 +253,7 @@ class DevicePage:
         if handler is None:
             return 404, templates.message("Page not found", "There is no such page."), []
         if method != "POST":
-            return _not_allowed("POST")
+            return not_allowed("POST")
         form = await self._form(visit, receive)
         return await handler(visit, form)
 
@@ -465,10 +465,7 @@ class DevicePage:
         if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             return 400 if code == grpc.StatusCode.INVALID_ARGUMENT else 404, WRONG_CODE
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            seconds = retry_seconds(result) or 60
-            minutes = max(1, math.ceil(seconds / 60))
-            unit = "minute" if minutes == 1 else "minutes"
-            return 429, f"Too many attempts, try again in {minutes} {unit}."
+            return 429, too_many_attempts(result)
         if code == grpc.StatusCode.PERMISSION_DENIED:
             return 403, "Your sign-in cannot approve device logins. Sign out and sign in again."
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -605,15 +602,23 @@ def clean_code(value: str) -> str:
     ]
 
 
-def page_url(user_code: str) -> str:
-    return f"{PAGE_PATH}?user_code={quote(user_code)}" if user_code else PAGE_PATH
+# The page's own address, with the code filled in (device_templates.py links to it too).
+page_url = templates.page_url
 
 
 def see_other(location: str) -> Answer:
     return 303, "", [(b"location", location.encode())]
 
 
-def _not_allowed(allowed: str) -> Answer:
+def too_many_attempts(result: CallResult) -> str:
+    """A rate-limited call's sentence, with its RetryInfo rounded up to minutes."""
+    seconds = retry_seconds(result) or 60
+    minutes = max(1, math.ceil(seconds / 60))
+    unit = "minute" if minutes == 1 else "minutes"
+    return f"Too many attempts, try again in {minutes} {unit}."
+
+
+def not_allowed(allowed: str) -> Answer:
     page = templates.message("Method not allowed", "This page does not accept that request.")
     return 405, page, [(b"content-type", b"text/html; charset=utf-8"), (b"allow", allowed.encode())]
 

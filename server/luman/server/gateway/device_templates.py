@@ -247,7 +247,8 @@ def message(title: str, text: str, *, csrf: str = "", email: str = "", back: boo
     return _layout(title, body, email=email, csrf=csrf)
 
 
-def _sign_in_url(user_code: str) -> str:
+def page_url(user_code: str) -> str:
+    """/device, with the code filled in when there is one."""
     return f"/device?user_code={quote(user_code)}" if user_code else "/device"
 
 
@@ -256,7 +257,7 @@ def provider_failure(title: str, text: str, *, user_code: str) -> str:
     to the sign-in view (with the device code, if there was one)."""
     body = (
         f'<h1>{_e(title)}</h1>\n<p class="lead">{_e(text)}</p>\n'
-        f'<p><a class="button-link" href="{_e(_sign_in_url(user_code))}">Back to sign-in</a></p>'
+        f'<p><a class="button-link" href="{_e(page_url(user_code))}">Back to sign-in</a></p>'
     )
     return _layout(title, body)
 
@@ -285,7 +286,7 @@ def link_account(
         'autocomplete="current-password" required autofocus>\n'
         '<button type="submit" class="primary">Link and sign in</button>\n'
         "</form>\n"
-        f'<p class="help"><a href="{_e(_sign_in_url(user_code))}">Back to sign-in</a>: '
+        f'<p class="help"><a href="{_e(page_url(user_code))}">Back to sign-in</a>: '
         "nothing is linked unless you enter the password.</p>"
     )
     return _layout("Link your account", body)

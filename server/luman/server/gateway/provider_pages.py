@@ -38,8 +38,6 @@ import dataclasses
 import datetime as dt
 import hmac
 import logging
-import math
-import re
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -48,6 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from luman.auth.v1 import auth_service_pb2
 from luman.server.clock import Clock
+from luman.server.federation.providers import PROVIDER_ID
 from luman.server.gateway import device_templates as templates
 from luman.server.gateway.device_page import (
     FAILED,
@@ -59,13 +58,16 @@ from luman.server.gateway.device_page import (
     clean_code,
     first_values,
     is_token,
+    not_allowed,
     page_url,
     reason_of,
     retry_seconds,
     see_other,
     session_max_age,
+    too_many_attempts,
 )
 from luman.server.gateway.in_process import CallResult
+from luman.server.validation import MAX_EMAIL_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,6 @@ LINK_PATH = templates.LINK_PATH
 STATE_COOKIE = "luman_provider_state"
 CODE_COOKIE = "luman_provider_code"
 LINK_COOKIE = "luman_provider_link"
-_PROVIDER_ID = re.compile(r"^[a-z][a-z0-9-]{0,31}$")  # ProviderConfig.id
-MAX_EMAIL_LENGTH = 254
 
 NOT_THIS_BROWSER = (
     "This sign-in did not start in this browser, or it was already used, so it cannot sign "
@@ -185,16 +185,16 @@ class ProviderPages:
         method = visit.request.method
         if path == LINK_PATH:
             if method != "POST":
-                return _not_allowed("POST")
+                return not_allowed("POST")
             return await self._link(visit, await self._read_form(visit, receive))
         if len(parts) != 2 or parts[1] not in ("start", "callback"):
             return 404, templates.message("Page not found", "There is no such page."), []
         # GET only: a HEAD would start a sign-in (or spend one) for nothing.
         if method != "GET":
-            return _not_allowed("GET")
+            return not_allowed("GET")
         provider_id, step = parts
         query = first_values(visit.request.query.decode("latin-1"))
-        if not _PROVIDER_ID.match(provider_id):
+        if not PROVIDER_ID.match(provider_id):
             user_code = clean_code(query.get("user_code", ""))
             not_found = _FAILURES["PROVIDER_NOT_FOUND"]
             return self._failure_page(not_found, provider_id[:40], user_code)
@@ -292,7 +292,7 @@ class ProviderPages:
     async def _link(self, visit: Visit, form: dict[str, str]) -> Answer:
         user_code = clean_code(form.get("user_code", ""))
         provider_id = form.get("provider", "")
-        if not _PROVIDER_ID.match(provider_id):
+        if not PROVIDER_ID.match(provider_id):
             provider_id = ""
         email = form.get("email", "")[:MAX_EMAIL_LENGTH]
         token = visit.cookies.get(LINK_COOKIE, "")
@@ -395,9 +395,7 @@ class ProviderPages:
         headers = [(b"retry-after", str(seconds).encode())]
         if reason_of(result) == "SERVER_BUSY":
             return 503, UNAVAILABLE, headers
-        minutes = max(1, math.ceil(seconds / 60))
-        unit = "minute" if minutes == 1 else "minutes"
-        return 429, f"Too many attempts, try again in {minutes} {unit}.", headers
+        return 429, too_many_attempts(result), headers
 
     async def _provider_name(self, visit: Visit, provider_id: str) -> str:
         """The provider's display name (ListIdentityProviders), or its id."""
@@ -424,8 +422,3 @@ class ProviderPages:
 
 def _page(status: int, title: str, text: str, *, user_code: str) -> Answer:
     return status, templates.provider_failure(title, text, user_code=user_code), []
-
-
-def _not_allowed(allowed: str) -> Answer:
-    page = templates.message("Method not allowed", "This page does not accept that request.")
-    return 405, page, [(b"content-type", b"text/html; charset=utf-8"), (b"allow", allowed.encode())]
