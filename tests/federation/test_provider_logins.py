@@ -8,6 +8,7 @@ it in Chromium against a certified OpenID Connect provider.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import urllib.parse
 from collections.abc import Iterator
 
@@ -331,22 +332,34 @@ def test_allowed_domains(
 
 
 def test_a_provider_that_is_down_answers_unavailable_with_retry(
-    auth: Stub, github: GitHubFake
+    auth: Stub, github: GitHubFake, caplog: pytest.LogCaptureFixture
 ) -> None:
     ada(github)
-    started = auth.StartProviderLogin(auth_service_pb2.StartProviderLoginRequest(provider="github"))
-    back = callback_query(github.approve(started.authorization_url))
-    github.down = True
-    with pytest.raises(grpc.RpcError) as caught:
-        auth.CompleteProviderLogin(
-            auth_service_pb2.CompleteProviderLoginRequest(
-                provider="github", state=back["state"], code=back["code"]
-            )
+    caplog.set_level(logging.INFO, logger="luman.server.federation.logins")
+    for _ in range(2):
+        started = auth.StartProviderLogin(
+            auth_service_pb2.StartProviderLoginRequest(provider="github")
         )
-    error = rich_error(caught.value)
-    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
-    assert error.retry_delay_seconds is not None
-    assert error.retry_delay_seconds > 0
+        back = callback_query(github.approve(started.authorization_url))
+        github.down = True
+        with pytest.raises(grpc.RpcError) as caught:
+            auth.CompleteProviderLogin(
+                auth_service_pb2.CompleteProviderLoginRequest(
+                    provider="github", state=back["state"], code=back["code"]
+                )
+            )
+        github.down = False
+        error = rich_error(caught.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+        assert error.retry_delay_seconds is not None
+        assert error.retry_delay_seconds > 0
+    assert sign_in(auth, github).WhichOneof("result") == "sign_in"
+    # One warning for the outage, however many sign-ins it refused, and one line at its end.
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("federation.logins")]
+    assert [line.split(":")[0] for line in lines] == [
+        "identity provider github unavailable",
+        "identity provider github answers again",
+    ]
 
 
 @pytest.fixture

@@ -167,6 +167,8 @@ class ProviderLogins:
         self._slots = {
             config.id: threading.BoundedSemaphore(MAX_PROVIDER_CALLS) for config in configs
         }
+        # Providers whose last call found them away: one warning per outage, not per sign-in.
+        self._down: set[str] = set()
         self._ttl = dt.timedelta(seconds=ttl)
         self.password_login = password_login
         self._defer_audit = defer_audit
@@ -262,6 +264,11 @@ class ProviderLogins:
                 nonce=pending.nonce,
             ),
         )
+        if config.id in self._down:
+            # The code exchange always reaches the provider (an authorization URL may come
+            # from a cached discovery document, or GitHub's, from no request at all).
+            self._down.discard(config.id)
+            logger.info("identity provider %s answers again", config.id)
         identity = checked_identity(config, identity)
         try:
             return self._sign_in(config, identity, pending.user_code, caller)
@@ -557,7 +564,9 @@ class ProviderLogins:
     def _unavailable(
         self, config: ProviderConfig, exc: ProviderUnavailableError
     ) -> UnavailableError:
-        logger.warning("identity provider %s unavailable: %s", config.id, exc)
+        if config.id not in self._down:
+            self._down.add(config.id)
+            logger.warning("identity provider %s unavailable: %s", config.id, exc)
         return UnavailableError(
             "PROVIDER_UNAVAILABLE",
             f"{config.display_name} is not answering; try again shortly",
