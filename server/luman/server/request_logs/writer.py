@@ -144,9 +144,10 @@ class RequestLogWriter:
 
     @property
     def queued(self) -> int:
-        """Entries waiting to be written (for a batch, or for the database to come back)."""
+        """Entries not written yet: queued (for a batch, or for the database to come back) or in
+        the insert under way, which an outage puts back in the queue."""
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) + self._in_flight
 
     def submit(self, entry: RequestLogEntry) -> None:
         """Queue one entry; never blocks on the database and never raises."""
