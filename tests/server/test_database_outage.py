@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from luman.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from luman.organization.v1 import organization_service_pb2, organization_service_pb2_grpc
 from luman.server import methods
 from luman.server.app import App, build_server
 from luman.server.auth.passwords import PasswordHasher
@@ -38,6 +39,7 @@ from luman.server.db.models import RequestLog
 from luman.server.gateway import build_gateway
 from tests.database_outage import PG_CONNECT_TIMEOUT, DatabaseOutage
 from tests.gateway.helpers import error_of
+from tests.server.organization_support import create_organization, sign_up
 from tests.support import PASSWORD, FakeClock, bearer, register, rich_error, unique_email
 
 CALL_TIMEOUT = 10  # seconds: a stalled call fails the test instead of hanging it
@@ -163,6 +165,41 @@ def test_calls_needing_the_database_answer_unavailable_and_health_follows(
     assert f"{refused} calls were answered {REASON}" in back
     # No traceback per call: nothing was logged as an unhandled exception.
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_list_pages_answer_unavailable_and_work_again_after(
+    running: Running, outage: DatabaseOutage
+) -> None:
+    # The list pages read on the driver's cursor (db/reads.py), not on a Connection: the same
+    # answer, and a fresh connection once the database is back. (PostgreSQL: on SQLite, reads
+    # go on during this kind of outage.)
+    orgs = organization_service_pb2_grpc.OrganizationServiceStub(running.channel)
+    owner = sign_up(running.auth, "lister")
+    organization = create_organization(orgs, owner)
+    list_members = organization_service_pb2.ListMembersRequest(organization_id=organization.id)
+    list_organizations = organization_service_pb2.ListOrganizationsRequest()
+
+    def both() -> tuple[int, int]:
+        members = orgs.ListMembers(list_members, metadata=owner.metadata, timeout=CALL_TIMEOUT)
+        mine = orgs.ListOrganizations(
+            list_organizations, metadata=owner.metadata, timeout=CALL_TIMEOUT
+        )
+        return len(members.members), len(mine.organizations)
+
+    assert both() == (1, 1)
+    outage.cut()
+    with pytest.raises(grpc.RpcError) as members_refused:
+        orgs.ListMembers(list_members, metadata=owner.metadata, timeout=CALL_TIMEOUT)
+    with pytest.raises(grpc.RpcError) as organizations_refused:
+        orgs.ListOrganizations(list_organizations, metadata=owner.metadata, timeout=CALL_TIMEOUT)
+    for caught in (members_refused, organizations_refused):
+        error = rich_error(caught.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, REASON)
+        assert error.retry_delay_seconds == 1.0
+    outage.restore()
+    running.wait_for_health(health_pb2.HealthCheckResponse.SERVING)
+    assert both() == (1, 1)
 
 
 def test_the_http_gateway_answers_503_with_retry_after(

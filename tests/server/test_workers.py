@@ -85,6 +85,20 @@ class Served:
     def rpc_lines(self) -> list[tuple[int, str, str]]:
         return [(int(m[1]), m[2], m[3]) for line in self.lines if (m := RPC_LINE.search(line))]
 
+    def wait_for_rpc_lines(self, method: str, count: int) -> list[tuple[int, str, str]]:
+        """The rpc lines once `count` of them are for `method`: a worker logs a call after
+        answering it, so the line can arrive after the client has its answer."""
+        deadline = time.monotonic() + WAIT
+        with self._changed:
+            while True:
+                lines = self.rpc_lines()
+                if sum(1 for _, m, _ in lines if m == method) >= count:
+                    return lines
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{count} {method} lines expected:\n{''.join(self.lines)}")
+                self._changed.wait(remaining)
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(WAIT)
@@ -180,7 +194,9 @@ def test_a_killed_worker_is_replaced_and_loses_no_request_log_row(
         assert statuses == ["OK"] * 30
         # Calls of the victim's still waiting for their batch (up to a second) are only in
         # its spool when it dies.
-        answered_by = collections.Counter(w for w, m, _ in served.rpc_lines() if m == GET_JWKS)
+        answered_by = collections.Counter(
+            w for w, m, _ in served.wait_for_rpc_lines(GET_JWKS, 30) if m == GET_JWKS
+        )
         assert answered_by[1] > 0, served.log
         mark = len(served.lines)
         os.kill(victim, signal.SIGKILL)

@@ -3,7 +3,8 @@
 Two kinds: `OrganizationRepository` works on an ORM Session for the calls that change
 memberships (row locks, the last-owner rule); the read-only calls (GetOrganization,
 ListOrganizations, ListMembers) use the functions below, which run prebuilt Core statements on a
-plain Connection and return plain rows. Listing 50 members as ORM objects spent most of the call
+plain Connection, or for the list pages on the driver's cursor (db/reads.py), and return plain
+rows. Listing 50 members as ORM objects spent most of the call
 building and tracking objects that were converted to protobuf and dropped at once.
 """
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    Engine,
     ScalarSelect,
     Select,
     String,
@@ -45,6 +47,7 @@ from luman.server.db.models import (
     Role,
     User,
 )
+from luman.server.db.reads import Read
 
 PageKey = tuple[dt.datetime, uuid.UUID]
 
@@ -252,9 +255,10 @@ def _members_page(by_slug: bool, after: bool) -> Select[*tuple[Any, ...]]:
     return stmt.order_by(_memberships.create_time, _memberships.user_id).limit(bindparam("limit"))
 
 
-_ORGANIZATIONS = {after: _organizations_page(after) for after in (False, True)}
+# The list pages run on the driver's cursor (db/reads.py).
+_ORGANIZATIONS = {after: Read(_organizations_page(after)) for after in (False, True)}
 _MEMBERS = {
-    (by_slug, after): _members_page(by_slug, after)
+    (by_slug, after): Read(_members_page(by_slug, after))
     for by_slug in (False, True)
     for after in (False, True)
 }
@@ -278,19 +282,17 @@ def caller_organization(
 
 
 def organizations_of(
-    conn: Connection, user_id: uuid.UUID, after: PageKey | None, limit: int
+    engine: Engine, user_id: uuid.UUID, after: PageKey | None, limit: int
 ) -> list[OrganizationRow]:
     """The user's organizations after the page key, oldest membership first."""
     params = _page_params(after, limit)
     params["user_id"] = user_id
-    # all(): one fetchall, where iterating the result fetches row by row (PostgreSQL: 0.23M of
-    # the 2.4M instructions of a 50-member ListMembers).
-    rows = conn.execute(_ORGANIZATIONS[after is not None], params).all()
+    rows = _ORGANIZATIONS[after is not None].all(engine, params)
     return [OrganizationRow._make(row) for row in rows]
 
 
 def members_seen_by(
-    conn: Connection,
+    engine: Engine,
     user_id: uuid.UUID,
     organization_id: uuid.UUID | None,
     slug: str | None,
@@ -309,8 +311,8 @@ def members_seen_by(
         params["organization_id"] = organization_id
     else:
         params["slug"] = slug
-    statement = _MEMBERS[organization_id is None, after is not None]
-    return [MemberRow._make(row) for row in conn.execute(statement, params).all()]
+    page = _MEMBERS[organization_id is None, after is not None]
+    return [MemberRow._make(row) for row in page.all(engine, params)]
 
 
 def _page_params(after: PageKey | None, limit: int) -> dict[str, object]:

@@ -148,15 +148,17 @@ class OrganizationService:
             record(session, event, now)
             return OrganizationRow.of(membership)
 
-    # Reads: plain Core rows on a connection (see repository.py), no ORM session, and no
-    # transaction: each read is one statement (ListMembers asks a second one only on an empty
-    # page, to tell a non-member from the end of the list).
+    # Reads: plain Core rows (see repository.py), no ORM session, and no transaction: each read
+    # is one statement (ListMembers asks a second one only on an empty page, to tell a
+    # non-member from the end of the list). The list pages run on the driver's cursor
+    # (db/reads.py), the rest on a Connection.
 
     def list_for(
         self, principal: Principal, after: PageKey | None, page_size: int
     ) -> Page[OrganizationRow]:
-        with self._sessions.statements.connect() as conn:
-            rows = repository.organizations_of(conn, principal.user_id, after, page_size + 1)
+        rows = repository.organizations_of(
+            self._sessions.statements, principal.user_id, after, page_size + 1
+        )
         return page_of(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.id)))
 
     def get(self, principal: Principal, ref: OrganizationRef) -> OrganizationRow:
@@ -166,26 +168,28 @@ class OrganizationService:
     def list_members(
         self, principal: Principal, ref: OrganizationRef, after: PageKey | None, page_size: int
     ) -> Page[MemberRow]:
-        with self._sessions.statements.connect() as conn:
-            # The page's statement lists members only to a member; no rows means a non-member
-            # or a page past the last member, and only then is the membership asked for alone.
-            rows = repository.members_seen_by(
-                conn, principal.user_id, ref.organization_id, ref.slug, after, page_size + 1
-            )
-            if not rows and ref.slug is not None:
-                # Only on a miss: a former slug that still redirects.
+        statements = self._sessions.statements
+        # The page's statement lists members only to a member; no rows means a non-member or a
+        # page past the last member, and only then is the membership asked for alone.
+        rows = repository.members_seen_by(
+            statements, principal.user_id, ref.organization_id, ref.slug, after, page_size + 1
+        )
+        if not rows and ref.slug is not None:
+            # Only on a miss: a former slug that still redirects.
+            with statements.connect() as conn:
                 redirected = self._redirected(conn, ref)
-                if redirected is not ref:
-                    rows = repository.members_seen_by(
-                        conn,
-                        principal.user_id,
-                        redirected.organization_id,
-                        None,
-                        after,
-                        page_size + 1,
-                    )
-                    ref = redirected
-            if not rows:
+            if redirected is not ref:
+                rows = repository.members_seen_by(
+                    statements,
+                    principal.user_id,
+                    redirected.organization_id,
+                    None,
+                    after,
+                    page_size + 1,
+                )
+                ref = redirected
+        if not rows:
+            with statements.connect() as conn:
                 self._caller_organization(conn, principal, ref)
         return page_of(rows, page_size, lambda row: (row.join_time, uuid.UUID(row.user_id)))
 
