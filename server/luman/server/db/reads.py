@@ -37,7 +37,6 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 @dataclasses.dataclass(frozen=True)
 class _Compiled:
-    sql: str
     # Positional paramstyle (SQLite's "?"): the parameter names in order. Named: None.
     order: tuple[str, ...] | None
     processors: Mapping[str, Callable[[Any], Any]]  # parameter name -> bind processor
@@ -68,7 +67,7 @@ class Read:
         arguments: Any = (
             values if compiled.order is None else tuple(values[name] for name in compiled.order)
         )
-        rows = _fetch_all(engine, compiled.sql, arguments)
+        rows = _fetch_all(engine, compiled.compiled.string, arguments)
         if compiled.results is None:
             return rows
         results = compiled.results
@@ -100,13 +99,7 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
         for column in statement.selected_columns
     )
     order = tuple(compiled.positiontup or ()) if dialect.positional else None
-    return _Compiled(
-        compiled.string,
-        order,
-        processors,
-        results if any(results) else None,
-        compiled,
-    )
+    return _Compiled(order, processors, results if any(results) else None, compiled)
 
 
 def _fetch_all(engine: Engine, sql: str, arguments: Any) -> list[tuple[Any, ...]]:
@@ -115,14 +108,8 @@ def _fetch_all(engine: Engine, sql: str, arguments: Any) -> list[tuple[Any, ...]
     try:
         connection = engine.raw_connection()
     except dbapi_error as error:  # no connection to be had: as Connection reports it
-        raise exc.DBAPIError.instance(
-            None,
-            None,
-            error,
-            dbapi_error,
-            hide_parameters=True,
-            connection_invalidated=engine.dialect.is_disconnect(error, None, None),
-            dialect=engine.dialect,
+        raise _wrapped(
+            engine, error, None, engine.dialect.is_disconnect(error, None, None)
         ) from error
     cursor = None
     lost = False
@@ -138,15 +125,7 @@ def _fetch_all(engine: Engine, sql: str, arguments: Any) -> list[tuple[Any, ...]
         lost = engine.dialect.is_disconnect(error, connection.dbapi_connection, cursor)
         if lost:
             connection.invalidate(error)
-        raise exc.DBAPIError.instance(
-            sql,
-            None,
-            error,
-            dbapi_error,
-            hide_parameters=True,
-            connection_invalidated=lost,
-            dialect=engine.dialect,
-        ) from error
+        raise _wrapped(engine, error, sql, lost) from error
     finally:
         if postgresql and not lost:
             try:  # as the pool's other users expect it
@@ -154,3 +133,16 @@ def _fetch_all(engine: Engine, sql: str, arguments: Any) -> list[tuple[Any, ...]
             except dbapi_error as error:
                 connection.invalidate(error)
         connection.close()  # back to the pool, or closed when invalidated
+
+
+def _wrapped(engine: Engine, error: Exception, sql: str | None, lost: bool) -> exc.StatementError:
+    """`error` (the driver's) as SQLAlchemy's DBAPIError subclass for it, without parameters."""
+    return exc.DBAPIError.instance(
+        sql,
+        None,
+        error,
+        engine.dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=lost,
+        dialect=engine.dialect,
+    )
