@@ -7,7 +7,14 @@ import json
 from typing import Any
 
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    json_format,
+    message_factory,
+    struct_pb2,
+    timestamp_pb2,
+)
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
@@ -135,3 +142,65 @@ def test_an_invalid_timestamp_fails_as_json_format_fails() -> None:
     with pytest.raises(json_format.SerializeToJsonError) as written:
         _message_json(response)
     assert str(written.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        -62_135_596_800,  # 0001-01-01T00:00:00Z, the first valid second
+        -62_135_596_799,
+        -1,
+        0,
+        951_782_400,  # 2000-02-29
+        1_765_000_000,
+        253_402_300_799,  # 9999-12-31T23:59:59Z, the last
+    ],
+)
+@pytest.mark.parametrize("nanos", [0, 1, 999, 1_000, 120_000, 456_000_000, 999_999_999])
+def test_timestamps_are_written_as_to_json_string_writes_them(seconds: int, nanos: int) -> None:
+    response = organization_service_pb2.ListMembersResponse()
+    response.members.add().join_time.CopyFrom(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    _assert_same_json(response)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1), (0, 1_000_000_000)],
+)
+def test_timestamps_out_of_range_fail_as_json_format_fails(seconds: int, nanos: int) -> None:
+    response = organization_service_pb2.ListMembersResponse()
+    response.members.add().join_time.CopyFrom(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    with pytest.raises(json_format.SerializeToJsonError) as expected:
+        json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    with pytest.raises(json_format.SerializeToJsonError) as written:
+        _message_json(response)
+    assert str(written.value) == str(expected.value)
+
+
+def _out_of_order_message() -> type[Message]:
+    """A proto3 message declaring its fields out of field-number order (none of the contract's
+    does): MessageToDict writes the set ones by number, then the unset ones as declared."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="shuffled.proto", package="test.shuffled", syntax="proto3"
+    )
+    message = file.message_type.add(name="Shuffled")
+    field = descriptor_pb2.FieldDescriptorProto
+    for name, number, kind, label in [
+        ("zeta", 4, field.TYPE_STRING, field.LABEL_OPTIONAL),
+        ("alpha", 2, field.TYPE_INT32, field.LABEL_OPTIONAL),
+        ("mu", 3, field.TYPE_STRING, field.LABEL_REPEATED),
+        ("beta", 1, field.TYPE_BOOL, field.LABEL_OPTIONAL),
+    ]:
+        message.field.add(name=name, number=number, type=kind, label=label)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("test.shuffled.Shuffled"))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"zeta": "z"}, {"alpha": 7, "mu": ["m"]}, {"zeta": "z", "beta": True}],
+    ids=["none-set", "last-set", "middle-set", "ends-set"],
+)
+def test_unset_fields_follow_in_declaration_order(values: dict[str, Any]) -> None:
+    _assert_same_json(_out_of_order_message()(**values))
