@@ -161,7 +161,7 @@ class _FieldPlan(NamedTuple):
     # Where an unset _PLAIN or _REPEATED field goes among the unset ones (declaration order),
     # or -1: left out (an unset _OPTIONAL field, or a repeated field marked omit_empty).
     unset_position: int
-    unset_json: Any  # _PLAIN: the default's JSON
+    unset_json: Any  # _PLAIN: the default's JSON (never None); _REPEATED: None, written as []
 
 
 class _MessagePlan(NamedTuple):
@@ -217,7 +217,7 @@ def _plan(descriptor: Descriptor) -> _MessagePlan | None:
         or descriptor.GetOptions().map_entry
     ):
         return None
-    fields: list[_FieldPlan] = []
+    fields: list[tuple[int, _FieldPlan]] = []  # (field number, plan), in declaration order
     try:
         for position, field in enumerate(descriptor.fields):
             write = _writer(field)
@@ -232,11 +232,11 @@ def _plan(descriptor: Descriptor) -> _MessagePlan | None:
                 plan = _FieldPlan(
                     field.name, field.json_name, _PLAIN, write, default, position, unset_json
                 )
-            fields.append(plan)
+            fields.append((field.number, plan))
     except _LeftToJsonFormatError:
         return None
-    by_number = sorted(fields, key=lambda plan: descriptor.fields_by_name[plan.attribute].number)
-    return _MessagePlan(tuple(by_number), by_number != fields)
+    by_number = sorted(fields, key=lambda numbered: numbered[0])
+    return _MessagePlan(tuple(plan for _, plan in by_number), by_number != fields)
 
 
 def omits_empty(field: FieldDescriptor) -> bool:
