@@ -134,16 +134,6 @@ def test_types_left_to_json_format_are_written_by_it(message: Message) -> None:
     _assert_same_json(message)
 
 
-def test_an_invalid_timestamp_fails_as_json_format_fails() -> None:
-    response = organization_service_pb2.ListMembersResponse()
-    response.members.add().join_time.seconds = 10**12  # past year 9999
-    with pytest.raises(json_format.SerializeToJsonError) as expected:
-        json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
-    with pytest.raises(json_format.SerializeToJsonError) as written:
-        _message_json(response)
-    assert str(written.value) == str(expected.value)
-
-
 @pytest.mark.parametrize(
     "seconds",
     [
@@ -165,7 +155,13 @@ def test_timestamps_are_written_as_to_json_string_writes_them(seconds: int, nano
 
 @pytest.mark.parametrize(
     ("seconds", "nanos"),
-    [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1), (0, 1_000_000_000)],
+    [
+        (-62_135_596_801, 0),
+        (253_402_300_800, 0),
+        (10**12, 0),  # far past year 9999
+        (0, -1),
+        (0, 1_000_000_000),
+    ],
 )
 def test_timestamps_out_of_range_fail_as_json_format_fails(seconds: int, nanos: int) -> None:
     response = organization_service_pb2.ListMembersResponse()
